@@ -1,0 +1,636 @@
+//! The mc0 wire protocol (`PROTOCOL.md`) as pure values: frames in, frames
+//! out, no sockets and no I/O. The broker and the connector both speak in the
+//! typed [`Command`] and [`Reply`] values defined here, so this module is the
+//! only place that knows the frame layout.
+//!
+//! Parsing borrows from the received frames (no copies on the broker's hot
+//! path); building produces owned frames ready to hand to a socket.
+
+use std::fmt;
+
+/// Protocol version this implementation speaks in CONNECT.
+pub const PROTOCOL_VERSION: &str = "0.3";
+
+/// Text of the `ERROR MESSAGE` the broker sends for a command (other than
+/// CONNECT) from a client it does not know, typically after a broker restart.
+/// Our connector reacts to it by re-handshaking at once; legacy connectors
+/// only log it and recover through their heartbeat.
+pub const NOT_CONNECTED: &str = "not connected: send CONNECT first";
+
+/// Upper bounds on what a single message may contain. A message over any of
+/// them is rejected with [`ProtocolError`] before it is interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single frame in bytes (bodies included).
+    pub max_frame_size: usize,
+    /// Most frames in one message, delimiter included.
+    pub max_frames: usize,
+    /// Most key/value header pairs in one message.
+    pub max_headers: usize,
+    /// Longest topic name in bytes.
+    pub max_topic_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_frame_size: 64 * 1024 * 1024, max_frames: 4096, max_headers: 64, max_topic_len: 1024 }
+    }
+}
+
+/// Why a message could not be parsed. Every variant names the culprit so it
+/// can be sent back verbatim in an `ERROR MESSAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// No frames at all.
+    Empty,
+    /// The first frame was not the empty delimiter a DEALER puts in front.
+    MissingDelimiter,
+    /// Nothing (or an empty frame) where the verb should be.
+    NoVerb,
+    /// The verb is not an upper-case ASCII word.
+    BadVerb(String),
+    /// A header key without a value.
+    OddHeaders,
+    /// A header key that is empty where a key was expected is the body
+    /// separator; this is a key that is not printable ASCII.
+    BadHeaderName(String),
+    FrameTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    TooManyFrames {
+        count: usize,
+        limit: usize,
+    },
+    TooManyHeaders {
+        count: usize,
+        limit: usize,
+    },
+    TopicTooLong {
+        size: usize,
+        limit: usize,
+    },
+    /// A verb this side does not know.
+    UnknownVerb(String),
+    /// A header the verb requires is absent.
+    MissingHeader {
+        verb: &'static str,
+        header: &'static str,
+    },
+    /// A header's value is not what the verb requires.
+    BadHeaderValue {
+        header: &'static str,
+        value: String,
+    },
+    /// A verb that takes body frames got none, or one that takes none got some.
+    BadBody {
+        verb: &'static str,
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ProtocolError::*;
+        match self {
+            Empty => write!(f, "malformed message: no frames"),
+            MissingDelimiter => write!(f, "malformed message: missing empty delimiter frame"),
+            NoVerb => write!(f, "malformed message: no verb"),
+            BadVerb(v) => write!(f, "malformed message: verb {v:?} is not an upper-case ASCII word"),
+            OddHeaders => write!(f, "malformed message: header key without a value"),
+            BadHeaderName(k) => write!(f, "malformed message: header name {k:?} is not printable ASCII"),
+            FrameTooLarge { index, size, limit } => {
+                write!(f, "frame {index} is {size} bytes, over the limit of {limit}")
+            }
+            TooManyFrames { count, limit } => {
+                write!(f, "message has {count} frames, over the limit of {limit}")
+            }
+            TooManyHeaders { count, limit } => {
+                write!(f, "message has {count} headers, over the limit of {limit}")
+            }
+            TopicTooLong { size, limit } => {
+                write!(f, "topic is {size} bytes, over the limit of {limit}")
+            }
+            UnknownVerb(v) => write!(f, "unknown verb {v:?}"),
+            MissingHeader { verb, header } => write!(f, "{verb} without {header} header"),
+            BadHeaderValue { header, value } => write!(f, "bad {header} value {value:?}"),
+            BadBody { verb, reason } => write!(f, "{verb}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// A message split into its parts, borrowing the received frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub verb: &'a str,
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    /// Frames after the empty header terminator; `None` when there was no
+    /// terminator, `Some(vec![])` for a terminator with nothing after it.
+    pub body: Option<Vec<&'a [u8]>>,
+}
+
+impl<'a> Envelope<'a> {
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+}
+
+/// Splits `frames` (starting with the empty delimiter, as a DEALER sends and
+/// receives them) into verb, headers and body, enforcing `limits`.
+pub fn split<'a, F: AsRef<[u8]>>(frames: &'a [F], limits: &Limits) -> Result<Envelope<'a>, ProtocolError> {
+    if frames.is_empty() {
+        return Err(ProtocolError::Empty);
+    }
+    if frames.len() > limits.max_frames {
+        return Err(ProtocolError::TooManyFrames { count: frames.len(), limit: limits.max_frames });
+    }
+    for (index, frame) in frames.iter().enumerate() {
+        let size = frame.as_ref().len();
+        if size > limits.max_frame_size {
+            return Err(ProtocolError::FrameTooLarge { index, size, limit: limits.max_frame_size });
+        }
+    }
+    if !frames[0].as_ref().is_empty() {
+        return Err(ProtocolError::MissingDelimiter);
+    }
+    let verb = match frames.get(1).map(|f| f.as_ref()) {
+        None | Some([]) => return Err(ProtocolError::NoVerb),
+        Some(v) => v,
+    };
+    if !verb.iter().all(|b| b.is_ascii_uppercase() || *b == b'_' || b.is_ascii_digit()) || !verb[0].is_ascii_uppercase()
+    {
+        return Err(ProtocolError::BadVerb(String::from_utf8_lossy(verb).into_owned()));
+    }
+    // The check above guarantees ASCII.
+    let verb = std::str::from_utf8(verb).map_err(|_| ProtocolError::NoVerb)?;
+
+    let mut headers = Vec::new();
+    let mut rest = &frames[2..];
+    let mut body = None;
+    while let Some(key) = rest.first() {
+        let key = key.as_ref();
+        if key.is_empty() {
+            body = Some(rest[1..].iter().map(|f| f.as_ref()).collect());
+            break;
+        }
+        let value = rest.get(1).ok_or(ProtocolError::OddHeaders)?.as_ref();
+        if !key.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(ProtocolError::BadHeaderName(String::from_utf8_lossy(key).into_owned()));
+        }
+        headers.push((key, value));
+        if headers.len() > limits.max_headers {
+            return Err(ProtocolError::TooManyHeaders { count: headers.len(), limit: limits.max_headers });
+        }
+        rest = &rest[2..];
+    }
+    Ok(Envelope { verb, headers, body })
+}
+
+/// Builds the frames of a message: delimiter, verb, headers and, when `body`
+/// is given, the empty terminator followed by the body frames.
+pub fn join(verb: &str, headers: &[(&[u8], &[u8])], body: Option<&[&[u8]]>) -> Vec<Vec<u8>> {
+    let mut frames = Vec::with_capacity(2 + headers.len() * 2 + body.map_or(0, |b| 1 + b.len()));
+    frames.push(Vec::new());
+    frames.push(verb.as_bytes().to_vec());
+    for (k, v) in headers {
+        frames.push(k.to_vec());
+        frames.push(v.to_vec());
+    }
+    if let Some(body) = body {
+        frames.push(Vec::new());
+        frames.extend(body.iter().map(|b| b.to_vec()));
+    }
+    frames
+}
+
+/// A command a client sends to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    Connect {
+        version: &'a [u8],
+        ttl_ms: u64,
+        id: Option<&'a [u8]>,
+    },
+    Disconnect {
+        id: Option<&'a [u8]>,
+    },
+    Sub {
+        id: Option<&'a [u8]>,
+        topics: Vec<&'a [u8]>,
+    },
+    Unsub {
+        id: Option<&'a [u8]>,
+        topics: Vec<&'a [u8]>,
+    },
+    /// `headers` holds every header but TOPIC and ID, in arrival order: the
+    /// broker copies them (and TOPIC) into each MESSAGE.
+    Put {
+        topic: &'a [u8],
+        headers: Vec<(&'a [u8], &'a [u8])>,
+        id: Option<&'a [u8]>,
+        body: Vec<&'a [u8]>,
+    },
+    Noop {
+        id: Option<&'a [u8]>,
+    },
+}
+
+/// TTL a CONNECT without a TTL header gets: the legacy connectors' default.
+pub const DEFAULT_TTL_MS: u64 = 30_000;
+
+impl<'a> Command<'a> {
+    /// Parses client-to-broker frames (starting at the delimiter).
+    pub fn parse<F: AsRef<[u8]>>(frames: &'a [F], limits: &Limits) -> Result<Self, ProtocolError> {
+        Self::from_envelope(split(frames, limits)?, limits)
+    }
+
+    /// The ID of a message that parsed as far as its headers, so an ERROR can
+    /// carry it even when the command itself is invalid.
+    pub fn id_of(env: &Envelope<'a>) -> Option<&'a [u8]> {
+        env.header(b"ID")
+    }
+
+    pub fn from_envelope(env: Envelope<'a>, limits: &Limits) -> Result<Self, ProtocolError> {
+        let id = env.header(b"ID");
+        let no_body = |verb: &'static str| match &env.body {
+            Some(b) if !b.is_empty() => Err(ProtocolError::BadBody { verb, reason: "takes no body frames" }),
+            _ => Ok(()),
+        };
+        let topics = |verb: &'static str| -> Result<Vec<&'a [u8]>, ProtocolError> {
+            let topics = env.body.clone().unwrap_or_default();
+            if topics.is_empty() {
+                return Err(ProtocolError::BadBody { verb, reason: "no topics" });
+            }
+            for t in &topics {
+                check_topic(t, limits)?;
+            }
+            Ok(topics)
+        };
+        match env.verb {
+            "CONNECT" => {
+                no_body("CONNECT")?;
+                let version = env.header(b"VERSION").unwrap_or(b"");
+                let ttl_ms = match env.header(b"TTL") {
+                    None => DEFAULT_TTL_MS,
+                    Some(v) => parse_ttl(v)?,
+                };
+                Ok(Command::Connect { version, ttl_ms, id })
+            }
+            "DISCONNECT" => {
+                no_body("DISCONNECT")?;
+                Ok(Command::Disconnect { id })
+            }
+            "NOOP" => {
+                no_body("NOOP")?;
+                Ok(Command::Noop { id })
+            }
+            "SUB" => Ok(Command::Sub { id, topics: topics("SUB")? }),
+            "UNSUB" => Ok(Command::Unsub { id, topics: topics("UNSUB")? }),
+            "PUT" => {
+                let topic =
+                    env.header(b"TOPIC").ok_or(ProtocolError::MissingHeader { verb: "PUT", header: "TOPIC" })?;
+                check_topic(topic, limits)?;
+                let headers = env.headers.iter().copied().filter(|(k, _)| *k != b"ID" && *k != b"TOPIC").collect();
+                Ok(Command::Put { topic, headers, id, body: env.body.unwrap_or_default() })
+            }
+            other => Err(ProtocolError::UnknownVerb(other.to_string())),
+        }
+    }
+
+    /// The ID header, if the command asked for an acknowledgement.
+    pub fn id(&self) -> Option<&'a [u8]> {
+        match self {
+            Command::Connect { id, .. }
+            | Command::Disconnect { id }
+            | Command::Sub { id, .. }
+            | Command::Unsub { id, .. }
+            | Command::Put { id, .. }
+            | Command::Noop { id } => *id,
+        }
+    }
+
+    /// Builds the frames (delimiter first) a DEALER sends for this command.
+    pub fn to_frames(&self) -> Vec<Vec<u8>> {
+        let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
+        let ttl;
+        fn push_id<'h>(headers: &mut Vec<(&'h [u8], &'h [u8])>, id: &Option<&'h [u8]>) {
+            if let Some(id) = id {
+                headers.push((b"ID", id));
+            }
+        }
+        match self {
+            Command::Connect { version, ttl_ms, id } => {
+                // Sorted keys, as legacy connectors send them.
+                push_id(&mut headers, id);
+                ttl = ttl_ms.to_string();
+                headers.push((b"TTL", ttl.as_bytes()));
+                headers.push((b"VERSION", version));
+                join("CONNECT", &headers, None)
+            }
+            Command::Disconnect { id } => {
+                push_id(&mut headers, id);
+                join("DISCONNECT", &headers, None)
+            }
+            Command::Noop { id } => {
+                push_id(&mut headers, id);
+                join("NOOP", &headers, None)
+            }
+            Command::Sub { id, topics } => {
+                push_id(&mut headers, id);
+                join("SUB", &headers, Some(topics))
+            }
+            Command::Unsub { id, topics } => {
+                push_id(&mut headers, id);
+                join("UNSUB", &headers, Some(topics))
+            }
+            Command::Put { topic, headers: extra, id, body } => {
+                headers.push((b"TOPIC", topic));
+                headers.extend(extra.iter().copied());
+                push_id(&mut headers, id);
+                join("PUT", &headers, Some(body))
+            }
+        }
+    }
+}
+
+fn check_topic(topic: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
+    if topic.len() > limits.max_topic_len {
+        return Err(ProtocolError::TopicTooLong { size: topic.len(), limit: limits.max_topic_len });
+    }
+    Ok(())
+}
+
+fn parse_ttl(value: &[u8]) -> Result<u64, ProtocolError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ttl| (1..=86_400_000).contains(ttl))
+        .ok_or_else(|| ProtocolError::BadHeaderValue {
+            header: "TTL",
+            value: String::from_utf8_lossy(value).into_owned(),
+        })
+}
+
+/// A reply the broker sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// `headers` holds every header but TOPIC, in arrival order.
+    Message {
+        topic: &'a [u8],
+        headers: Vec<(&'a [u8], &'a [u8])>,
+        body: Vec<&'a [u8]>,
+    },
+    Ok {
+        id: &'a [u8],
+    },
+    Error {
+        message: &'a [u8],
+        id: Option<&'a [u8]>,
+    },
+    Noop,
+}
+
+impl<'a> Reply<'a> {
+    /// Parses broker-to-client frames (starting at the delimiter).
+    pub fn parse<F: AsRef<[u8]>>(frames: &'a [F], limits: &Limits) -> Result<Self, ProtocolError> {
+        let env = split(frames, limits)?;
+        match env.verb {
+            "MESSAGE" => {
+                let topic =
+                    env.header(b"TOPIC").ok_or(ProtocolError::MissingHeader { verb: "MESSAGE", header: "TOPIC" })?;
+                let headers = env.headers.iter().copied().filter(|(k, _)| *k != b"TOPIC").collect();
+                Ok(Reply::Message { topic, headers, body: env.body.unwrap_or_default() })
+            }
+            "OK" => {
+                let id = env.header(b"ID").ok_or(ProtocolError::MissingHeader { verb: "OK", header: "ID" })?;
+                Ok(Reply::Ok { id })
+            }
+            "ERROR" => Ok(Reply::Error { message: env.header(b"MESSAGE").unwrap_or(b""), id: env.header(b"ID") }),
+            "NOOP" => Ok(Reply::Noop),
+            other => Err(ProtocolError::UnknownVerb(other.to_string())),
+        }
+    }
+
+    /// Builds the frames (delimiter first) the broker sends for this reply.
+    pub fn to_frames(&self) -> Vec<Vec<u8>> {
+        match self {
+            Reply::Message { topic, headers, body } => {
+                let mut all: Vec<(&[u8], &[u8])> = Vec::with_capacity(headers.len() + 1);
+                all.push((b"TOPIC", topic));
+                all.extend(headers.iter().copied());
+                join("MESSAGE", &all, Some(body))
+            }
+            Reply::Ok { id } => join("OK", &[(b"ID", id)], None),
+            Reply::Error { message, id } => {
+                let mut all: Vec<(&[u8], &[u8])> = vec![(b"MESSAGE", message)];
+                if let Some(id) = id {
+                    all.push((b"ID", id));
+                }
+                join("ERROR", &all, None)
+            }
+            Reply::Noop => join("NOOP", &[], None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frames(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.to_vec()).collect()
+    }
+
+    fn parse(parts: &[&[u8]]) -> Result<Command<'static>, ProtocolError> {
+        let owned: &'static Vec<Vec<u8>> = Box::leak(Box::new(frames(parts)));
+        Command::parse(owned, &Limits::default())
+    }
+
+    #[test]
+    fn connect_as_legacy_sends_it() {
+        let cmd = parse(&[b"", b"CONNECT", b"ID", b"7", b"TTL", b"30000", b"VERSION", b"0.2"]).unwrap();
+        assert_eq!(cmd, Command::Connect { version: b"0.2", ttl_ms: 30000, id: Some(b"7") });
+        assert_eq!(cmd.to_frames(), frames(&[b"", b"CONNECT", b"ID", b"7", b"TTL", b"30000", b"VERSION", b"0.2"]));
+    }
+
+    #[test]
+    fn connect_accepts_unknown_version_and_defaults_ttl() {
+        let cmd = parse(&[b"", b"CONNECT", b"VERSION", b"9.9-future"]).unwrap();
+        assert_eq!(cmd, Command::Connect { version: b"9.9-future", ttl_ms: DEFAULT_TTL_MS, id: None });
+    }
+
+    #[test]
+    fn connect_rejects_bad_ttl() {
+        for bad in [&b"abc"[..], b"0", b"-5", b""] {
+            let err = parse(&[b"", b"CONNECT", b"TTL", bad, b"VERSION", b"0.2"]).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadHeaderValue { header: "TTL", .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn disconnect_and_noop() {
+        assert_eq!(parse(&[b"", b"DISCONNECT"]).unwrap(), Command::Disconnect { id: None });
+        assert_eq!(parse(&[b"", b"DISCONNECT", b"ID", b"x"]).unwrap(), Command::Disconnect { id: Some(b"x") });
+        assert_eq!(parse(&[b"", b"NOOP"]).unwrap(), Command::Noop { id: None });
+        assert_eq!(parse(&[b"", b"NOOP", b"ID", b"1"]).unwrap(), Command::Noop { id: Some(b"1") });
+        assert_eq!(parse(&[b"", b"NOOP", b""]).unwrap(), Command::Noop { id: None });
+    }
+
+    #[test]
+    fn sub_and_unsub_take_several_topics() {
+        let cmd = parse(&[b"", b"SUB", b"ID", b"2", b"", b"mcollective rpcutil", b"mcollective nodes n1"]).unwrap();
+        assert_eq!(cmd, Command::Sub { id: Some(b"2"), topics: vec![b"mcollective rpcutil", b"mcollective nodes n1"] });
+        let cmd = parse(&[b"", b"UNSUB", b"", b"t"]).unwrap();
+        assert_eq!(cmd, Command::Unsub { id: None, topics: vec![b"t"] });
+        assert!(matches!(parse(&[b"", b"SUB", b"ID", b"2"]), Err(ProtocolError::BadBody { verb: "SUB", .. })));
+        assert!(matches!(parse(&[b"", b"UNSUB", b""]), Err(ProtocolError::BadBody { verb: "UNSUB", .. })));
+    }
+
+    #[test]
+    fn put_keeps_every_header_but_id() {
+        let cmd = parse(&[
+            b"",
+            b"PUT",
+            b"TOPIC",
+            b"mcollective rpcutil",
+            b"X-REPLY-TO",
+            b"mcollective reply me 42",
+            b"ID",
+            b"9",
+            b"",
+            b"\x00\xffbinary",
+        ])
+        .unwrap();
+        let Command::Put { topic, headers, id, body } = &cmd else { panic!("not a PUT: {cmd:?}") };
+        assert_eq!(*topic, b"mcollective rpcutil");
+        assert_eq!(headers, &vec![(&b"X-REPLY-TO"[..], &b"mcollective reply me 42"[..])]);
+        assert_eq!(*id, Some(&b"9"[..]));
+        assert_eq!(body, &vec![&b"\x00\xffbinary"[..]]);
+        let msg = Reply::Message { topic, headers: headers.clone(), body: body.clone() };
+        assert_eq!(
+            msg.to_frames(),
+            frames(&[
+                b"",
+                b"MESSAGE",
+                b"TOPIC",
+                b"mcollective rpcutil",
+                b"X-REPLY-TO",
+                b"mcollective reply me 42",
+                b"",
+                b"\x00\xffbinary"
+            ])
+        );
+        assert!(matches!(parse(&[b"", b"PUT", b"", b"x"]), Err(ProtocolError::MissingHeader { header: "TOPIC", .. })));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            Reply::Ok { id: b"5" },
+            Reply::Error { message: b"boom", id: Some(b"5") },
+            Reply::Error { message: b"boom", id: None },
+            Reply::Noop,
+            Reply::Message { topic: b"t", headers: vec![(b"X-A", b"1")], body: vec![b"a", b""] },
+        ] {
+            let frames = reply.to_frames();
+            assert_eq!(Reply::parse(&frames, &Limits::default()).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn malformed_shapes_are_typed_errors() {
+        let empty: Vec<Vec<u8>> = vec![];
+        assert_eq!(Command::parse(&empty, &Limits::default()), Err(ProtocolError::Empty));
+        assert_eq!(parse(&[b"CONNECT"]), Err(ProtocolError::MissingDelimiter));
+        assert_eq!(parse(&[b""]), Err(ProtocolError::NoVerb));
+        assert_eq!(parse(&[b"", b""]), Err(ProtocolError::NoVerb));
+        assert!(matches!(parse(&[b"", b"connect"]), Err(ProtocolError::BadVerb(_))));
+        assert!(matches!(parse(&[b"", "CONNÉCT".as_bytes()]), Err(ProtocolError::BadVerb(_))));
+        assert!(matches!(parse(&[b"", b"\xff\xfe"]), Err(ProtocolError::BadVerb(_))));
+        assert_eq!(parse(&[b"", b"NOOP", b"ID"]), Err(ProtocolError::OddHeaders));
+        assert_eq!(parse(&[b"", b"CONNECT", b"TTL", b"1", b"VERSION"]), Err(ProtocolError::OddHeaders));
+        assert!(matches!(parse(&[b"", b"NOOP", b"A\x00", b"v"]), Err(ProtocolError::BadHeaderName(_))));
+        assert!(matches!(parse(&[b"", b"FLY"]), Err(ProtocolError::UnknownVerb(v)) if v == "FLY"));
+        assert!(matches!(parse(&[b"", b"NOOP", b"", b"x"]), Err(ProtocolError::BadBody { .. })));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits { max_frame_size: 8, max_frames: 6, max_headers: 1, max_topic_len: 3 };
+        let f = frames(&[b"", b"PUT", b"TOPIC", b"t", b"", b"123456789"]);
+        assert!(matches!(Command::parse(&f, &limits), Err(ProtocolError::FrameTooLarge { index: 5, .. })));
+        let f = frames(&[b"", b"SUB", b"", b"a", b"b", b"c", b"d"]);
+        assert!(matches!(Command::parse(&f, &limits), Err(ProtocolError::TooManyFrames { count: 7, .. })));
+        let f = frames(&[b"", b"NOOP", b"A", b"1", b"B", b"2"]);
+        assert!(matches!(Command::parse(&f, &limits), Err(ProtocolError::TooManyHeaders { .. })));
+        let f = frames(&[b"", b"SUB", b"", b"long"]);
+        assert!(matches!(Command::parse(&f, &limits), Err(ProtocolError::TopicTooLong { size: 4, .. })));
+    }
+
+    #[test]
+    fn errors_name_the_culprit() {
+        assert!(ProtocolError::UnknownVerb("FLY".into()).to_string().contains("FLY"));
+        assert!(ProtocolError::BadHeaderValue { header: "TTL", value: "x".into() }.to_string().contains("TTL"));
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..16)
+    }
+    fn nonempty_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 1..16)
+    }
+    fn header_key() -> impl Strategy<Value = Vec<u8>> {
+        "X-[A-Z0-9-]{1,8}".prop_map(|s| s.into_bytes())
+    }
+
+    proptest! {
+        #[test]
+        fn put_build_then_parse_is_identity(
+            topic in nonempty_bytes(),
+            headers in proptest::collection::vec((header_key(), bytes()), 0..5),
+            id in proptest::option::of(nonempty_bytes()),
+            body in proptest::collection::vec(bytes(), 0..4),
+        ) {
+            let headers: Vec<(&[u8], &[u8])> = headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let cmd = Command::Put {
+                topic: &topic,
+                headers,
+                id: id.as_deref(),
+                body: body.iter().map(|b| &b[..]).collect(),
+            };
+            let frames = cmd.to_frames();
+            prop_assert_eq!(Command::parse(&frames, &Limits::default()).unwrap(), cmd);
+        }
+
+        #[test]
+        fn sub_connect_noop_build_then_parse_is_identity(
+            topics in proptest::collection::vec(bytes(), 1..5),
+            id in proptest::option::of(nonempty_bytes()),
+            ttl in 1u64..86_400_000,
+            version in nonempty_bytes(),
+        ) {
+            let cmds = [
+                Command::Sub { id: id.as_deref(), topics: topics.iter().map(|t| &t[..]).collect() },
+                Command::Unsub { id: id.as_deref(), topics: topics.iter().map(|t| &t[..]).collect() },
+                Command::Connect { version: &version, ttl_ms: ttl, id: id.as_deref() },
+                Command::Noop { id: id.as_deref() },
+                Command::Disconnect { id: id.as_deref() },
+            ];
+            for cmd in cmds {
+                let frames = cmd.to_frames();
+                prop_assert_eq!(Command::parse(&frames, &Limits::default()).unwrap(), cmd);
+            }
+        }
+
+        #[test]
+        fn arbitrary_frames_never_panic(frames in proptest::collection::vec(bytes(), 0..12)) {
+            let _ = Command::parse(&frames, &Limits::default());
+            let _ = Reply::parse(&frames, &Limits::default());
+        }
+    }
+}
