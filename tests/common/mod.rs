@@ -232,7 +232,20 @@ pub struct Client {
 
 impl Client {
     pub fn connect(ctx: &zmq::Context, endpoint: &str, server_key: Option<&Key>, identity: Option<&[u8]>) -> Client {
+        Client::connect_with(ctx, endpoint, server_key, identity, |_| {})
+    }
+
+    /// Like [`connect`](Client::connect), with `configure` run on the socket
+    /// before it connects (options such as buffers only apply then).
+    pub fn connect_with(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        server_key: Option<&Key>,
+        identity: Option<&[u8]>,
+        configure: impl FnOnce(&zmq::Socket),
+    ) -> Client {
         let socket = ctx.socket(zmq::DEALER).expect("DEALER");
+        configure(&socket);
         socket.set_linger(0).unwrap();
         if let Some(id) = identity {
             socket.set_identity(id).unwrap();
@@ -377,4 +390,47 @@ pub fn raise_fd_limit() -> libc::rlim_t {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         lim.rlim_cur
     }
+}
+
+/// Runs `mc0d` with `args` to completion (killed after `timeout`); returns
+/// (exit status, stdout, stderr). For CLI tests of options that exit.
+pub fn run_mc0d(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = Process::new(env!("CARGO_BIN_EXE_mc0d"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mc0d");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait mc0d") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mc0d {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// Borrowed frames for a panic message.
+pub fn show_refs(frames: &[&[u8]]) -> String {
+    let frames: Vec<String> = frames.iter().take(8).map(|f| format!("\"{}\"", f.escape_ascii())).collect();
+    frames.join(" ")
 }
