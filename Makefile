@@ -1,0 +1,87 @@
+# mc0 — build, test, demo and install.
+#
+#   make demo      install prerequisites, build, run a broker + 3 MCollective servers, mco ping/rpc
+#   make test      install prerequisites, then every test (what CI runs)
+#   make install   PREFIX=/usr/local (DESTDIR honoured)
+
+PREFIX    ?= /usr/local
+LIBDIR    ?= $(PREFIX)/lib
+BINDIR    ?= $(PREFIX)/bin
+INCLUDEDIR?= $(PREFIX)/include
+RUBYDIR   ?= $(PREFIX)/share/mcollective/plugins
+VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+CARGO     ?= cargo
+RELEASE   := target/release
+
+# Debian packages the build, the tests and the demo need.
+DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
+	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
+	valgrind python3 procps psmisc
+
+.PHONY: all deps build test test-rust test-ruby test-e2e lint demo header install uninstall clean
+
+all: build
+
+# Installs only what is missing, so repeated runs cost nothing.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+
+build: deps
+	$(CARGO) build --release --locked
+
+test: deps lint build test-rust test-ruby test-e2e
+	@echo "== all tests passed"
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+
+test-rust: build
+	$(CARGO) test --release --locked
+
+test-ruby: build
+	@if [ -d ruby/test ]; then MC0_LIBRARY=$(CURDIR)/$(RELEASE)/libmc0.so ruby -Iruby/lib -e 'Dir["ruby/test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }'; fi
+
+test-e2e: build
+	@if [ -x tests/e2e/run.sh ]; then timeout 600 tests/e2e/run.sh; fi
+
+demo: build
+	tests/e2e/demo.sh
+
+# Refreshes the committed header from what cbindgen generates (tests/header.rs checks they match).
+header: build
+	cp "$$(ls -t $(RELEASE)/build/mc0-*/out/mc0.h | head -1)" include/mc0.h
+
+mc0.pc: mc0.pc.in Cargo.toml
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@VERSION@|$(VERSION)|g' mc0.pc.in > $@
+
+install: mc0.pc
+	@test -f $(RELEASE)/libmc0.so || { echo "run 'make build' first"; exit 1; }
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) \
+		$(DESTDIR)$(RUBYDIR)/mcollective/connector
+	install -m 0755 $(RELEASE)/libmc0.so $(DESTDIR)$(LIBDIR)/libmc0.so.$(VERSION)
+	ln -sf libmc0.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmc0.so.0
+	ln -sf libmc0.so.0 $(DESTDIR)$(LIBDIR)/libmc0.so
+	install -m 0644 $(RELEASE)/libmc0.a $(DESTDIR)$(LIBDIR)/libmc0.a
+	install -m 0644 include/mc0.h $(DESTDIR)$(INCLUDEDIR)/mc0.h
+	install -m 0644 mc0.pc $(DESTDIR)$(LIBDIR)/pkgconfig/mc0.pc
+	install -m 0755 $(RELEASE)/mc0d $(RELEASE)/mc0-keygen $(DESTDIR)$(BINDIR)/
+	install -m 0644 ruby/lib/mc0.rb $(DESTDIR)$(RUBYDIR)/mc0.rb
+	install -m 0644 ruby/lib/mcollective/connector/zeromq.rb ruby/lib/mcollective/connector/zeromq.ddl \
+		$(DESTDIR)$(RUBYDIR)/mcollective/connector/
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libmc0.so* $(DESTDIR)$(LIBDIR)/libmc0.a $(DESTDIR)$(INCLUDEDIR)/mc0.h \
+		$(DESTDIR)$(LIBDIR)/pkgconfig/mc0.pc $(DESTDIR)$(BINDIR)/mc0d $(DESTDIR)$(BINDIR)/mc0-keygen \
+		$(DESTDIR)$(RUBYDIR)/mc0.rb $(DESTDIR)$(RUBYDIR)/mcollective/connector/zeromq.*
+
+clean:
+	$(CARGO) clean
+	rm -f mc0.pc
