@@ -329,6 +329,14 @@ impl Engine {
             Request::Flush { answer } => {
                 self.flushes.push((self.next_seq, answer));
                 self.check_flushes();
+                if !self.flushes.is_empty() && matches!(self.state, State::Ready) {
+                    // A barrier: its OK settles every PUT sent before it,
+                    // even if the broker dropped their OKs (see
+                    // settle_answered_before).
+                    let id = self.next_id();
+                    self.pending.insert(id, Pending::Probe);
+                    self.send(Some(id), Command::Noop { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
+                }
             }
             Request::Close { answer } => self.start_close(answer, now),
         }
@@ -777,6 +785,33 @@ impl Engine {
             // An answer to a command settled as lost, e.g. after a re-handshake.
             return;
         };
+        if !matches!(pending, Pending::Connect) {
+            self.settle_answered_before(id);
+        }
+        self.settle_ok(id, pending, now);
+    }
+
+    /// The broker answers one client's commands in order, so an answer to
+    /// `id` means every earlier command was handled too: their answers were
+    /// dropped on the way (a broker drops replies to a client whose queue is
+    /// full). Without this a lost OK would pin its PUT in flight forever.
+    /// (Not for CONNECT: commands before it went to a broker that forgot us.)
+    fn settle_answered_before(&mut self, id: u64) {
+        while let Some((&first, _)) = self.pending.first_key_value() {
+            if first >= id {
+                break;
+            }
+            let pending = self.pending.remove(&first).expect("present");
+            if matches!(pending, Pending::Connect) {
+                // Cannot precede a later answer; keep it to be safe.
+                self.pending.insert(first, pending);
+                break;
+            }
+            self.settle_ok(first, pending, Instant::now());
+        }
+    }
+
+    fn settle_ok(&mut self, id: u64, pending: Pending, now: Instant) {
         match pending {
             Pending::Connect => self.on_handshake_ok(id, now),
             Pending::Sub { answers, .. } => {
@@ -837,6 +872,7 @@ impl Engine {
                 self.renegotiate(now);
             }
             Some(Pending::Sub { topics, answers }) => {
+                self.settle_answered_before(id.unwrap_or(0));
                 for topic in &topics {
                     self.topics.remove(topic);
                 }
@@ -845,11 +881,13 @@ impl Engine {
                 }
             }
             Some(Pending::Unsub { answer }) => {
+                self.settle_answered_before(id.unwrap_or(0));
                 if let Some(answer) = answer {
                     let _ = answer.send(Err(Error::new(ErrorKind::Broker, format!("unsubscribe: {message}"))));
                 }
             }
             Some(Pending::Put(q)) => {
+                self.settle_answered_before(id.unwrap_or(0));
                 clog!(
                     Level::Warn,
                     "mc0 connector {rid}: broker refused a publish to {:?}: {message}",
