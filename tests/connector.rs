@@ -22,7 +22,7 @@ fn connect(broker: &Broker, name: &str, extra: &[(&str, &str)]) -> Connector {
 }
 
 fn receive(c: &Connector, what: &str) -> Message {
-    c.receive(Some(WAIT)).unwrap_or_else(|e| panic!("receive {what}: {e}"))
+    c.receive(WAIT).unwrap_or_else(|e| panic!("receive {what}: {e}"))
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn round_trip_with_binary_headers_and_bodies() {
     let stats = client.stats();
     assert_eq!(stats.published, 3, "{stats:?}");
     assert_eq!(stats.publishes_dropped, 0, "{stats:?}");
-    assert!(node.receive(Some(Duration::from_millis(0))).is_err_and(|e| e.kind() == ErrorKind::Timeout));
+    assert!(node.receive(Duration::from_millis(0)).is_err_and(|e| e.kind() == ErrorKind::Timeout));
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn many_threads_publish_while_one_receives() {
             let mut seen = HashSet::new();
             let deadline = Instant::now() + Duration::from_secs(120);
             while seen.len() < 2 * THREADS * EACH && Instant::now() < deadline {
-                match c.receive(Some(Duration::from_secs(5))) {
+                match c.receive(Duration::from_secs(5)) {
                     Ok(m) => {
                         assert!(seen.insert(m.body.clone()), "duplicate {:?}", String::from_utf8_lossy(&m.body));
                         received.fetch_add(1, Ordering::SeqCst);
@@ -197,7 +197,7 @@ fn close_wakes_a_blocked_receiver_and_disconnects() {
         let c = c.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            (c.receive(None), started.elapsed())
+            (c.receive(Duration::MAX), started.elapsed())
         })
     };
     // Give the receiver a moment to block (either order is correct anyway).
@@ -214,7 +214,7 @@ fn close_wakes_a_blocked_receiver_and_disconnects() {
     c.close().unwrap();
     assert_eq!(c.publish("t", &[], b"x").unwrap_err().kind(), ErrorKind::Closed);
     assert_eq!(c.subscribe("t").unwrap_err().kind(), ErrorKind::Closed);
-    assert_eq!(c.receive(Some(Duration::from_secs(1))).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(c.receive(Duration::from_secs(1)).unwrap_err().kind(), ErrorKind::Closed);
     assert_eq!(c.flush(Duration::from_secs(1)).unwrap_err().kind(), ErrorKind::Closed);
 }
 
@@ -274,7 +274,7 @@ fn broker_restart_is_only_a_delay() {
     let deadline = Instant::now() + WAIT;
     let got = loop {
         me.publish("news", &[], b"extra").unwrap();
-        match listener.receive(Some(Duration::from_millis(300))) {
+        match listener.receive(Duration::from_millis(300)) {
             Ok(m) => break m,
             Err(e) if e.kind() == ErrorKind::Timeout && Instant::now() < deadline => {}
             Err(e) => panic!("listener never re-subscribed: {e}; stats {:?}", listener.stats()),
@@ -304,7 +304,7 @@ fn stalled_broker_is_detected_by_heartbeat_and_survived() {
     while !bodies.iter().any(|b: &Vec<u8>| b == b"after") {
         assert!(Instant::now() < deadline, "no round trip after SIGCONT: {:?}; got {bodies:?}", c.stats());
         c.publish("alive", &[], b"after").unwrap();
-        if let Ok(m) = c.receive(Some(Duration::from_millis(500))) {
+        if let Ok(m) = c.receive(Duration::from_millis(500)) {
             bodies.push(m.body);
         }
     }
