@@ -137,8 +137,9 @@ fn public_files(dir: &Path) -> Result<Vec<PathBuf>, AllowlistError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        // fs::metadata follows symlinks, as operators link keys into place.
-        if path.extension().is_some_and(|e| e == "public") && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        // fs::metadata follows symlinks, as operators link keys into place;
+        // one that cannot be followed is kept, so reading it reports it.
+        if path.extension().is_some_and(|e| e == "public") && fs::metadata(&path).map_or(true, |m| !m.is_dir()) {
             files.push(path);
         }
     }

@@ -123,6 +123,28 @@ extern "C" {
     ) -> libc::c_int;
 }
 
+/// Sets `ZMQ_ZAP_ENFORCE_DOMAIN` on `socket`: a handshake that no ZAP handler
+/// answers then fails, instead of libzmq's default of admitting the client.
+/// Must be set before the socket binds.
+pub fn enforce_zap(socket: &mut zmq::Socket) -> Result<(), std::io::Error> {
+    let on: libc::c_int = 1;
+    // SAFETY: a live socket and a pointer to an int of the given size, as
+    // zmq_setsockopt requires for an int option.
+    let rc = unsafe {
+        zmq_setsockopt(
+            socket.as_mut_ptr(),
+            ZMQ_ZAP_ENFORCE_DOMAIN,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Everything `mc0d` can be told on its command line.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -303,26 +325,14 @@ impl Broker {
         }
         if auth.is_some() {
             socket.set_zap_domain(zap::ZAP_DOMAIN).map_err(|e| err("set ZMQ_ZAP_DOMAIN", e))?;
-            let on: libc::c_int = 1;
-            // SAFETY: a live socket and a pointer to an int of the given size,
-            // as zmq_setsockopt requires for an int option.
-            let rc = unsafe {
-                zmq_setsockopt(
-                    socket.as_mut_ptr(),
-                    ZMQ_ZAP_ENFORCE_DOMAIN,
-                    &on as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>(),
-                )
-            };
-            if rc != 0 {
+            if let Err(e) = enforce_zap(&mut socket) {
                 // Still closed: messages without an authorized User-Id are
                 // refused by the loop (see the module doc).
                 log.log(
                     Level::Warn,
                     format_args!(
-                        "this libzmq does not support ZMQ_ZAP_ENFORCE_DOMAIN ({}); \
-                         unauthorized messages are refused by the broker itself",
-                        std::io::Error::last_os_error()
+                        "this libzmq does not support ZMQ_ZAP_ENFORCE_DOMAIN ({e}); \
+                         unauthorized messages are refused by the broker itself"
                     ),
                 );
             }
@@ -538,7 +548,9 @@ impl Server {
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e),
             }
-            if first && self.auth.is_some() {
+            // Metadata comes with the frames read off the wire, not with the
+            // routing-id frame the ROUTER puts in front.
+            if self.frames.len() == 1 && extra == 0 && self.auth.is_some() {
                 self.user.clear();
                 if let Some(user) = msg.gets("User-Id") {
                     self.user.push_str(user);
