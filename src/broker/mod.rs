@@ -325,16 +325,18 @@ impl State {
 
     fn serve(&mut self, stop: &AtomicBool, status_interval: Duration) -> Result<(), BrokerError> {
         let mut next_status = Instant::now() + status_interval;
-        let mut last_status = self.snapshot();
+        // Heartbeats alone do not make the status line worth repeating.
+        let key = |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.drops);
+        let mut last_status = key(&self.snapshot());
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             self.run_timers(now);
             if now >= next_status {
                 self.flush_suppressed();
                 let stats = self.snapshot();
-                if stats != last_status {
+                if key(&stats) != last_status {
                     self.out.log.log(Level::Info, format_args!("status: {stats}"));
-                    last_status = stats;
+                    last_status = key(&stats);
                 }
                 next_status = now + status_interval;
             }
@@ -374,9 +376,13 @@ impl State {
         let mut extra = 0;
         loop {
             let mut msg = zmq::Message::new();
+            let first = self.frames.is_empty() && extra == 0;
             match self.out.socket.recv(&mut msg, zmq::DONTWAIT) {
                 Ok(()) => {}
-                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) if self.frames.is_empty() && extra == 0 => return Ok(None),
+                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) if first => return Ok(None),
+                // The rest of a multipart message is already here (libzmq
+                // delivers them atomically); an interrupted read just resumes.
+                Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e),
             }
             let more = msg.get_more();
