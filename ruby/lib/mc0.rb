@@ -23,11 +23,13 @@ require 'json'
 module Mc0
   # Every libmc0 failure. `status` is the mc0_status name (e.g. :timeout).
   class Error < StandardError
-    attr_reader :status
+    # mc0_status name (e.g. :timeout) and mc0_last_error()'s text alone.
+    attr_reader :status, :detail
 
-    def initialize(message, status = nil)
+    def initialize(message, status = nil, detail = nil)
       super(message)
       @status = status
+      @detail = detail || message
     end
   end
 
@@ -80,6 +82,7 @@ module Mc0
       [:mc0_connector_subscribe, %i[pointer string], :int, true],
       [:mc0_connector_unsubscribe, %i[pointer string], :int, true],
       [:mc0_connector_publish, %i[pointer string pointer pointer pointer size_t pointer size_t], :int, true],
+      [:mc0_connector_flush, %i[pointer int32], :int, true],
       [:mc0_connector_receive, %i[pointer int32 pointer], :int, true],
       [:mc0_connector_close, [:pointer], :int, true],
       [:mc0_connector_free, [:pointer], :void, true],
@@ -178,7 +181,7 @@ module Mc0
       name, klass = STATUS.fetch(status, [:unknown, Error])
       detail = Native.mc0_last_error.to_s
       detail = name.to_s.tr('_', ' ') if detail.empty?
-      raise (klass || Error).new("#{what}: #{detail}", name)
+      raise (klass || Error).new("#{what}: #{detail}", name, detail)
     end
 
     # Calls mc0_topic_* and frees the returned string.
@@ -296,16 +299,28 @@ module Mc0
     # Connects (CONNECT handshake, bounded by libmc0's connect_timeout).
     # `settings` are libmc0 config keys (broker.host, curve, ...).
     def initialize(settings)
-      out = FFI::MemoryPointer.new(:pointer)
-      Config.with(settings) do |cfg|
-        Mc0.check(Native.mc0_connector_new(cfg, out), 'connecting to the broker')
-      end
-      @ptr = out.read_pointer
       @lock = Mutex.new
       @idle = ConditionVariable.new
       @inflight = 0
       @closed = false
-      self.class.track(self)
+      @ptr = nil
+      # The engine thread exists only in this process; a forked child must
+      # not wait for it (e.g. from at_exit).
+      @owner_pid = Process.pid
+      out = FFI::MemoryPointer.new(:pointer)
+      # An interrupt (Timeout, Thread#kill) cannot stop the native call; it
+      # is held until the handle is stored, then raised here, and the
+      # connection made meanwhile is closed rather than lost.
+      Thread.handle_interrupt(Object => :never) do
+        Config.with(settings) do |cfg|
+          Mc0.check(Native.mc0_connector_new(cfg, out), 'connecting to the broker')
+        end
+        @ptr = out.read_pointer
+        self.class.track(self)
+      end
+    rescue Exception # rubocop:disable Lint/RescueException
+      close if @ptr
+      raise
     ensure
       out&.free
     end
@@ -347,30 +362,54 @@ module Mc0
       [body_ptr, lens_arr, values_arr, names_arr, *value_ptrs, *name_ptrs].each { |p| p&.free }
     end
 
+    # Waits until what was published so far is acknowledged by the broker,
+    # at most timeout_ms. Raises TimeoutError when that takes longer.
+    def flush(timeout_ms)
+      call('flush') { |c| Mc0.check(Native.mc0_connector_flush(c, Integer(timeout_ms)), 'flush') }
+    end
+
     # Waits up to timeout_ms for a message. Returns a Mc0::Message, or nil on
     # timeout. Raises ClosedError once closed, other Mc0::Error on failure.
     def receive(timeout_ms)
       out = FFI::MemoryPointer.new(:pointer)
-      msg = nil
       call('receive') do |c|
-        status = Native.mc0_connector_receive(c, Integer(timeout_ms), out)
-        return nil if status == 4 # MC0_ERR_TIMEOUT: the normal "nothing yet"
+        # A message taken from libmc0 is always converted and freed; an
+        # interrupt arriving meanwhile is raised after that (the message is
+        # then dropped, as whoever interrupted no longer wants it).
+        Thread.handle_interrupt(Object => :never) do
+          status = Native.mc0_connector_receive(c, Integer(timeout_ms), out)
+          next nil if status == 4 # MC0_ERR_TIMEOUT: the normal "nothing yet"
 
-        Mc0.check(status, 'receive')
-        msg = out.read_pointer
-        convert(msg)
+          Mc0.check(status, 'receive')
+          msg = out.read_pointer
+          begin
+            convert(msg)
+          ensure
+            Native.mc0_message_free(msg)
+          end
+        end
       end
     ensure
-      Native.mc0_message_free(msg) if msg && !msg.null?
       out&.free
     end
 
     # Closes the connection (DISCONNECT), wakes blocked receivers, and frees
     # the handle once they have returned. Idempotent.
     def close
+      Thread.handle_interrupt(Object => :never) { close_and_free }
+    end
+
+    private
+
+    def close_and_free
+      unless Process.pid == @owner_pid
+        @closed = true
+        self.class.untrack(self)
+        return nil
+      end
       ptr = nil
       @lock.synchronize do
-        return if @closed
+        return nil if @closed || @ptr.nil?
 
         @closed = true
         ptr = @ptr
@@ -392,8 +431,6 @@ module Mc0
       self.class.untrack(self)
       nil
     end
-
-    private
 
     def call(what)
       @lock.synchronize do

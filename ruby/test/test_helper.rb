@@ -49,7 +49,11 @@ module TestEnv
         plugin.zeromq.broker.public_key = /nonexistent/broker.public
         plugin.zeromq.heartbeat = 2
       CFG
+      # MCollective 2.12 calls File.exists?, deprecated in Ruby 3.1; not ours to fix.
+      deprecated = Warning[:deprecated]
+      Warning[:deprecated] = false
       MCollective::Config.instance.loadconfig(cfg)
+      Warning[:deprecated] = deprecated
       MCollective::Config.instance
     end
   end
@@ -69,3 +73,82 @@ module TestEnv
 end
 
 Mc0.load(TestEnv::LIBRARY)
+
+# One real mc0d for the tests that need a broker, with fresh CURVE keys.
+module TestBroker
+  MC0D = File.join(TestEnv::BIN_DIR, 'mc0d')
+
+  class << self
+    attr_reader :port, :pid
+
+    def keyfile(name)
+      File.join(TestEnv::DIR, name)
+    end
+
+    # Writes NAME.public / NAME.private with libmc0's keypair generator.
+    def make_keys(name)
+      pub, sec = Mc0.curve_keypair
+      File.write(keyfile("#{name}.public"), "#{pub}\n")
+      File.write(keyfile("#{name}.private"), "#{sec}\n", perm: 0o600)
+    end
+
+    def start
+      return self if @pid
+
+      raise "#{MC0D} not found: run 'cargo build --release' first" unless File.executable?(MC0D)
+
+      %w[broker client rogue].each { |n| make_keys(n) }
+      @log = keyfile('mc0d.log')
+      @port = free_port
+      @pid = Process.spawn(MC0D, '--bind', '127.0.0.1', '--port', @port.to_s,
+                           '--curve-private-key', keyfile('broker.private'), '--log-level', 'debug',
+                           %i[out err] => [@log, 'a'])
+      Minitest.after_run { stop }
+      wait_until(15, 'mc0d to listen') { File.exist?(@log) && File.read(@log).include?('listening on') }
+      self
+    end
+
+    def stop
+      return unless @pid
+
+      Process.kill('TERM', @pid)
+      Timeout.timeout(10) { Process.wait(@pid) }
+    rescue Timeout::Error
+      Process.kill('KILL', @pid)
+      Process.wait(@pid)
+    rescue Errno::ESRCH, Errno::ECHILD
+      nil
+    ensure
+      @pid = nil
+    end
+
+    # libmc0 settings for a client of this broker.
+    def settings(extra = {})
+      { 'broker.host' => '127.0.0.1', 'broker.port' => @port.to_s,
+        'broker.public_key' => keyfile('broker.public'),
+        'public_key' => keyfile('client.public'), 'private_key' => keyfile('client.private'),
+        'heartbeat' => '2', 'identity' => 'unit' }.merge(extra)
+    end
+
+    def log_text
+      File.read(@log)
+    end
+
+    def free_port
+      require 'socket'
+      s = TCPServer.new('127.0.0.1', 0)
+      s.addr[1]
+    ensure
+      s&.close
+    end
+
+    def wait_until(seconds, what)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+      until yield
+        raise "timed out after #{seconds}s waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+    end
+  end
+end

@@ -88,13 +88,24 @@ class ZeromqConnectorTest < Minitest::Test
     refute(settings.keys.any? { |k| k.start_with?('zeromq.') })
   end
 
+  def test_mcollective_connection_timeout_bounds_libmc0s_connect
+    refute @connector.libmc0_settings.key?('connect_timeout')
+    @config.instance_variable_set(:@connection_timeout, 3)
+    assert_equal '3', @connector.libmc0_settings['connect_timeout']
+    @config.pluginconf['zeromq.connect_timeout'] = '7'
+    assert_equal '7', @connector.libmc0_settings['connect_timeout']
+  ensure
+    @config.instance_variable_set(:@connection_timeout, nil)
+    @config.pluginconf.delete('zeromq.connect_timeout')
+  end
+
   def test_not_connected_receive_and_publish_raise_message_not_received
     assert_raises(MessageNotReceived) { @connector.publish(request) }
   end
 
-  def test_bad_key_file_fails_connect_naming_the_file
+  def test_missing_private_key_fails_connect_naming_the_setting
     err = assert_raises(RuntimeError) { @connector.connect }
-    assert_match(%r{/nonexistent/broker.public}, err.message)
+    assert_match(/plugin\.zeromq\.private_key/, err.message)
     assert_nil @connector.connection
   end
 end

@@ -10,14 +10,14 @@ say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 say "1. CURVE keys (mc0-keygen) for the broker, a client and three servers in $WORK/keys"
 PORT=$(free_port)
 need "$MC0D" "$KEYGEN" "$LIBMC0"
-make_keys node-1 node-2 node-3 rogue
+make_keys node-1 node-2 node-3
 ls "$WORK/keys" | sed 's/^/   /'
 
-say "2. mc0d, the broker, on 127.0.0.1:$PORT (CURVE on, heartbeat ${HEARTBEAT}s)"
+say "2. mc0d, the broker, on 127.0.0.1:$PORT (CURVE on)"
 start_broker
 echo "   pid $BROKER_PID"
 
-say "3. Three mcollectived servers (identities node-1..3), connector = zeromq"
+say "3. Three mcollectived servers (identities node-1..3), connector = zeromq, heartbeat ${HEARTBEAT}s"
 client_cfg client
 start_servers
 for i in 1 2 3; do echo "   node-$i pid ${SERVER_PIDS[$((i - 1))]} ($WORK/node-$i.cfg)"; done
@@ -28,9 +28,11 @@ say "4. mco ping"
 timeout 60 mco ping --config "$WORK/client.cfg" -t 3
 
 say "5. mco rpc rpcutil ping"
-timeout 60 mco rpc --config "$WORK/client.cfg" rpcutil ping -t 5
+progress=()
+[ -t 1 ] || progress=(--np) # the progress bar is for terminals
+timeout 60 mco rpc --config "$WORK/client.cfg" "${progress[@]}" rpcutil ping -t 5
 
 say "6. What the broker saw (last lines of its log)"
-tail -5 "$WORK/mc0d.log" | sed 's/^/   /'
+grep -E 'PUT|subscribed|connected' "$WORK/mc0d.log" | tail -12 | sed 's/^/   /'
 
 say "Done: stopping the servers and the broker."

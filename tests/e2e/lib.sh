@@ -17,6 +17,7 @@ KEYGEN=$BIN_DIR/mc0-keygen
 LIBMC0=${MC0_LIBRARY:-$BIN_DIR/libmc0.so}
 HEARTBEAT=${E2E_HEARTBEAT:-2}
 SERVERS=${E2E_SERVERS:-3}
+CONNECT_TIMEOUT=${E2E_CONNECT_TIMEOUT:-5}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mc0-e2e.XXXXXX")
 PORT=
@@ -77,13 +78,16 @@ wait_for() {
     done
 }
 
-make_keys() {
+# make_keys_for NAME...: $WORK/keys/NAME.{public,private} with mc0-keygen.
+make_keys_for() {
     mkdir -p "$WORK/keys"
-    local name
-    for name in broker client "$@"; do
-        "$KEYGEN" "$WORK/keys/$name" >/dev/null
+    local name out
+    for name in "$@"; do
+        out=$("$KEYGEN" "$WORK/keys/$name" 2>&1) || { echo "mc0-keygen failed: $out" >&2; return 1; }
     done
 }
+
+make_keys() { make_keys_for broker client "$@"; }
 
 # common_cfg IDENTITY LOGFILE: the settings servers and clients share.
 common_cfg() {
@@ -105,6 +109,7 @@ plugin.zeromq.broker.host = 127.0.0.1
 plugin.zeromq.broker.port = $PORT
 plugin.zeromq.broker.public_key = $WORK/keys/broker.public
 plugin.zeromq.heartbeat = $HEARTBEAT
+plugin.zeromq.connect_timeout = $CONNECT_TIMEOUT
 CFG
 }
 
@@ -160,20 +165,24 @@ server_ready() {
     grep -q 'Waiting for a message from the mc0 broker' "$WORK/$1.log" 2>/dev/null
 }
 
+# start_server ID: writes its config and starts mcollectived in the foreground.
+start_server() {
+    server_cfg "$1"
+    mcollectived --config "$WORK/$1.cfg" --no-daemonize >>"$WORK/$1.out" 2>&1 &
+    SERVER_PIDS+=($!)
+}
+
+wait_server_ready() {
+    wait_for 60 "server $1 to connect and subscribe" server_ready "$1" || {
+        tail -30 "$WORK/$1.log" "$WORK/$1.out" >&2 || true
+        return 1
+    }
+}
+
 start_servers() {
-    local i id
-    for i in $(seq 1 "$SERVERS"); do
-        id=node-$i
-        server_cfg "$id"
-        mcollectived --config "$WORK/$id.cfg" --no-daemonize >>"$WORK/$id.out" 2>&1 &
-        SERVER_PIDS+=($!)
-    done
-    for i in $(seq 1 "$SERVERS"); do
-        wait_for 60 "server node-$i to connect and subscribe" server_ready "node-$i" || {
-            tail -30 "$WORK/node-$i.log" "$WORK/node-$i.out" >&2 || true
-            return 1
-        }
-    done
+    local i
+    for i in $(seq 1 "$SERVERS"); do start_server "node-$i"; done
+    for i in $(seq 1 "$SERVERS"); do wait_server_ready "node-$i" || return 1; done
 }
 
 # The identities that answer `mco ping` (sorted, one per line).

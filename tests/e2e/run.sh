@@ -80,10 +80,19 @@ t_broker_restart() {
     kill -KILL "$BROKER_PID"
     wait "$BROKER_PID" 2>/dev/null || true
     BROKER_PID=
-    log "mc0d killed; restarting it on port $PORT"
+    # A server started while the broker is down keeps retrying until it is back.
+    SERVERS=$((SERVERS + 1))
+    local late=node-$SERVERS
+    make_keys_for "$late"
+    start_server "$late"
+    wait_for 60 "$late to report the broker unreachable" \
+        grep -q 'Could not connect to the mc0 broker.*retrying' "$WORK/$late.log" ||
+        { fail "$late did not report the missing broker"; }
+    log "mc0d killed, $late started meanwhile; restarting mc0d on port $PORT"
     start_broker || { fail "mc0d did not restart"; return; }
-    # Servers notice within ~1 heartbeat (${HEARTBEAT}s), then reconnect and resubscribe.
-    local deadline=$((SECONDS + 12 * HEARTBEAT + 20)) got=
+    wait_server_ready "$late" || fail "$late did not connect after the broker came back"
+    # Running servers notice within ~1 heartbeat (${HEARTBEAT}s), reconnect and resubscribe.
+    local deadline=$((SECONDS + 12 * HEARTBEAT + 30)) got=
     while [ "$SECONDS" -lt "$deadline" ]; do
         got=$(mco_ping_nodes "$WORK/client.cfg" -t 2)
         [ "$got" = "$(all_nodes)" ] && break

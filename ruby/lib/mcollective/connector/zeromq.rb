@@ -201,6 +201,11 @@ module MCollective
           settings[name] = value.to_s.strip unless PLUGIN_ONLY.include?(name)
         end
         settings['identity'] ||= @config.identity
+        # MCollective's connection_timeout wraps connect in Timeout, which
+        # cannot cut a native call short; let libmc0 give up in time instead.
+        if !settings.key?('connect_timeout') && @config.connection_timeout
+          settings['connect_timeout'] = @config.connection_timeout.to_s
+        end
         settings
       end
 
@@ -226,10 +231,10 @@ module MCollective
         begin
           Mc0::Connector.new(settings)
         rescue Mc0::ConfigError, Mc0::KeyFileError, Mc0::InvalidArgumentError => e
-          raise("mc0 connector configuration: #{plugin_key_hint(e.message)}")
+          raise("zeromq connector configuration: #{plugin_key_hint(e.message)}")
         rescue Mc0::Error => e
-          message = "Could not connect to the mc0 broker at #{broker_description}: #{e.message}"
-          if e.status == :timeout
+          message = "Could not connect to the mc0 broker at #{broker_description}: #{e.detail}"
+          if e.status == :timeout && !e.detail.include?('public_key')
             message += ' (is mc0d running there, and is plugin.zeromq.broker.public_key its public key?)'
           end
           raise(message) unless @config.mode == :server
@@ -241,9 +246,10 @@ module MCollective
         end
       end
 
-      # libmc0 names its own key ("broker.host"); say which setting that is.
+      # Mc0::Config says "setting broker.host: ..."; name the MCollective setting.
+      # Errors from connecting already carry libmc0's own wording.
       def plugin_key_hint(message)
-        message.sub(/\Asetting (\S+):/, 'plugin.zeromq.\1:')
+        message.sub(/\Asetting (\S+):/, 'plugin.zeromq.\1:').sub(/\Aconnecting to the broker: /, '')
       end
 
       def broker_description
