@@ -99,13 +99,27 @@ module TestBroker
 
       %w[broker client rogue].each { |n| make_keys(n) }
       @log = keyfile('mc0d.log')
-      @port = free_port
-      @pid = Process.spawn(MC0D, '--bind', '127.0.0.1', '--port', @port.to_s,
-                           '--curve-private-key', keyfile('broker.private'), '--log-level', 'debug',
-                           %i[out err] => [@log, 'a'])
       Minitest.after_run { stop }
-      wait_until(15, 'mc0d to listen') { File.exist?(@log) && File.read(@log).include?('listening on') }
-      self
+      # Another process may take the free port before mc0d binds it.
+      3.times do
+        @port = free_port
+        @pid = Process.spawn(MC0D, '--bind', '127.0.0.1', '--port', @port.to_s,
+                             '--curve-private-key', keyfile('broker.private'), '--log-level', 'debug',
+                             %i[out err] => [@log, 'a'])
+        wait_until(15, 'mc0d to listen') { listening? || exited? }
+        return self if listening?
+
+        stop
+      end
+      raise "mc0d did not start; its log:\n#{File.read(@log)}"
+    end
+
+    def listening?
+      File.exist?(@log) && File.read(@log).include?("listening on tcp://127.0.0.1:#{@port} ")
+    end
+
+    def exited?
+      Process.wait(@pid, Process::WNOHANG) ? (@pid = nil; true) : false
     end
 
     def stop

@@ -8,13 +8,12 @@ source "$(dirname "$0")/lib.sh"
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
 say "1. CURVE keys (mc0-keygen) for the broker, a client and three servers in $WORK/keys"
-PORT=$(free_port)
 need "$MC0D" "$KEYGEN" "$LIBMC0"
 make_keys node-1 node-2 node-3
 ls "$WORK/keys" | sed 's/^/   /'
 
+start_broker_on_free_port
 say "2. mc0d, the broker, on 127.0.0.1:$PORT (CURVE on)"
-start_broker
 echo "   pid $BROKER_PID"
 
 say "3. Three mcollectived servers (identities node-1..3), connector = zeromq, heartbeat ${HEARTBEAT}s"

@@ -61,7 +61,7 @@ need() {
 }
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); puts s.addr[1]'
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
@@ -153,6 +153,19 @@ broker_listening() {
     [ "$(grep -c 'listening on' "$WORK/mc0d.log")" -gt "$1" ]
 }
 
+# Another process may take the free port before mc0d binds it: try a few.
+start_broker_on_free_port() {
+    local attempt
+    for attempt in 1 2 3; do
+        PORT=$(free_port)
+        start_broker 2>/dev/null && return 0
+        stop_broker
+    done
+    echo "mc0d did not start (3 attempts); its log:" >&2
+    tail -20 "$WORK/mc0d.log" >&2
+    return 1
+}
+
 stop_broker() {
     [ -n "$BROKER_PID" ] && stop_pid "$BROKER_PID"
     BROKER_PID=
@@ -194,11 +207,10 @@ mco_ping_nodes() {
 
 setup() {
     need "$MC0D" "$KEYGEN" "$LIBMC0"
-    PORT=$(free_port)
     local i ids=()
     for i in $(seq 1 "$SERVERS"); do ids+=("node-$i"); done
     make_keys "${ids[@]}" rogue
+    start_broker_on_free_port
     client_cfg client
-    start_broker
     start_servers
 }
