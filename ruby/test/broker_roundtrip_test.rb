@@ -4,7 +4,7 @@ require_relative 'test_helper'
 
 class BrokerRoundtripTest < Minitest::Test
   def setup
-    TestBroker.start
+    @broker = TestBroker.shared
     @open = []
   end
 
@@ -13,7 +13,7 @@ class BrokerRoundtripTest < Minitest::Test
   end
 
   def connect(extra = {})
-    Mc0::Connector.new(TestBroker.settings(extra)).tap { |c| @open << c }
+    Mc0::Connector.new(@broker.settings(extra)).tap { |c| @open << c }
   end
 
   # Receives until a message arrives, bounded.
@@ -68,7 +68,7 @@ class BrokerRoundtripTest < Minitest::Test
   def test_wrong_broker_key_times_out_with_a_clear_error
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     err = assert_raises(Mc0::TimeoutError) do
-      connect('broker.public_key' => TestBroker.keyfile('rogue.public'), 'connect_timeout' => '1')
+      connect('broker.public_key' => Mc0d.keyfile('rogue.public'), 'connect_timeout' => '1')
     end
     assert_operator Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, :<, 15
     assert_equal :timeout, err.status
@@ -91,14 +91,14 @@ class PluginRoundtripTest < Minitest::Test
   include MCollective
 
   def setup
-    TestBroker.start
+    @broker = TestBroker.shared
     @config = TestEnv.mcollective
     @saved = @config.pluginconf.dup
     @config.pluginconf.merge!(
-      'zeromq.broker.port' => TestBroker.port.to_s,
-      'zeromq.broker.public_key' => TestBroker.keyfile('broker.public'),
-      'zeromq.public_key' => TestBroker.keyfile('client.public'),
-      'zeromq.private_key' => TestBroker.keyfile('client.private'),
+      'zeromq.broker.port' => @broker.port.to_s,
+      'zeromq.broker.public_key' => Mc0d.keyfile('broker.public'),
+      'zeromq.public_key' => Mc0d.keyfile('client.public'),
+      'zeromq.private_key' => Mc0d.keyfile('client.private'),
       'zeromq.connect_timeout' => '2'
     )
     @connector = MCollective::Connector::Zeromq.new
@@ -137,6 +137,32 @@ class PluginRoundtripTest < Minitest::Test
     assert_equal 'still here', Timeout.timeout(15) { @connector.receive }.payload
   end
 
+  def test_subscribing_while_the_broker_is_down_takes_effect_when_it_is_back
+    own = Mc0d.new('mc0d-restart').start
+    @config.pluginconf['zeromq.broker.port'] = own.port.to_s
+    @config.pluginconf['zeromq.connect_timeout'] = '1'
+    @connector.connect
+    own.stop('KILL')
+    @connector.subscribe('puppet', :broadcast, 'mcollective') # times out: warned, kept by libmc0
+    own.start(own.port)
+    sender = Mc0::Connector.new(own.settings('identity' => 'sender', 'connect_timeout' => '5'))
+    begin
+      answer = nil
+      Mc0d.wait_until(30, 'the subscription to be made after the broker restart') do
+        sender.publish('mcollective puppet', 'after restart')
+        answer = Timeout.timeout(1) { @connector.receive }
+      rescue Timeout::Error
+        false
+      end
+      assert_equal 'after restart', answer.payload
+      assert_match(/subscription is made when the broker is back/, TestEnv.log_text)
+    ensure
+      sender.close
+      @connector.disconnect
+      own.stop
+    end
+  end
+
   def test_timeout_interrupts_receive_within_a_slice
     @connector.connect
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
@@ -146,13 +172,13 @@ class PluginRoundtripTest < Minitest::Test
 
   def test_libmc0_logs_into_mcollectives_log
     @connector.connect
-    TestBroker.wait_until(10, 'a libmc0 line in the MCollective log') { TestEnv.log_text.include?('libmc0: ') }
+    Mc0d.wait_until(10, 'a libmc0 line in the MCollective log') { TestEnv.log_text.include?('libmc0: ') }
   end
 
   def test_client_with_wrong_broker_key_fails_clearly
-    @config.pluginconf['zeromq.broker.public_key'] = TestBroker.keyfile('rogue.public')
+    @config.pluginconf['zeromq.broker.public_key'] = Mc0d.keyfile('rogue.public')
     err = assert_raises(RuntimeError) { @connector.connect }
-    assert_match(/Could not connect to the mc0 broker at 127\.0\.0\.1:#{TestBroker.port}/, err.message)
+    assert_match(/Could not connect to the mc0 broker at 127\.0\.0\.1:#{@broker.port}/, err.message)
     assert_match(/broker\.public_key/, err.message)
     assert_nil @connector.connection
   end

@@ -74,95 +74,113 @@ end
 
 Mc0.load(TestEnv::LIBRARY)
 
-# One real mc0d for the tests that need a broker, with fresh CURVE keys.
-module TestBroker
+# A real mc0d (CURVE, 127.0.0.1) with keys in TestEnv::DIR. TestBroker.shared
+# serves most tests; a test that kills its broker makes its own.
+class Mc0d
   MC0D = File.join(TestEnv::BIN_DIR, 'mc0d')
 
-  class << self
-    attr_reader :port, :pid
+  attr_reader :port, :pid
 
-    def keyfile(name)
-      File.join(TestEnv::DIR, name)
+  def self.keyfile(name)
+    File.join(TestEnv::DIR, name)
+  end
+
+  # Writes NAME.public / NAME.private with libmc0's keypair generator.
+  def self.make_keys(name)
+    pub, sec = Mc0.curve_keypair
+    File.write(keyfile("#{name}.public"), "#{pub}\n")
+    File.write(keyfile("#{name}.private"), "#{sec}\n", perm: 0o600)
+  end
+
+  def self.monotonic
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
+  def self.wait_until(seconds, what)
+    deadline = monotonic + seconds
+    until yield
+      raise "timed out after #{seconds}s waiting for #{what}" if monotonic > deadline
+
+      sleep 0.05
     end
+  end
 
-    # Writes NAME.public / NAME.private with libmc0's keypair generator.
-    def make_keys(name)
-      pub, sec = Mc0.curve_keypair
-      File.write(keyfile("#{name}.public"), "#{pub}\n")
-      File.write(keyfile("#{name}.private"), "#{sec}\n", perm: 0o600)
-    end
+  def initialize(name)
+    raise "#{MC0D} not found: run 'cargo build --release' first" unless File.executable?(MC0D)
 
-    def start
+    %w[broker client rogue].each { |n| Mc0d.make_keys(n) unless File.exist?(Mc0d.keyfile("#{n}.private")) }
+    @log = Mc0d.keyfile("#{name}.log")
+    @port = nil
+    Minitest.after_run { stop }
+  end
+
+  # Starts mc0d on `port`, or on a free port (retrying if another process
+  # takes it first).
+  def start(port = nil)
+    3.times do
+      @port = port || free_port
+      before = listen_count
+      @pid = Process.spawn(MC0D, '--bind', '127.0.0.1', '--port', @port.to_s,
+                           '--curve-private-key', Mc0d.keyfile('broker.private'), '--log-level', 'debug',
+                           %i[out err] => [@log, 'a'])
+      Mc0d.wait_until(15, 'mc0d to listen') { listen_count > before || exited? }
       return self if @pid
 
-      raise "#{MC0D} not found: run 'cargo build --release' first" unless File.executable?(MC0D)
-
-      %w[broker client rogue].each { |n| make_keys(n) }
-      @log = keyfile('mc0d.log')
-      Minitest.after_run { stop }
-      # Another process may take the free port before mc0d binds it.
-      3.times do
-        @port = free_port
-        @pid = Process.spawn(MC0D, '--bind', '127.0.0.1', '--port', @port.to_s,
-                             '--curve-private-key', keyfile('broker.private'), '--log-level', 'debug',
-                             %i[out err] => [@log, 'a'])
-        wait_until(15, 'mc0d to listen') { listening? || exited? }
-        return self if listening?
-
-        stop
-      end
-      raise "mc0d did not start; its log:\n#{File.read(@log)}"
+      raise "mc0d did not start on port #{port}:\n#{File.read(@log)}" if port
     end
+    raise "mc0d did not start; its log:\n#{File.read(@log)}"
+  end
 
-    def listening?
-      File.exist?(@log) && File.read(@log).include?("listening on tcp://127.0.0.1:#{@port} ")
-    end
+  def stop(signal = 'TERM')
+    return unless @pid
 
-    def exited?
-      Process.wait(@pid, Process::WNOHANG) ? (@pid = nil; true) : false
-    end
+    Process.kill(signal, @pid)
+    Timeout.timeout(10) { Process.wait(@pid) }
+  rescue Timeout::Error
+    Process.kill('KILL', @pid)
+    Process.wait(@pid)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  ensure
+    @pid = nil
+  end
 
-    def stop
-      return unless @pid
+  # libmc0 settings for a client of this broker.
+  def settings(extra = {})
+    { 'broker.host' => '127.0.0.1', 'broker.port' => @port.to_s,
+      'broker.public_key' => Mc0d.keyfile('broker.public'),
+      'public_key' => Mc0d.keyfile('client.public'), 'private_key' => Mc0d.keyfile('client.private'),
+      'heartbeat' => '2', 'identity' => 'unit' }.merge(extra)
+  end
 
-      Process.kill('TERM', @pid)
-      Timeout.timeout(10) { Process.wait(@pid) }
-    rescue Timeout::Error
-      Process.kill('KILL', @pid)
-      Process.wait(@pid)
-    rescue Errno::ESRCH, Errno::ECHILD
-      nil
-    ensure
-      @pid = nil
-    end
+  def log_text
+    File.exist?(@log) ? File.read(@log) : ''
+  end
 
-    # libmc0 settings for a client of this broker.
-    def settings(extra = {})
-      { 'broker.host' => '127.0.0.1', 'broker.port' => @port.to_s,
-        'broker.public_key' => keyfile('broker.public'),
-        'public_key' => keyfile('client.public'), 'private_key' => keyfile('client.private'),
-        'heartbeat' => '2', 'identity' => 'unit' }.merge(extra)
-    end
+  private
 
-    def log_text
-      File.read(@log)
-    end
+  def listen_count
+    log_text.scan("listening on tcp://127.0.0.1:#{@port} ").size
+  end
 
-    def free_port
-      require 'socket'
-      s = TCPServer.new('127.0.0.1', 0)
-      s.addr[1]
-    ensure
-      s&.close
-    end
+  def exited?
+    return false unless Process.wait(@pid, Process::WNOHANG)
 
-    def wait_until(seconds, what)
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
-      until yield
-        raise "timed out after #{seconds}s waiting for #{what}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    @pid = nil
+    true
+  end
 
-        sleep 0.05
-      end
-    end
+  def free_port
+    require 'socket'
+    s = TCPServer.new('127.0.0.1', 0)
+    s.addr[1]
+  ensure
+    s&.close
+  end
+end
+
+module TestBroker
+  def self.shared
+    @shared ||= Mc0d.new('mc0d').start
   end
 end

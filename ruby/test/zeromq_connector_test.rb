@@ -99,8 +99,12 @@ class ZeromqConnectorTest < Minitest::Test
     @config.pluginconf.delete('zeromq.connect_timeout')
   end
 
-  def test_not_connected_receive_and_publish_raise_message_not_received
-    assert_raises(MessageNotReceived) { @connector.publish(request) }
+  def test_not_connected
+    err = assert_raises(RuntimeError) { @connector.publish(request) }
+    assert_match(/Not connected/, err.message)
+    err = assert_raises(MessageNotReceived) { @connector.receive }
+    assert_match(/not connected/, err.message)
+    assert_operator err.backoff, :>, 0
   end
 
   def test_missing_private_key_fails_connect_naming_the_setting

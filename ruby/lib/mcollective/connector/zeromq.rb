@@ -104,7 +104,12 @@ module MCollective
         @sub_lock.synchronize do
           if @subscriptions[topic].zero?
             Log.debug("Subscribing to '#{topic}'")
-            live_connection.subscribe(topic)
+            begin
+              live_connection.subscribe(topic)
+            rescue Mc0::TimeoutError => e
+              # libmc0 keeps the subscription and makes it once the broker answers.
+              Log.warn("#{e.message}; the subscription is made when the broker is back")
+            end
           end
           @subscriptions[topic] += 1
         end
@@ -120,7 +125,12 @@ module MCollective
 
           @subscriptions.delete(topic)
           Log.debug("Unsubscribing from '#{topic}'")
-          live_connection.unsubscribe(topic)
+          begin
+            live_connection.unsubscribe(topic)
+          rescue Mc0::TimeoutError => e
+            # Already forgotten locally; a restarted broker never hears of it.
+            Log.warn(e.message)
+          end
         end
       end
 
@@ -137,10 +147,12 @@ module MCollective
       def receive
         Log.debug('Waiting for a message from the mc0 broker')
         loop do
+          conn = @connection
+          not_received('not connected') unless conn
           raw = begin
-            live_connection.receive(RECEIVE_SLICE_MS)
+            conn.receive(RECEIVE_SLICE_MS)
           rescue Mc0::Error => e
-            not_received(e)
+            not_received(e.message)
           end
           next unless raw
 
@@ -217,10 +229,7 @@ module MCollective
       end
 
       def live_connection
-        conn = @connection
-        raise(MessageNotReceived.new(@backoff), 'Not connected to the mc0 broker') unless conn
-
-        conn
+        @connection || raise('Not connected to the mc0 broker (connect first)')
       end
 
       # A node keeps trying until the broker answers (as the Stomp connectors
@@ -258,11 +267,11 @@ module MCollective
         "#{host}:#{port}"
       end
 
-      def not_received(error)
+      def not_received(reason)
         backoff = @backoff
         @backoff = [@backoff * 2, MAX_BACKOFF].min
         sleep(ERROR_PAUSE)
-        raise(MessageNotReceived.new(backoff), "No message received from the mc0 broker: #{error.message}")
+        raise(MessageNotReceived.new(backoff), "No message received from the mc0 broker: #{reason}")
       end
 
       def libmc0_log(level, text)
