@@ -89,6 +89,16 @@ make_keys_for() {
 
 make_keys() { make_keys_for broker client "$@"; }
 
+# authorize NAME...: lets NAME's public key connect (mc0d --authorized-keys;
+# mc0d reads the directory at start, on SIGHUP and when it changes).
+authorize() {
+    mkdir -p "$WORK/authorized"
+    local name
+    for name in "$@"; do
+        [ -e "$WORK/authorized/$name.public" ] || cp "$WORK/keys/$name.public" "$WORK/authorized/"
+    done
+}
+
 # common_cfg IDENTITY LOGFILE: the settings servers and clients share.
 common_cfg() {
     cat <<CFG
@@ -113,14 +123,14 @@ plugin.zeromq.connect_timeout = $CONNECT_TIMEOUT
 CFG
 }
 
-# client_cfg NAME [BROKER_KEY]: writes $WORK/NAME.cfg for mco.
+# client_cfg NAME [BROKER_KEY [CLIENT_KEY]]: writes $WORK/NAME.cfg for mco.
 client_cfg() {
-    local name=$1 broker_key=${2:-$WORK/keys/broker.public}
+    local name=$1 broker_key=${2:-$WORK/keys/broker.public} own=${3:-client}
     printf -- '---\nrole: client\n' >"$WORK/facts-$name.yaml"
     {
         common_cfg "$name" "$WORK/$name.log" | sed "s|^plugin.zeromq.broker.public_key = .*|plugin.zeromq.broker.public_key = $broker_key|"
-        echo "plugin.zeromq.public_key = $WORK/keys/client.public"
-        echo "plugin.zeromq.private_key = $WORK/keys/client.private"
+        echo "plugin.zeromq.public_key = $WORK/keys/$own.public"
+        echo "plugin.zeromq.private_key = $WORK/keys/$own.private"
     } >"$WORK/$name.cfg"
 }
 
@@ -138,8 +148,9 @@ server_cfg() {
 start_broker() {
     local before
     before=$(grep -c 'listening on' "$WORK/mc0d.log" 2>/dev/null || true)
+    mkdir -p "$WORK/authorized"
     "$MC0D" --bind 127.0.0.1 --port "$PORT" --curve-private-key "$WORK/keys/broker.private" \
-        --log-level debug >>"$WORK/mc0d.log" 2>&1 &
+        --authorized-keys "$WORK/authorized" --log-level debug >>"$WORK/mc0d.log" 2>&1 &
     BROKER_PID=$!
     wait_for 15 "mc0d listening on 127.0.0.1:$PORT" broker_listening "${before:-0}" || {
         tail -20 "$WORK/mc0d.log" >&2
@@ -180,6 +191,7 @@ server_ready() {
 
 # start_server ID: writes its config and starts mcollectived in the foreground.
 start_server() {
+    authorize "$1"
     server_cfg "$1"
     mcollectived --config "$WORK/$1.cfg" --no-daemonize >>"$WORK/$1.out" 2>&1 &
     SERVER_PIDS+=($!)
@@ -210,6 +222,7 @@ setup() {
     local i ids=()
     for i in $(seq 1 "$SERVERS"); do ids+=("node-$i"); done
     make_keys "${ids[@]}" rogue
+    authorize client "${ids[@]}"
     start_broker_on_free_port
     client_cfg client
     start_servers

@@ -114,6 +114,19 @@ t_wrong_broker_key() {
     echo "$out" | grep -q "broker.public_key" || fail "the message does not point at plugin.zeromq.broker.public_key"
 }
 
+t_unlisted_client_refused() {
+    # Right broker key, but a client key mc0d was not told about.
+    client_cfg stranger "$WORK/keys/broker.public" rogue
+    local start=$SECONDS out rc=0
+    out=$(timeout 60 mco ping --config "$WORK/stranger.cfg" -t 2 2>&1) || rc=$?
+    local took=$((SECONDS - start))
+    [ "$rc" -ne 0 ] || fail "mco ping with an unlisted client key exited 0"
+    [ "$rc" -ne 124 ] || fail "mco ping with an unlisted client key hung (killed by timeout)"
+    [ "$took" -le 45 ] || fail "mco ping with an unlisted client key took ${took}s"
+    echo "$out" | grep -q "Could not connect to the mc0 broker at 127.0.0.1:$PORT" ||
+        fail "no clear 'Could not connect to the mc0 broker' message: $out"
+}
+
 t_servers_healthy() {
     local i pid
     for i in "${!SERVER_PIDS[@]}"; do
@@ -147,7 +160,7 @@ log "mc0d on 127.0.0.1:$PORT, $SERVERS servers ready"
 set +e
 
 for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_direct_nodes_file \
-    t_missing_node_times_out t_broker_restart t_wrong_broker_key t_servers_healthy; do
+    t_missing_node_times_out t_broker_restart t_wrong_broker_key t_unlisted_client_refused t_servers_healthy; do
     CURRENT=${t#t_}
     before=${#FAILED[@]}
     log "== $CURRENT"
