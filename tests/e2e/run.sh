@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# End-to-end test: mc0d + three real mcollectived servers using the zeromq
+# plugin (over libmc0) + real mco clients, CURVE and PSK on 127.0.0.1.
+#
+#   cargo build --release && tests/e2e/run.sh      (KEEP_WORK=1 keeps the scratch dir)
+#
+# Exits non-zero if any assertion fails, naming it and showing the log tails.
+
+source "$(dirname "$0")/lib.sh"
+
+FAILED=()
+CURRENT=
+
+fail() {
+    echo "FAIL [$CURRENT]: $*" >&2
+    FAILED+=("$CURRENT: $*")
+}
+
+# rpc_senders CFG ARGS...: runs `mco rpc ... --json`; prints "sender statuscode" lines.
+rpc_senders() {
+    local cfg=$1
+    shift
+    timeout 90 mco rpc --config "$cfg" --json --np "$@" 2>>"$WORK/mco.err" |
+        ruby -rjson -e 'JSON.parse(STDIN.read).each { |r| puts "#{r["sender"]} #{r["statuscode"]}" }' | sort
+}
+
+expect_eq() {
+    local what=$1 want=$2 got=$3
+    if [ "$want" != "$got" ]; then
+        fail "$what: expected [$(echo $want)] got [$(echo $got)]"
+    fi
+}
+
+all_nodes() { seq 1 "$SERVERS" | sed 's/^/node-/'; }
+
+t_ping_all() {
+    expect_eq "mco ping replies" "$(all_nodes)" "$(mco_ping_nodes "$WORK/client.cfg" -t 3)"
+}
+
+t_ping_subcollective() {
+    expect_eq "mco ping -T other replies" "$(all_nodes)" "$(mco_ping_nodes "$WORK/client.cfg" -t 3 -T other)"
+}
+
+t_rpc_ping() {
+    expect_eq "mco rpc rpcutil ping" "$(all_nodes | sed 's/$/ 0/')" \
+        "$(rpc_senders "$WORK/client.cfg" rpcutil ping -t 5)"
+}
+
+t_rpc_threaded() {
+    expect_eq "mco rpc rpcutil ping --threaded" "$(all_nodes | sed 's/$/ 0/')" \
+        "$(rpc_senders "$WORK/client.cfg" rpcutil ping -t 5 --threaded)"
+}
+
+t_inventory_one() {
+    expect_eq "mco rpc rpcutil inventory -I node-2" "node-2 0" \
+        "$(rpc_senders "$WORK/client.cfg" rpcutil inventory -I node-2 -t 5)"
+    # The request went to node-2's directed topic only.
+    grep -q "to 'mcollective nodes node-2'" "$WORK/client.log" ||
+        fail "no directed publish to 'mcollective nodes node-2' in client.log"
+}
+
+t_direct_nodes_file() {
+    echo node-3 >"$WORK/one.txt"
+    expect_eq "mco rpc rpcutil ping --nodes [node-3]" "node-3 0" \
+        "$(rpc_senders "$WORK/client.cfg" rpcutil ping --nodes "$WORK/one.txt" -t 5)"
+}
+
+t_missing_node_times_out() {
+    echo ghost >"$WORK/ghost.txt"
+    local start=$SECONDS got
+    got=$(rpc_senders "$WORK/client.cfg" rpcutil ping --nodes "$WORK/ghost.txt" -t 3)
+    local took=$((SECONDS - start))
+    expect_eq "replies from a node that does not exist" "" "$got"
+    [ "$took" -le 20 ] || fail "request to a missing node took ${took}s (timeout 3s)"
+    grep -q "to 'mcollective nodes ghost'" "$WORK/client.log" ||
+        fail "no directed publish to 'mcollective nodes ghost' in client.log"
+}
+
+t_broker_restart() {
+    kill -KILL "$BROKER_PID"
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=
+    # A server started while the broker is down keeps retrying until it is back.
+    SERVERS=$((SERVERS + 1))
+    local late=node-$SERVERS
+    make_keys_for "$late"
+    start_server "$late"
+    wait_for 60 "$late to report the broker unreachable" \
+        grep -q 'Could not connect to the mc0 broker.*retrying' "$WORK/$late.log" ||
+        { fail "$late did not report the missing broker"; }
+    log "mc0d killed, $late started meanwhile; restarting mc0d on port $PORT"
+    start_broker || { fail "mc0d did not restart"; return; }
+    wait_server_ready "$late" || fail "$late did not connect after the broker came back"
+    # Running servers notice within ~1 heartbeat (${HEARTBEAT}s), reconnect and resubscribe.
+    local deadline=$((SECONDS + 12 * HEARTBEAT + 30)) got=
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        got=$(mco_ping_nodes "$WORK/client.cfg" -t 2)
+        [ "$got" = "$(all_nodes)" ] && break
+    done
+    expect_eq "mco ping after a broker restart" "$(all_nodes)" "$got"
+}
+
+t_wrong_broker_key() {
+    client_cfg rogue "$WORK/keys/rogue.public"
+    local start=$SECONDS out rc=0
+    out=$(timeout 60 mco ping --config "$WORK/rogue.cfg" -t 2 2>&1) || rc=$?
+    local took=$((SECONDS - start))
+    echo "$out" | sed 's/^/    | /'
+    [ "$rc" -ne 0 ] || fail "mco ping with a wrong broker key exited 0"
+    [ "$rc" -ne 124 ] || fail "mco ping with a wrong broker key hung (killed by timeout)"
+    [ "$took" -le 45 ] || fail "mco ping with a wrong broker key took ${took}s"
+    echo "$out" | grep -q "Could not connect to the mc0 broker at 127.0.0.1:$PORT" ||
+        fail "no clear 'Could not connect to the mc0 broker' message"
+    echo "$out" | grep -q "broker.public_key" || fail "the message does not point at plugin.zeromq.broker.public_key"
+}
+
+t_unlisted_client_refused() {
+    # Right broker key, but a client key mc0d was not told about.
+    client_cfg stranger "$WORK/keys/broker.public" rogue
+    local start=$SECONDS out rc=0
+    out=$(timeout 60 mco ping --config "$WORK/stranger.cfg" -t 2 2>&1) || rc=$?
+    local took=$((SECONDS - start))
+    [ "$rc" -ne 0 ] || fail "mco ping with an unlisted client key exited 0"
+    [ "$rc" -ne 124 ] || fail "mco ping with an unlisted client key hung (killed by timeout)"
+    [ "$took" -le 45 ] || fail "mco ping with an unlisted client key took ${took}s"
+    echo "$out" | grep -q "Could not connect to the mc0 broker at 127.0.0.1:$PORT" ||
+        fail "no clear 'Could not connect to the mc0 broker' message: $out"
+}
+
+t_servers_healthy() {
+    local i pid
+    for i in "${!SERVER_PIDS[@]}"; do
+        pid=${SERVER_PIDS[$i]}
+        kill -0 "$pid" 2>/dev/null || fail "server node-$((i + 1)) (pid $pid) died"
+    done
+    if grep -l -E 'Failed to handle message|A failure occurred' "$WORK"/node-*.log; then
+        fail "server logs report failures"
+    fi
+}
+
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] || [ "${#FAILED[@]}" -ne 0 ]; then
+        local f
+        for f in "$WORK"/mc0d.log "$WORK"/node-*.log "$WORK"/node-*.out "$WORK"/client.log "$WORK"/mco.err; do
+            [ -s "$f" ] || continue
+            echo "---- tail $f" >&2
+            tail -25 "$f" >&2
+        done
+    fi
+    cleanup
+}
+trap on_exit EXIT
+
+log "scratch dir $WORK"
+setup
+log "mc0d on 127.0.0.1:$PORT, $SERVERS servers ready"
+
+# From here a failing command is an assertion to report, not a reason to stop.
+set +e
+
+for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_direct_nodes_file \
+    t_missing_node_times_out t_broker_restart t_wrong_broker_key t_unlisted_client_refused t_servers_healthy; do
+    CURRENT=${t#t_}
+    before=${#FAILED[@]}
+    log "== $CURRENT"
+    "$t"
+    [ "${#FAILED[@]}" -eq "$before" ] && log "   ok"
+done
+
+if [ "${#FAILED[@]}" -ne 0 ]; then
+    echo "== ${#FAILED[@]} e2e assertion(s) failed:" >&2
+    printf '  %s\n' "${FAILED[@]}" >&2
+    exit 1
+fi
+log "== all e2e assertions passed"
