@@ -101,9 +101,7 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 64 * 1024 * 1024;
 pub const FRAME_SLACK: usize = 1024 * 1024;
 /// How often the allowlist on disk is checked for changes.
 pub const DEFAULT_KEYS_POLL: Duration = Duration::from_secs(5);
-/// The `ERROR MESSAGE` text for a message whose key is not (or no longer)
-/// authorized.
-pub const ACCESS_DENIED: &str = "access denied: key not authorized";
+pub use crate::protocol::ACCESS_DENIED;
 
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
 /// even when the signal lands on a libzmq thread rather than this one.
