@@ -88,6 +88,13 @@ class ZeromqConnectorTest < Minitest::Test
     refute(settings.keys.any? { |k| k.start_with?('zeromq.') })
   end
 
+  def test_legacy_keepalive_setting_is_accepted_not_passed_on
+    @config.pluginconf['zeromq.keepalive'] = '5'
+    refute @connector.libmc0_settings.key?('keepalive')
+  ensure
+    @config.pluginconf.delete('zeromq.keepalive')
+  end
+
   def test_mcollective_connection_timeout_bounds_libmc0s_connect
     refute @connector.libmc0_settings.key?('connect_timeout')
     @config.instance_variable_set(:@connection_timeout, 3)

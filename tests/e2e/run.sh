@@ -125,6 +125,8 @@ t_unlisted_client_refused() {
     [ "$took" -le 45 ] || fail "mco ping with an unlisted client key took ${took}s"
     echo "$out" | grep -q "Could not connect to the mc0 broker at 127.0.0.1:$PORT" ||
         fail "no clear 'Could not connect to the mc0 broker' message: $out"
+    echo "$out" | grep -q "broker refused our key" ||
+        fail "the refusal is not reported as 'broker refused our key': $out"
 }
 
 t_servers_healthy() {

@@ -45,6 +45,10 @@ module MCollective
       # Settings that belong to this plugin, not to libmc0.
       PLUGIN_ONLY = %w[library].freeze
 
+      # Settings some legacy versions of this plugin read and libmc0 has no
+      # use for: accepted with a warning, so old configs keep working.
+      LEGACY_IGNORED = { 'keepalive' => 'libmc0 keeps the link alive with plugin.zeromq.heartbeat' }.freeze
+
       LOG_LEVELS = { 'debug' => :debug, 'info' => :info, 'warn' => :warn,
                      'error' => :error, 'fatal' => :error }.freeze
 
@@ -210,7 +214,11 @@ module MCollective
           next unless key.start_with?('zeromq.')
 
           name = key.sub('zeromq.', '')
-          settings[name] = value.to_s.strip unless PLUGIN_ONLY.include?(name)
+          if LEGACY_IGNORED.key?(name)
+            Log.warn("plugin.#{key} is ignored: #{LEGACY_IGNORED[name]}")
+          elsif !PLUGIN_ONLY.include?(name)
+            settings[name] = value.to_s.strip
+          end
         end
         settings['identity'] ||= @config.identity
         # MCollective's connection_timeout wraps connect in Timeout, which
