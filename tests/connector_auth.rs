@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{authorize, Mc0d, Mc0dOptions, TempDir, WAIT};
+use common::{authorize, Mc0d, TempDir, WAIT};
 use mc0::config::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::keys::{key_to_z85, KeyPair};
@@ -21,15 +21,14 @@ fn pair() -> KeyPair {
 
 /// A broker admitting the keys in `dir` (which must list `probe`).
 fn start(dir: &Path, probe: &KeyPair) -> Mc0d {
-    let args = vec!["--authorized-keys".into(), dir.display().to_string(), "--authorized-keys-poll".into(), "0".into()];
-    Mc0d::start_with(Mc0dOptions { args, client_key: Some(probe.clone()), ..Default::default() })
+    Mc0d::start_allowlist(dir, probe, &["--authorized-keys-poll", "0"])
 }
 
 /// A connector config for `broker` using `keys` (written under `dir`).
 fn config(broker: &Mc0d, dir: &Path, name: &str, keys: &KeyPair) -> Config {
     let (_, private) = mc0::keys::write_keypair(dir.join(name), keys, true).unwrap();
     let port = broker.port.to_string();
-    let server = broker.server_public_file.as_ref().unwrap().display().to_string();
+    let server = broker.server_public_file().display().to_string();
     let private = private.display().to_string();
     Config::from_pairs([
         ("broker.host", "127.0.0.1"),
