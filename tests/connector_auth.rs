@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{authorize, Mc0d, TempDir, WAIT};
+use common::{authorize, wait_until, Mc0d, TempDir, WAIT};
 use mc0::config::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::keys::{key_to_z85, KeyPair};
@@ -129,11 +129,11 @@ fn a_revoked_key_is_reported_and_served_again_once_listed_again() {
 
     authorize(&dir, "node", &node);
     broker.signal(libc::SIGHUP);
-    let deadline = Instant::now() + WAIT;
-    while connector.stats().handshakes < 2 {
-        assert!(Instant::now() < deadline, "no new handshake once listed again; log:\n{}", broker.log.text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(WAIT, || connector.stats().handshakes >= 2),
+        "no new handshake once listed again; log:\n{}",
+        broker.log.text()
+    );
     // Re-subscribed by the connector itself; the publisher retries until
     // the subscription is in place.
     let deadline = Instant::now() + WAIT;
