@@ -20,14 +20,6 @@ fn pair() -> KeyPair {
     KeyPair::generate().unwrap()
 }
 
-/// A broker whose allowlist is `path` (written by the caller); `probe` must
-/// be listed there (it is used to wait until the broker serves).
-fn start(path: &Path, probe: &KeyPair, extra: &[&str]) -> Mc0d {
-    let mut args = vec!["--authorized-keys".to_string(), path.display().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Mc0d::start_with(Mc0dOptions { args, client_key: Some(probe.clone()), ..Default::default() })
-}
-
 fn keys_dir(tmp: &TempDir) -> PathBuf {
     let dir = tmp.path().join("authorized");
     std::fs::create_dir_all(&dir).unwrap();
@@ -74,7 +66,7 @@ fn listed_keys_in_a_directory_connect_and_others_are_refused_and_logged() {
     // Not keys: ignored.
     std::fs::write(dir.join("README"), "not a key\n").unwrap();
     std::fs::create_dir(dir.join("old.public")).unwrap();
-    let broker = start(&dir, &probe, &[]);
+    let broker = Mc0d::start_allowlist(&dir, &probe, &[]);
     assert!(broker.log.text().contains("only the 2 authorized keys"), "{}", broker.log.text());
 
     let ctx = zmq::Context::new();
@@ -102,7 +94,7 @@ fn key_per_line_file_with_names_and_comments() {
         key_to_z85(&node.public)
     );
     std::fs::write(&file, text).unwrap();
-    let broker = start(&file, &probe, &[]);
+    let broker = Mc0d::start_allowlist(&file, &probe, &[]);
     let ctx = zmq::Context::new();
     broker.client_as(&ctx, &node, None).handshake(30_000);
     let line = broker.log.wait_for(WAIT, |l| l.contains("connected") && l.contains("(web 01 (rack 4))"));
@@ -120,7 +112,7 @@ fn sighup_revokes_a_key_drops_its_live_session_and_refuses_its_reconnect() {
     authorize(&dir, "keep", &keep);
     let revoked_file = authorize(&dir, "revoke", &revoke);
     // Polling off: this is about SIGHUP alone.
-    let broker = start(&dir, &probe, &["--authorized-keys-poll", "0"]);
+    let broker = Mc0d::start_allowlist(&dir, &probe, &["--authorized-keys-poll", "0"]);
     let ctx = zmq::Context::new();
     let kept = broker.client_as(&ctx, &keep, None);
     let doomed = broker.client_as(&ctx, &revoke, None);
@@ -166,7 +158,7 @@ fn a_changed_directory_is_noticed_without_a_signal() {
     let (probe, late, leaving) = (pair(), pair(), pair());
     authorize(&dir, "probe", &probe);
     let leaving_file = authorize(&dir, "leaving", &leaving);
-    let broker = start(&dir, &probe, &["--authorized-keys-poll", "1"]);
+    let broker = Mc0d::start_allowlist(&dir, &probe, &["--authorized-keys-poll", "1"]);
     let ctx = zmq::Context::new();
     let gone = broker.client_as(&ctx, &leaving, None);
     gone.handshake(30_000);
@@ -189,7 +181,7 @@ fn a_broken_list_on_reload_keeps_the_previous_one() {
     let file = tmp.path().join("keys");
     let good = format!("{} probe\n{} node\n", key_to_z85(&probe.public), key_to_z85(&node.public));
     std::fs::write(&file, &good).unwrap();
-    let broker = start(&file, &probe, &["--authorized-keys-poll", "0"]);
+    let broker = Mc0d::start_allowlist(&file, &probe, &["--authorized-keys-poll", "0"]);
     let ctx = zmq::Context::new();
     let client = broker.client_as(&ctx, &node, None);
     client.handshake(30_000);

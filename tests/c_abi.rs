@@ -3,13 +3,13 @@
 //! pkg-config and mc0.pc.in, once directly), run against a real mc0d, and
 //! run again under valgrind, which must report no errors and no leaks.
 
-mod common_connector;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common_connector::{crate_dir, libmc0, run, Broker, TempDir};
+use common::{crate_dir, libmc0, run, Mc0d, TempDir};
 
 const CFLAGS: &[&str] = &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-D_POSIX_C_SOURCE=200809L"];
 
@@ -31,12 +31,12 @@ fn compile(out: &Path, flags: &[String]) {
     assert!(status.success(), "cc failed ({status}):\n{stdout}\n{stderr}");
 }
 
-fn program_args(broker: &Broker, tmp: &Path, timeout_secs: u32) -> Vec<String> {
-    let (public, private) = common_connector::write_keys(tmp, "c-client");
+fn program_args(broker: &Mc0d, tmp: &Path, timeout_secs: u32) -> Vec<String> {
+    let (_, public, private) = common::write_keys(tmp, "c-client");
     vec![
         "127.0.0.1".into(),
         broker.port.to_string(),
-        broker.public_key.display().to_string(),
+        broker.server_public_file().display().to_string(),
         public.display().to_string(),
         private.display().to_string(),
         timeout_secs.to_string(),
@@ -51,7 +51,7 @@ fn run_program(program: &Path, args: &[String], timeout: Duration) -> (std::proc
 
 #[test]
 fn c_program_built_with_pkg_config() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let tmp = TempDir::new("c-pkg");
     let lib = lib_dir(tmp.path());
     let template = std::fs::read_to_string(crate_dir().join("mc0.pc.in")).unwrap();
@@ -83,7 +83,7 @@ fn c_program_built_with_pkg_config() {
 
 #[test]
 fn c_program_linked_directly_and_clean_under_valgrind() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let tmp = TempDir::new("c-direct");
     let lib = lib_dir(tmp.path());
     let program = tmp.path().join("roundtrip");

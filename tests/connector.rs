@@ -2,18 +2,18 @@
 //! round trips, concurrency, broker restarts and stalls, close, and every
 //! configuration error.
 
-mod common_connector;
+mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_connector::{wait_until, write_keys, Broker, TempDir, WAIT};
+use common::{wait_until, write_keys, Mc0d, Mc0dOptions, TempDir, CONNECTOR_WAIT as WAIT};
 use mc0::config::Config;
 use mc0::connector::{Connector, ErrorKind, Message};
 
-fn connect(broker: &Broker, name: &str, extra: &[(&str, &str)]) -> Connector {
+fn connect(broker: &Mc0d, name: &str, extra: &[(&str, &str)]) -> Connector {
     let mut config = broker.config(name);
     for (k, v) in extra {
         config.set(k, v).unwrap();
@@ -27,7 +27,7 @@ fn receive(c: &Connector, what: &str) -> Message {
 
 #[test]
 fn round_trip_with_binary_headers_and_bodies() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let node = connect(&broker, "node1", &[]);
     let client = connect(&broker, "client1", &[]);
     let agent = mc0::topics::agent("mcollective", "rpcutil");
@@ -71,7 +71,7 @@ fn round_trip_with_binary_headers_and_bodies() {
 
 #[test]
 fn publish_arguments_are_checked() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let c = connect(&broker, "args", &[]);
     for (topic, headers) in [
         ("", vec![]),
@@ -93,7 +93,7 @@ fn publish_arguments_are_checked() {
 fn many_threads_publish_while_one_receives() {
     const THREADS: usize = 4;
     const EACH: usize = 1500;
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let c = Arc::new(connect(&broker, "busy", &[]));
     let other = Arc::new(connect(&broker, "other", &[]));
     c.subscribe("load").unwrap();
@@ -188,7 +188,7 @@ fn many_threads_publish_while_one_receives() {
 
 #[test]
 fn close_wakes_a_blocked_receiver_and_disconnects() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let c = Arc::new(connect(&broker, "closer", &[]));
     c.subscribe("t").unwrap();
     let rid = c.routing_id();
@@ -220,7 +220,7 @@ fn close_wakes_a_blocked_receiver_and_disconnects() {
 
 #[test]
 fn close_delivers_queued_publishes_first() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let sink = connect(&broker, "sink", &[]);
     sink.subscribe("last words").unwrap();
     let c = connect(&broker, "leaver", &[]);
@@ -235,7 +235,7 @@ fn close_delivers_queued_publishes_first() {
 
 #[test]
 fn drop_without_close_does_not_hang_even_when_the_broker_is_stalled() {
-    let mut broker = Broker::start();
+    let mut broker = Mc0d::start_debug();
     let c = connect(&broker, "dropper", &[("close_timeout", "0.5")]);
     c.subscribe("t").unwrap();
     broker.pause();
@@ -248,7 +248,7 @@ fn drop_without_close_does_not_hang_even_when_the_broker_is_stalled() {
 
 #[test]
 fn broker_restart_is_only_a_delay() {
-    let mut broker = Broker::start();
+    let mut broker = Mc0d::start_debug();
     // A long heartbeat: the publisher learns of the restart only from the
     // broker's "not connected" answer to its PUTs, which it then re-sends.
     let me = connect(&broker, "self", &[]);
@@ -286,7 +286,7 @@ fn broker_restart_is_only_a_delay() {
 
 #[test]
 fn stalled_broker_is_detected_by_heartbeat_and_survived() {
-    let mut broker = Broker::start();
+    let mut broker = Mc0d::start_debug();
     let c = connect(&broker, "stall", &[("heartbeat", "0.5"), ("connect_timeout", "2")]);
     c.subscribe("alive").unwrap();
     broker.pause();
@@ -314,7 +314,7 @@ fn stalled_broker_is_detected_by_heartbeat_and_survived() {
 
 #[test]
 fn publishes_past_the_queue_limit_fail_with_queue_full() {
-    let mut broker = Broker::start();
+    let mut broker = Mc0d::start_debug();
     let c = connect(&broker, "full", &[("send_queue", "5")]);
     c.subscribe("q").unwrap();
     broker.pause();
@@ -341,9 +341,9 @@ fn publishes_past_the_queue_limit_fail_with_queue_full() {
 
 #[test]
 fn wrong_broker_key_is_a_bounded_timeout() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let dir = TempDir::new("wrongkey");
-    let (wrong_public, _) = write_keys(dir.path(), "impostor");
+    let (_, wrong_public, _) = write_keys(dir.path(), "impostor");
     let mut config = broker.config("lost");
     config.set("broker.public_key", wrong_public.to_str().unwrap()).unwrap();
     config.set("connect_timeout", "1").unwrap();
@@ -358,9 +358,9 @@ fn wrong_broker_key_is_a_bounded_timeout() {
 
 #[test]
 fn no_broker_is_a_bounded_timeout() {
-    let broker = Broker::start();
+    let broker = Mc0d::start_debug();
     let mut config = broker.config("alone");
-    config.set("broker.port", &common_connector::free_port().to_string()).unwrap();
+    config.set("broker.port", &common::free_port().to_string()).unwrap();
     config.set("connect_timeout", "0.5").unwrap();
     let started = Instant::now();
     let e = Connector::connect(&config).unwrap_err();
@@ -371,7 +371,7 @@ fn no_broker_is_a_bounded_timeout() {
 
 #[test]
 fn curve_off_works_against_a_no_curve_broker() {
-    let broker = Broker::start_with(false);
+    let broker = Mc0d::start_with(Mc0dOptions { curve: false, ..Mc0dOptions::debug() });
     let c = connect(&broker, "plain", &[]);
     c.subscribe("p").unwrap();
     c.publish("p", &[], b"plain text").unwrap();
@@ -381,9 +381,9 @@ fn curve_off_works_against_a_no_curve_broker() {
 #[test]
 fn every_config_error_names_its_key_or_file() {
     let dir = TempDir::new("config");
-    let (public, private) = write_keys(dir.path(), "me");
-    let (broker_public, _) = write_keys(dir.path(), "broker");
-    let (other_public, _) = write_keys(dir.path(), "other");
+    let (_, public, private) = write_keys(dir.path(), "me");
+    let (_, broker_public, _) = write_keys(dir.path(), "broker");
+    let (_, other_public, _) = write_keys(dir.path(), "other");
     let malformed = dir.path().join("bad.public");
     std::fs::write(&malformed, "this is not a Z85 key\n").unwrap();
     let missing = dir.path().join("missing.public");
@@ -446,7 +446,7 @@ fn log_callback_receives_lines_and_nothing_is_printed() {
     use std::sync::Mutex;
     let lines: Arc<Mutex<Vec<(mc0::log::Level, String)>>> = Arc::default();
     let sink = lines.clone();
-    let mut broker = Broker::start();
+    let mut broker = Mc0d::start_debug();
     let c = connect(&broker, "logger", &[("heartbeat", "1")]);
     // A reconnect changes the routing id's last part, not its prefix.
     let rid = format!("logger {} ", std::process::id());

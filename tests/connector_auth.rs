@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{authorize, Mc0d, Mc0dOptions, TempDir, WAIT};
+use common::{authorize, wait_until, Mc0d, TempDir, WAIT};
 use mc0::config::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::keys::{key_to_z85, KeyPair};
@@ -21,15 +21,14 @@ fn pair() -> KeyPair {
 
 /// A broker admitting the keys in `dir` (which must list `probe`).
 fn start(dir: &Path, probe: &KeyPair) -> Mc0d {
-    let args = vec!["--authorized-keys".into(), dir.display().to_string(), "--authorized-keys-poll".into(), "0".into()];
-    Mc0d::start_with(Mc0dOptions { args, client_key: Some(probe.clone()), ..Default::default() })
+    Mc0d::start_allowlist(dir, probe, &["--authorized-keys-poll", "0"])
 }
 
 /// A connector config for `broker` using `keys` (written under `dir`).
 fn config(broker: &Mc0d, dir: &Path, name: &str, keys: &KeyPair) -> Config {
     let (_, private) = mc0::keys::write_keypair(dir.join(name), keys, true).unwrap();
     let port = broker.port.to_string();
-    let server = broker.server_public_file.as_ref().unwrap().display().to_string();
+    let server = broker.server_public_file().display().to_string();
     let private = private.display().to_string();
     Config::from_pairs([
         ("broker.host", "127.0.0.1"),
@@ -130,11 +129,11 @@ fn a_revoked_key_is_reported_and_served_again_once_listed_again() {
 
     authorize(&dir, "node", &node);
     broker.signal(libc::SIGHUP);
-    let deadline = Instant::now() + WAIT;
-    while connector.stats().handshakes < 2 {
-        assert!(Instant::now() < deadline, "no new handshake once listed again; log:\n{}", broker.log.text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(WAIT, || connector.stats().handshakes >= 2),
+        "no new handshake once listed again; log:\n{}",
+        broker.log.text()
+    );
     // Re-subscribed by the connector itself; the publisher retries until
     // the subscription is in place.
     let deadline = Instant::now() + WAIT;

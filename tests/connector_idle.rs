@@ -3,11 +3,11 @@
 //! spin. Alone in its test binary so that the process's CPU time is the
 //! connector's (the broker is another process).
 
-mod common_connector;
+mod common;
 
 use std::time::Duration;
 
-use common_connector::{wait_until, Broker, WAIT};
+use common::{wait_until, Mc0d, CONNECTOR_WAIT as WAIT};
 use mc0::connector::Connector;
 
 fn cpu_time() -> Duration {
@@ -23,7 +23,7 @@ fn cpu_time() -> Duration {
 
 #[test]
 fn engine_waits_without_spinning_when_the_socket_is_full() {
-    let mut broker = Broker::start();
+    let mut broker = Mc0d::start_debug();
     let mut config = broker.config("blocked");
     config.set("send_queue", "100000").unwrap();
     let c = Connector::connect(&config).unwrap();

@@ -1,25 +1,23 @@
 //! mc0-keygen as an operator uses it: files, modes, refusal to overwrite,
 //! and keys libzmq accepts.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn keygen(args: &[&str], dir: &PathBuf) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mc0-keygen")).args(args).current_dir(dir).output().expect("run mc0-keygen")
-}
+use common::TempDir;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mc0-keygen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn keygen(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mc0-keygen")).args(args).current_dir(dir).output().expect("run mc0-keygen")
 }
 
 #[test]
 fn writes_a_keypair_libzmq_accepts() {
-    let dir = temp_dir("write");
-    let out = keygen(&["node1"], &dir);
+    let tmp = TempDir::new("keygen-write");
+    let dir = tmp.path();
+    let out = keygen(&["node1"], dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let public = std::fs::read_to_string(dir.join("node1.public")).unwrap();
     let private = std::fs::read_to_string(dir.join("node1.private")).unwrap();
@@ -35,27 +33,27 @@ fn writes_a_keypair_libzmq_accepts() {
     assert_eq!(mc0::keys::key_to_z85(&derived.public), public.trim());
     // And libzmq's own Z85 decoder (what ffi-rzmq uses) reads the files.
     assert_eq!(zmq::z85_decode(public.trim()).unwrap(), derived.public.to_vec());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn refuses_to_overwrite_without_force() {
-    let dir = temp_dir("force");
-    assert!(keygen(&["n"], &dir).status.success());
+    let tmp = TempDir::new("keygen-force");
+    let dir = tmp.path();
+    assert!(keygen(&["n"], dir).status.success());
     let before = std::fs::read_to_string(dir.join("n.private")).unwrap();
-    let out = keygen(&["n"], &dir);
+    let out = keygen(&["n"], dir);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("n.public"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(dir.join("n.private")).unwrap(), before);
-    assert!(keygen(&["--force", "n"], &dir).status.success());
+    assert!(keygen(&["--force", "n"], dir).status.success());
     assert_ne!(std::fs::read_to_string(dir.join("n.private")).unwrap(), before);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn prints_two_keys() {
-    let dir = temp_dir("print");
-    let out = keygen(&["--print"], &dir);
+    let tmp = TempDir::new("keygen-print");
+    let dir = tmp.path();
+    let out = keygen(&["--print"], dir);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -63,22 +61,21 @@ fn prints_two_keys() {
     let public = mc0::keys::parse_key(lines[0]).unwrap();
     let secret = mc0::keys::parse_key(lines[1]).unwrap();
     assert_eq!(mc0::keys::KeyPair::from_secret(secret).unwrap().public, public);
-    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "--print writes no files");
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(std::fs::read_dir(dir).unwrap().next().is_none(), "--print writes no files");
 }
 
 #[test]
 fn bad_usage_names_the_problem() {
-    let dir = temp_dir("usage");
+    let tmp = TempDir::new("keygen-usage");
+    let dir = tmp.path();
     for (args, needle) in [(&["--bogus"][..], "--bogus"), (&[][..], "NAME"), (&["a", "b"][..], "\"b\"")] {
-        let out = keygen(args, &dir);
+        let out = keygen(args, dir);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    let out = keygen(&["nodir/sub/x"], &dir);
+    let out = keygen(&["nodir/sub/x"], dir);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nodir/sub/x.private"));
-    assert!(keygen(&["--help"], &dir).status.success());
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(keygen(&["--help"], dir).status.success());
 }
