@@ -18,7 +18,7 @@ DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
 	valgrind python3 procps psmisc
 
-.PHONY: all deps build test test-rust test-ruby test-e2e lint demo header install uninstall clean
+.PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header install uninstall clean
 
 all: build
 
@@ -35,7 +35,7 @@ deps:
 build: deps
 	$(CARGO) build --release --locked
 
-test: deps lint build test-rust test-ruby test-e2e
+test: deps lint build test-rust test-ruby test-e2e test-install
 	@echo "== all tests passed"
 
 lint:
@@ -50,6 +50,9 @@ test-ruby: build
 
 test-e2e: build
 	@if [ -x tests/e2e/run.sh ]; then timeout 600 tests/e2e/run.sh; fi
+
+test-install: build
+	tests/install/check.sh
 
 demo: build
 	tests/e2e/demo.sh
