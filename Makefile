@@ -10,13 +10,13 @@ BINDIR    ?= $(PREFIX)/bin
 INCLUDEDIR?= $(PREFIX)/include
 RUBYDIR   ?= $(PREFIX)/share/mcollective/plugins
 VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-CARGO     ?= cargo
+CARGO     ?= $(shell command -v cargo || echo $(HOME)/.cargo/bin/cargo)
 RELEASE   := target/release
 
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
-	valgrind python3 procps psmisc
+	valgrind python3 procps psmisc curl ca-certificates
 
 .PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header install uninstall clean
 
@@ -30,7 +30,13 @@ deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+	@# Rust: Debian 12's own cargo is too old for the dependencies; use rustup's.
+	@if ! [ -x "$(CARGO)" ]; then \
+		echo "cargo not found: installing Rust with rustup (https://rustup.rs)"; \
+		command -v curl >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq curl; }; \
+		curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt \
+			|| { echo "could not install Rust: install it from https://rustup.rs, then run make again"; exit 1; }; \
+	fi
 
 build: deps
 	$(CARGO) build --release --locked
