@@ -1,1 +1,212 @@
-fn main() {}
+//! `mc0d`: the mc0 broker. A thin command line over [`mc0::broker::Broker`].
+//!
+//! Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 on a runtime
+//! failure, 2 on a usage or startup error (one line on stderr naming it).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mc0::broker::{Broker, Config};
+use mc0::log::Level;
+
+const USAGE: &str = "\
+Usage: mc0d --curve-private-key FILE [OPTIONS]
+       mc0d --no-curve [OPTIONS]
+
+The mc0 broker: routes MCollective messages between ZeroMQ (CURVE) clients.
+
+Options:
+  --curve-private-key FILE  the broker's CURVE secret key (Z85, as written by
+                            mc0-keygen); required unless --no-curve
+  --no-curve                run without encryption or authentication (NULL
+                            mechanism); clients must set curve = false
+  --bind ADDR               interface to listen on: *, an IPv4 or IPv6
+                            address, or an interface name (default *)
+  --port N                  TCP port (default 61616)
+  --log-level LEVEL         error, warn, info or debug (default info)
+  --status-interval SECS    how often to log the status line when it
+                            changed; 0 disables it (default 60)
+  --sndhwm N                messages queued per client before sends to it
+                            are dropped (default 10000)
+  --rcvhwm N                messages queued from each client before its
+                            stream is throttled (default 1000)
+  -h, --help                show this help
+  -V, --version             show the version
+";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+enum Parsed {
+    Run(Config),
+    Exit(String),
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut config = Config::default();
+    let mut key_file: Option<String> = None;
+    let mut no_curve = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let takes_value = matches!(
+            flag.as_str(),
+            "--curve-private-key" | "--bind" | "--port" | "--log-level" | "--status-interval" | "--sndhwm" | "--rcvhwm"
+        );
+        let value = if takes_value {
+            match inline {
+                Some(v) => v,
+                None => args.next().ok_or_else(|| format!("option {flag} needs a value"))?,
+            }
+        } else {
+            if inline.is_some() {
+                return Err(format!("option {flag} takes no value"));
+            }
+            String::new()
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Exit(USAGE.to_string())),
+            "-V" | "--version" => return Ok(Parsed::Exit(format!("mc0d {}\n", mc0::VERSION))),
+            "--no-curve" => no_curve = true,
+            "--curve-private-key" => key_file = Some(value),
+            "--bind" => {
+                if value.is_empty() {
+                    return Err("bad --bind value \"\": expected *, an address or an interface".into());
+                }
+                config.bind = value;
+            }
+            "--port" => config.port = parse_num::<u16>(&flag, &value).and_then(nonzero(&flag, &value))?,
+            "--log-level" => config.log_level = value.parse::<Level>().map_err(|e| format!("bad --log-level: {e}"))?,
+            "--status-interval" => {
+                config.status_interval = match parse_num::<u64>(&flag, &value)? {
+                    // Effectively never: the final line at exit still appears.
+                    0 => Duration::from_secs(100 * 365 * 86_400),
+                    secs => Duration::from_secs(secs),
+                }
+            }
+            "--sndhwm" => config.sndhwm = parse_num::<i32>(&flag, &value).and_then(positive(&flag, &value))?,
+            "--rcvhwm" => config.rcvhwm = parse_num::<i32>(&flag, &value).and_then(positive(&flag, &value))?,
+            _ => return Err(format!("unknown option {arg:?} (see --help)")),
+        }
+    }
+    match (no_curve, key_file) {
+        (true, Some(_)) => return Err("--no-curve and --curve-private-key exclude each other".into()),
+        (false, None) => return Err("--curve-private-key FILE is required (or --no-curve to run without CURVE)".into()),
+        (false, Some(path)) => {
+            mc0::ensure_curve_support()?;
+            config.curve_secret_key = Some(mc0::keys::read_key_file(&path).map_err(|e| e.to_string())?);
+        }
+        (true, None) => {}
+    }
+    Ok(Parsed::Run(config))
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value.trim().parse::<T>().map_err(|_| format!("bad {flag} value {value:?}: expected a number"))
+}
+
+fn nonzero<'a>(flag: &'a str, value: &'a str) -> impl Fn(u16) -> Result<u16, String> + 'a {
+    move |n| if n == 0 { Err(format!("bad {flag} value {value:?}: must be 1-65535")) } else { Ok(n) }
+}
+
+fn positive<'a>(flag: &'a str, value: &'a str) -> impl Fn(i32) -> Result<i32, String> + 'a {
+    move |n| if n <= 0 { Err(format!("bad {flag} value {value:?}: must be positive")) } else { Ok(n) }
+}
+
+/// Each client connection is a file descriptor; the common soft limit of
+/// 1024 would cap a broker far below the thousands of nodes it serves.
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(config)) => config,
+        Ok(Parsed::Exit(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mc0d: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    raise_fd_limit();
+    install_signal_handlers();
+    let broker = match Broker::bind(config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("mc0d: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match broker.run(&STOP) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags_take_values_both_ways() {
+        let Ok(Parsed::Run(c)) = parse(&["--no-curve", "--port=1234", "--bind", "127.0.0.1", "--log-level=debug"])
+        else {
+            panic!("should parse")
+        };
+        assert_eq!((c.port, c.bind.as_str(), c.log_level), (1234, "127.0.0.1", Level::Debug));
+        assert!(c.curve_secret_key.is_none());
+    }
+
+    #[test]
+    fn bad_input_names_the_culprit() {
+        for (args, culprit) in [
+            (&["--no-curve", "--frobnicate"][..], "--frobnicate"),
+            (&["--no-curve", "--port", "x"], "--port"),
+            (&["--no-curve", "--port", "0"], "--port"),
+            (&["--no-curve", "--port"], "--port"),
+            (&["--no-curve", "--log-level", "loud"], "loud"),
+            (&["--no-curve", "--sndhwm=-1"], "--sndhwm"),
+            (&["--no-curve=1"], "--no-curve"),
+            (&[], "--curve-private-key"),
+            (&["--no-curve", "--curve-private-key", "k"], "--no-curve"),
+        ] {
+            match parse(args) {
+                Err(e) => assert!(e.contains(culprit), "{args:?}: {e}"),
+                Ok(_) => panic!("{args:?} should fail"),
+            }
+        }
+    }
+}

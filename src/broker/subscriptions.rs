@@ -1,0 +1,85 @@
+//! Topic -> subscribers. Topics match by exact bytes (no wildcards), so a
+//! hash map gives O(1) lookup per PUT. Each client also keeps the set of its
+//! own topics (in [`super::clients::Client::topics`]) so forgetting a client
+//! costs O(its topics), not O(all topics).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::clients::Bytes;
+
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    by_topic: HashMap<Bytes, HashSet<Bytes>>,
+}
+
+impl Subscriptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of topics with at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.by_topic.len()
+    }
+
+    /// Adds `client` to `topic`; returns the shared topic key (for the
+    /// client's own set) and whether it was new.
+    pub fn subscribe(&mut self, topic: &[u8], client: &Bytes) -> (Bytes, bool) {
+        if let Some((key, set)) = self.by_topic.get_key_value(topic) {
+            let key = key.clone();
+            let set_has = set.contains(client);
+            if !set_has {
+                self.by_topic.get_mut(topic).expect("present").insert(client.clone());
+            }
+            return (key, !set_has);
+        }
+        let key: Bytes = Arc::from(topic);
+        self.by_topic.insert(key.clone(), HashSet::from([client.clone()]));
+        (key, true)
+    }
+
+    /// Removes `client` from `topic`; true if it was subscribed.
+    pub fn unsubscribe(&mut self, topic: &[u8], client: &[u8]) -> bool {
+        let Some(set) = self.by_topic.get_mut(topic) else { return false };
+        let removed = set.remove(client);
+        if set.is_empty() {
+            self.by_topic.remove(topic);
+        }
+        removed
+    }
+
+    /// Every current subscriber of `topic`.
+    pub fn subscribers(&self, topic: &[u8]) -> impl Iterator<Item = &Bytes> {
+        self.by_topic.get(topic).into_iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Arc::from(s.as_bytes())
+    }
+
+    #[test]
+    fn subscribe_unsubscribe_and_lookup() {
+        let mut s = Subscriptions::new();
+        let (a, c) = (b("a"), b("c"));
+        assert!(s.subscribe(b"t", &a).1);
+        assert!(!s.subscribe(b"t", &a).1);
+        assert!(s.subscribe(b"t", &c).1);
+        assert!(s.subscribe(b"u", &a).1);
+        assert_eq!(s.topic_count(), 2);
+        let mut subs: Vec<_> = s.subscribers(b"t").map(|x| x.to_vec()).collect();
+        subs.sort();
+        assert_eq!(subs, vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(s.subscribers(b"nope").count(), 0);
+        assert!(s.unsubscribe(b"t", b"a"));
+        assert!(!s.unsubscribe(b"t", b"a"));
+        assert!(s.unsubscribe(b"t", b"c"));
+        assert_eq!(s.topic_count(), 1, "empty topics are dropped");
+        assert!(!s.unsubscribe(b"nope", b"a"));
+    }
+}
