@@ -31,7 +31,7 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let ctx = Running::context(p.io_threads, p.clients)?;
     let pid = std::process::id();
-    let (socks, _) = util::handshake(
+    let (socks, _, _) = util::handshake(
         p.clients,
         p.clients,
         30_000,

@@ -139,7 +139,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
 
     // One directed PUT to every client.
     let ctx = Ctx::new(1, 64)?;
-    let (mut publisher, _) = util::handshake(
+    let (mut publisher, _, _) = util::handshake(
         1,
         1,
         30_000,
@@ -284,7 +284,7 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
     };
     out("READY".into());
     wait_for("GO")?;
-    let (socks, took) = util::handshake(
+    let (socks, sent_at, took) = util::handshake(
         o.count,
         o.window,
         o.ttl_ms,
@@ -303,9 +303,8 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
 
     // Each client sends NOOP when it has been silent for 0.95 x TTL.
     let interval = Duration::from_millis(o.ttl_ms * 95 / 100);
-    let now = Instant::now();
     let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
-        (0..socks.len()).map(|i| Reverse((now + interval, i))).collect();
+        sent_at.iter().enumerate().map(|(i, t)| Reverse((*t + interval, i))).collect();
     let mut delivered = vec![false; socks.len()];
     let (mut got, mut reported, mut dups, mut wrong, mut errors, mut heartbeats) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut last_report = Instant::now();

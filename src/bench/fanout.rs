@@ -33,7 +33,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let pid = std::process::id();
     let topic = format!("{} bench-fanout-{pid}", util::COLLECTIVE).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let (subs, _) = util::handshake(
+    let (subs, _, _) = util::handshake(
         p.subs,
         p.subs.min(200),
         30_000,
@@ -41,7 +41,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-sub-{i} {pid}").as_bytes()),
         deadline,
     )?;
-    let (mut publisher, _) = util::handshake(
+    let (mut publisher, _, _) = util::handshake(
         1,
         1,
         30_000,

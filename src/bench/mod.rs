@@ -33,10 +33,10 @@ scenarios:
               --clients K (10)  --round-trips N (1000)
   fanout    N subscribers on one topic, one publisher, M PUTs of S bytes:
             deliveries/s, lost deliveries, time to last delivery
-              --subs N[,N..] (10,100)  --messages M (20000)  --size S (1024)
+              --subs N[,N..] (10,100)  --messages M (200000/N)  --size S (1024)
   request   one client PUTs a request with X-REPLY-TO to an agent topic, N nodes
             reply: requests/s, reply-collection time p50/p99
-              --nodes N[,N..] (10,100,1000)  --requests R (200)  --size S (1024)
+              --nodes N[,N..] (10,100,1000)  --requests R (20000/N)  --size S (1024)
   conns     C clients CONNECT with TTL and SUB to `mcollective nodes <id>`, hold with
             heartbeats, then one directed PUT each: connect rate, deliveries,
             broker RSS per client, broker CPU while idle
@@ -162,11 +162,13 @@ impl Args {
     }
 }
 
+type Measure<'a> = Box<dyn Fn(&mut Running) -> Result<Row> + 'a>;
+
 /// A named measurement run against every target.
 struct Case<'a> {
     name: String,
     judged: Vec<Judged>,
-    run: Box<dyn Fn(&mut Running) -> Result<Row> + 'a>,
+    run: Measure<'a>,
 }
 
 pub fn main() -> ExitCode {
@@ -240,8 +242,9 @@ fn run(args: &Args) -> Result<bool> {
             });
         }
         "fanout" => {
-            let messages = args.num("--messages", 20_000)?;
             for subs in args.list("--subs", &[10, 100])? {
+                // By default about 200,000 deliveries per case, whatever N.
+                let messages = args.num("--messages", (200_000 / subs.max(1)).max(1000))?;
                 let p = fanout::Params { subs, messages, size, threads, io_threads, duration, timeout, drain };
                 cases.push(Case {
                     name: format!("{subs} subs, {messages} x {size} B"),
@@ -254,8 +257,9 @@ fn run(args: &Args) -> Result<bool> {
             }
         }
         "request" => {
-            let requests = args.num("--requests", 200)?;
             for nodes in args.list("--nodes", &[10, 100, 1000])? {
+                // By default about 20,000 replies per case, whatever N.
+                let requests = args.num("--requests", (20_000 / nodes.max(1)).clamp(20, 2000))?;
                 let p = request::Params { nodes, requests, size, threads, io_threads, duration, timeout, drain };
                 cases.push(Case {
                     name: format!("{nodes} nodes, {size} B"),

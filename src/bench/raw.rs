@@ -81,8 +81,8 @@ pub fn serve(opts: &RawOptions) -> Result<()> {
                                 k += 2;
                             }
                             sock.send(&b""[..], if body < n { zmq::SNDMORE } else { 0 })?;
-                            for b in body..n {
-                                sock.send(&frames[b][..], if b + 1 < n { zmq::SNDMORE } else { 0 })?;
+                            for (b, frame) in frames[..n].iter().enumerate().skip(body) {
+                                sock.send(&frame[..], if b + 1 < n { zmq::SNDMORE } else { 0 })?;
                             }
                             Ok(())
                         })();
@@ -90,17 +90,17 @@ pub fn serve(opts: &RawOptions) -> Result<()> {
                 }
             }
             b"SUB" => {
-                for t in body..n {
-                    let list = subscribers.entry(frames[t].to_vec()).or_default();
+                for t in frames[..n].iter().skip(body) {
+                    let list = subscribers.entry(t.to_vec()).or_default();
                     if !list.iter().any(|r| r == rid) {
                         list.push(rid.to_vec());
-                        topics_of.entry(rid.to_vec()).or_default().push(frames[t].to_vec());
+                        topics_of.entry(rid.to_vec()).or_default().push(t.to_vec());
                     }
                 }
             }
             b"UNSUB" => {
-                for t in body..n {
-                    if let Some(list) = subscribers.get_mut(&frames[t][..]) {
+                for t in frames[..n].iter().skip(body) {
+                    if let Some(list) = subscribers.get_mut(&t[..]) {
                         list.retain(|r| r != rid);
                     }
                 }

@@ -29,7 +29,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
     let reply_to = mc0::topics::reply(util::COLLECTIVE, "bench-client", pid).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let (nodes, _) = util::handshake(
+    let (nodes, _, _) = util::handshake(
         p.nodes,
         p.nodes.min(200),
         30_000,
@@ -37,7 +37,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-node-{i} {pid}").as_bytes()),
         deadline,
     )?;
-    let (mut client, _) = util::handshake(
+    let (mut client, _, _) = util::handshake(
         1,
         1,
         30_000,

@@ -217,7 +217,8 @@ pub const VERSION: &[u8] = b"0.3";
 /// over many clients, at most `window` of them in flight, until every client
 /// is registered or `deadline` passes. `make` creates client `i`'s socket
 /// (so socket creation and the TCP/CURVE handshakes count in the time).
-/// Returns the sockets and the time it took.
+/// Returns the sockets, when each last sent something (heartbeats are due
+/// from then) and the time it all took.
 pub fn handshake(
     n: usize,
     window: usize,
@@ -225,8 +226,9 @@ pub fn handshake(
     topic: &dyn Fn(usize) -> Option<Vec<u8>>,
     make: &mut dyn FnMut(usize) -> Result<Sock>,
     deadline: Instant,
-) -> Result<(Vec<Sock>, Duration)> {
+) -> Result<(Vec<Sock>, Vec<Instant>, Duration)> {
     let start = Instant::now();
+    let mut sent_at = vec![start; n];
     let mut socks: Vec<Option<Sock>> = (0..n).map(|_| None).collect();
     // Acks still expected per client: CONNECT, and SUB when it has a topic.
     let mut pending: Vec<u8> = vec![0; n];
@@ -246,6 +248,7 @@ pub fn handshake(
                 pending[next] = 2;
             }
             socks[next] = Some(s);
+            sent_at[next] = Instant::now();
             in_flight.push(next);
             next += 1;
         }
@@ -288,7 +291,7 @@ pub fn handshake(
             done += 1;
         }
     }
-    Ok((socks.into_iter().map(|s| s.unwrap()).collect(), start.elapsed()))
+    Ok((socks.into_iter().map(|s| s.unwrap()).collect(), sent_at, start.elapsed()))
 }
 
 /// Sends DISCONNECT on each socket without waiting, so brokers can drop state.
