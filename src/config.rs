@@ -1,1 +1,459 @@
-//! (to be written)
+//! Connector settings, set from MCollective's `plugin.zeromq.*` keys (given
+//! without that prefix, though it is tolerated), and validated into
+//! [`Settings`] when connecting.
+//!
+//! Every error names the offending key or file, because the person reading
+//! it is editing `server.cfg`/`client.cfg`, not this code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::connector::{Error, ErrorKind};
+use crate::keys::{self, Key};
+
+/// Default broker port (PROTOCOL.md).
+pub const DEFAULT_PORT: u16 = 61616;
+/// Default heartbeat in seconds: the legacy connectors' `TTL 30000`.
+pub const DEFAULT_HEARTBEAT_SECS: f64 = 30.0;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
+pub const DEFAULT_CLOSE_TIMEOUT_SECS: f64 = 1.0;
+pub const DEFAULT_SEND_QUEUE: usize = 10_000;
+pub const DEFAULT_RECEIVE_QUEUE: usize = 100_000;
+pub const DEFAULT_RECONNECT_MAX_SECS: f64 = 10.0;
+
+/// Every key [`Config::set`] accepts, with its default as text, for error
+/// messages and documentation.
+pub const KEYS: &[(&str, &str)] = &[
+    ("broker.host", "(required)"),
+    ("broker.port", "61616"),
+    ("curve", "true"),
+    ("broker.public_key", "(required when curve is on)"),
+    ("public_key", "(derived from private_key)"),
+    ("private_key", "(required when curve is on)"),
+    ("heartbeat", "30"),
+    ("identity", "(host name)"),
+    ("connect_timeout", "10"),
+    ("close_timeout", "1"),
+    ("send_queue", "10000"),
+    ("receive_queue", "100000"),
+    ("reconnect_max", "10"),
+];
+
+/// What the user configured, unvalidated where validation needs the file
+/// system (key files are read by [`Config::resolve`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub broker_host: Option<String>,
+    pub broker_port: u16,
+    pub curve: bool,
+    pub broker_public_key: Option<PathBuf>,
+    pub public_key: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// Heartbeat interval; CONNECT's TTL in milliseconds.
+    pub heartbeat: Duration,
+    pub identity: Option<String>,
+    /// Bound on the initial handshake, each re-handshake and each SUB/UNSUB.
+    pub connect_timeout: Duration,
+    /// Bound on close(): flushing queued publishes and DISCONNECT's OK.
+    pub close_timeout: Duration,
+    /// Most publishes waiting to go out (e.g. while reconnecting), and most
+    /// sent but not yet acknowledged; past it publish fails with QueueFull.
+    pub send_queue: usize,
+    /// Most received messages waiting for receive(); past it new ones are
+    /// dropped (and logged) rather than growing without bound.
+    pub receive_queue: usize,
+    /// Cap of the exponential backoff between reconnect attempts.
+    pub reconnect_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker_host: None,
+            broker_port: DEFAULT_PORT,
+            curve: true,
+            broker_public_key: None,
+            public_key: None,
+            private_key: None,
+            heartbeat: Duration::from_secs_f64(DEFAULT_HEARTBEAT_SECS),
+            identity: None,
+            connect_timeout: Duration::from_secs_f64(DEFAULT_CONNECT_TIMEOUT_SECS),
+            close_timeout: Duration::from_secs_f64(DEFAULT_CLOSE_TIMEOUT_SECS),
+            send_queue: DEFAULT_SEND_QUEUE,
+            receive_queue: DEFAULT_RECEIVE_QUEUE,
+            reconnect_max: Duration::from_secs_f64(DEFAULT_RECONNECT_MAX_SECS),
+        }
+    }
+}
+
+/// CURVE keys in binary form, ready for the socket options.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CurveKeys {
+    pub server: Key,
+    pub public: Key,
+    pub secret: Key,
+}
+
+impl std::fmt::Debug for CurveKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurveKeys")
+            .field("server", &keys::key_to_z85(&self.server))
+            .field("public", &keys::key_to_z85(&self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated configuration: everything the engine needs, files read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// `tcp://host:port` (IPv6 literals bracketed).
+    pub endpoint: String,
+    pub ipv6: bool,
+    pub curve: Option<CurveKeys>,
+    pub ttl: Duration,
+    pub ttl_ms: u64,
+    pub identity: String,
+    pub connect_timeout: Duration,
+    pub close_timeout: Duration,
+    pub send_queue: usize,
+    pub receive_queue: usize,
+    pub reconnect_max: Duration,
+}
+
+fn config_error(message: String) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+/// Longest identity accepted: a ZeroMQ routing id is at most 255 bytes and
+/// ours is `"<identity> <pid> <n>"`.
+const MAX_IDENTITY_LEN: usize = 200;
+
+impl Config {
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// Builds a config from key/value pairs, as [`Config::set`] each.
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Result<Config, Error> {
+        let mut config = Config::new();
+        for (k, v) in pairs {
+            config.set(k.as_ref(), v.as_ref())?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one key (see [`KEYS`]). Surrounding whitespace in the value is
+    /// ignored, as MCollective's config parser leaves it in. Errors
+    /// (kind Config) name the key and the rejected value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        let key = key.trim();
+        let key = key.strip_prefix("plugin.zeromq.").unwrap_or(key);
+        let value = value.trim();
+        match key {
+            "broker.host" => {
+                if value.is_empty() {
+                    return Err(config_error("broker.host: empty host name".into()));
+                }
+                self.broker_host = Some(value.to_string());
+            }
+            "broker.port" => {
+                self.broker_port = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| config_error(format!("broker.port: {value:?} is not a TCP port (1-65535)")))?;
+            }
+            "curve" => self.curve = parse_bool(key, value)?,
+            "broker.public_key" => self.broker_public_key = Some(parse_path(key, value)?),
+            "public_key" => self.public_key = Some(parse_path(key, value)?),
+            "private_key" => self.private_key = Some(parse_path(key, value)?),
+            // TTL must fit the protocol's 1 ms ..= 24 h.
+            "heartbeat" => self.heartbeat = parse_seconds(key, value, 0.01, 86_400.0)?,
+            "identity" => {
+                if value.is_empty() || value.len() > MAX_IDENTITY_LEN || value.bytes().any(|b| b == 0) {
+                    return Err(config_error(format!(
+                        "identity: {value:?} must be 1 to {MAX_IDENTITY_LEN} bytes without NUL"
+                    )));
+                }
+                self.identity = Some(value.to_string());
+            }
+            "connect_timeout" => self.connect_timeout = parse_seconds(key, value, 0.001, 86_400.0)?,
+            "close_timeout" => self.close_timeout = parse_seconds(key, value, 0.0, 3_600.0)?,
+            "send_queue" => self.send_queue = parse_count(key, value)?,
+            "receive_queue" => self.receive_queue = parse_count(key, value)?,
+            "reconnect_max" => self.reconnect_max = parse_seconds(key, value, 0.01, 86_400.0)?,
+            _ => {
+                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(config_error(format!("unknown key {key:?} (known keys: {})", known.join(", "))));
+            }
+        }
+        Ok(())
+    }
+
+    /// The CONNECT TTL in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
+        (self.heartbeat.as_millis() as u64).max(1)
+    }
+
+    /// Validates the whole config and reads the key files. Missing required
+    /// keys are Config errors naming the key; unreadable or malformed key
+    /// files are Key errors naming the key and the file.
+    pub fn resolve(&self) -> Result<Settings, Error> {
+        let host = self
+            .broker_host
+            .clone()
+            .ok_or_else(|| config_error("broker.host is required (plugin.zeromq.broker.host)".into()))?;
+        let curve = if self.curve {
+            let required = |key: &str, path: &Option<PathBuf>| -> Result<PathBuf, Error> {
+                path.clone().ok_or_else(|| {
+                    config_error(format!(
+                        "{key} is required when curve is on (plugin.zeromq.{key}; or set plugin.zeromq.curve = false)"
+                    ))
+                })
+            };
+            let server_path = required("broker.public_key", &self.broker_public_key)?;
+            let secret_path = required("private_key", &self.private_key)?;
+            let server = read_key("broker.public_key", &server_path)?;
+            let secret = read_key("private_key", &secret_path)?;
+            let pair = keys::KeyPair::from_secret(secret).map_err(|e| Error::new(ErrorKind::Zmq, e))?;
+            if let Some(public_path) = &self.public_key {
+                let public = read_key("public_key", public_path)?;
+                if public != pair.public {
+                    return Err(Error::new(
+                        ErrorKind::Key,
+                        format!(
+                            "public_key: key file {} is not the public half of private_key {}",
+                            public_path.display(),
+                            secret_path.display()
+                        ),
+                    ));
+                }
+            }
+            Some(CurveKeys { server, public: pair.public, secret })
+        } else {
+            None
+        };
+        let identity = match &self.identity {
+            Some(identity) => identity.clone(),
+            None => hostname(),
+        };
+        let ipv6 = host.contains(':');
+        let endpoint = if ipv6 && !host.starts_with('[') {
+            format!("tcp://[{host}]:{}", self.broker_port)
+        } else {
+            format!("tcp://{host}:{}", self.broker_port)
+        };
+        Ok(Settings {
+            host,
+            port: self.broker_port,
+            endpoint,
+            ipv6,
+            curve,
+            ttl: Duration::from_millis(self.ttl_ms()),
+            ttl_ms: self.ttl_ms(),
+            identity,
+            connect_timeout: self.connect_timeout,
+            close_timeout: self.close_timeout,
+            send_queue: self.send_queue,
+            receive_queue: self.receive_queue,
+            reconnect_max: self.reconnect_max,
+        })
+    }
+}
+
+fn read_key(key: &str, path: &Path) -> Result<Key, Error> {
+    keys::read_key_file(path).map_err(|e| Error::new(ErrorKind::Key, format!("{key}: {e}")))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, Error> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" => Ok(false),
+        _ => Err(config_error(format!("{key}: {value:?} is not a boolean (true/false/yes/no/1/0)"))),
+    }
+}
+
+fn parse_path(key: &str, value: &str) -> Result<PathBuf, Error> {
+    if value.is_empty() {
+        return Err(config_error(format!("{key}: empty file name")));
+    }
+    Ok(PathBuf::from(value))
+}
+
+fn parse_seconds(key: &str, value: &str, min: f64, max: f64) -> Result<Duration, Error> {
+    match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (min..=max).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(config_error(format!("{key}: {value:?} is not a number of seconds between {min} and {max}"))),
+    }
+}
+
+fn parse_count(key: &str, value: &str) -> Result<usize, Error> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=100_000_000).contains(n))
+        .ok_or_else(|| config_error(format!("{key}: {value:?} is not a whole number between 1 and 100000000")))
+}
+
+/// The host name, as MCollective's default identity uses it.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its full length; gethostname
+    // NUL-terminates within it when the name fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len() - 1) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len() - 1);
+    if rc != 0 || end == 0 {
+        return "localhost".to_string();
+    }
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    name.chars().take(MAX_IDENTITY_LEN).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(key: &str, value: &str) -> Error {
+        Config::new().set(key, value).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::new();
+        assert_eq!(c.broker_port, 61616);
+        assert!(c.curve);
+        assert_eq!(c.ttl_ms(), 30_000);
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.send_queue, 10_000);
+        for (key, _) in KEYS {
+            let e = Config::new().set(key, "\u{1}bad").map(|_| ());
+            // Only free-form keys accept any text; all others reject it naming the key.
+            if !["broker.host", "broker.public_key", "public_key", "private_key", "identity"].contains(key) {
+                assert!(e.unwrap_err().message().starts_with(key), "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_is_settable_and_parsed() {
+        let c = Config::from_pairs([
+            ("broker.host", " broker.example.com "),
+            ("plugin.zeromq.broker.port", "6000"),
+            ("curve", "No"),
+            ("broker.public_key", "/etc/b.public"),
+            ("public_key", "/etc/c.public"),
+            ("private_key", "/etc/c.private"),
+            ("heartbeat", "0.5"),
+            ("identity", "node1"),
+            ("connect_timeout", "2.5"),
+            ("close_timeout", "0"),
+            ("send_queue", "5"),
+            ("receive_queue", "7"),
+            ("reconnect_max", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.broker_host.as_deref(), Some("broker.example.com"));
+        assert_eq!(c.broker_port, 6000);
+        assert!(!c.curve);
+        assert_eq!(c.broker_public_key, Some(PathBuf::from("/etc/b.public")));
+        assert_eq!(c.ttl_ms(), 500);
+        assert_eq!(c.identity.as_deref(), Some("node1"));
+        assert_eq!(c.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(c.close_timeout, Duration::ZERO);
+        assert_eq!((c.send_queue, c.receive_queue), (5, 7));
+        assert_eq!(c.reconnect_max, Duration::from_secs(3));
+        let s = c.resolve().unwrap();
+        assert_eq!(s.endpoint, "tcp://broker.example.com:6000");
+        assert!(s.curve.is_none());
+        assert_eq!(s.identity, "node1");
+    }
+
+    #[test]
+    fn booleans() {
+        for (v, want) in [("true", true), ("YES", true), ("1", true), ("false", false), ("no", false), ("0", false)] {
+            let mut c = Config::new();
+            c.set("curve", v).unwrap();
+            assert_eq!(c.curve, want, "{v}");
+        }
+        let e = err("curve", "maybe");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("curve") && e.message().contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (key, value) in [
+            ("broker.port", "x"),
+            ("broker.port", "0"),
+            ("broker.port", "70000"),
+            ("heartbeat", "abc"),
+            ("heartbeat", "0"),
+            ("heartbeat", "-1"),
+            ("heartbeat", "NaN"),
+            ("heartbeat", "inf"),
+            ("connect_timeout", ""),
+            ("send_queue", "0"),
+            ("send_queue", "1.5"),
+            ("receive_queue", "many"),
+            ("reconnect_max", "0"),
+            ("broker.host", " "),
+            ("private_key", ""),
+            ("identity", ""),
+        ] {
+            let e = err(key, value);
+            assert_eq!(e.kind(), ErrorKind::Config, "{key}={value}");
+            assert!(e.message().starts_with(key), "{key}={value}: {e}");
+        }
+        let long = "x".repeat(MAX_IDENTITY_LEN + 1);
+        assert!(err("identity", &long).message().contains("identity"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("borker.host", "x");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("\"borker.host\""), "{e}");
+        assert!(e.message().contains("broker.host"), "lists the known keys: {e}");
+    }
+
+    #[test]
+    fn resolve_requires_host_and_keys() {
+        let e = Config::new().resolve().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("broker.host"), "{e}");
+
+        let mut c = Config::new();
+        c.set("broker.host", "h").unwrap();
+        let e = c.resolve().unwrap_err();
+        assert!(e.message().contains("broker.public_key"), "{e}");
+        c.set("broker.public_key", "/nonexistent/mc0-test/b.public").unwrap();
+        let e = c.resolve().unwrap_err();
+        assert!(e.message().contains("private_key"), "{e}");
+        c.set("private_key", "/nonexistent/mc0-test/c.private").unwrap();
+        let e = c.resolve().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Key);
+        assert!(e.message().contains("/nonexistent/mc0-test/b.public"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let mut c = Config::new();
+        c.set("broker.host", "::1").unwrap();
+        c.set("curve", "false").unwrap();
+        let s = c.resolve().unwrap();
+        assert_eq!(s.endpoint, "tcp://[::1]:61616");
+        assert!(s.ipv6);
+    }
+
+    #[test]
+    fn default_identity_is_the_host_name() {
+        let mut c = Config::new();
+        c.set("broker.host", "h").unwrap();
+        c.set("curve", "0").unwrap();
+        let s = c.resolve().unwrap();
+        assert!(!s.identity.is_empty());
+        assert!(!s.identity.contains('\0'));
+    }
+}

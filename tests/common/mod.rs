@@ -87,8 +87,11 @@ pub struct Mc0d {
     pub port: u16,
     /// The server's public key (None with --no-curve).
     pub server_public: Option<Key>,
+    /// The file holding it, as nodes are configured with.
+    pub server_public_file: Option<PathBuf>,
     pub log: LogBuf,
-    pub dir: TempDir,
+    /// Holds the key files; removed on drop.
+    pub dir: Option<TempDir>,
 }
 
 pub struct Mc0dOptions {
@@ -117,35 +120,52 @@ impl Mc0d {
 
     pub fn start_with(options: Mc0dOptions) -> Mc0d {
         let dir = TempDir::new("mc0d");
-        let port = free_port();
-        let mut cmd = Process::new(env!("CARGO_BIN_EXE_mc0d"));
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
-        let server_public = if options.curve {
-            let (pair, _, private) = write_keys(dir.path(), "broker");
-            cmd.arg("--curve-private-key").arg(private);
-            Some(pair.public)
-        } else {
-            cmd.arg("--no-curve");
-            None
-        };
-        cmd.args(&options.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn mc0d");
-        let log = LogBuf::default();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                match line {
-                    Ok(line) => sink.push(&line),
-                    Err(_) => break,
+        let keys = options.curve.then(|| write_keys(dir.path(), "broker"));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port();
+            let mut cmd = Process::new(env!("CARGO_BIN_EXE_mc0d"));
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
+            match &keys {
+                Some((_, _, private)) => cmd.arg("--curve-private-key").arg(private),
+                None => cmd.arg("--no-curve"),
+            };
+            cmd.args(&options.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("spawn mc0d");
+            let log = LogBuf::default();
+            let stderr = child.stderr.take().unwrap();
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    match line {
+                        Ok(line) => sink.push(&line),
+                        Err(_) => break,
+                    }
                 }
+            });
+            let mut broker = Mc0d {
+                child: Some(child),
+                port,
+                server_public: keys.as_ref().map(|(pair, _, _)| pair.public),
+                server_public_file: keys.as_ref().map(|(_, public, _)| public.clone()),
+                log,
+                dir: None,
+            };
+            if !options.wait_ready {
+                broker.dir = Some(dir);
+                return broker;
             }
-        });
-        let mut broker = Mc0d { child: Some(child), port, server_public, log, dir };
-        if options.wait_ready {
+            // The port was free a moment ago, but another test may have
+            // taken it since (even as the source port of a connection).
+            let listening = broker.log.wait_for(WAIT, |l| l.contains("listening on") || l.contains("cannot bind"));
+            if attempt < 5 && listening.as_deref().is_some_and(|l| l.contains("Address already in use")) {
+                continue;
+            }
+            broker.dir = Some(dir);
             broker.wait_ready();
+            return broker;
         }
-        broker
     }
 
     pub fn endpoint(&self) -> String {

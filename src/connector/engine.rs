@@ -1,0 +1,1027 @@
+//! The engine: the one thread that owns the DEALER socket (a `zmq::Socket`
+//! is not `Sync`, and one owner means no locking around it).
+//!
+//! It polls the socket and the wake pipe together, so it reacts at once to
+//! broker traffic and to requests, and otherwise sleeps exactly until its
+//! next deadline (heartbeat, liveness, handshake, backoff, close).
+//!
+//! Link states:
+//! - `Handshaking`: CONNECT sent, waiting for its OK. Publishes queue up and
+//!   subscribe calls wait; everything resumes on the OK.
+//! - `Ready`: normal operation. Every command carries an ID and is matched
+//!   to its OK/ERROR; MESSAGEs go to the inbox whatever else is pending.
+//! - `Backoff`: the link was declared dead (1.05 × TTL of broker silence, or
+//!   no answer to CONNECT); the socket is closed and a new one opens after a
+//!   capped exponential delay with jitter.
+//!
+//! "ERROR ... not connected" means the broker forgot us (restart or expiry):
+//! the engine sends CONNECT again on the same socket. The broker handles one
+//! client's commands in order, so when CONNECT's OK arrives every earlier
+//! command has been answered or was lost with the old broker.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::logging::clog;
+use super::{secs, Answer, Error, ErrorKind, Message, Publish, Request, Shared};
+use crate::config::Settings;
+use crate::log::Level;
+use crate::protocol::{self, Command, Limits, Reply};
+
+/// The `<n>` of routing ids: unique per socket within the process.
+static SOCKET_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Most topics per SUB when re-subscribing, well under the frame limit.
+const TOPICS_PER_SUB: usize = 1000;
+/// Messages read per poll wake-up before attending to requests again.
+const RECV_BATCH: usize = 4096;
+/// First reconnect delay; doubles per failed attempt up to `reconnect_max`.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+enum State {
+    Handshaking { deadline: Instant },
+    Ready,
+    Backoff { until: Instant },
+}
+
+/// A command sent (or queued in the outbox) that waits for OK/ERROR by ID.
+enum Pending {
+    Connect,
+    Sub { topics: Vec<Vec<u8>>, answers: Vec<Answer> },
+    Unsub { answer: Option<Answer> },
+    Put(Queued),
+    Probe,
+    Disconnect,
+}
+
+struct Queued {
+    /// Publish order, for flush() and for putting refused PUTs back in place.
+    seq: u64,
+    publish: Publish,
+}
+
+/// Frames the socket refused for now (high-water mark); sent first later.
+struct Out {
+    id: Option<u64>,
+    frames: Vec<Vec<u8>>,
+}
+
+struct Closing {
+    answer: Answer,
+    deadline: Instant,
+    disconnect_id: Option<u64>,
+}
+
+enum SendError {
+    WouldBlock(Vec<Vec<u8>>),
+    Fatal(zmq::Error),
+}
+
+pub(crate) struct Engine {
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+    ctx: zmq::Context,
+    socket: Option<zmq::Socket>,
+    routing_id: String,
+    state: State,
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+    outbox: VecDeque<Out>,
+    /// Topics held: re-subscribed after every handshake.
+    topics: BTreeSet<Vec<u8>>,
+    /// Subscribe calls waiting for the handshake's re-subscribe.
+    parked: Vec<Answer>,
+    /// Publishes not yet sent, in `seq` order.
+    publishes: VecDeque<Queued>,
+    inflight_puts: usize,
+    next_seq: u64,
+    /// Seqs of publishes neither acknowledged nor dropped.
+    unfinished: BTreeSet<u64>,
+    /// flush() calls: answered when no unfinished seq is below the mark.
+    flushes: Vec<(u64, Answer)>,
+    last_send: Instant,
+    last_recv: Instant,
+    probe_sent: Option<Instant>,
+    attempt: u32,
+    closing: Option<Closing>,
+    /// connect() waiting for the first handshake.
+    ready: Option<SyncSender<Result<(), Error>>>,
+    link_failed: bool,
+    exit: bool,
+    rng: u64,
+    limits: Limits,
+    dropped_warned: u64,
+}
+
+impl Engine {
+    pub fn new(
+        settings: Arc<Settings>,
+        shared: Arc<Shared>,
+        ready: SyncSender<Result<(), Error>>,
+    ) -> Result<Engine, Error> {
+        let now = Instant::now();
+        let seed = now.elapsed().as_nanos() as u64
+            ^ std::process::id() as u64
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let mut engine = Engine {
+            settings,
+            shared,
+            ctx: zmq::Context::new(),
+            socket: None,
+            routing_id: String::new(),
+            state: State::Backoff { until: now },
+            next_id: 0,
+            pending: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            topics: BTreeSet::new(),
+            parked: Vec::new(),
+            publishes: VecDeque::new(),
+            inflight_puts: 0,
+            next_seq: 0,
+            unfinished: BTreeSet::new(),
+            flushes: Vec::new(),
+            last_send: now,
+            last_recv: now,
+            probe_sent: None,
+            attempt: 0,
+            closing: None,
+            ready: Some(ready),
+            link_failed: false,
+            exit: false,
+            rng: seed | 1,
+            limits: Limits::default(),
+            dropped_warned: 0,
+        };
+        engine.open_socket()?;
+        Ok(engine)
+    }
+
+    pub fn routing_id(&self) -> &str {
+        &self.routing_id
+    }
+
+    /// The thread body. A panic is contained here so that callers still get
+    /// answers (Closed) instead of waiting out their timeouts.
+    pub fn run(mut self) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.main_loop()));
+        if let Err(panic) = result {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            clog!(Level::Error, "mc0 connector {}: internal error, connector closed: {what}", self.routing_id);
+        }
+        self.shutdown();
+    }
+
+    fn main_loop(&mut self) {
+        self.start_handshake(Instant::now());
+        loop {
+            let now = Instant::now();
+            self.take_requests(now);
+            self.on_timers(now);
+            self.pump(now);
+            if self.link_failed {
+                self.link_failed = false;
+                self.reset_link(now);
+            }
+            if self.exit {
+                return;
+            }
+            let timeout = self.poll_timeout(now);
+            let (wake, readable) = {
+                let mut items = Vec::with_capacity(2);
+                items.push(zmq::PollItem::from_fd(self.shared.waker.fd(), zmq::POLLIN));
+                if let Some(socket) = &self.socket {
+                    let events = if self.outbox.is_empty() { zmq::POLLIN } else { zmq::POLLIN | zmq::POLLOUT };
+                    items.push(socket.as_poll_item(events));
+                }
+                match zmq::poll(&mut items, timeout) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => {
+                        // Should not happen; avoid spinning if it does.
+                        clog!(Level::Error, "mc0 connector {}: zmq_poll failed: {e}", self.routing_id);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                (items[0].is_readable(), items.get(1).is_some_and(|i| i.is_readable()))
+            };
+            if wake {
+                self.shared.waker.drain();
+            }
+            if readable {
+                self.receive_all(Instant::now());
+            }
+        }
+    }
+
+    fn open_socket(&mut self) -> Result<(), Error> {
+        let n = SOCKET_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+        let routing_id = format!("{} {} {}", self.settings.identity, std::process::id(), n);
+        let s = &self.settings;
+        let socket = self.ctx.socket(zmq::DEALER).map_err(|e| Error::zmq("cannot create a DEALER socket", e))?;
+        let opt = |what: &str, r: zmq::Result<()>| r.map_err(|e| Error::zmq(what, e));
+        opt("set ZMQ_LINGER", socket.set_linger(0))?;
+        opt("set ZMQ_ROUTING_ID", socket.set_identity(routing_id.as_bytes()))?;
+        opt("set ZMQ_RCVHWM", socket.set_rcvhwm(s.receive_queue.min(i32::MAX as usize) as i32))?;
+        opt("set ZMQ_RECONNECT_IVL", socket.set_reconnect_ivl(100))?;
+        opt(
+            "set ZMQ_RECONNECT_IVL_MAX",
+            socket.set_reconnect_ivl_max(s.reconnect_max.as_millis().min(i32::MAX as u128) as i32),
+        )?;
+        if s.ipv6 {
+            opt("set ZMQ_IPV6", socket.set_ipv6(true))?;
+        }
+        if let Some(keys) = &s.curve {
+            opt("set ZMQ_CURVE_SERVERKEY", socket.set_curve_serverkey(&keys.server))?;
+            opt("set ZMQ_CURVE_PUBLICKEY", socket.set_curve_publickey(&keys.public))?;
+            opt("set ZMQ_CURVE_SECRETKEY", socket.set_curve_secretkey(&keys.secret))?;
+        }
+        socket.connect(&s.endpoint).map_err(|e| Error::zmq(&format!("cannot connect to {}", s.endpoint), e))?;
+        clog!(Level::Debug, "mc0 connector {routing_id}: socket connecting to {}", s.endpoint);
+        self.socket = Some(socket);
+        self.routing_id = routing_id.clone();
+        *self.shared.routing_id.lock().unwrap_or_else(|e| e.into_inner()) = routing_id;
+        Ok(())
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn no_answer_message(&self) -> String {
+        let hint = if self.settings.curve.is_some() {
+            "is it running, and is broker.public_key its key?"
+        } else {
+            "is it running, and is its CURVE setting off like ours (curve = false)?"
+        };
+        format!(
+            "no answer from broker {}:{} within {} ({hint})",
+            self.settings.host,
+            self.settings.port,
+            secs(self.settings.connect_timeout)
+        )
+    }
+
+    // ---- requests from the handles ----
+
+    fn take_requests(&mut self, now: Instant) {
+        let items: Vec<Request> = {
+            let mut requests = self.shared.requests.lock().unwrap_or_else(|e| e.into_inner());
+            requests.items.drain(..).collect()
+        };
+        for request in items {
+            self.on_request(request, now);
+        }
+    }
+
+    fn on_request(&mut self, request: Request, now: Instant) {
+        match request {
+            Request::Subscribe { topic, answer } => {
+                if self.closing.is_some() {
+                    let _ = answer.send(Err(Error::closed()));
+                    return;
+                }
+                self.topics.insert(topic.clone());
+                if matches!(self.state, State::Ready) {
+                    let id = self.next_id();
+                    let frames = Command::Sub { id: Some(id.to_string().as_bytes()), topics: vec![&topic] }.to_frames();
+                    self.pending.insert(id, Pending::Sub { topics: vec![topic], answers: vec![answer] });
+                    self.send(Some(id), frames, now);
+                } else {
+                    self.parked.push(answer);
+                }
+            }
+            Request::Unsubscribe { topic, answer } => {
+                if self.closing.is_some() {
+                    let _ = answer.send(Err(Error::closed()));
+                    return;
+                }
+                self.topics.remove(&topic);
+                if matches!(self.state, State::Ready) {
+                    let id = self.next_id();
+                    let frames =
+                        Command::Unsub { id: Some(id.to_string().as_bytes()), topics: vec![&topic] }.to_frames();
+                    self.pending.insert(id, Pending::Unsub { answer: Some(answer) });
+                    self.send(Some(id), frames, now);
+                } else {
+                    // The next session starts without it anyway.
+                    let _ = answer.send(Ok(()));
+                }
+            }
+            Request::Publish(publish) => {
+                if self.closing.is_some() {
+                    self.shared.queued_publishes.fetch_sub(1, Ordering::SeqCst);
+                    self.shared.counters.publishes_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.unfinished.insert(seq);
+                self.publishes.push_back(Queued { seq, publish });
+            }
+            Request::Flush { answer } => {
+                self.flushes.push((self.next_seq, answer));
+                self.check_flushes();
+            }
+            Request::Close { answer } => self.start_close(answer, now),
+        }
+    }
+
+    fn start_close(&mut self, answer: Answer, now: Instant) {
+        if self.closing.is_some() {
+            // Already closing (e.g. connect() gave up first): nothing more to do.
+            let _ = answer.send(Ok(()));
+            return;
+        }
+        let deadline = now + self.settings.close_timeout;
+        self.closing = Some(Closing { answer, deadline, disconnect_id: None });
+        if !matches!(self.state, State::Ready) || self.settings.close_timeout.is_zero() {
+            self.exit = true;
+        }
+        // Otherwise pump() sends the queued publishes, then DISCONNECT.
+    }
+
+    // ---- timers ----
+
+    fn on_timers(&mut self, now: Instant) {
+        if let Some(closing) = &self.closing {
+            if now >= closing.deadline {
+                clog!(
+                    Level::Warn,
+                    "mc0 connector {}: broker did not confirm DISCONNECT within {}; closing anyway",
+                    self.routing_id,
+                    secs(self.settings.close_timeout)
+                );
+                self.exit = true;
+                return;
+            }
+        }
+        let ttl = self.settings.ttl;
+        match self.state {
+            State::Handshaking { deadline, .. } if now >= deadline => {
+                let message = self.no_answer_message();
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(Err(Error::new(ErrorKind::Timeout, message)));
+                    self.exit = true;
+                } else {
+                    clog!(Level::Warn, "mc0 connector {}: {message}; reconnecting", self.routing_id);
+                    self.reset_link(now);
+                }
+            }
+            State::Handshaking { .. } => {}
+            State::Backoff { until } if now >= until => match self.open_socket() {
+                Ok(()) => self.start_handshake(now),
+                Err(e) => {
+                    clog!(Level::Error, "mc0 connector {}: {e}", self.routing_id);
+                    self.schedule_backoff(now);
+                }
+            },
+            State::Backoff { .. } => {}
+            State::Ready => {
+                if now >= self.last_recv + ttl.mul_f64(1.05) {
+                    clog!(
+                        Level::Warn,
+                        "mc0 connector {}: no traffic from broker {} for {}; reconnecting",
+                        self.routing_id,
+                        self.settings.endpoint,
+                        secs(now - self.last_recv)
+                    );
+                    self.reset_link(now);
+                } else if now >= self.last_send + ttl.mul_f64(0.95) || self.probe_due(now) {
+                    // With an ID the broker answers at once, which also proves
+                    // it alive when its own NOOP is late.
+                    let id = self.next_id();
+                    self.pending.insert(id, Pending::Probe);
+                    self.probe_sent = Some(now);
+                    self.send(Some(id), Command::Noop { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
+                }
+            }
+        }
+    }
+
+    fn probe_due(&self, now: Instant) -> bool {
+        let silent = now >= self.last_recv + self.settings.ttl.mul_f64(0.95);
+        silent && self.probe_sent.map_or(true, |at| at < self.last_recv)
+    }
+
+    fn poll_timeout(&self, now: Instant) -> i64 {
+        let ttl = self.settings.ttl;
+        let mut next = now + Duration::from_secs(60);
+        let mut consider = |t: Instant| next = next.min(t);
+        if let Some(closing) = &self.closing {
+            consider(closing.deadline);
+        }
+        match self.state {
+            State::Handshaking { deadline, .. } => consider(deadline),
+            State::Backoff { until } => consider(until),
+            State::Ready => {
+                consider(self.last_recv + ttl.mul_f64(1.05));
+                consider(self.last_send + ttl.mul_f64(0.95));
+                if self.probe_sent.map_or(true, |at| at < self.last_recv) {
+                    consider(self.last_recv + ttl.mul_f64(0.95));
+                }
+            }
+        }
+        let wait = next.saturating_duration_since(now);
+        // Round up so the loop does not wake a hair early and spin.
+        ((wait.as_micros() + 999) / 1000).min(i64::MAX as u128) as i64
+    }
+
+    fn schedule_backoff(&mut self, now: Instant) {
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << self.attempt.min(16));
+        let cap = exp.min(self.settings.reconnect_max);
+        // Jitter in [0.5, 1.0) spreads a fleet reconnecting after a broker restart.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter = 0.5 + (self.rng % 1000) as f64 / 2000.0;
+        let delay = cap.mul_f64(jitter);
+        self.attempt = self.attempt.saturating_add(1);
+        self.state = State::Backoff { until: now + delay };
+        clog!(Level::Info, "mc0 connector: reconnecting to {} in {}", self.settings.endpoint, secs(delay));
+    }
+
+    // ---- link management ----
+
+    /// Sends CONNECT (on the current socket) and waits for its OK.
+    fn start_handshake(&mut self, now: Instant) {
+        self.requeue_outbox();
+        let id = self.next_id();
+        self.pending.insert(id, Pending::Connect);
+        self.state = State::Handshaking { deadline: now + self.settings.connect_timeout };
+        let frames = Command::Connect {
+            version: protocol::PROTOCOL_VERSION.as_bytes(),
+            ttl_ms: self.settings.ttl_ms,
+            id: Some(id.to_string().as_bytes()),
+        }
+        .to_frames();
+        self.send(Some(id), frames, now);
+    }
+
+    /// Unsent frames are not lost: PUTs go back to the queue, others are
+    /// settled as if lost (subscribes wait for the re-subscribe).
+    fn requeue_outbox(&mut self) {
+        let outbox = std::mem::take(&mut self.outbox);
+        for out in outbox {
+            if let Some(pending) = out.id.and_then(|id| self.pending.remove(&id)) {
+                match pending {
+                    Pending::Put(q) => {
+                        self.inflight_puts -= 1;
+                        self.requeue(q);
+                    }
+                    other => {
+                        self.settle_lost(other);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a PUT back into the send queue at its place in publish order.
+    fn requeue(&mut self, q: Queued) {
+        self.shared.queued_publishes.fetch_add(1, Ordering::SeqCst);
+        let at = self.publishes.partition_point(|p| p.seq < q.seq);
+        self.publishes.insert(at, q);
+    }
+
+    /// Settles a command whose answer will never come. Returns 1 for a
+    /// dropped PUT (for the caller's log line), else 0.
+    fn settle_lost(&mut self, pending: Pending) -> u64 {
+        match pending {
+            Pending::Connect | Pending::Probe | Pending::Disconnect => 0,
+            Pending::Sub { answers, .. } => {
+                self.parked.extend(answers);
+                0
+            }
+            Pending::Unsub { answer } => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(Ok(()));
+                }
+                0
+            }
+            Pending::Put(q) => {
+                self.inflight_puts -= 1;
+                self.finish_publish(q.seq, false);
+                1
+            }
+        }
+    }
+
+    fn finish_publish(&mut self, seq: u64, acknowledged: bool) {
+        self.unfinished.remove(&seq);
+        let counter =
+            if acknowledged { &self.shared.counters.published } else { &self.shared.counters.publishes_dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn check_flushes(&mut self) {
+        if self.flushes.is_empty() {
+            return;
+        }
+        let lowest = self.unfinished.first().copied().unwrap_or(u64::MAX);
+        self.flushes.retain(|(mark, answer)| {
+            if lowest >= *mark {
+                let _ = answer.send(Ok(()));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Declares the link dead: closes the socket and schedules a new one.
+    fn reset_link(&mut self, now: Instant) {
+        self.shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.requeue_outbox();
+        let pending = std::mem::take(&mut self.pending);
+        let mut dropped = 0;
+        for (_, p) in pending {
+            dropped += self.settle_lost(p);
+        }
+        if dropped > 0 {
+            clog!(
+                Level::Warn,
+                "mc0 connector {}: {dropped} publishes were sent but not acknowledged before the link died; \
+                 not resending them (at-most-once)",
+                self.routing_id
+            );
+        }
+        self.check_flushes();
+        self.socket = None;
+        self.probe_sent = None;
+        if self.closing.is_some() {
+            self.exit = true;
+            return;
+        }
+        self.schedule_backoff(now);
+    }
+
+    /// The broker no longer knows us: CONNECT again on the same socket.
+    fn renegotiate(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            self.exit = true;
+            return;
+        }
+        if matches!(self.state, State::Ready) {
+            clog!(
+                Level::Warn,
+                "mc0 connector {}: broker {} does not know us (restarted?); sending CONNECT again",
+                self.routing_id,
+                self.settings.endpoint
+            );
+            self.start_handshake(now);
+        }
+    }
+
+    fn on_handshake_ok(&mut self, connect_id: u64, now: Instant) {
+        self.state = State::Ready;
+        self.attempt = 0;
+        self.last_recv = now;
+        self.probe_sent = None;
+        self.shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        // The broker answers a client's commands in order: anything sent
+        // before this CONNECT and still unanswered is gone.
+        let stale: Vec<u64> = self.pending.range(..connect_id).map(|(id, _)| *id).collect();
+        let mut dropped = 0;
+        for id in stale {
+            if let Some(p) = self.pending.remove(&id) {
+                dropped += self.settle_lost(p);
+            }
+        }
+        if dropped > 0 {
+            clog!(
+                Level::Warn,
+                "mc0 connector {}: {dropped} publishes sent before the broker restarted were never acknowledged; \
+                 not resending them (at-most-once)",
+                self.routing_id
+            );
+        }
+        self.check_flushes();
+        match self.ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            None => clog!(
+                Level::Info,
+                "mc0 connector {}: connected again to {}; re-subscribing {} topics",
+                self.routing_id,
+                self.settings.endpoint,
+                self.topics.len()
+            ),
+        }
+        self.resubscribe(now);
+    }
+
+    fn resubscribe(&mut self, now: Instant) {
+        let mut answers = std::mem::take(&mut self.parked);
+        if self.topics.is_empty() {
+            for answer in answers {
+                let _ = answer.send(Ok(()));
+            }
+            return;
+        }
+        let topics: Vec<Vec<u8>> = self.topics.iter().cloned().collect();
+        let chunks: Vec<&[Vec<u8>]> = topics.chunks(TOPICS_PER_SUB).collect();
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let id = self.next_id();
+            let frames =
+                Command::Sub { id: Some(id.to_string().as_bytes()), topics: chunk.iter().map(|t| &t[..]).collect() }
+                    .to_frames();
+            // Waiters need every chunk; the last one's OK implies the others'.
+            let chunk_answers = if i == last { std::mem::take(&mut answers) } else { Vec::new() };
+            self.pending.insert(id, Pending::Sub { topics: chunk.to_vec(), answers: chunk_answers });
+            self.send(Some(id), frames, now);
+        }
+    }
+
+    // ---- sending ----
+
+    fn send(&mut self, id: Option<u64>, frames: Vec<Vec<u8>>, now: Instant) {
+        if !self.outbox.is_empty() {
+            self.outbox.push_back(Out { id, frames });
+            return;
+        }
+        let Some(socket) = &self.socket else {
+            self.outbox.push_back(Out { id, frames });
+            return;
+        };
+        match try_send(socket, frames) {
+            Ok(()) => self.last_send = now,
+            Err(SendError::WouldBlock(frames)) => self.outbox.push_back(Out { id, frames }),
+            Err(SendError::Fatal(e)) => {
+                clog!(Level::Error, "mc0 connector {}: send failed: {e}", self.routing_id);
+                self.link_failed = true;
+            }
+        }
+    }
+
+    /// Sends what the socket takes: the outbox first, then (when the link is
+    /// up) queued publishes up to the in-flight limit, then a pending
+    /// DISCONNECT when closing.
+    fn pump(&mut self, now: Instant) {
+        if self.socket.is_none() || self.exit {
+            return;
+        }
+        while let Some(out) = self.outbox.pop_front() {
+            let socket = self.socket.as_ref().expect("checked above");
+            match try_send(socket, out.frames) {
+                Ok(()) => self.last_send = now,
+                Err(SendError::WouldBlock(frames)) => {
+                    self.outbox.push_front(Out { id: out.id, frames });
+                    return;
+                }
+                Err(SendError::Fatal(e)) => {
+                    clog!(Level::Error, "mc0 connector {}: send failed: {e}", self.routing_id);
+                    self.link_failed = true;
+                    return;
+                }
+            }
+        }
+        if !matches!(self.state, State::Ready) {
+            return;
+        }
+        // Closing sends everything queued; otherwise the broker's OKs pace us.
+        let cap = if self.closing.is_some() { usize::MAX } else { self.settings.send_queue };
+        while self.inflight_puts < cap && self.outbox.is_empty() && !self.link_failed {
+            let Some(q) = self.publishes.pop_front() else { break };
+            self.shared.queued_publishes.fetch_sub(1, Ordering::SeqCst);
+            let id = self.next_id();
+            let frames = put_frames(&q.publish, id);
+            self.inflight_puts += 1;
+            self.pending.insert(id, Pending::Put(q));
+            self.send(Some(id), frames, now);
+        }
+        let disconnect_due = matches!(&self.closing, Some(c) if c.disconnect_id.is_none()) && self.publishes.is_empty();
+        if disconnect_due {
+            let id = self.next_id();
+            self.pending.insert(id, Pending::Disconnect);
+            if let Some(closing) = &mut self.closing {
+                closing.disconnect_id = Some(id);
+            }
+            self.send(Some(id), Command::Disconnect { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
+        }
+    }
+
+    // ---- receiving ----
+
+    fn receive_all(&mut self, now: Instant) {
+        let mut messages = Vec::new();
+        for _ in 0..RECV_BATCH {
+            let Some(socket) = &self.socket else { break };
+            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(zmq::Error::EAGAIN) => break,
+                Err(e) => {
+                    clog!(Level::Error, "mc0 connector {}: receive failed: {e}", self.routing_id);
+                    break;
+                }
+            };
+            self.last_recv = now;
+            self.on_frames(&frames, &mut messages, now);
+            if self.exit || self.socket.is_none() {
+                break;
+            }
+        }
+        if !messages.is_empty() {
+            self.deliver(messages);
+        }
+    }
+
+    fn on_frames(&mut self, frames: &[Vec<u8>], messages: &mut Vec<Message>, now: Instant) {
+        let reply = match Reply::parse(frames, &self.limits) {
+            Ok(reply) => reply,
+            Err(e) => {
+                clog!(
+                    Level::Warn,
+                    "mc0 connector {}: ignoring a malformed message from the broker: {e}",
+                    self.routing_id
+                );
+                return;
+            }
+        };
+        match reply {
+            Reply::Noop => {}
+            Reply::Message { topic, headers, body } => {
+                self.shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                messages.push(Message {
+                    topic: String::from_utf8_lossy(topic).into_owned(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
+                        .collect(),
+                    body: if body.len() == 1 { body[0].to_vec() } else { body.concat() },
+                });
+            }
+            Reply::Ok { id } => {
+                if let Some(id) = parse_id(id) {
+                    self.on_ok(id, now);
+                }
+            }
+            Reply::Error { message, id } => {
+                let message = String::from_utf8_lossy(message).into_owned();
+                self.on_error(message, id.and_then(parse_id), now);
+            }
+        }
+    }
+
+    fn on_ok(&mut self, id: u64, now: Instant) {
+        let Some(pending) = self.pending.remove(&id) else {
+            // An answer to a command settled as lost, e.g. after a re-handshake.
+            return;
+        };
+        match pending {
+            Pending::Connect => self.on_handshake_ok(id, now),
+            Pending::Sub { answers, .. } => {
+                for answer in answers {
+                    let _ = answer.send(Ok(()));
+                }
+            }
+            Pending::Unsub { answer } => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(Ok(()));
+                }
+            }
+            Pending::Put(q) => {
+                self.inflight_puts -= 1;
+                self.finish_publish(q.seq, true);
+                self.check_flushes();
+            }
+            Pending::Probe => {}
+            Pending::Disconnect => self.exit = true,
+        }
+    }
+
+    fn on_error(&mut self, message: String, id: Option<u64>, now: Instant) {
+        let not_connected = message == protocol::NOT_CONNECTED || message.starts_with("not connected");
+        let pending = id.and_then(|id| self.pending.remove(&id));
+        let rid = self.routing_id.clone();
+        match pending {
+            None => {
+                if not_connected {
+                    self.renegotiate(now);
+                } else {
+                    clog!(Level::Warn, "mc0 connector {rid}: broker error: {message}");
+                }
+            }
+            Some(Pending::Connect) => {
+                let error = Error::new(ErrorKind::Broker, format!("broker refused CONNECT: {message}"));
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(Err(error));
+                    self.exit = true;
+                } else {
+                    clog!(Level::Error, "mc0 connector {rid}: {error}");
+                    self.reset_link(now);
+                }
+            }
+            Some(Pending::Put(q)) if not_connected => {
+                // Never delivered: send it again after the re-handshake.
+                self.inflight_puts -= 1;
+                self.requeue(q);
+                self.renegotiate(now);
+            }
+            Some(Pending::Sub { answers, .. }) if not_connected => {
+                // The topics are still held; the re-subscribe answers these.
+                self.parked.extend(answers);
+                self.renegotiate(now);
+            }
+            Some(other) if not_connected => {
+                self.settle_lost(other);
+                self.renegotiate(now);
+            }
+            Some(Pending::Sub { topics, answers }) => {
+                for topic in &topics {
+                    self.topics.remove(topic);
+                }
+                for answer in answers {
+                    let _ = answer.send(Err(Error::new(ErrorKind::Broker, format!("subscribe: {message}"))));
+                }
+            }
+            Some(Pending::Unsub { answer }) => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(Err(Error::new(ErrorKind::Broker, format!("unsubscribe: {message}"))));
+                }
+            }
+            Some(Pending::Put(q)) => {
+                clog!(
+                    Level::Warn,
+                    "mc0 connector {rid}: broker refused a publish to {:?}: {message}",
+                    String::from_utf8_lossy(&q.publish.topic)
+                );
+                self.inflight_puts -= 1;
+                self.finish_publish(q.seq, false);
+                self.check_flushes();
+            }
+            Some(Pending::Probe) => clog!(Level::Warn, "mc0 connector {rid}: broker error on NOOP: {message}"),
+            Some(Pending::Disconnect) => self.exit = true,
+        }
+    }
+
+    fn deliver(&mut self, messages: Vec<Message>) {
+        let mut dropped = 0u64;
+        {
+            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            for message in messages {
+                if inbox.messages.len() < self.settings.receive_queue {
+                    inbox.messages.push_back(message);
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+        self.shared.inbox_ready.notify_all();
+        if dropped > 0 {
+            let total = self.shared.counters.messages_dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
+            // One line per 1000 drops keeps a stuck reader from flooding the log.
+            if total / 1000 >= self.dropped_warned {
+                self.dropped_warned = total / 1000 + 1;
+                clog!(
+                    Level::Warn,
+                    "mc0 connector {}: receive queue full ({} messages); {total} messages dropped so far",
+                    self.routing_id,
+                    self.settings.receive_queue
+                );
+            }
+        }
+    }
+
+    // ---- exit ----
+
+    fn shutdown(&mut self) {
+        let leftover: Vec<Request> = {
+            let mut requests = self.shared.requests.lock().unwrap_or_else(|e| e.into_inner());
+            requests.open = false;
+            requests.items.drain(..).collect()
+        };
+        self.shared.close_inbox();
+        for request in leftover {
+            match request {
+                Request::Subscribe { answer, .. }
+                | Request::Unsubscribe { answer, .. }
+                | Request::Flush { answer }
+                | Request::Close { answer } => {
+                    let _ = answer.send(Err(Error::closed()));
+                }
+                Request::Publish(_) => {
+                    self.shared.queued_publishes.fetch_sub(1, Ordering::SeqCst);
+                    self.shared.counters.publishes_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut unacknowledged = 0;
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            match pending {
+                Pending::Sub { answers, .. } => {
+                    for answer in answers {
+                        let _ = answer.send(Err(Error::closed()));
+                    }
+                }
+                Pending::Unsub { answer: Some(answer) } => {
+                    let _ = answer.send(Err(Error::closed()));
+                }
+                Pending::Put(_) => unacknowledged += 1,
+                _ => {}
+            }
+        }
+        let unsent = self.publishes.len() as u64;
+        if unsent > 0 {
+            self.shared.queued_publishes.fetch_sub(self.publishes.len(), Ordering::SeqCst);
+            self.publishes.clear();
+        }
+        self.shared.counters.publishes_dropped.fetch_add(unsent, Ordering::Relaxed);
+        if unsent + unacknowledged > 0 {
+            clog!(
+                Level::Warn,
+                "mc0 connector {}: closed with {unsent} publishes unsent and {unacknowledged} unacknowledged",
+                self.routing_id
+            );
+        }
+        for answer in self.parked.drain(..) {
+            let _ = answer.send(Err(Error::closed()));
+        }
+        for (_, answer) in self.flushes.drain(..) {
+            let _ = answer.send(Err(Error::closed()));
+        }
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(Error::closed()));
+        }
+        // Linger is 0: closing the socket never blocks, nor does the context.
+        self.socket = None;
+        if let Some(closing) = self.closing.take() {
+            let _ = closing.answer.send(Ok(()));
+        }
+        clog!(Level::Debug, "mc0 connector {}: engine stopped", self.routing_id);
+    }
+}
+
+fn put_frames(publish: &Publish, id: u64) -> Vec<Vec<u8>> {
+    let id = id.to_string();
+    Command::Put {
+        topic: &publish.topic,
+        headers: publish.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
+        id: Some(id.as_bytes()),
+        body: vec![&publish.body],
+    }
+    .to_frames()
+}
+
+fn parse_id(id: &[u8]) -> Option<u64> {
+    std::str::from_utf8(id).ok()?.parse().ok()
+}
+
+/// Sends a multipart message without blocking. The first frame (always the
+/// empty delimiter) is sent as a copy, so the frames come back intact when
+/// the socket is at its high-water mark; ZeroMQ accepts the remaining parts
+/// of a message once its first part is in.
+fn try_send(socket: &zmq::Socket, frames: Vec<Vec<u8>>) -> Result<(), SendError> {
+    let last = frames.len() - 1;
+    match socket.send(&frames[0][..], zmq::DONTWAIT | if last > 0 { zmq::SNDMORE } else { 0 }) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN) => return Err(SendError::WouldBlock(frames)),
+        Err(e) => return Err(SendError::Fatal(e)),
+    }
+    for (i, frame) in frames.into_iter().enumerate().skip(1) {
+        let flags = if i < last { zmq::SNDMORE } else { 0 };
+        socket.send(frame, flags).map_err(SendError::Fatal)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_frames_carry_topic_headers_id_and_body() {
+        let p = Publish {
+            topic: b"c agent".to_vec(),
+            headers: vec![(b"X-REPLY-TO".to_vec(), b"c reply me 1".to_vec())],
+            body: b"\x00\x01".to_vec(),
+        };
+        let frames = put_frames(&p, 42);
+        let cmd = Command::parse(&frames, &Limits::default()).unwrap();
+        assert_eq!(
+            cmd,
+            Command::Put {
+                topic: b"c agent",
+                headers: vec![(b"X-REPLY-TO", b"c reply me 1")],
+                id: Some(b"42"),
+                body: vec![b"\x00\x01"]
+            }
+        );
+    }
+
+    #[test]
+    fn ids_parse() {
+        assert_eq!(parse_id(b"17"), Some(17));
+        assert_eq!(parse_id(b"x"), None);
+        assert_eq!(parse_id(b"\xff"), None);
+    }
+}

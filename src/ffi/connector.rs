@@ -1,0 +1,458 @@
+//! `mc0_config_*`, `mc0_connector_*` and `mc0_message_*`.
+
+use std::ffi::CString;
+use std::os::raw::c_char;
+use std::time::Duration;
+
+use super::{arg_str, guard, guard_ptr, invalid, mc0_status, new_c_string, set_last_error};
+use crate::config::Config;
+use crate::connector::{Connector, Error, Message};
+
+/// Connector settings being built (opaque). Not thread-safe: use one config
+/// from one thread at a time.
+pub struct mc0_config {
+    inner: Config,
+}
+
+/// A connection to the broker (opaque). Thread-safe: any number of threads
+/// may call mc0_connector_* on it concurrently (one blocked in receive while
+/// others publish), except mc0_connector_free.
+pub struct mc0_connector {
+    inner: Connector,
+}
+
+/// A received message (opaque). Owned by the caller until mc0_message_free;
+/// every pointer read from it is owned by it and valid until then.
+pub struct mc0_message {
+    topic: CString,
+    headers: Vec<(CString, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl From<Message> for mc0_message {
+    fn from(m: Message) -> Self {
+        let c = |s: String| CString::new(s.replace('\0', "\\0")).unwrap_or_default();
+        mc0_message {
+            topic: c(m.topic),
+            headers: m.headers.into_iter().map(|(k, v)| (c(k), v)).collect(),
+            body: m.body,
+        }
+    }
+}
+
+unsafe fn config_ref<'a>(cfg: *const mc0_config) -> Result<&'a Config, Error> {
+    cfg.as_ref().map(|c| &c.inner).ok_or_else(|| invalid("config is NULL"))
+}
+
+unsafe fn connector_ref<'a>(c: *const mc0_connector) -> Result<&'a Connector, Error> {
+    c.as_ref().map(|c| &c.inner).ok_or_else(|| invalid("connector is NULL"))
+}
+
+unsafe fn message_ref<'a>(m: *const mc0_message) -> Result<&'a mc0_message, Error> {
+    m.as_ref().ok_or_else(|| invalid("message is NULL"))
+}
+
+/// A slice from a C pointer and length; NULL is fine for length 0.
+unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        Ok(&[])
+    } else if p.is_null() {
+        Err(invalid(format!("{what} is NULL but its length is {len}")))
+    } else {
+        Ok(std::slice::from_raw_parts(p, len))
+    }
+}
+
+unsafe fn write_len(len: *mut usize, value: usize) {
+    if !len.is_null() {
+        *len = value;
+    }
+}
+
+// ---- config ----
+
+/// A new config with every key at its default (see docs/CONNECTOR.md).
+/// Free it with mc0_config_free. Returns NULL only if memory is exhausted.
+#[no_mangle]
+pub extern "C" fn mc0_config_new() -> *mut mc0_config {
+    guard_ptr(|| Ok(Box::into_raw(Box::new(mc0_config { inner: Config::new() }))))
+}
+
+/// Sets one key, named as in MCollective's config without the
+/// "plugin.zeromq." prefix (the prefix is tolerated), e.g. "broker.host",
+/// "heartbeat". key and value are NUL-terminated UTF-8, copied.
+/// Errors: MC0_ERR_INVALID_ARGUMENT (NULL / not UTF-8), MC0_ERR_CONFIG
+/// (unknown key or bad value; the message names the key). Files named by
+/// key settings are read by mc0_connector_new, not here.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_config_set(cfg: *mut mc0_config, key: *const c_char, value: *const c_char) -> mc0_status {
+    guard(|| {
+        let cfg = cfg.as_mut().ok_or_else(|| invalid("config is NULL"))?;
+        let key = arg_str(key, "key")?;
+        let value = arg_str(value, "value")?;
+        cfg.inner.set(key, value)
+    })
+}
+
+/// Frees a config. NULL is ignored. Connectors made from it are unaffected.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
+    if !cfg.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(cfg))));
+    }
+}
+
+// ---- connector ----
+
+/// Connects to the broker and completes the CONNECT handshake, waiting at
+/// most connect_timeout (default 10 s). On success stores a new connector in
+/// *out (free it with mc0_connector_free); on failure stores NULL.
+/// The config is only read (it may be freed afterwards).
+/// Errors: MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CONFIG (missing
+/// broker.host or key paths; names the key), MC0_ERR_KEY (key file missing or
+/// malformed; names the file), MC0_ERR_TIMEOUT (broker down or not holding
+/// the configured broker.public_key), MC0_ERR_BROKER (CONNECT refused),
+/// MC0_ERR_ZMQ. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_new(cfg: *const mc0_config, out: *mut *mut mc0_connector) -> mc0_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        *out = std::ptr::null_mut();
+        let config = config_ref(cfg)?;
+        let connector = Connector::connect(config)?;
+        *out = Box::into_raw(Box::new(mc0_connector { inner: connector }));
+        Ok(())
+    })
+}
+
+/// Subscribes to a topic (NUL-terminated UTF-8) and waits for the broker's
+/// acknowledgement, at most connect_timeout. The subscription is re-made by
+/// the library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
+/// still held and is made once the broker answers.
+/// Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_BROKER,
+/// MC0_ERR_CLOSED. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_subscribe(c: *mut mc0_connector, topic: *const c_char) -> mc0_status {
+    guard(|| {
+        let c = connector_ref(c)?;
+        c.subscribe(arg_str(topic, "topic")?)
+    })
+}
+
+/// Unsubscribes from a topic and waits for the broker's acknowledgement (at
+/// most connect_timeout; immediate while the link is down). Errors and
+/// thread-safety as mc0_connector_subscribe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *mut mc0_connector, topic: *const c_char) -> mc0_status {
+    guard(|| {
+        let c = connector_ref(c)?;
+        c.unsubscribe(arg_str(topic, "topic")?)
+    })
+}
+
+/// Queues a message for a topic and returns without waiting for the broker.
+/// header_names[i] (NUL-terminated, must start with "X-") goes with the
+/// binary value header_values[i] of header_value_lens[i] bytes; the three
+/// arrays have header_count entries and may be NULL when header_count is 0.
+/// body is body_len bytes (NULL allowed when body_len is 0). Everything is
+/// copied before returning.
+/// Delivery: sent with an ID and kept until the broker acknowledges it; a
+/// broker restart re-sends it, a dead link drops it (at most once). While
+/// the link is down up to send_queue messages wait.
+/// Errors: MC0_ERR_INVALID_ARGUMENT (NULL, not UTF-8, empty or over-long
+/// topic, reserved header name), MC0_ERR_QUEUE_FULL, MC0_ERR_CLOSED.
+/// Thread-safe.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn mc0_connector_publish(
+    c: *mut mc0_connector,
+    topic: *const c_char,
+    header_names: *const *const c_char,
+    header_values: *const *const u8,
+    header_value_lens: *const usize,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+) -> mc0_status {
+    guard(|| {
+        let c = connector_ref(c)?;
+        let topic = arg_str(topic, "topic")?;
+        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(header_count);
+        if header_count > 0 {
+            if header_names.is_null() || header_values.is_null() || header_value_lens.is_null() {
+                return Err(invalid("header_names, header_values and header_value_lens must not be NULL"));
+            }
+            let names = std::slice::from_raw_parts(header_names, header_count);
+            let values = std::slice::from_raw_parts(header_values, header_count);
+            let lens = std::slice::from_raw_parts(header_value_lens, header_count);
+            for i in 0..header_count {
+                let name = arg_str(names[i], &format!("header_names[{i}]"))?;
+                let value = bytes(values[i], lens[i], &format!("header_values[{i}]"))?;
+                headers.push((name, value));
+            }
+        }
+        let body = bytes(body, body_len, "body")?;
+        c.publish(topic, &headers, body)
+    })
+}
+
+/// Waits until every message this process published on c before the call
+/// has been acknowledged by the broker (or dropped, see mc0_connector_publish),
+/// at most timeout_ms milliseconds. Errors: MC0_ERR_INVALID_ARGUMENT,
+/// MC0_ERR_TIMEOUT, MC0_ERR_CLOSED. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_flush(c: *mut mc0_connector, timeout_ms: i32) -> mc0_status {
+    guard(|| {
+        let c = connector_ref(c)?;
+        c.flush(Duration::from_millis(timeout_ms.max(0) as u64))
+    })
+}
+
+/// Waits for the next message on any subscribed topic, at most timeout_ms
+/// milliseconds (0: do not wait; negative: until a message arrives or the
+/// connector is closed). On success stores a new message in *out (free it
+/// with mc0_message_free); otherwise stores NULL.
+/// Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_CLOSED (also
+/// when another thread closes c during the wait). Thread-safe; several
+/// threads may receive, each message goes to one of them.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_receive(
+    c: *mut mc0_connector,
+    timeout_ms: i32,
+    out: *mut *mut mc0_message,
+) -> mc0_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        *out = std::ptr::null_mut();
+        let c = connector_ref(c)?;
+        let timeout = if timeout_ms < 0 { None } else { Some(Duration::from_millis(timeout_ms as u64)) };
+        let message = c.receive(timeout)?;
+        *out = Box::into_raw(Box::new(mc0_message::from(message)));
+        Ok(())
+    })
+}
+
+/// Closes the connection: threads blocked in mc0_connector_receive return
+/// MC0_ERR_CLOSED at once; queued publishes and DISCONNECT are sent and
+/// acknowledged within close_timeout (default 1 s); the background thread
+/// stops. Idempotent; thread-safe; later calls on c fail with MC0_ERR_CLOSED.
+/// c must still be freed with mc0_connector_free.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_close(c: *mut mc0_connector) -> mc0_status {
+    guard(|| connector_ref(c)?.close())
+}
+
+/// Closes c if needed (as mc0_connector_close, bounded) and frees it. NULL is
+/// ignored. No other thread may be using c or use it afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_free(c: *mut mc0_connector) {
+    if !c.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(c))));
+    }
+}
+
+// ---- message ----
+
+/// The message's topic (NUL-terminated), owned by m. NULL if m is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_topic(m: *const mc0_message) -> *const c_char {
+    guard_ptr(|| Ok(message_ref(m)?.topic.as_ptr() as *mut c_char))
+}
+
+/// Number of headers (the publisher's "X-" headers). 0 if m is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_header_count(m: *const mc0_message) -> usize {
+    match message_ref(m) {
+        Ok(m) => m.headers.len(),
+        Err(e) => {
+            set_last_error(e.message());
+            0
+        }
+    }
+}
+
+/// The name of header i (NUL-terminated), owned by m; NULL if m is NULL or i
+/// is out of range.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_header_name(m: *const mc0_message, i: usize) -> *const c_char {
+    guard_ptr(|| {
+        let m = message_ref(m)?;
+        let (name, _) = m.headers.get(i).ok_or_else(|| invalid(format!("header index {i} out of range")))?;
+        Ok(name.as_ptr() as *mut c_char)
+    })
+}
+
+/// The binary value of header i, owned by m, its length stored in *len (len
+/// may be NULL). NULL (and *len = 0) if m is NULL or i is out of range.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_header_value(m: *const mc0_message, i: usize, len: *mut usize) -> *const u8 {
+    write_len(len, 0);
+    guard_ptr(|| {
+        let m = message_ref(m)?;
+        let (_, value) = m.headers.get(i).ok_or_else(|| invalid(format!("header index {i} out of range")))?;
+        write_len(len, value.len());
+        Ok(value.as_ptr() as *mut u8)
+    })
+}
+
+/// The binary value of the first header called name, owned by m, its length
+/// stored in *len (len may be NULL). NULL (and *len = 0) if the header is
+/// absent or an argument is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_header(m: *const mc0_message, name: *const c_char, len: *mut usize) -> *const u8 {
+    write_len(len, 0);
+    guard_ptr(|| {
+        let m = message_ref(m)?;
+        let name = arg_str(name, "name")?;
+        match m.headers.iter().find(|(k, _)| k.to_bytes() == name.as_bytes()) {
+            Some((_, value)) => {
+                write_len(len, value.len());
+                Ok(value.as_ptr() as *mut u8)
+            }
+            None => Ok(std::ptr::null_mut()),
+        }
+    })
+}
+
+/// The headers as a JSON object mapping each name to its value as a string
+/// (invalid UTF-8 replaced by U+FFFD; for a repeated name the first value).
+/// Returns a new string the caller frees with mc0_string_free; NULL if m is
+/// NULL.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_headers_json(m: *const mc0_message) -> *mut c_char {
+    guard_ptr(|| {
+        let m = message_ref(m)?;
+        let mut map = serde_json::Map::new();
+        for (k, v) in &m.headers {
+            map.entry(k.to_string_lossy().into_owned())
+                .or_insert_with(|| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()));
+        }
+        Ok(new_c_string(serde_json::Value::Object(map).to_string()))
+    })
+}
+
+/// The body, owned by m, its length stored in *len (len may be NULL). Never
+/// NULL for a valid m (an empty body has length 0); NULL if m is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_body(m: *const mc0_message, len: *mut usize) -> *const u8 {
+    write_len(len, 0);
+    guard_ptr(|| {
+        let m = message_ref(m)?;
+        write_len(len, m.body.len());
+        Ok(m.body.as_ptr() as *mut u8)
+    })
+}
+
+/// Frees a message and everything read from it. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_free(m: *mut mc0_message) {
+    if !m.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(m))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A C string for the duration of the statement (cbindgen's parser
+    /// predates `c""` literals).
+    fn cs(bytes: &[u8]) -> CString {
+        CString::new(bytes).unwrap()
+    }
+    use std::ffi::CStr;
+
+    fn last_error() -> String {
+        unsafe { CStr::from_ptr(super::super::mc0_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn config_errors_through_the_abi() {
+        unsafe {
+            let cfg = mc0_config_new();
+            assert!(!cfg.is_null());
+            assert_eq!(mc0_config_set(cfg, cs(b"broker.host").as_ptr(), cs(b"h").as_ptr()), mc0_status::MC0_OK);
+            assert_eq!(mc0_config_set(cfg, cs(b"nope").as_ptr(), cs(b"1").as_ptr()), mc0_status::MC0_ERR_CONFIG);
+            assert!(last_error().contains("nope"));
+            assert_eq!(mc0_config_set(cfg, cs(b"heartbeat").as_ptr(), cs(b"x").as_ptr()), mc0_status::MC0_ERR_CONFIG);
+            assert!(last_error().starts_with("heartbeat"));
+            assert_eq!(
+                mc0_config_set(std::ptr::null_mut(), cs(b"k").as_ptr(), cs(b"v").as_ptr()),
+                mc0_status::MC0_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(mc0_config_set(cfg, std::ptr::null(), cs(b"v").as_ptr()), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            let mut out = 1 as *mut mc0_connector;
+            assert_eq!(mc0_connector_new(cfg, &mut out), mc0_status::MC0_ERR_CONFIG);
+            assert!(out.is_null());
+            assert!(last_error().contains("broker.public_key"));
+            assert_eq!(mc0_connector_new(cfg, std::ptr::null_mut()), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            mc0_config_free(cfg);
+            mc0_config_free(std::ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn message_accessors() {
+        let m = Box::into_raw(Box::new(mc0_message::from(Message {
+            topic: "c reply me 1".into(),
+            headers: vec![("X-A".into(), b"\x00\xff".to_vec()), ("X-B".into(), b"b".to_vec())],
+            body: b"\x00body".to_vec(),
+        })));
+        unsafe {
+            assert_eq!(CStr::from_ptr(mc0_message_topic(m)).to_str().unwrap(), "c reply me 1");
+            assert_eq!(mc0_message_header_count(m), 2);
+            assert_eq!(CStr::from_ptr(mc0_message_header_name(m, 1)).to_str().unwrap(), "X-B");
+            assert!(mc0_message_header_name(m, 2).is_null());
+            let mut len = 99;
+            let v = mc0_message_header_value(m, 0, &mut len);
+            assert_eq!(std::slice::from_raw_parts(v, len), b"\x00\xff");
+            assert!(mc0_message_header_value(m, 5, &mut len).is_null());
+            assert_eq!(len, 0);
+            let v = mc0_message_header(m, cs(b"X-B").as_ptr(), &mut len);
+            assert_eq!(std::slice::from_raw_parts(v, len), b"b");
+            assert!(mc0_message_header(m, cs(b"X-C").as_ptr(), &mut len).is_null());
+            let body = mc0_message_body(m, &mut len);
+            assert_eq!(std::slice::from_raw_parts(body, len), b"\x00body");
+            let json = mc0_message_headers_json(m);
+            let parsed: serde_json::Value = serde_json::from_str(CStr::from_ptr(json).to_str().unwrap()).unwrap();
+            assert_eq!(parsed["X-B"], "b");
+            assert_eq!(parsed["X-A"], "\u{0}\u{fffd}");
+            super::super::mc0_string_free(json);
+            assert!(mc0_message_topic(std::ptr::null()).is_null());
+            assert_eq!(mc0_message_header_count(std::ptr::null()), 0);
+            mc0_message_free(m);
+            mc0_message_free(std::ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn connector_calls_reject_null() {
+        unsafe {
+            let null = std::ptr::null_mut();
+            assert_eq!(mc0_connector_subscribe(null, cs(b"t").as_ptr()), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            assert_eq!(mc0_connector_unsubscribe(null, cs(b"t").as_ptr()), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                mc0_connector_publish(
+                    null,
+                    cs(b"t").as_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null(),
+                    0
+                ),
+                mc0_status::MC0_ERR_INVALID_ARGUMENT
+            );
+            let mut out = std::ptr::null_mut();
+            assert_eq!(mc0_connector_receive(null, 0, &mut out), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            assert_eq!(mc0_connector_flush(null, 0), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            assert_eq!(mc0_connector_close(null), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            mc0_connector_free(null);
+        }
+    }
+}
