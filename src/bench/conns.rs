@@ -309,6 +309,8 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
     let (mut got, mut reported, mut dups, mut wrong, mut errors, mut heartbeats) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut last_report = Instant::now();
     let mut frames = Vec::new();
+    let mut waiter = util::Waiter::new(socks.iter().map(|s| &**s))?;
+    let (mut ready, mut rechecks) = (Vec::new(), Vec::new());
     loop {
         match commands.try_recv() {
             Ok(line) if line.trim() == "STOP" => break,
@@ -323,26 +325,18 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
             due.pop();
             util::send(&socks[i], &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
             heartbeats += 1;
+            // The send may have consumed the wake-up of a message that
+            // arrived meanwhile: look at this socket in this round.
+            rechecks.push(i);
             due.push(Reverse((Instant::now() + interval, i)));
         }
         let next = due.peek().map(|Reverse((w, _))| w.saturating_duration_since(Instant::now()));
         let timeout = next.unwrap_or(Duration::from_millis(100)).min(Duration::from_millis(100));
-        let ready: Vec<bool> = {
-            let mut items: Vec<zmq::PollItem> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
-            zmq::poll(&mut items, timeout.as_millis() as i64).map_err(|e| format!("poll: {e}"))?;
-            items.iter().map(|it| it.is_readable()).collect()
-        };
-        for (i, s) in socks.iter().enumerate() {
-            if !ready[i] {
-                continue;
-            }
-            loop {
-                let n = match util::recv(s, &mut frames, zmq::DONTWAIT) {
-                    Ok(n) => n,
-                    Err(zmq::Error::EAGAIN) => break,
-                    Err(e) => return Err(format!("recv: {e}")),
-                };
-                match util::classify(&frames[..n]) {
+        waiter.wait(timeout.as_millis() as i32, &mut ready)?;
+        ready.append(&mut rechecks);
+        for &i in &ready {
+            util::drain(&socks[i], &mut frames, |f| {
+                match util::classify(f) {
                     Reply::Message { topic, body, .. } => {
                         if topic != &node_topic(o.first + i)[..] || util::seq_of(body) != Some((o.first + i) as u64) {
                             wrong += 1;
@@ -356,7 +350,8 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
                     Reply::Noop | Reply::Ok(_) => {}
                     Reply::Error(_) | Reply::Other(_) => errors += 1,
                 }
-            }
+                Ok(())
+            })?;
         }
         if got != reported && (got == socks.len() as u64 || last_report.elapsed() >= Duration::from_millis(50)) {
             out(format!("GOT {got}"));

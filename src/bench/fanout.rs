@@ -204,36 +204,28 @@ fn receive(subs: Vec<Sock>, messages: usize, received: &AtomicU64, stop: &Atomic
     let mut seen: Vec<Seen> = subs.iter().map(|_| Seen::new(messages)).collect();
     let mut frames = Vec::new();
     let mut stats = RecvStats { distinct: 0, dups: 0, bad: 0, last: None };
+    let mut waiter = util::Waiter::new(subs.iter().map(|s| &**s))?;
+    let mut ready = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        let ready: Vec<bool> = {
-            let mut items: Vec<zmq::PollItem> = subs.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
-            zmq::poll(&mut items, 20).map_err(|e| format!("poll: {e}"))?;
-            items.iter().map(|it| it.is_readable()).collect()
-        };
+        waiter.wait(20, &mut ready)?;
         let mut batch = 0;
-        for (i, s) in subs.iter().enumerate() {
-            if !ready[i] {
-                continue;
-            }
-            loop {
-                let n = match util::recv(s, &mut frames, zmq::DONTWAIT) {
-                    Ok(n) => n,
-                    Err(zmq::Error::EAGAIN) => break,
-                    Err(e) => return Err(format!("recv: {e}")),
-                };
-                match util::classify(&frames[..n]) {
+        for &i in &ready {
+            let seen = &mut seen[i];
+            util::drain(&subs[i], &mut frames, |f| {
+                match util::classify(f) {
                     Reply::Message { body, .. } => match util::seq_of(body) {
                         Some(seq) => {
-                            let before = seen[i].distinct;
-                            seen[i].mark(seq);
-                            batch += seen[i].distinct - before;
+                            let before = seen.distinct;
+                            seen.mark(seq);
+                            batch += seen.distinct - before;
                         }
                         None => stats.bad += 1,
                     },
                     Reply::Noop => {}
                     _ => stats.bad += 1,
                 }
-            }
+                Ok(())
+            })?;
         }
         if batch > 0 {
             stats.last = Some(Instant::now());

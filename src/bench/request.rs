@@ -174,37 +174,28 @@ fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &AtomicBool) -> Result<u6
     let mut frames = Vec::new();
     let mut reply = vec![0x3cu8; size];
     let mut bad = 0;
+    let mut waiter = util::Waiter::new(nodes.iter().map(|(_, s)| &**s))?;
+    let mut ready = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        let ready: Vec<bool> = {
-            let mut items: Vec<zmq::PollItem> = nodes.iter().map(|(_, s)| s.as_poll_item(zmq::POLLIN)).collect();
-            zmq::poll(&mut items, 20).map_err(|e| format!("poll: {e}"))?;
-            items.iter().map(|it| it.is_readable()).collect()
-        };
-        for (k, (idx, s)) in nodes.iter().enumerate() {
-            if !ready[k] {
-                continue;
-            }
-            loop {
-                let n = match util::recv(s, &mut frames, zmq::DONTWAIT) {
-                    Ok(n) => n,
-                    Err(zmq::Error::EAGAIN) => break,
-                    Err(e) => return Err(format!("recv: {e}")),
-                };
-                match util::classify(&frames[..n]) {
-                    Reply::Message { body, frames: f, .. } if body.len() >= 8 => {
-                        let Some(rt) = util::header(f, b"X-REPLY-TO") else {
-                            bad += 1;
-                            continue;
-                        };
-                        reply[..8].copy_from_slice(&body[..8]);
-                        reply[8..12].copy_from_slice(&idx.to_le_bytes());
-                        util::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
-                            .map_err(|e| format!("send reply: {e}"))?;
-                    }
+        waiter.wait(20, &mut ready)?;
+        for &k in &ready {
+            let (idx, s) = &nodes[k];
+            util::drain(s, &mut frames, |f| {
+                match util::classify(f) {
+                    Reply::Message { body, frames: f, .. } if body.len() >= 8 => match util::header(f, b"X-REPLY-TO") {
+                        Some(rt) => {
+                            reply[..8].copy_from_slice(&body[..8]);
+                            reply[8..12].copy_from_slice(&idx.to_le_bytes());
+                            util::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
+                                .map_err(|e| format!("send reply: {e}"))?;
+                        }
+                        None => bad += 1,
+                    },
                     Reply::Noop => {}
                     _ => bad += 1,
                 }
-            }
+                Ok(())
+            })?;
         }
     }
     let socks: Vec<Sock> = nodes.into_iter().map(|(_, s)| s).collect();

@@ -387,3 +387,91 @@ pub fn raise_fd_limit(want: u64) -> u64 {
         lim.rlim_cur
     }
 }
+
+/// Waits on many sockets at once in O(ready) instead of zmq_poll's O(all):
+/// each socket's ZMQ_FD in one epoll set. ZMQ_FD only says "the socket's
+/// state may have changed", so whoever is woken must drain the socket with
+/// [`drain`] (which re-checks ZMQ_EVENTS after every EAGAIN).
+pub struct Waiter {
+    epfd: i32,
+    events: Vec<libc::epoll_event>,
+    count: usize,
+    first: bool,
+}
+
+impl Waiter {
+    pub fn new<'a>(socks: impl Iterator<Item = &'a zmq::Socket>) -> Result<Waiter> {
+        // SAFETY: plain syscalls; the epoll fd is closed in Drop.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(format!("epoll_create1: {}", std::io::Error::last_os_error()));
+        }
+        let mut w = Waiter { epfd, events: Vec::new(), count: 0, first: true };
+        for (i, s) in socks.enumerate() {
+            let fd = s.get_fd().map_err(|e| format!("ZMQ_FD: {e}"))?;
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+            // SAFETY: valid epoll fd and event struct.
+            if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+            }
+            w.count += 1;
+        }
+        w.events = vec![libc::epoll_event { events: 0, u64: 0 }; w.count.clamp(1, 1024)];
+        Ok(w)
+    }
+
+    /// Fills `ready` with the indices of sockets that may have input; the
+    /// first call returns all of them (input may have arrived before they
+    /// were registered).
+    pub fn wait(&mut self, timeout_ms: i32, ready: &mut Vec<usize>) -> Result<()> {
+        ready.clear();
+        if self.first {
+            self.first = false;
+            ready.extend(0..self.count);
+            return Ok(());
+        }
+        // SAFETY: the buffer holds events.len() entries.
+        let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            return if err.kind() == std::io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(format!("epoll_wait: {err}"))
+            };
+        }
+        ready.extend(self.events[..n as usize].iter().map(|e| e.u64 as usize));
+        Ok(())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+/// Receives every message waiting on `sock`, calling `f` with each one's
+/// frames, until the socket reports no more input (so its ZMQ_FD re-arms).
+/// `f` may send on the same socket.
+pub fn drain(
+    sock: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+    mut f: impl FnMut(&[zmq::Message]) -> Result<()>,
+) -> Result<()> {
+    loop {
+        match recv(sock, frames, zmq::DONTWAIT) {
+            Ok(n) => f(&frames[..n])?,
+            Err(zmq::Error::EAGAIN) => {
+                // A send inside `f` may have consumed the wake-up of input
+                // that arrived meanwhile: only stop when ZMQ_EVENTS agrees.
+                let events = sock.get_events().map_err(|e| format!("ZMQ_EVENTS: {e}"))?;
+                if !events.contains(zmq::POLLIN) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+}
