@@ -46,6 +46,8 @@ OptionParser.new do |o|
   o.on('--round-trips N', Integer) { |v| opts[:round_trips] = v }
   o.on('--repeat N', Integer) { |v| opts[:repeat] = v }
   o.on('--timeout SECS', Integer) { |v| opts[:timeout] = v }
+  o.on('--send-queue N', Integer, 'libmc0 send_queue (default: the connector default)') { |v| opts[:send_queue] = v }
+  o.on('--only NAME', 'libmc0 or ffi-rzmq') { |v| opts[:only] = v }
   o.on('--json') { opts[:json] = true }
 end.parse!
 LIBMC0 = opts[:lib]
@@ -63,6 +65,7 @@ module Mc0Lib
   attach_function :mc0_connector_subscribe, %i[pointer string], :int, blocking: true
   attach_function :mc0_connector_publish, %i[pointer string pointer pointer pointer size_t pointer size_t], :int,
                   blocking: true
+  attach_function :mc0_connector_flush, %i[pointer int32], :int, blocking: true
   attach_function :mc0_connector_receive, %i[pointer int32 pointer], :int, blocking: true
   attach_function :mc0_connector_close, [:pointer], :int, blocking: true
   attach_function :mc0_connector_free, [:pointer], :void, blocking: true
@@ -83,6 +86,7 @@ class Mc0Client
     out = FFI::MemoryPointer.new(:pointer)
     Mc0Lib.check(Mc0Lib.mc0_connector_new(cfg, out), 'connect')
     @c = out.read_pointer
+    @queue_full = 0
   ensure
     Mc0Lib.mc0_config_free(cfg) if cfg
   end
@@ -91,9 +95,21 @@ class Mc0Client
     Mc0Lib.check(Mc0Lib.mc0_connector_subscribe(@c, topic), 'subscribe')
   end
 
+  # On QUEUE_FULL (send_queue publishes not yet acknowledged) waits for the
+  # acknowledgements and retries, as an application that must not lose
+  # messages would.
   def publish(topic, body)
-    Mc0Lib.check(Mc0Lib.mc0_connector_publish(@c, topic, nil, nil, nil, 0, body, body.bytesize), 'publish')
+    loop do
+      rc = Mc0Lib.mc0_connector_publish(@c, topic, nil, nil, nil, 0, body, body.bytesize)
+      return if rc.zero?
+      raise "publish: status #{rc}: #{Mc0Lib.mc0_last_error}" unless rc == 7 # MC0_ERR_QUEUE_FULL
+
+      @queue_full += 1
+      Mc0Lib.check(Mc0Lib.mc0_connector_flush(@c, 10_000), 'flush')
+    end
   end
+
+  attr_reader :queue_full
 
   # The body of the next message, or nil on timeout.
   def receive(timeout_ms)
@@ -242,9 +258,12 @@ host, port = endpoint.delete_prefix('tcp://').split(':')
 make = {
   'libmc0' => lambda do |name|
     pub, sec = write_keypair(dir, name)
-    Mc0Client.new('broker.host' => host, 'broker.port' => port, 'broker.public_key' => broker_public_file,
-                  'public_key' => pub, 'private_key' => sec, 'identity' => name,
-                  'send_queue' => opts[:messages] + 1000, 'receive_queue' => opts[:messages] + 1000)
+    settings = { 'broker.host' => host, 'broker.port' => port, 'broker.public_key' => broker_public_file,
+                 'public_key' => pub, 'private_key' => sec, 'identity' => name,
+                 # Everything is received after everything is published.
+                 'receive_queue' => opts[:messages] + 1000 }
+    settings['send_queue'] = opts[:send_queue] if opts[:send_queue]
+    Mc0Client.new(settings)
   end,
   'ffi-rzmq' => ->(name) { RzmqClient.new(ctx, endpoint, server_z85, "#{name} #{Process.pid}", ZMQ::Util.curve_keypair) }
 }
@@ -311,6 +330,8 @@ results = Hash.new { |h, k| h[k] = Hash.new { |hh, kk| hh[kk] = [] } }
 lost_total = 0
 opts[:repeat].times do |rep|
   make.each do |name, mk|
+    next if opts[:only] && opts[:only] != name
+
     c = mk.call("rb-#{name}-pipe-#{rep}")
     rate, lost = pipelined(c, "mcollective bench #{name} pipe #{rep} #{Process.pid}", opts[:messages], opts[:size],
                            opts[:timeout])
@@ -331,6 +352,7 @@ opts[:repeat].times do |rep|
   end
 end
 m = ->(name, k) { median(results[name][k]) }
+exit(lost_total.zero? ? 0 : 1) if opts[:only]
 ratio_pipe = m.call('libmc0', :pipelined) / m.call('ffi-rzmq', :pipelined)
 ratio_seq = m.call('libmc0', :sequential) / m.call('ffi-rzmq', :sequential)
 say.call(format('  libmc0/ffi-rzmq: pipelined %.2fx (target >= 1.5x), sequential round trips %.2fx (target >= 1.0x)',
