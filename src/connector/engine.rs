@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,7 +107,7 @@ pub(crate) struct Engine {
     attempt: u32,
     closing: Option<Closing>,
     /// connect() waiting for the first handshake.
-    ready: Option<SyncSender<Result<(), Error>>>,
+    ready: Option<Answer>,
     link_failed: bool,
     exit: bool,
     rng: u64,
@@ -117,11 +116,7 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        settings: Arc<Settings>,
-        shared: Arc<Shared>,
-        ready: SyncSender<Result<(), Error>>,
-    ) -> Result<Engine, Error> {
+    pub fn new(settings: Arc<Settings>, shared: Arc<Shared>, ready: Answer) -> Result<Engine, Error> {
         let now = Instant::now();
         let seed = now.elapsed().as_nanos() as u64
             ^ std::process::id() as u64
@@ -285,7 +280,7 @@ impl Engine {
         match request {
             Request::Subscribe { topic, answer } => {
                 if self.closing.is_some() {
-                    let _ = answer.send(Err(Error::closed()));
+                    answer.send(Err(Error::closed()));
                     return;
                 }
                 self.topics.insert(topic.clone());
@@ -300,7 +295,7 @@ impl Engine {
             }
             Request::Unsubscribe { topic, answer } => {
                 if self.closing.is_some() {
-                    let _ = answer.send(Err(Error::closed()));
+                    answer.send(Err(Error::closed()));
                     return;
                 }
                 self.topics.remove(&topic);
@@ -312,7 +307,7 @@ impl Engine {
                     self.send(Some(id), frames, now);
                 } else {
                     // The next session starts without it anyway.
-                    let _ = answer.send(Ok(()));
+                    answer.send(Ok(()));
                 }
             }
             Request::Publish(publish) => {
@@ -329,6 +324,14 @@ impl Engine {
             Request::Flush { answer } => {
                 self.flushes.push((self.next_seq, answer));
                 self.check_flushes();
+                if !self.flushes.is_empty() && matches!(self.state, State::Ready) {
+                    // A barrier: its OK settles every PUT sent before it,
+                    // even if the broker dropped their OKs (see
+                    // settle_answered_before).
+                    let id = self.next_id();
+                    self.pending.insert(id, Pending::Probe);
+                    self.send(Some(id), Command::Noop { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
+                }
             }
             Request::Close { answer } => self.start_close(answer, now),
         }
@@ -337,7 +340,7 @@ impl Engine {
     fn start_close(&mut self, answer: Answer, now: Instant) {
         if self.closing.is_some() {
             // Already closing (e.g. connect() gave up first): nothing more to do.
-            let _ = answer.send(Ok(()));
+            answer.send(Ok(()));
             return;
         }
         let deadline = now + self.settings.close_timeout;
@@ -368,7 +371,7 @@ impl Engine {
             State::Handshaking { deadline, .. } if now >= deadline => {
                 let message = self.no_answer_message();
                 if let Some(ready) = self.ready.take() {
-                    let _ = ready.send(Err(Error::new(ErrorKind::Timeout, message)));
+                    ready.send(Err(Error::new(ErrorKind::Timeout, message)));
                     self.exit = true;
                 } else {
                     clog!(Level::Warn, "mc0 connector {}: {message}; reconnecting", self.routing_id);
@@ -502,7 +505,7 @@ impl Engine {
             }
             Pending::Unsub { answer } => {
                 if let Some(answer) = answer {
-                    let _ = answer.send(Ok(()));
+                    answer.send(Ok(()));
                 }
                 0
             }
@@ -526,14 +529,12 @@ impl Engine {
             return;
         }
         let lowest = self.unfinished.first().copied().unwrap_or(u64::MAX);
-        self.flushes.retain(|(mark, answer)| {
-            if lowest >= *mark {
-                let _ = answer.send(Ok(()));
-                false
-            } else {
-                true
-            }
-        });
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.flushes).into_iter().partition(|(mark, _)| lowest >= *mark);
+        self.flushes = waiting;
+        for (_, answer) in done {
+            answer.send(Ok(()));
+        }
     }
 
     /// Declares the link dead: closes the socket and schedules a new one.
@@ -606,7 +607,7 @@ impl Engine {
         self.check_flushes();
         match self.ready.take() {
             Some(ready) => {
-                let _ = ready.send(Ok(()));
+                ready.send(Ok(()));
             }
             None => clog!(
                 Level::Info,
@@ -623,7 +624,7 @@ impl Engine {
         let mut answers = std::mem::take(&mut self.parked);
         if self.topics.is_empty() {
             for answer in answers {
-                let _ = answer.send(Ok(()));
+                answer.send(Ok(()));
             }
             return;
         }
@@ -777,16 +778,43 @@ impl Engine {
             // An answer to a command settled as lost, e.g. after a re-handshake.
             return;
         };
+        if !matches!(pending, Pending::Connect) {
+            self.settle_answered_before(id);
+        }
+        self.settle_ok(id, pending, now);
+    }
+
+    /// The broker answers one client's commands in order, so an answer to
+    /// `id` means every earlier command was handled too: their answers were
+    /// dropped on the way (a broker drops replies to a client whose queue is
+    /// full). Without this a lost OK would pin its PUT in flight forever.
+    /// (Not for CONNECT: commands before it went to a broker that forgot us.)
+    fn settle_answered_before(&mut self, id: u64) {
+        while let Some((&first, _)) = self.pending.first_key_value() {
+            if first >= id {
+                break;
+            }
+            let pending = self.pending.remove(&first).expect("present");
+            if matches!(pending, Pending::Connect) {
+                // Cannot precede a later answer; keep it to be safe.
+                self.pending.insert(first, pending);
+                break;
+            }
+            self.settle_ok(first, pending, Instant::now());
+        }
+    }
+
+    fn settle_ok(&mut self, id: u64, pending: Pending, now: Instant) {
         match pending {
             Pending::Connect => self.on_handshake_ok(id, now),
             Pending::Sub { answers, .. } => {
                 for answer in answers {
-                    let _ = answer.send(Ok(()));
+                    answer.send(Ok(()));
                 }
             }
             Pending::Unsub { answer } => {
                 if let Some(answer) = answer {
-                    let _ = answer.send(Ok(()));
+                    answer.send(Ok(()));
                 }
             }
             Pending::Put(q) => {
@@ -814,7 +842,7 @@ impl Engine {
             Some(Pending::Connect) => {
                 let error = Error::new(ErrorKind::Broker, format!("broker refused CONNECT: {message}"));
                 if let Some(ready) = self.ready.take() {
-                    let _ = ready.send(Err(error));
+                    ready.send(Err(error));
                     self.exit = true;
                 } else {
                     clog!(Level::Error, "mc0 connector {rid}: {error}");
@@ -837,19 +865,22 @@ impl Engine {
                 self.renegotiate(now);
             }
             Some(Pending::Sub { topics, answers }) => {
+                self.settle_answered_before(id.unwrap_or(0));
                 for topic in &topics {
                     self.topics.remove(topic);
                 }
                 for answer in answers {
-                    let _ = answer.send(Err(Error::new(ErrorKind::Broker, format!("subscribe: {message}"))));
+                    answer.send(Err(Error::new(ErrorKind::Broker, format!("subscribe: {message}"))));
                 }
             }
             Some(Pending::Unsub { answer }) => {
+                self.settle_answered_before(id.unwrap_or(0));
                 if let Some(answer) = answer {
-                    let _ = answer.send(Err(Error::new(ErrorKind::Broker, format!("unsubscribe: {message}"))));
+                    answer.send(Err(Error::new(ErrorKind::Broker, format!("unsubscribe: {message}"))));
                 }
             }
             Some(Pending::Put(q)) => {
+                self.settle_answered_before(id.unwrap_or(0));
                 clog!(
                     Level::Warn,
                     "mc0 connector {rid}: broker refused a publish to {:?}: {message}",
@@ -907,7 +938,7 @@ impl Engine {
                 | Request::Unsubscribe { answer, .. }
                 | Request::Flush { answer }
                 | Request::Close { answer } => {
-                    let _ = answer.send(Err(Error::closed()));
+                    answer.send(Err(Error::closed()));
                 }
                 Request::Publish(_) => {
                     self.shared.queued_publishes.fetch_sub(1, Ordering::SeqCst);
@@ -920,11 +951,11 @@ impl Engine {
             match pending {
                 Pending::Sub { answers, .. } => {
                     for answer in answers {
-                        let _ = answer.send(Err(Error::closed()));
+                        answer.send(Err(Error::closed()));
                     }
                 }
                 Pending::Unsub { answer: Some(answer) } => {
-                    let _ = answer.send(Err(Error::closed()));
+                    answer.send(Err(Error::closed()));
                 }
                 Pending::Put(_) => unacknowledged += 1,
                 _ => {}
@@ -944,18 +975,18 @@ impl Engine {
             );
         }
         for answer in self.parked.drain(..) {
-            let _ = answer.send(Err(Error::closed()));
+            answer.send(Err(Error::closed()));
         }
         for (_, answer) in self.flushes.drain(..) {
-            let _ = answer.send(Err(Error::closed()));
+            answer.send(Err(Error::closed()));
         }
         if let Some(ready) = self.ready.take() {
-            let _ = ready.send(Err(Error::closed()));
+            ready.send(Err(Error::closed()));
         }
         // Linger is 0: closing the socket never blocks, nor does the context.
         self.socket = None;
         if let Some(closing) = self.closing.take() {
-            let _ = closing.answer.send(Ok(()));
+            closing.answer.send(Ok(()));
         }
         clog!(Level::Debug, "mc0 connector {}: engine stopped", self.routing_id);
     }

@@ -27,7 +27,7 @@ mod wake;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,63 @@ pub(crate) struct Publish {
 }
 
 /// Where the engine sends the result of a request a caller waits for.
-pub(crate) type Answer = mpsc::SyncSender<Result<(), Error>>;
+///
+/// A Mutex/Condvar slot rather than `std::sync::mpsc`: waiting on a channel
+/// registers a `std::thread::current()` handle for the waiting thread, which
+/// Rust never frees for threads it did not start (C and Ruby callers), so
+/// every such caller thread would leak it (valgrind: "possibly lost").
+pub(crate) struct Answer(Arc<Slot>);
+
+pub(crate) struct Waiter(Arc<Slot>);
+
+#[derive(Default)]
+pub(crate) struct Slot {
+    value: Mutex<Option<Result<(), Error>>>,
+    ready: Condvar,
+}
+
+pub(crate) fn oneshot() -> (Answer, Waiter) {
+    let slot = Arc::new(Slot::default());
+    (Answer(slot.clone()), Waiter(slot))
+}
+
+impl Answer {
+    pub fn send(self, result: Result<(), Error>) {
+        self.set(result);
+    }
+    fn set(&self, result: Result<(), Error>) {
+        let mut value = self.0.value.lock().unwrap_or_else(|e| e.into_inner());
+        if value.is_none() {
+            *value = Some(result);
+            self.0.ready.notify_all();
+        }
+    }
+}
+
+impl Drop for Answer {
+    /// An answer dropped unsent (engine gone) tells the caller at once.
+    fn drop(&mut self) {
+        self.set(Err(Error::closed()));
+    }
+}
+
+impl Waiter {
+    /// The answer, or None after `timeout`.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<(), Error>> {
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_future);
+        let mut value = self.0.value.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(result) = value.take() {
+                return Some(result);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            value = self.0.ready.wait_timeout(value, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
 
 pub(crate) enum Request {
     Subscribe {
@@ -223,7 +279,6 @@ impl Shared {
 pub struct Connector {
     shared: Arc<Shared>,
     settings: Arc<Settings>,
-    routing_id: String,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -252,9 +307,9 @@ impl Connector {
             counters: Counters::default(),
             routing_id: Mutex::new(String::new()),
         });
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (ready_tx, ready_rx) = oneshot();
         let engine = engine::Engine::new(settings.clone(), shared.clone(), ready_tx)?;
-        let routing_id = engine.routing_id().to_string();
+        let engine_rid = engine.routing_id().to_string();
         let thread = std::thread::Builder::new()
             .name("mc0-connector".into())
             .spawn(move || engine.run())
@@ -270,24 +325,20 @@ impl Connector {
                 ),
             )
         };
-        match ready_rx.recv_timeout(settings.connect_timeout + GRACE) {
-            Ok(Ok(())) => {
-                clog!(Level::Info, "mc0 connector {routing_id}: connected to {}", settings.endpoint);
-                Ok(Connector { shared, settings, routing_id, thread: Mutex::new(Some(thread)) })
+        match ready_rx.wait(settings.connect_timeout + GRACE) {
+            Some(Ok(())) => {
+                clog!(Level::Info, "mc0 connector {}: connected to {}", engine_rid, settings.endpoint);
+                Ok(Connector { shared, settings, thread: Mutex::new(Some(thread)) })
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = thread.join();
-                Err(no_answer())
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            None => {
                 // The engine is overdue; tell it to stop and leave it detached
                 // rather than block the caller further.
                 shared.closing.store(true, Ordering::SeqCst);
-                let (tx, _rx) = mpsc::sync_channel(1);
+                let (tx, _rx) = oneshot();
                 let _ = shared.push(Request::Close { answer: tx });
                 Err(no_answer())
             }
@@ -316,12 +367,11 @@ impl Connector {
     /// Sends a request and waits up to `timeout` for the engine's answer.
     fn call(&self, make: impl FnOnce(Answer) -> Request, timeout: Duration, what: &str) -> Result<(), Error> {
         self.check_open()?;
-        let (tx, rx) = mpsc::sync_channel(1);
+        let (tx, rx) = oneshot();
         self.shared.push(make(tx))?;
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::closed()),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::new(
+        match rx.wait(timeout) {
+            Some(result) => result,
+            None => Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
                     "{what}: no answer from broker {}:{} within {}",
@@ -412,12 +462,13 @@ impl Connector {
         self.call(|answer| Request::Flush { answer }, timeout, "flush")
     }
 
-    /// The next received message, waiting at most `timeout` (`None`: until a
-    /// message arrives or the connector is closed). NOOPs and
-    /// acknowledgements never show up here. Errors: Timeout, Closed (also
-    /// when another thread closes the connector while this one waits).
-    pub fn receive(&self, timeout: Option<Duration>) -> Result<Message, Error> {
-        let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
+    /// The next received message, waiting at most `timeout`
+    /// (`Duration::MAX`: until a message arrives or the connector is
+    /// closed). NOOPs and acknowledgements never show up here. Errors:
+    /// Timeout, Closed (also when another thread closes the connector while
+    /// this one waits).
+    pub fn receive(&self, timeout: Duration) -> Result<Message, Error> {
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_future);
         let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if inbox.closed {
@@ -426,24 +477,11 @@ impl Connector {
             if let Some(message) = inbox.messages.pop_front() {
                 return Ok(message);
             }
-            match deadline {
-                None => inbox = self.shared.inbox_ready.wait(inbox).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!("no message within {}", secs(timeout.unwrap_or_default())),
-                        ));
-                    }
-                    inbox = self
-                        .shared
-                        .inbox_ready
-                        .wait_timeout(inbox, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::new(ErrorKind::Timeout, format!("no message within {}", secs(timeout))));
             }
+            inbox = self.shared.inbox_ready.wait_timeout(inbox, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -470,16 +508,16 @@ impl Connector {
         self.shared.close_inbox();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(thread) = thread else { return Ok(()) };
-        let (tx, rx) = mpsc::sync_channel(1);
+        let (tx, rx) = oneshot();
         let answered = match self.shared.push(Request::Close { answer: tx }) {
-            Ok(()) => rx.recv_timeout(self.settings.close_timeout + GRACE).is_ok(),
+            Ok(()) => rx.wait(self.settings.close_timeout + GRACE).is_some(),
             // The engine already exited.
             Err(_) => true,
         };
         if answered || thread.is_finished() {
             let _ = thread.join();
         } else {
-            clog!(Level::Error, "mc0 connector {}: engine thread did not stop; leaving it detached", self.routing_id);
+            clog!(Level::Error, "mc0 connector {}: engine thread did not stop; leaving it detached", self.routing_id());
         }
         Ok(())
     }
@@ -493,7 +531,7 @@ impl Drop for Connector {
 
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connector").field("routing_id", &self.routing_id).finish_non_exhaustive()
+        f.debug_struct("Connector").field("routing_id", &self.routing_id()).finish_non_exhaustive()
     }
 }
 

@@ -58,10 +58,14 @@ impl Waker {
         }
     }
 
-    /// Empties the pipe. Call before looking at the request queue, so a
-    /// request queued after the look triggers a new wake-up.
+    /// Empties the pipe. Call before looking at the request queue.
+    ///
+    /// The flag is cleared only after reading: a waker whose swap saw
+    /// `false` always writes a byte, so while the flag is set a byte is in
+    /// the pipe or about to be; and a waker that skipped writing because the
+    /// flag was set queued its request before this clear, so the look at the
+    /// queue that follows sees it.
     pub fn drain(&self) {
-        self.pending.store(false, Ordering::SeqCst);
         let mut buf = [0u8; 256];
         loop {
             // SAFETY: reads into a valid buffer of the given length.
@@ -70,6 +74,7 @@ impl Waker {
                 break;
             }
         }
+        self.pending.store(false, Ordering::SeqCst);
     }
 }
 
@@ -94,5 +99,45 @@ mod tests {
         assert!(!readable(w.fd()));
         w.wake();
         assert!(readable(w.fd()), "a wake after drain must be seen");
+    }
+
+    /// Many threads queue items and wake one consumer that only looks at the
+    /// queue after a wake-up: a lost wake-up stalls it past the deadline.
+    #[test]
+    fn no_wake_up_is_lost_under_contention() {
+        use std::sync::{Arc, Mutex};
+        const THREADS: usize = 4;
+        const EACH: usize = 20_000;
+        let w = Arc::new(Waker::new().unwrap());
+        let queue = Arc::new(Mutex::new(0usize));
+        let producers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (w, queue) = (w.clone(), queue.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..EACH {
+                        *queue.lock().unwrap() += 1;
+                        w.wake();
+                    }
+                })
+            })
+            .collect();
+        // Drain as often as possible while producers run, to give the race
+        // many chances; then wait for the rest with a long timeout.
+        let mut taken = 0;
+        while taken < THREADS * EACH {
+            let running = producers.iter().any(|p| !p.is_finished());
+            let mut pfd = libc::pollfd { fd: w.fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, if running { 0 } else { 10_000 }) };
+            if n == 1 {
+                w.drain();
+                taken += std::mem::take(&mut *queue.lock().unwrap());
+            } else {
+                assert!(running, "lost wake-up: {taken} of {} items taken", THREADS * EACH);
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
     }
 }

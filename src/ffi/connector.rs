@@ -229,7 +229,7 @@ pub unsafe extern "C" fn mc0_connector_receive(
         }
         *out = std::ptr::null_mut();
         let c = connector_ref(c)?;
-        let timeout = if timeout_ms < 0 { None } else { Some(Duration::from_millis(timeout_ms as u64)) };
+        let timeout = if timeout_ms < 0 { Duration::MAX } else { Duration::from_millis(timeout_ms as u64) };
         let message = c.receive(timeout)?;
         *out = Box::into_raw(Box::new(mc0_message::from(message)));
         Ok(())
