@@ -15,6 +15,7 @@ Usage: mc0d --curve-private-key FILE [OPTIONS]
        mc0d --no-curve [OPTIONS]
 
 The mc0 broker: routes MCollective messages between ZeroMQ (CURVE) clients.
+SIGINT/SIGTERM stop it; SIGHUP reloads --authorized-keys.
 
 Options:
   --curve-private-key FILE  the broker's CURVE secret key (Z85, as written by
@@ -31,14 +32,38 @@ Options:
                             are dropped (default 10000)
   --rcvhwm N                messages queued from each client before its
                             stream is throttled (default 1000)
+
+Access control (CURVE only):
+  --authorized-keys PATH    only clients whose CURVE public key is listed
+                            may connect. PATH is a directory of *.public
+                            files or a file with one Z85 key per line (and
+                            an optional name after it). Reloaded on SIGHUP;
+                            sessions of removed keys are dropped.
+  --authorized-keys-poll SECS
+                            also reload when PATH changes, checked this
+                            often; 0: only on SIGHUP (default 5)
+
+Limits (a client over one gets ERROR; everyone else is served on):
+  --max-body-size BYTES     largest PUT body (default 67108864 = 64 MiB);
+                            a frame over this plus 1 MiB drops the connection
+  --max-frames N            most frames in one message (default 4096)
+  --max-headers N           most header pairs in one message (default 64)
+  --max-topic-length BYTES  longest topic name (default 1024)
+  --max-subscriptions N     most topics one client may subscribe to
+                            (default 10000)
   -h, --help                show this help
   -V, --version             show the version
 ";
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(signal: libc::c_int) {
+    if signal == libc::SIGHUP {
+        RELOAD.store(true, Ordering::SeqCst);
+    } else {
+        STOP.store(true, Ordering::SeqCst);
+    }
 }
 
 enum Parsed {
@@ -58,7 +83,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         };
         let takes_value = matches!(
             flag.as_str(),
-            "--curve-private-key" | "--bind" | "--port" | "--log-level" | "--status-interval" | "--sndhwm" | "--rcvhwm"
+            "--curve-private-key"
+                | "--bind"
+                | "--port"
+                | "--log-level"
+                | "--status-interval"
+                | "--sndhwm"
+                | "--rcvhwm"
+                | "--authorized-keys"
+                | "--authorized-keys-poll"
+                | "--max-body-size"
+                | "--max-frames"
+                | "--max-headers"
+                | "--max-topic-length"
+                | "--max-subscriptions"
         );
         let value = if takes_value {
             match inline {
@@ -93,8 +131,28 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             }
             "--sndhwm" => config.sndhwm = parse_num::<i32>(&flag, &value).and_then(positive(&flag, &value))?,
             "--rcvhwm" => config.rcvhwm = parse_num::<i32>(&flag, &value).and_then(positive(&flag, &value))?,
+            "--authorized-keys" => {
+                if value.is_empty() {
+                    return Err("bad --authorized-keys value \"\": expected a directory or file".into());
+                }
+                config.authorized_keys = Some(value.into());
+            }
+            "--authorized-keys-poll" => {
+                config.authorized_keys_poll = match parse_num::<u64>(&flag, &value)? {
+                    0 => None,
+                    secs => Some(Duration::from_secs(secs)),
+                }
+            }
+            "--max-body-size" => config.set_max_body_size(parse_size(&flag, &value)?),
+            "--max-frames" => config.limits.max_frames = parse_size(&flag, &value)?,
+            "--max-headers" => config.limits.max_headers = parse_size(&flag, &value)?,
+            "--max-topic-length" => config.limits.max_topic_len = parse_size(&flag, &value)?,
+            "--max-subscriptions" => config.max_subscriptions = parse_size(&flag, &value)?,
             _ => return Err(format!("unknown option {arg:?} (see --help)")),
         }
+    }
+    if no_curve && config.authorized_keys.is_some() {
+        return Err("--authorized-keys needs CURVE (it cannot be combined with --no-curve)".into());
     }
     match (no_curve, key_file) {
         (true, Some(_)) => return Err("--no-curve and --curve-private-key exclude each other".into()),
@@ -110,6 +168,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
 
 fn parse_num<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
     value.trim().parse::<T>().map_err(|_| format!("bad {flag} value {value:?}: expected a number"))
+}
+
+/// A positive count or size.
+fn parse_size(flag: &str, value: &str) -> Result<usize, String> {
+    match parse_num::<usize>(flag, value)? {
+        0 => Err(format!("bad {flag} value {value:?}: must be positive")),
+        n => Ok(n),
+    }
 }
 
 fn nonzero<'a>(flag: &'a str, value: &'a str) -> impl Fn(u16) -> Result<u16, String> + 'a {
@@ -134,8 +200,10 @@ fn raise_fd_limit() {
 }
 
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SIGHUP's default action would kill the broker; `systemctl reload`
+    // sends it.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -166,7 +234,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match broker.run(&STOP) {
+    match broker.run(&STOP, &RELOAD) {
         Ok(_) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(1),
     }
@@ -191,6 +259,29 @@ mod tests {
     }
 
     #[test]
+    fn limits_and_allowlist_flags() {
+        let Ok(Parsed::Run(c)) = parse(&[
+            "--no-curve",
+            "--max-body-size=1000",
+            "--max-frames",
+            "10",
+            "--max-headers=3",
+            "--max-topic-length=20",
+            "--max-subscriptions=5",
+            "--authorized-keys-poll=0",
+        ]) else {
+            panic!("should parse")
+        };
+        assert_eq!((c.max_body_size, c.limits.max_frame_size), (1000, 1000 + mc0::broker::FRAME_SLACK));
+        assert_eq!((c.limits.max_frames, c.limits.max_headers, c.limits.max_topic_len), (10, 3, 20));
+        assert_eq!(c.max_subscriptions, 5);
+        assert_eq!(c.authorized_keys_poll, None);
+        let Ok(Parsed::Run(c)) = parse(&["--no-curve"]) else { panic!("should parse") };
+        assert_eq!(c.authorized_keys_poll, Some(mc0::broker::DEFAULT_KEYS_POLL));
+        assert_eq!(c.max_body_size, mc0::broker::DEFAULT_MAX_BODY_SIZE);
+    }
+
+    #[test]
     fn bad_input_names_the_culprit() {
         for (args, culprit) in [
             (&["--no-curve", "--frobnicate"][..], "--frobnicate"),
@@ -202,6 +293,10 @@ mod tests {
             (&["--no-curve=1"], "--no-curve"),
             (&[], "--curve-private-key"),
             (&["--no-curve", "--curve-private-key", "k"], "--no-curve"),
+            (&["--no-curve", "--authorized-keys", "keys"], "--authorized-keys"),
+            (&["--no-curve", "--max-frames", "0"], "--max-frames"),
+            (&["--no-curve", "--max-body-size", "big"], "--max-body-size"),
+            (&["--no-curve", "--authorized-keys-poll", "-1"], "--authorized-keys-poll"),
         ] {
             match parse(args) {
                 Err(e) => assert!(e.contains(culprit), "{args:?}: {e}"),

@@ -21,6 +21,10 @@ pub type Bytes = Arc<[u8]>;
 #[derive(Debug)]
 pub struct Client {
     pub id: Bytes,
+    /// The CURVE key (Z85, from the ZAP handler's `User-Id`) the session was
+    /// opened with, when an allowlist is in force. A message from the same
+    /// routing id under another key does not belong to this session.
+    pub user: Option<Arc<str>>,
     pub generation: u64,
     pub ttl: Duration,
     pub last_heard: Instant,
@@ -91,7 +95,7 @@ impl Clients {
     /// Registers `id` with a fresh session (new generation, no topics) and
     /// returns the previous session if there was one, so the caller can drop
     /// its subscriptions.
-    pub fn connect(&mut self, id: &[u8], ttl: Duration, now: Instant) -> Option<Client> {
+    pub fn connect(&mut self, id: &[u8], user: Option<Arc<str>>, ttl: Duration, now: Instant) -> Option<Client> {
         let old = self.map.remove(id);
         let id: Bytes = match &old {
             Some(c) => c.id.clone(),
@@ -100,6 +104,7 @@ impl Clients {
         self.next_generation += 1;
         let client = Client {
             id: id.clone(),
+            user,
             generation: self.next_generation,
             ttl,
             last_heard: now,
@@ -117,15 +122,26 @@ impl Clients {
         self.map.remove(id)
     }
 
-    /// Records traffic from `id`; false if the client is unknown.
+    /// Records traffic from `id` to a session opened without a key; false if
+    /// there is none.
     pub fn heard(&mut self, id: &[u8], now: Instant) -> bool {
+        self.heard_as(id, None, now)
+    }
+
+    /// Records traffic from `id` sent under `user`; false (and nothing
+    /// recorded) if there is no such session, or it belongs to another key.
+    pub fn heard_as(&mut self, id: &[u8], user: Option<&Arc<str>>, now: Instant) -> bool {
         match self.map.get_mut(id) {
-            Some(c) => {
+            Some(c) if c.user.as_ref() == user => {
                 c.last_heard = now;
                 true
             }
-            None => false,
+            _ => false,
         }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Client> {
+        self.map.values()
     }
 
     /// Records traffic to `id` (ignored for unknown clients).
@@ -198,7 +214,7 @@ mod tests {
     fn noop_fires_after_silence_and_is_pushed_back_by_traffic() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", TTL, t0);
+        c.connect(b"a", None, TTL, t0);
         assert!(c.pop_due(t0 + Duration::from_millis(900)).is_none());
         c.sent(b"a", t0 + Duration::from_millis(500));
         c.heard(b"a", t0 + Duration::from_millis(500));
@@ -216,8 +232,8 @@ mod tests {
     fn silent_client_expires_and_traffic_defers_expiry() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", TTL, t0);
-        c.connect(b"b", TTL, t0);
+        c.connect(b"a", None, TTL, t0);
+        c.connect(b"b", None, TTL, t0);
         assert!(c.heard(b"b", t0 + Duration::from_millis(1000)));
         let mut expired = vec![];
         let now = t0 + Duration::from_millis(1100);
@@ -236,9 +252,9 @@ mod tests {
     fn reconnect_invalidates_old_entries_and_returns_old_session() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", Duration::from_millis(100), t0);
+        c.connect(b"a", None, Duration::from_millis(100), t0);
         c.get_mut(b"a").unwrap().topics.insert(Arc::from(&b"t"[..]));
-        let old = c.connect(b"a", TTL, t0 + Duration::from_millis(50)).expect("was known");
+        let old = c.connect(b"a", None, TTL, t0 + Duration::from_millis(50)).expect("was known");
         assert_eq!(old.topics.len(), 1);
         assert!(c.get(b"a").unwrap().topics.is_empty());
         // The short-TTL entries are stale now; nothing is due before 1 s.
@@ -250,5 +266,17 @@ mod tests {
         c.remove(b"a");
         assert!(c.pop_due(t0 + Duration::from_secs(10)).is_none());
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_session_belongs_to_its_key() {
+        let t0 = Instant::now();
+        let mut c = Clients::new();
+        let (k1, k2): (Arc<str>, Arc<str>) = (Arc::from("k1"), Arc::from("k2"));
+        c.connect(b"a", Some(k1.clone()), TTL, t0);
+        assert!(c.heard_as(b"a", Some(&k1), t0));
+        assert!(!c.heard_as(b"a", Some(&k2), t0), "same routing id, other key");
+        assert!(!c.heard(b"a", t0), "no key");
+        assert_eq!(c.iter().count(), 1);
     }
 }

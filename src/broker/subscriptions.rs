@@ -49,6 +49,11 @@ impl Subscriptions {
         removed
     }
 
+    /// Every topic with its subscribers.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &HashSet<Bytes>)> {
+        self.by_topic.iter()
+    }
+
     /// Every current subscriber of `topic`.
     pub fn subscribers(&self, topic: &[u8]) -> impl Iterator<Item = &Bytes> {
         self.by_topic.get(topic).into_iter().flatten()

@@ -92,6 +92,9 @@ pub struct Mc0d {
     pub log: LogBuf,
     /// Holds the key files; removed on drop.
     pub dir: Option<TempDir>,
+    /// The keypair [`client`](Mc0d::client) uses (a fresh one each time
+    /// when None): a broker with an allowlist only admits listed keys.
+    pub client_key: Option<KeyPair>,
 }
 
 pub struct Mc0dOptions {
@@ -99,11 +102,13 @@ pub struct Mc0dOptions {
     pub args: Vec<String>,
     /// Wait for the broker to answer a CONNECT before returning.
     pub wait_ready: bool,
+    /// See [`Mc0d::client_key`].
+    pub client_key: Option<KeyPair>,
 }
 
 impl Default for Mc0dOptions {
     fn default() -> Self {
-        Mc0dOptions { curve: true, args: vec![], wait_ready: true }
+        Mc0dOptions { curve: true, args: vec![], wait_ready: true, client_key: None }
     }
 }
 
@@ -151,6 +156,7 @@ impl Mc0d {
                 server_public_file: keys.as_ref().map(|(_, public, _)| public.clone()),
                 log,
                 dir: None,
+                client_key: options.client_key.clone(),
             };
             if !options.wait_ready {
                 broker.dir = Some(dir);
@@ -172,14 +178,33 @@ impl Mc0d {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
-    /// A DEALER with a fresh client keypair connected to this broker.
+    /// A DEALER connected to this broker, with [`client_key`](Mc0d::client_key)
+    /// or a fresh client keypair.
     pub fn client(&self, ctx: &zmq::Context) -> Client {
-        Client::connect(ctx, &self.endpoint(), self.server_public.as_ref(), None)
+        match &self.client_key {
+            Some(pair) => self.client_as(ctx, pair, None),
+            None => Client::connect(ctx, &self.endpoint(), self.server_public.as_ref(), None),
+        }
     }
 
     /// Like [`client`](Mc0d::client) with a chosen routing id.
     pub fn client_with_id(&self, ctx: &zmq::Context, id: &[u8]) -> Client {
-        Client::connect(ctx, &self.endpoint(), self.server_public.as_ref(), Some(id))
+        match &self.client_key {
+            Some(pair) => self.client_as(ctx, pair, Some(id)),
+            None => Client::connect(ctx, &self.endpoint(), self.server_public.as_ref(), Some(id)),
+        }
+    }
+
+    /// A DEALER using the client keypair `pair`.
+    pub fn client_as(&self, ctx: &zmq::Context, pair: &KeyPair, id: Option<&[u8]>) -> Client {
+        let server = self.server_public.expect("a CURVE broker");
+        Client::connect_keyed(ctx, &self.endpoint(), &server, pair, id, |_| {})
+    }
+
+    /// Sends `signal` to the broker (it keeps running).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
     }
 
     /// Retries a CONNECT with ID until the broker acknowledges it.
@@ -276,6 +301,29 @@ impl Client {
             socket.set_curve_publickey(&pair.public).unwrap();
             socket.set_curve_secretkey(&pair.secret).unwrap();
         }
+        socket.connect(endpoint).expect("connect");
+        Client { socket }
+    }
+
+    /// A DEALER with the client keypair `pair`; `configure` runs before it
+    /// connects (a socket monitor must be set up then to see the handshake).
+    pub fn connect_keyed(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        server_key: &Key,
+        pair: &KeyPair,
+        identity: Option<&[u8]>,
+        configure: impl FnOnce(&zmq::Socket),
+    ) -> Client {
+        let socket = ctx.socket(zmq::DEALER).expect("DEALER");
+        configure(&socket);
+        socket.set_linger(0).unwrap();
+        if let Some(id) = identity {
+            socket.set_identity(id).unwrap();
+        }
+        socket.set_curve_serverkey(server_key).unwrap();
+        socket.set_curve_publickey(&pair.public).unwrap();
+        socket.set_curve_secretkey(&pair.secret).unwrap();
         socket.connect(endpoint).expect("connect");
         Client { socket }
     }
@@ -453,4 +501,47 @@ pub fn run_mc0d(args: &[&str], timeout: Duration) -> (ExitStatus, String, String
 pub fn show_refs(frames: &[&[u8]]) -> String {
     let frames: Vec<String> = frames.iter().take(8).map(|f| format!("\"{}\"", f.escape_ascii())).collect();
     frames.join(" ")
+}
+
+/// Handshake events of one socket, through `zmq_socket_monitor`.
+pub struct Monitor {
+    pair: zmq::Socket,
+}
+
+impl Monitor {
+    /// Starts monitoring `socket`'s handshakes. Call before `connect`.
+    pub fn handshakes(ctx: &zmq::Context, socket: &zmq::Socket) -> Monitor {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let endpoint = format!("inproc://monitor-{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw();
+        socket.monitor(&endpoint, events as i32).expect("zmq_socket_monitor");
+        let pair = ctx.socket(zmq::PAIR).unwrap();
+        pair.set_linger(0).unwrap();
+        pair.connect(&endpoint).unwrap();
+        Monitor { pair }
+    }
+
+    /// The next event and its value (for HANDSHAKE_FAILED_AUTH: the ZAP
+    /// status code), or None after `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<(zmq::SocketEvent, u32)> {
+        if self.pair.poll(zmq::POLLIN, timeout.as_millis() as i64).ok()? == 0 {
+            return None;
+        }
+        let frames = self.pair.recv_multipart(0).ok()?;
+        let head = frames.first().filter(|f| f.len() >= 6)?;
+        let event = u16::from_le_bytes([head[0], head[1]]);
+        let value = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+        Some((zmq::SocketEvent::from_raw(event), value))
+    }
+}
+
+/// Writes `dir/name.public` holding `pair`'s public key, as an allowlist
+/// directory entry.
+pub fn authorize(dir: &Path, name: &str, pair: &KeyPair) -> PathBuf {
+    let path = dir.join(format!("{name}.public"));
+    std::fs::write(&path, format!("{}\n", mc0::keys::key_to_z85(&pair.public))).expect("write public key");
+    path
 }
