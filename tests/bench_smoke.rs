@@ -110,8 +110,21 @@ fn request_collects_every_reply() {
 
 #[test]
 fn conns_heartbeating_clients_all_get_their_put() {
-    // TTL 500 ms over a 1.2 s hold: each client must heartbeat to stay registered.
-    let o = bench(&["conns", "--clients", "40", "--procs", "2", "--ttl", "500", "--hold", "1.2"]);
+    // TTL 1 s over a 1.5 s hold: each client must heartbeat to stay registered.
+    // They do so at half the TTL, leaving a loaded machine half a second of slack.
+    let o = bench(&[
+        "conns",
+        "--clients",
+        "40",
+        "--procs",
+        "2",
+        "--ttl",
+        "1000",
+        "--heartbeat-fraction",
+        "0.5",
+        "--hold",
+        "1.5",
+    ]);
     assert_clean(&o, 1);
     for r in runs(&o) {
         assert_eq!(num(r, "delivered"), 40.0, "{r}");

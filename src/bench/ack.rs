@@ -38,6 +38,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &|_| None,
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-ack-{i} {pid}").as_bytes()),
         Instant::now() + p.timeout,
+        None,
     )?;
     let k = socks.len();
     let mut sent_at = vec![Instant::now(); k];

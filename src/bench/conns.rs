@@ -19,6 +19,7 @@ pub struct Params {
     pub clients: usize,
     pub procs: usize,
     pub ttl_ms: u64,
+    pub heartbeat_fraction: f64,
     pub hold: Duration,
     pub window: usize,
     pub io_threads: i32,
@@ -79,7 +80,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             .args(["--endpoint", &b.endpoint.addr])
             .args(["--first", &first.to_string(), "--count", &count.to_string()])
             .args(["--ttl", &p.ttl_ms.to_string(), "--window", &(p.window / procs).max(1).to_string()])
-            .args(["--io-threads", &p.io_threads.to_string()]);
+            .args(["--io-threads", &p.io_threads.to_string()])
+            .args(["--heartbeat-fraction", &p.heartbeat_fraction.to_string()]);
         if let Some(k) = &b.endpoint.server_key {
             cmd.args(["--server-key", &mc0::keys::key_to_z85(k)]);
         }
@@ -146,6 +148,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &|_| None,
         &mut |_| util::dealer(&ctx, &b.endpoint, format!("bench-conns-pub {}", std::process::id()).as_bytes()),
         Instant::now() + p.timeout,
+        None,
     )?;
     let publisher = publisher.pop().unwrap();
     let put0 = Instant::now();
@@ -176,6 +179,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     say(&mut workers, "STOP")?;
     let mut delivered = 0u64;
     let mut heartbeats = 0u64;
+    let mut late_ms = 0u64;
     for (w, line) in expect(&lines, "DONE", procs, Instant::now() + p.timeout)? {
         for field in line.split_whitespace().skip(1) {
             let (k, v) = field.split_once('=').unwrap_or((field, "0"));
@@ -183,6 +187,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             match k {
                 "delivered" => delivered += v,
                 "heartbeats" => heartbeats += v,
+                "late_ms" => late_ms = late_ms.max(v),
                 "dups" | "errors" | "wrong" if v > 0 => errors.push(format!("load worker {w}: {k}={v}")),
                 _ => {}
             }
@@ -199,7 +204,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         target: b.label.clone(),
         summary: format!(
             "{} clients in {} procs: connect+sub {:.0}/s ({:.2} s), {} of {} directed PUTs delivered in {}, \
-             RSS {:.1} KiB/client ({} MiB total), idle CPU {:.2}% over {:.0} s (TTL {} ms, {} client heartbeats)",
+             RSS {:.1} KiB/client ({} MiB total), idle CPU {:.2}% over {:.0} s (TTL {} ms, {} client heartbeats, latest {} ms late)",
             p.clients,
             procs,
             connect_rate,
@@ -212,7 +217,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             cpu_pct,
             held,
             p.ttl_ms,
-            heartbeats
+            heartbeats,
+            late_ms
         ),
         metrics: vec![
             ("clients", p.clients as f64),
@@ -225,6 +231,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             ("idle_cpu_pct", cpu_pct),
             ("hold_s", held),
             ("client_heartbeats", heartbeats as f64),
+            ("heartbeat_late_ms", late_ms as f64),
         ],
         lost,
         errors,
@@ -236,6 +243,7 @@ pub struct WorkerOptions {
     pub first: usize,
     pub count: usize,
     pub ttl_ms: u64,
+    pub heartbeat_fraction: f64,
     pub window: usize,
     pub io_threads: i32,
 }
@@ -282,6 +290,9 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
             }
         }
     };
+    // Each client sends NOOP when it has been silent for (by default, as the
+    // protocol says) 0.95 x TTL.
+    let interval = Duration::from_secs_f64(o.ttl_ms as f64 / 1000.0 * o.heartbeat_fraction);
     out("READY".into());
     wait_for("GO")?;
     let (socks, sent_at, took) = util::handshake(
@@ -298,15 +309,17 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
             )
         },
         Instant::now() + Duration::from_secs(600),
+        Some(interval),
     )?;
     out(format!("CONNECTED {} {:.3}", socks.len(), took.as_secs_f64()));
 
-    // Each client sends NOOP when it has been silent for 0.95 x TTL.
-    let interval = Duration::from_millis(o.ttl_ms * 95 / 100);
     let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
         sent_at.iter().enumerate().map(|(i, t)| Reverse((*t + interval, i))).collect();
     let mut delivered = vec![false; socks.len()];
     let (mut got, mut reported, mut dups, mut wrong, mut errors, mut heartbeats) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    // How far behind schedule a heartbeat went out: tells a slow load
+    // generator apart from a broker expiring clients that kept their TTL.
+    let mut late_ms = 0u64;
     let mut last_report = Instant::now();
     let mut frames = Vec::new();
     let mut waiter = util::Waiter::new(socks.iter().map(|s| &**s))?;
@@ -323,6 +336,7 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
                 break;
             }
             due.pop();
+            late_ms = late_ms.max(when.elapsed().as_millis() as u64);
             util::send(&socks[i], &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
             heartbeats += 1;
             // The send may have consumed the wake-up of a message that
@@ -360,6 +374,8 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
         }
     }
     util::disconnect_all(&socks);
-    out(format!("DONE delivered={got} dups={dups} wrong={wrong} errors={errors} heartbeats={heartbeats}"));
+    out(format!(
+        "DONE delivered={got} dups={dups} wrong={wrong} errors={errors} heartbeats={heartbeats} late_ms={late_ms}"
+    ));
     Ok(())
 }

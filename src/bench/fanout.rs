@@ -40,6 +40,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &|_| Some(topic.clone()),
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-sub-{i} {pid}").as_bytes()),
         deadline,
+        None,
     )?;
     let (mut publisher, _, _) = util::handshake(
         1,
@@ -48,6 +49,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &|_| None,
         &mut |_| util::dealer(&ctx, &b.endpoint, format!("bench-pub {pid}").as_bytes()),
         deadline,
+        None,
     )?;
     let publisher = publisher.pop().unwrap();
 

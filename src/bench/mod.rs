@@ -42,6 +42,7 @@ scenarios:
             broker RSS per client, broker CPU while idle
               --clients C (1000)  --procs P (2)  --ttl MS (5000)  --hold SECS (10)
               --window W (100 handshakes in flight)
+              --heartbeat-fraction F (0.95: a client NOOPs after F x TTL of silence)
 
 brokers (default: spawn the mc0d next to this binary, plus the raw loop):
   --spawn-mc0d PATH     spawn this mc0d on a free loopback port
@@ -94,6 +95,7 @@ const VALUES: &[&str] = &[
     "--ttl",
     "--hold",
     "--window",
+    "--heartbeat-fraction",
     "--drop-every",
     // raw-broker and conns-worker (internal modes)
     "--bind",
@@ -277,12 +279,16 @@ fn run(args: &Args) -> Result<bool> {
                 clients: args.num("--clients", 1000)?,
                 procs: args.num("--procs", 2)?,
                 ttl_ms: args.num("--ttl", 5000)?,
+                heartbeat_fraction: args.num("--heartbeat-fraction", 0.95)?,
                 hold: args.secs("--hold", 10.0)?,
                 window: args.num("--window", 100)?,
                 io_threads,
                 timeout,
                 drain: drain.max(Duration::from_secs(5)),
             };
+            if !(p.heartbeat_fraction > 0.0 && p.heartbeat_fraction <= 1.0) {
+                return Err("--heartbeat-fraction must be in (0, 1]".into());
+            }
             cases.push(Case {
                 name: format!("{} clients, TTL {} ms, hold {:?}", p.clients, p.ttl_ms, p.hold),
                 judged: vec![
@@ -438,6 +444,7 @@ fn conns_worker(args: &Args) -> Result<()> {
         first: args.num("--first", 0)?,
         count: args.num("--count", 0)?,
         ttl_ms: args.num("--ttl", 30_000)?,
+        heartbeat_fraction: args.num("--heartbeat-fraction", 0.95)?,
         window: args.num("--window", 50)?,
         io_threads: args.num("--io-threads", 1)?,
     })

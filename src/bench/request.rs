@@ -36,6 +36,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &|_| Some(agent.clone()),
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-node-{i} {pid}").as_bytes()),
         deadline,
+        None,
     )?;
     let (mut client, _, _) = util::handshake(
         1,
@@ -44,6 +45,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         &|_| Some(reply_to.clone()),
         &mut |_| util::dealer(&ctx, &b.endpoint, format!("bench-client {pid}").as_bytes()),
         deadline,
+        None,
     )?;
     let client = client.pop().unwrap();
 

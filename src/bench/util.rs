@@ -217,6 +217,9 @@ pub const VERSION: &[u8] = b"0.3";
 /// over many clients, at most `window` of them in flight, until every client
 /// is registered or `deadline` passes. `make` creates client `i`'s socket
 /// (so socket creation and the TCP/CURVE handshakes count in the time).
+/// With `heartbeat`, registered clients send NOOP after that long of
+/// silence while the others are still connecting (a long connect phase
+/// must not let the first clients expire).
 /// Returns the sockets, when each last sent something (heartbeats are due
 /// from then) and the time it all took.
 pub fn handshake(
@@ -226,8 +229,11 @@ pub fn handshake(
     topic: &dyn Fn(usize) -> Option<Vec<u8>>,
     make: &mut dyn FnMut(usize) -> Result<Sock>,
     deadline: Instant,
+    heartbeat: Option<Duration>,
 ) -> Result<(Vec<Sock>, Vec<Instant>, Duration)> {
+    use std::cmp::Reverse;
     let start = Instant::now();
+    let mut due: std::collections::BinaryHeap<Reverse<(Instant, usize)>> = std::collections::BinaryHeap::new();
     let mut sent_at = vec![start; n];
     let mut socks: Vec<Option<Sock>> = (0..n).map(|_| None).collect();
     // Acks still expected per client: CONNECT, and SUB when it has a topic.
@@ -252,11 +258,24 @@ pub fn handshake(
             in_flight.push(next);
             next += 1;
         }
+        if let Some(interval) = heartbeat {
+            while let Some(Reverse((when, i))) = due.peek().copied() {
+                if when > Instant::now() {
+                    break;
+                }
+                due.pop();
+                let s = socks[i].as_ref().unwrap();
+                send(s, &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
+                sent_at[i] = Instant::now();
+                due.push(Reverse((sent_at[i] + interval, i)));
+            }
+        }
         let now = Instant::now();
         if now >= deadline {
             return Err(format!("handshake: only {done} of {n} clients registered before the deadline"));
         }
-        let timeout = (deadline - now).as_millis().min(1000) as i64;
+        let next_beat = due.peek().map(|Reverse((w, _))| w.saturating_duration_since(now)).unwrap_or(deadline - now);
+        let timeout = (deadline - now).min(next_beat).as_millis().min(1000) as i64;
         let ready: Vec<bool> = {
             let mut items: Vec<zmq::PollItem> =
                 in_flight.iter().map(|&i| socks[i].as_ref().unwrap().as_poll_item(zmq::POLLIN)).collect();
@@ -287,7 +306,10 @@ pub fn handshake(
             }
         }
         for slot in finished.into_iter().rev() {
-            in_flight.swap_remove(slot);
+            let i = in_flight.swap_remove(slot);
+            if let Some(interval) = heartbeat {
+                due.push(Reverse((sent_at[i] + interval, i)));
+            }
             done += 1;
         }
     }
