@@ -17,6 +17,12 @@ pub const PROTOCOL_VERSION: &str = "0.3";
 /// only log it and recover through their heartbeat.
 pub const NOT_CONNECTED: &str = "not connected: send CONNECT first";
 
+/// Text of the `ERROR MESSAGE` a broker with a client-key allowlist sends for
+/// a message from a connection whose key is not (or no longer) authorized,
+/// and, without an ID, to a session it drops when the key is revoked. Our
+/// connector reports it as "broker refused our key".
+pub const ACCESS_DENIED: &str = "access denied: key not authorized";
+
 /// Upper bounds on what a single message may contain. A message over any of
 /// them is rejected with [`ProtocolError`] before it is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

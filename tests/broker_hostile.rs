@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Client, Mc0d, WAIT};
+use common::{Client, Mc0d, Monitor, WAIT};
 use mc0::protocol::{Command, Limits, Reply};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
@@ -269,12 +269,19 @@ fn a_frame_beyond_the_hard_cap_drops_only_that_connection() {
     let broker = Mc0d::start_args(&["--max-body-size", "1000"]);
     let ctx = zmq::Context::new();
     let witness = Witness::new(&broker, &ctx);
-    let c = broker.client(&ctx);
+    let mut monitor = None;
+    let c = Client::connect_with(&ctx, &broker.endpoint(), broker.server_public.as_ref(), None, |s| {
+        monitor = Some(Monitor::events(&ctx, s, zmq::SocketEvent::DISCONNECTED.to_raw()));
+    });
+    let monitor = monitor.unwrap();
     c.handshake(60_000);
+    assert_eq!(monitor.next(WAIT).map(|e| e.0), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED));
     let huge = vec![0u8; 1000 + 1024 * 1024 + 1];
     c.send(&[&b""[..], b"PUT", b"TOPIC", b"witness", b"ID", b"huge", b"", &huge]);
+    assert_eq!(monitor.next(WAIT).map(|e| e.0), Some(zmq::SocketEvent::DISCONNECTED), "the broker hung up");
+    // The DEALER reconnects and is a new, unknown client to the broker.
+    assert_eq!(monitor.next(WAIT).map(|e| e.0), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED));
     c.send_command(&Command::Noop { id: Some(b"after") });
-    // The reconnecting DEALER is a new, unknown connection to the broker.
     assert_eq!(c.expect_error(), (mc0::protocol::NOT_CONNECTED.to_string(), Some("after".into())));
     assert!(witness.watcher.recv_non_noop(Duration::from_millis(300)).is_none(), "nothing was delivered");
     witness.check("after an oversized frame");

@@ -26,6 +26,22 @@ fn committed_header_matches_the_generated_one() {
     }
 }
 
+/// Only the mc0 API: a stray `extern "C"` declaration elsewhere in the crate
+/// (e.g. of a libzmq function) must be excluded in cbindgen.toml.
+#[test]
+fn header_declares_only_mc0_functions() {
+    let text = std::fs::read_to_string(generated()).unwrap();
+    for line in text.lines() {
+        let Some(paren) = line.find('(') else { continue };
+        let head = &line[..paren];
+        if line.starts_with(' ') || line.starts_with('#') || head.contains("typedef") || !head.contains(' ') {
+            continue;
+        }
+        let name = head.rsplit([' ', '*']).next().unwrap_or("");
+        assert!(name.starts_with("mc0_"), "non-mc0 function in the header: {line}");
+    }
+}
+
 #[test]
 fn header_is_clean_c99_and_cxx() {
     let dir = std::env::temp_dir().join(format!("mc0-header-{}", std::process::id()));

@@ -63,6 +63,7 @@ pub mod allowlist;
 pub mod clients;
 pub mod logger;
 pub mod subscriptions;
+pub mod watch;
 pub mod zap;
 
 use std::path::PathBuf;
@@ -78,6 +79,7 @@ use allowlist::{Allowlist, Fingerprint};
 use clients::{Bytes, Clients, Due};
 use logger::{Logger, RateLimit};
 use subscriptions::Subscriptions;
+use watch::Watcher;
 use zap::{SharedAllowlist, ZapHandler};
 
 /// The default TCP port (`PROTOCOL.md`).
@@ -99,9 +101,7 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 64 * 1024 * 1024;
 pub const FRAME_SLACK: usize = 1024 * 1024;
 /// How often the allowlist on disk is checked for changes.
 pub const DEFAULT_KEYS_POLL: Duration = Duration::from_secs(5);
-/// The `ERROR MESSAGE` text for a message whose key is not (or no longer)
-/// authorized.
-pub const ACCESS_DENIED: &str = "access denied: key not authorized";
+pub use crate::protocol::ACCESS_DENIED;
 
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
 /// even when the signal lands on a libzmq thread rather than this one.
@@ -251,10 +251,8 @@ struct Auth {
     path: PathBuf,
     shared: SharedAllowlist,
     zap: ZapHandler,
-    /// The state of `path` when it was last loaded (or failed to load).
-    fingerprint: Fingerprint,
+    watcher: Watcher,
     poll: Option<Duration>,
-    next_poll: Instant,
 }
 
 impl Auth {
@@ -306,8 +304,8 @@ impl Broker {
                 let zap = ZapHandler::start(&ctx, shared.clone(), log.clone())?;
                 zap.self_test(&ctx)?;
                 let poll = config.authorized_keys_poll;
-                let next_poll = Instant::now() + poll.unwrap_or(Duration::MAX / 4);
-                Some(Auth { path: path.clone(), shared, zap, fingerprint, poll, next_poll })
+                let watcher = Watcher::start(path.clone(), fingerprint, poll, shared.clone(), log.clone())?;
+                Some(Auth { path: path.clone(), shared, zap, watcher, poll })
             }
         };
         let mut socket = ctx.socket(zmq::ROUTER).map_err(|e| err("create the ROUTER socket", e))?;
@@ -441,18 +439,21 @@ impl Server {
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if reload.swap(false, Ordering::SeqCst) {
-                self.reload_keys("SIGHUP", now);
+                match &self.auth {
+                    Some(auth) => auth.watcher.request_reload(),
+                    None => self.log.log(Level::Info, format_args!("SIGHUP: no --authorized-keys to reload")),
+                }
             }
-            if let Some(auth) = &mut self.auth {
+            if let Some(auth) = &self.auth {
                 if !auth.zap.is_running() {
                     return Err(BrokerError("the ZAP handler stopped; refusing to serve without it".into()));
                 }
-                if now >= auth.next_poll {
-                    auth.next_poll = now + auth.poll.unwrap_or(Duration::MAX / 4);
-                    if Fingerprint::of(&auth.path) != auth.fingerprint {
-                        self.reload_keys("changed on disk", now);
-                    }
+                if !auth.watcher.is_running() {
+                    return Err(BrokerError("the authorized-keys thread stopped; refusing to serve without it".into()));
                 }
+            }
+            while let Some(reloaded) = self.auth.as_ref().and_then(|a| a.watcher.try_next()) {
+                self.apply(reloaded, now);
             }
             self.engine.tick(now);
             if now >= next_status {
@@ -467,9 +468,6 @@ impl Server {
             let mut wake = (now + MAX_WAIT).min(next_status);
             if let Some(deadline) = self.engine.next_deadline() {
                 wake = wake.min(deadline);
-            }
-            if let Some(auth) = &self.auth {
-                wake = wake.min(auth.next_poll);
             }
             // Round up so a deadline 0.3 ms away does not spin.
             let timeout = ((wake.saturating_duration_since(now).as_micros() + 999) / 1000) as i64;
@@ -492,38 +490,19 @@ impl Server {
         Ok(())
     }
 
-    /// Loads the allowlist again and applies it: new handshakes use it at
-    /// once, sessions of removed keys are dropped. A list that cannot be
-    /// loaded leaves the previous one in force (and is reported).
-    fn reload_keys(&mut self, reason: &str, now: Instant) {
-        let Some(auth) = &mut self.auth else {
-            self.log.log(Level::Info, format_args!("{reason}: no --authorized-keys to reload"));
-            return;
-        };
-        auth.fingerprint = Fingerprint::of(&auth.path);
-        match Allowlist::load(&auth.path) {
-            Ok(list) => {
-                let list = Arc::new(list);
-                let old = std::mem::replace(&mut *auth.shared.write().unwrap_or_else(|p| p.into_inner()), list.clone());
-                let (added, removed) = (list.missing_from(&old), old.missing_from(&list));
-                let dropped = self.engine.set_allowlist(Some(list.clone()), now);
-                self.log.log(
-                    Level::Info,
-                    format_args!(
-                        "authorized keys reloaded ({reason}): {} keys, {added} added, {removed} removed; \
-                         {dropped} sessions dropped",
-                        list.len()
-                    ),
-                );
-            }
-            Err(e) => self.log.log(
-                Level::Error,
-                format_args!(
-                    "cannot reload the authorized keys ({reason}): {e}; the previous {} keys stay in force",
-                    auth.current().len()
-                ),
+    /// Drops the sessions of keys a reloaded list no longer holds.
+    fn apply(&mut self, reloaded: watch::Reloaded, now: Instant) {
+        let watch::Reloaded { list, reason, took, added, removed } = reloaded;
+        let dropped = self.engine.set_allowlist(Some(list.clone()), now);
+        self.log.log(
+            Level::Info,
+            format_args!(
+                "authorized keys reloaded ({reason}) in {} ms: {} keys, {added} added, {removed} removed; \
+                 {dropped} sessions dropped",
+                took.as_millis(),
+                list.len()
             ),
-        }
+        );
     }
 
     /// Reads one whole message into `self.frames` (and its `User-Id` into

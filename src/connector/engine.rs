@@ -397,7 +397,7 @@ impl Engine {
                         secs(now - self.last_recv)
                     );
                     self.reset_link(now);
-                } else if now >= self.last_send + ttl.mul_f64(0.95) || self.probe_due(now) {
+                } else if self.idle_probe_due(now) || self.silence_probe_due(now) {
                     // With an ID the broker answers at once, which also proves
                     // it alive when its own NOOP is late.
                     let id = self.next_id();
@@ -409,9 +409,19 @@ impl Engine {
         }
     }
 
-    fn probe_due(&self, now: Instant) -> bool {
-        let silent = now >= self.last_recv + self.settings.ttl.mul_f64(0.95);
-        silent && self.probe_sent.map_or(true, |at| at < self.last_recv)
+    /// We have sent nothing for 0.95 × TTL (PROTOCOL.md). Not again while
+    /// the last probe is still waiting in the outbox (socket at its
+    /// high-water mark), or the loop would spin queueing probes.
+    fn idle_probe_due(&self, now: Instant) -> bool {
+        now >= self.last_send + self.settings.ttl.mul_f64(0.95)
+            && self.probe_sent.map_or(true, |at| at <= self.last_send)
+    }
+
+    /// The broker has been silent for 0.95 × TTL: ask it, once, rather than
+    /// rely on its own NOOP arriving within the last 0.1 × TTL.
+    fn silence_probe_due(&self, now: Instant) -> bool {
+        now >= self.last_recv + self.settings.ttl.mul_f64(0.95)
+            && self.probe_sent.map_or(true, |at| at < self.last_recv)
     }
 
     fn poll_timeout(&self, now: Instant) -> i64 {
@@ -426,7 +436,9 @@ impl Engine {
             State::Backoff { until } => consider(until),
             State::Ready => {
                 consider(self.last_recv + ttl.mul_f64(1.05));
-                consider(self.last_send + ttl.mul_f64(0.95));
+                if self.probe_sent.map_or(true, |at| at <= self.last_send) {
+                    consider(self.last_send + ttl.mul_f64(0.95));
+                }
                 if self.probe_sent.map_or(true, |at| at < self.last_recv) {
                     consider(self.last_recv + ttl.mul_f64(0.95));
                 }
@@ -722,6 +734,7 @@ impl Engine {
                 Err(zmq::Error::EAGAIN) => break,
                 Err(e) => {
                     clog!(Level::Error, "mc0 connector {}: receive failed: {e}", self.routing_id);
+                    self.link_failed = true;
                     break;
                 }
             };

@@ -219,16 +219,19 @@ pub unsafe extern "C" fn mc0_curve_keypair(public_z85: *mut c_char, secret_z85: 
 
 /// A log sink: called with the user_data given to mc0_set_log_callback, a
 /// level (1 = error, 2 = warn, 3 = info, 4 = debug) and a NUL-terminated
-/// line that is only valid during the call. It may be called from the
-/// library's background threads, concurrently; it must not block for long
-/// and must not call mc0_set_log_callback.
+/// line that is only valid during the call. It is called from the library's
+/// background threads, possibly concurrently and while another thread is
+/// inside an mc0 call; it must not block for long and must not call
+/// mc0_connector_* functions (mc0_set_log_callback from inside it is
+/// ignored).
 pub type mc0_log_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, level: i32, message: *const c_char)>;
 
 /// Installs the process-wide log sink; the library itself never prints.
 /// Lines more verbose than max_level (1..4) are not produced; a NULL cb (or
 /// max_level < 1) turns logging off. user_data is passed back unchanged and
-/// must stay valid until the sink is replaced. Thread-safe; affects every
-/// connector in the process.
+/// must stay valid until the sink is replaced: when this function returns,
+/// the previous callback is no longer running and will not be called again.
+/// Thread-safe; affects every connector in the process.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_set_log_callback(cb: mc0_log_fn, user_data: *mut c_void, max_level: i32) {
     let _ = catch_unwind(AssertUnwindSafe(|| {

@@ -511,12 +511,18 @@ pub struct Monitor {
 impl Monitor {
     /// Starts monitoring `socket`'s handshakes. Call before `connect`.
     pub fn handshakes(ctx: &zmq::Context, socket: &zmq::Socket) -> Monitor {
+        Monitor::events(ctx, socket, 0)
+    }
+
+    /// Handshakes and the `extra` events (`ZMQ_EVENT_*` bits).
+    pub fn events(ctx: &zmq::Context, socket: &zmq::Socket, extra: u16) -> Monitor {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let endpoint = format!("inproc://monitor-{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
-            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw();
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+            | extra;
         socket.monitor(&endpoint, events as i32).expect("zmq_socket_monitor");
         let pair = ctx.socket(zmq::PAIR).unwrap();
         pair.set_linger(0).unwrap();

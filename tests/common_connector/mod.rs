@@ -240,18 +240,20 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// `target/<profile>` of the running test binary (which lives in its `deps/`).
-pub fn target_dir() -> PathBuf {
+/// The cdylib built with this test binary. Cargo writes it to
+/// `target/<profile>/deps/` (next to the test executable) on every test
+/// build, but copies it up to `target/<profile>/` only on `cargo build`, so
+/// the copy up there may be stale.
+pub fn libmc0() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
-}
-
-/// The built cdylib, `target/<profile>/libmc0.so`.
-pub fn libmc0() -> PathBuf {
-    let lib = target_dir().join("libmc0.so");
-    assert!(lib.exists(), "{} not built (cargo builds the cdylib with the tests)", lib.display());
-    lib
+    let candidates = [deps.join("libmc0.so"), deps.parent().expect("profile dir").join("libmc0.so")];
+    for lib in &candidates {
+        if lib.exists() {
+            return lib.clone();
+        }
+    }
+    panic!("libmc0.so not found in {candidates:?} (cargo builds the cdylib with the tests)");
 }
 
 /// The crate root.
