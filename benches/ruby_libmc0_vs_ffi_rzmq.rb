@@ -353,9 +353,14 @@ opts[:repeat].times do |rep|
 end
 m = ->(name, k) { median(results[name][k]) }
 exit(lost_total.zero? ? 0 : 1) if opts[:only]
+%w[libmc0 ffi-rzmq].each do |name|
+  say.call(format('  median %-9s pipelined %.0f msg/s, sequential %.0f round trips/s, p50 %.3f ms', name,
+                  m.call(name, :pipelined), m.call(name, :sequential), m.call(name, :p50)))
+end
 ratio_pipe = m.call('libmc0', :pipelined) / m.call('ffi-rzmq', :pipelined)
 ratio_seq = m.call('libmc0', :sequential) / m.call('ffi-rzmq', :sequential)
-say.call(format('  libmc0/ffi-rzmq: pipelined %.2fx (target >= 1.5x), sequential round trips %.2fx (target >= 1.0x)',
-                ratio_pipe, ratio_seq))
-puts JSON.generate(summary: true, pipelined_ratio: ratio_pipe, sequential_ratio: ratio_seq) if opts[:json]
+ratio_p50 = m.call('ffi-rzmq', :p50) / m.call('libmc0', :p50)
+say.call(format('  libmc0/ffi-rzmq: pipelined %.2fx (target >= 1.5x), sequential round trips/s %.2fx and p50 %.2fx ' \
+                '(target >= 1.0x; > 1 is libmc0 faster)', ratio_pipe, ratio_seq, ratio_p50))
+puts JSON.generate(summary: true, pipelined_ratio: ratio_pipe, sequential_ratio: ratio_seq, p50_ratio: ratio_p50) if opts[:json]
 exit(lost_total.zero? ? 0 : 1)

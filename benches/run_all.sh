@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure in docs/BENCHMARKS.md, in one run (about 12 minutes on 2 cores).
+# Every figure in docs/BENCHMARKS.md, in one run (about 20 minutes on 2 cores).
 # usage: benches/run_all.sh [OUTPUT_FILE]     (default: bench-<date>.txt)
 # Needs a release build (cargo build --release) and, for the last part, ruby
 # with the ffi and ffi-rzmq gems (Debian: ruby-ffi ruby-ffi-rzmq).
@@ -25,11 +25,11 @@ run() {
     echo
 } | tee "$out"
 
-run $B ack --clients 10 --round-trips 1000 --repeat 5
-run $B ack --clients 10 --round-trips 10000 --repeat 3
-run $B fanout --subs 10,100 --size 1024 --repeat 3
-run $B request --nodes 10,100 --repeat 3
-run $B request --nodes 1000 --requests 100 --repeat 3
+run $B ack --clients 10 --round-trips 1000 --repeat 7
+run $B ack --clients 10 --round-trips 10000 --repeat 5
+run $B fanout --subs 10,100 --size 1024 --repeat 7
+run $B request --nodes 10,100 --repeat 5
+run $B request --nodes 1000 --requests 100 --repeat 5
 run $B conns --clients 10000 --procs 2 --ttl 5000 --hold 10 --repeat 2
 # Idle CPU with MCollective's default 30 s heartbeats, as clients grow.
 run $B conns --clients 10000 --procs 2 --ttl 30000 --hold 60
@@ -38,7 +38,7 @@ run $B conns --clients 5000 --procs 2 --ttl 30000 --hold 60 --no-raw
 # What CURVE costs: the same fan-out with the NULL mechanism.
 run $B fanout --subs 10,100 --size 1024 --repeat 3 --no-curve
 if ruby -e 'require "ffi"; require "ffi-rzmq"' 2>/dev/null; then
-    run ruby benches/ruby_libmc0_vs_ffi_rzmq.rb --messages 100000 --round-trips 5000 --repeat 3
+    run ruby benches/ruby_libmc0_vs_ffi_rzmq.rb --messages 100000 --round-trips 5000 --repeat 7
 else
     echo "# skipped the Ruby comparison: no ruby with ffi and ffi-rzmq" | tee -a "$out"
 fi
