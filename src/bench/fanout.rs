@@ -139,7 +139,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             }
             continue;
         }
-        if let Some(_t) = publish_time {
+        if publish_time.is_some() {
             let expected = sent.load(Ordering::Acquire) * p.subs as u64;
             if got >= expected || last_progress.elapsed() >= p.drain {
                 break;
