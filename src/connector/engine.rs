@@ -18,6 +18,17 @@
 //! the engine sends CONNECT again on the same socket. The broker handles one
 //! client's commands in order, so when CONNECT's OK arrives every earlier
 //! command has been answered or was lost with the old broker.
+//!
+//! A broker with a client-key allowlist refuses an unlisted key during the
+//! CURVE handshake (ZAP status 400). ZeroMQ hides that from the socket's
+//! user, and then gives up on the connection for good (libzmq treats it as
+//! a protocol error: no reconnect). A socket monitor turns the event into
+//! the error "broker refused our key", at once instead of after
+//! `connect_timeout`; so does the broker's `ERROR "access denied..."` when
+//! our key is revoked while connected. During `connect()` it fails the
+//! call; later it is logged (once per episode) and the link is reset, so
+//! the engine retries with its usual capped backoff and picks up a key
+//! listed again.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +38,7 @@ use std::time::{Duration, Instant};
 use super::logging::clog;
 use super::{secs, Answer, Error, ErrorKind, Message, Publish, Request, Shared};
 use crate::config::Settings;
+use crate::keys::key_to_z85;
 use crate::log::Level;
 use crate::protocol::{self, Command, Limits, Reply};
 
@@ -84,6 +96,10 @@ pub(crate) struct Engine {
     shared: Arc<Shared>,
     ctx: zmq::Context,
     socket: Option<zmq::Socket>,
+    /// Handshake events of `socket` (a PAIR connected to its monitor).
+    monitor: Option<zmq::Socket>,
+    /// The broker refused our key and no handshake has succeeded since.
+    refused: bool,
     routing_id: String,
     state: State,
     next_id: u64,
@@ -126,6 +142,8 @@ impl Engine {
             shared,
             ctx: zmq::Context::new(),
             socket: None,
+            monitor: None,
+            refused: false,
             routing_id: String::new(),
             state: State::Backoff { until: now },
             next_id: 0,
@@ -188,12 +206,17 @@ impl Engine {
                 return;
             }
             let timeout = self.poll_timeout(now);
-            let (wake, readable) = {
-                let mut items = Vec::with_capacity(2);
+            let (wake, readable, monitor_readable) = {
+                let mut items = Vec::with_capacity(3);
                 items.push(zmq::PollItem::from_fd(self.shared.waker.fd(), zmq::POLLIN));
+                let mut monitor_at = None;
                 if let Some(socket) = &self.socket {
                     let events = if self.outbox.is_empty() { zmq::POLLIN } else { zmq::POLLIN | zmq::POLLOUT };
                     items.push(socket.as_poll_item(events));
+                }
+                if let Some(monitor) = &self.monitor {
+                    monitor_at = Some(items.len());
+                    items.push(monitor.as_poll_item(zmq::POLLIN));
                 }
                 match zmq::poll(&mut items, timeout) {
                     Ok(_) => {}
@@ -204,10 +227,14 @@ impl Engine {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
-                (items[0].is_readable(), items.get(1).is_some_and(|i| i.is_readable()))
+                let socket_readable = self.socket.is_some() && items[1].is_readable();
+                (items[0].is_readable(), socket_readable, monitor_at.is_some_and(|i| items[i].is_readable()))
             };
             if wake {
                 self.shared.waker.drain();
+            }
+            if monitor_readable {
+                self.on_monitor_events(Instant::now());
             }
             if readable {
                 self.receive_all(Instant::now());
@@ -237,9 +264,19 @@ impl Engine {
             opt("set ZMQ_CURVE_PUBLICKEY", socket.set_curve_publickey(&keys.public))?;
             opt("set ZMQ_CURVE_SECRETKEY", socket.set_curve_secretkey(&keys.secret))?;
         }
+        // Before connect, so the first handshake is seen too.
+        let monitor_endpoint = format!("inproc://mc0-monitor-{n}");
+        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw();
+        opt("start the socket monitor", socket.monitor(&monitor_endpoint, i32::from(events)))?;
+        let monitor = self.ctx.socket(zmq::PAIR).map_err(|e| Error::zmq("cannot create the monitor socket", e))?;
+        opt("set ZMQ_LINGER", monitor.set_linger(0))?;
+        opt("connect the socket monitor", monitor.connect(&monitor_endpoint))?;
         socket.connect(&s.endpoint).map_err(|e| Error::zmq(&format!("cannot connect to {}", s.endpoint), e))?;
         clog!(Level::Debug, "mc0 connector {routing_id}: socket connecting to {}", s.endpoint);
         self.socket = Some(socket);
+        self.monitor = Some(monitor);
         self.routing_id = routing_id.clone();
         *self.shared.routing_id.lock().unwrap_or_else(|e| e.into_inner()) = routing_id;
         Ok(())
@@ -568,6 +605,7 @@ impl Engine {
         }
         self.check_flushes();
         self.socket = None;
+        self.monitor = None;
         self.probe_sent = None;
         if self.closing.is_some() {
             self.exit = true;
@@ -841,6 +879,13 @@ impl Engine {
     }
 
     fn on_error(&mut self, message: String, id: Option<u64>, now: Instant) {
+        if message == protocol::ACCESS_DENIED {
+            // Our key was revoked (or never authorized): nothing on this
+            // connection will be served. A new socket is refused at the
+            // handshake until the key is listed again.
+            self.key_refused("the broker answered \"access denied\"", now);
+            return;
+        }
         let not_connected = message == protocol::NOT_CONNECTED || message.starts_with("not connected");
         let pending = id.and_then(|id| self.pending.remove(&id));
         let rid = self.routing_id.clone();
@@ -906,6 +951,67 @@ impl Engine {
             Some(Pending::Probe) => clog!(Level::Warn, "mc0 connector {rid}: broker error on NOOP: {message}"),
             Some(Pending::Disconnect) => self.exit = true,
         }
+    }
+
+    // ---- handshake events ----
+
+    fn on_monitor_events(&mut self, now: Instant) {
+        loop {
+            let Some(monitor) = &self.monitor else { return };
+            let frames = match monitor.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(_) => return,
+            };
+            // Frame 0: event (u16) and value (u32), native byte order.
+            let Some(head) = frames.first().filter(|f| f.len() >= 6) else { continue };
+            let event = u16::from_ne_bytes([head[0], head[1]]);
+            let value = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+            match zmq::SocketEvent::from_raw(event) {
+                zmq::SocketEvent::HANDSHAKE_SUCCEEDED if std::mem::take(&mut self.refused) => {
+                    clog!(Level::Info, "mc0 connector {}: the broker accepts our key again", self.routing_id);
+                }
+                zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => {
+                    self.key_refused(&format!("handshake refused, ZAP status {value}"), now);
+                }
+                zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => {
+                    // libzmq does not retry; the handshake deadline resets
+                    // the link.
+                    clog!(
+                        Level::Warn,
+                        "mc0 connector {}: handshake with {} failed: ZMTP protocol error {value:#x} \
+                         (do both sides agree on curve?)",
+                        self.routing_id,
+                        self.settings.endpoint
+                    );
+                }
+                _ => {}
+            }
+            if self.exit || self.socket.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// The broker will not serve our key: fails `connect()` if it is still
+    /// waiting; else reports it once per episode and resets the link (the
+    /// DEALER does not retry by itself), so a key listed again is picked up
+    /// after the usual backoff.
+    fn key_refused(&mut self, how: &str, now: Instant) {
+        let key = self.settings.curve.as_ref().map_or_else(|| "(none: curve is off)".into(), |k| key_to_z85(&k.public));
+        let message = format!(
+            "broker refused our key {key} ({how}): it is not in the authorized keys of broker {}; \
+             ask its operator to add our public key",
+            self.settings.endpoint
+        );
+        if let Some(ready) = self.ready.take() {
+            ready.send(Err(Error::new(ErrorKind::Broker, message)));
+            self.exit = true;
+            return;
+        }
+        if !std::mem::replace(&mut self.refused, true) {
+            clog!(Level::Error, "mc0 connector {}: {message}; retrying", self.routing_id);
+        }
+        self.reset_link(now);
     }
 
     fn deliver(&mut self, messages: Vec<Message>) {

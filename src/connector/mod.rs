@@ -52,7 +52,8 @@ pub enum ErrorKind {
     Timeout,
     /// The connector is closed (possibly by another thread).
     Closed,
-    /// The broker answered ERROR.
+    /// The broker answered ERROR, or refused our key ("broker refused our
+    /// key": not in its allowlist, or revoked).
     Broker,
     /// Too many publishes queued (while reconnecting).
     QueueFull,
