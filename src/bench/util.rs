@@ -1,0 +1,499 @@
+//! Load-generator plumbing shared by the scenarios: a libzmq context that can
+//! hold thousands of sockets, DEALER clients, frame I/O without per-message
+//! allocations, the CONNECT/SUB handshake and latency statistics.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+const ZMQ_IO_THREADS: i32 = 1;
+const ZMQ_MAX_SOCKETS: i32 = 2;
+pub const ZMQ_DEALER: i32 = 5;
+pub const ZMQ_ROUTER: i32 = 6;
+
+extern "C" {
+    fn zmq_ctx_new() -> *mut c_void;
+    fn zmq_ctx_set(ctx: *mut c_void, option: i32, value: i32) -> i32;
+    fn zmq_ctx_term(ctx: *mut c_void) -> i32;
+    fn zmq_socket(ctx: *mut c_void, kind: i32) -> *mut c_void;
+}
+
+/// A libzmq context created through the C API, because the `zmq` crate
+/// cannot raise ZMQ_MAX_SOCKETS (1023 by default) and the `conns` scenario
+/// holds thousands of clients in one process.
+pub struct Ctx {
+    raw: *mut c_void,
+}
+
+// SAFETY: libzmq contexts are thread-safe; the pointer is only terminated in Drop.
+unsafe impl Send for Ctx {}
+unsafe impl Sync for Ctx {}
+
+impl Ctx {
+    pub fn new(io_threads: i32, max_sockets: usize) -> Result<Arc<Ctx>> {
+        // SAFETY: plain libzmq C calls on a context we own.
+        unsafe {
+            let raw = zmq_ctx_new();
+            if raw.is_null() {
+                return Err(format!("zmq_ctx_new failed: {}", zmq_err()));
+            }
+            let ctx = Ctx { raw };
+            if zmq_ctx_set(raw, ZMQ_IO_THREADS, io_threads.max(1)) != 0 {
+                return Err(format!("cannot set {io_threads} I/O threads: {}", zmq_err()));
+            }
+            let max = i32::try_from(max_sockets.max(64)).unwrap_or(i32::MAX);
+            if zmq_ctx_set(raw, ZMQ_MAX_SOCKETS, max) != 0 {
+                return Err(format!("cannot allow {max} sockets: {}", zmq_err()));
+            }
+            Ok(Arc::new(ctx))
+        }
+    }
+
+    pub fn socket(self: &Arc<Self>, kind: i32) -> Result<Sock> {
+        // SAFETY: the context outlives the socket (Sock holds an Arc and drops the socket first).
+        let raw = unsafe { zmq_socket(self.raw, kind) };
+        if raw.is_null() {
+            return Err(format!("cannot create a socket: {}", zmq_err()));
+        }
+        // SAFETY: `raw` is a fresh socket we own; zmq::Socket closes it on drop.
+        let sock = unsafe { zmq::Socket::from_raw(raw) };
+        sock.set_linger(0).map_err(|e| format!("linger: {e}"))?;
+        Ok(Sock { sock, _ctx: self.clone() })
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: every socket of this context is closed (each Sock holds an Arc to it).
+        unsafe { while zmq_ctx_term(self.raw) != 0 && zmq::Error::from_raw(errno()) == zmq::Error::EINTR {} }
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn zmq_err() -> zmq::Error {
+    zmq::Error::from_raw(errno())
+}
+
+/// A socket that keeps its context alive; field order closes the socket first.
+pub struct Sock {
+    sock: zmq::Socket,
+    _ctx: Arc<Ctx>,
+}
+
+impl std::ops::Deref for Sock {
+    type Target = zmq::Socket;
+    fn deref(&self) -> &zmq::Socket {
+        &self.sock
+    }
+}
+
+/// Where a broker listens and how to authenticate it.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `tcp://127.0.0.1:PORT`
+    pub addr: String,
+    /// The broker's CURVE public key; `None` for the NULL mechanism.
+    pub server_key: Option<[u8; 32]>,
+}
+
+/// A DEALER with its own fresh CURVE keypair, connected to `ep`.
+pub fn dealer(ctx: &Arc<Ctx>, ep: &Endpoint, identity: &[u8]) -> Result<Sock> {
+    let keys = match ep.server_key {
+        Some(_) => Some(zmq::CurveKeyPair::new().map_err(|e| format!("keypair: {e}"))?),
+        None => None,
+    };
+    dealer_with_keys(ctx, ep, identity, keys.as_ref())
+}
+
+pub fn dealer_with_keys(
+    ctx: &Arc<Ctx>,
+    ep: &Endpoint,
+    identity: &[u8],
+    keys: Option<&zmq::CurveKeyPair>,
+) -> Result<Sock> {
+    let s = ctx.socket(ZMQ_DEALER)?;
+    let e = |what: &str, err: zmq::Error| format!("{what}: {err}");
+    if !identity.is_empty() {
+        s.set_identity(identity).map_err(|x| e("identity", x))?;
+    }
+    // An unbounded receive queue: a generator thread that falls behind must
+    // show up as time, never as back-pressure that makes a broker drop. Sends
+    // keep the default high-water mark so publishers block instead of
+    // buffering a whole run in memory.
+    s.set_rcvhwm(0).map_err(|x| e("rcvhwm", x))?;
+    if let (Some(server), Some(keys)) = (ep.server_key, keys) {
+        s.set_curve_serverkey(&server).map_err(|x| e("curve server key", x))?;
+        s.set_curve_publickey(&keys.public_key).map_err(|x| e("curve public key", x))?;
+        s.set_curve_secretkey(&keys.secret_key).map_err(|x| e("curve secret key", x))?;
+    }
+    s.connect(&ep.addr).map_err(|x| format!("connect {}: {x}", ep.addr))?;
+    Ok(s)
+}
+
+/// Sends one multipart message. With DONTWAIT only the first frame can fail
+/// (libzmq accepts the rest of a message once its first frame is queued).
+pub fn send(sock: &zmq::Socket, frames: &[&[u8]], flags: i32) -> zmq::Result<()> {
+    let last = frames.len() - 1;
+    for (i, f) in frames.iter().enumerate() {
+        sock.send(*f, if i < last { flags | zmq::SNDMORE } else { flags })?;
+    }
+    Ok(())
+}
+
+/// Receives one multipart message into reused `zmq::Message`s; returns the
+/// frame count.
+pub fn recv(sock: &zmq::Socket, frames: &mut Vec<zmq::Message>, flags: i32) -> zmq::Result<usize> {
+    let mut n = 0;
+    loop {
+        if frames.len() == n {
+            frames.push(zmq::Message::new());
+        }
+        sock.recv(&mut frames[n], if n == 0 { flags } else { 0 })?;
+        n += 1;
+        if !frames[n - 1].get_more() {
+            return Ok(n);
+        }
+    }
+}
+
+/// What a broker-to-client message is, read without allocating. Frames start
+/// at the delimiter, as a DEALER receives them.
+pub enum Reply<'a> {
+    Ok(&'a [u8]),
+    Message { topic: &'a [u8], body: &'a [u8], frames: &'a [zmq::Message] },
+    Noop,
+    Error(String),
+    Other(String),
+}
+
+pub fn classify(frames: &[zmq::Message]) -> Reply<'_> {
+    if frames.len() < 2 || !frames[0].is_empty() {
+        return Reply::Other(format!("malformed reply of {} frames", frames.len()));
+    }
+    match &frames[1][..] {
+        b"OK" => Reply::Ok(header(frames, b"ID").unwrap_or(b"")),
+        b"NOOP" => Reply::Noop,
+        b"MESSAGE" => {
+            let body = body_start(frames).and_then(|i| frames.get(i)).map(|m| &m[..]).unwrap_or(b"");
+            Reply::Message { topic: header(frames, b"TOPIC").unwrap_or(b""), body, frames }
+        }
+        b"ERROR" => Reply::Error(String::from_utf8_lossy(header(frames, b"MESSAGE").unwrap_or(b"?")).into_owned()),
+        other => Reply::Other(format!("unexpected verb {:?}", String::from_utf8_lossy(other))),
+    }
+}
+
+/// Value of header `name` in a message starting at the delimiter.
+pub fn header<'a>(frames: &'a [zmq::Message], name: &[u8]) -> Option<&'a [u8]> {
+    let mut i = 2;
+    while i + 1 < frames.len() && !frames[i].is_empty() {
+        if &frames[i][..] == name {
+            return Some(&frames[i + 1][..]);
+        }
+        i += 2;
+    }
+    None
+}
+
+fn body_start(frames: &[zmq::Message]) -> Option<usize> {
+    let mut i = 2;
+    while i < frames.len() {
+        if frames[i].is_empty() {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+    None
+}
+
+pub const COLLECTIVE: &str = "mcollective";
+pub const VERSION: &[u8] = b"0.3";
+
+/// Drives CONNECT (and SUB to one topic per client) with acknowledgements
+/// over many clients, at most `window` of them in flight, until every client
+/// is registered or `deadline` passes. `make` creates client `i`'s socket
+/// (so socket creation and the TCP/CURVE handshakes count in the time).
+/// With `heartbeat`, registered clients send NOOP after that long of
+/// silence while the others are still connecting (a long connect phase
+/// must not let the first clients expire).
+/// Returns the sockets, when each last sent something (heartbeats are due
+/// from then) and the time it all took.
+pub fn handshake(
+    n: usize,
+    window: usize,
+    ttl_ms: u64,
+    topic: &dyn Fn(usize) -> Option<Vec<u8>>,
+    make: &mut dyn FnMut(usize) -> Result<Sock>,
+    deadline: Instant,
+    heartbeat: Option<Duration>,
+) -> Result<(Vec<Sock>, Vec<Instant>, Duration)> {
+    use std::cmp::Reverse;
+    let start = Instant::now();
+    let mut due: std::collections::BinaryHeap<Reverse<(Instant, usize)>> = std::collections::BinaryHeap::new();
+    let mut sent_at = vec![start; n];
+    let mut socks: Vec<Option<Sock>> = (0..n).map(|_| None).collect();
+    // Acks still expected per client: CONNECT, and SUB when it has a topic.
+    let mut pending: Vec<u8> = vec![0; n];
+    let mut in_flight: Vec<usize> = Vec::with_capacity(window);
+    let mut next = 0;
+    let mut done = 0;
+    let mut frames = Vec::new();
+    let ttl = ttl_ms.to_string();
+    while done < n {
+        while in_flight.len() < window.max(1) && next < n {
+            let s = make(next)?;
+            send(&s, &[b"", b"CONNECT", b"ID", b"c", b"TTL", ttl.as_bytes(), b"VERSION", VERSION], 0)
+                .map_err(|e| format!("send CONNECT: {e}"))?;
+            pending[next] = 1;
+            if let Some(t) = topic(next) {
+                send(&s, &[b"", b"SUB", b"ID", b"s", b"", &t], 0).map_err(|e| format!("send SUB: {e}"))?;
+                pending[next] = 2;
+            }
+            socks[next] = Some(s);
+            sent_at[next] = Instant::now();
+            in_flight.push(next);
+            next += 1;
+        }
+        if let Some(interval) = heartbeat {
+            while let Some(Reverse((when, i))) = due.peek().copied() {
+                if when > Instant::now() {
+                    break;
+                }
+                due.pop();
+                let s = socks[i].as_ref().unwrap();
+                send(s, &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
+                sent_at[i] = Instant::now();
+                due.push(Reverse((sent_at[i] + interval, i)));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!("handshake: only {done} of {n} clients registered before the deadline"));
+        }
+        let next_beat = due.peek().map(|Reverse((w, _))| w.saturating_duration_since(now)).unwrap_or(deadline - now);
+        let timeout = (deadline - now).min(next_beat).as_millis().min(1000) as i64;
+        let ready: Vec<bool> = {
+            let mut items: Vec<zmq::PollItem> =
+                in_flight.iter().map(|&i| socks[i].as_ref().unwrap().as_poll_item(zmq::POLLIN)).collect();
+            zmq::poll(&mut items, timeout).map_err(|e| format!("poll: {e}"))?;
+            items.iter().map(|it| it.is_readable()).collect()
+        };
+        let mut finished = Vec::new();
+        for (slot, &i) in in_flight.iter().enumerate() {
+            if !ready[slot] {
+                continue;
+            }
+            let s = socks[i].as_ref().unwrap();
+            while pending[i] > 0 {
+                match recv(s, &mut frames, zmq::DONTWAIT) {
+                    Ok(n) => match classify(&frames[..n]) {
+                        Reply::Ok(_) => pending[i] -= 1,
+                        Reply::Noop => {}
+                        Reply::Error(m) => return Err(format!("client {i}: broker refused the handshake: {m}")),
+                        Reply::Message { .. } => {}
+                        Reply::Other(m) => return Err(format!("client {i}: {m}")),
+                    },
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(format!("recv: {e}")),
+                }
+            }
+            if pending[i] == 0 {
+                finished.push(slot);
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            let i = in_flight.swap_remove(slot);
+            if let Some(interval) = heartbeat {
+                due.push(Reverse((sent_at[i] + interval, i)));
+            }
+            done += 1;
+        }
+    }
+    Ok((socks.into_iter().map(|s| s.unwrap()).collect(), sent_at, start.elapsed()))
+}
+
+/// Sends DISCONNECT on each socket without waiting, so brokers can drop state.
+pub fn disconnect_all(socks: &[Sock]) {
+    for s in socks {
+        let _ = send(s, &[b"", b"DISCONNECT"], zmq::DONTWAIT);
+    }
+}
+
+/// Percentile `p` (0..=100) of sorted samples, nearest-rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Per-sequence-number receipt record, to count losses and duplicates exactly.
+pub struct Seen {
+    bits: Vec<u64>,
+    pub distinct: u64,
+    pub dups: u64,
+    pub out_of_range: u64,
+}
+
+impl Seen {
+    pub fn new(n: usize) -> Seen {
+        Seen { bits: vec![0; (n + 63) / 64], distinct: 0, dups: 0, out_of_range: 0 }
+    }
+
+    pub fn mark(&mut self, seq: u64) {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        match self.bits.get_mut(w) {
+            None => self.out_of_range += 1,
+            Some(word) if *word & (1 << b) != 0 => self.dups += 1,
+            Some(word) => {
+                *word |= 1 << b;
+                self.distinct += 1;
+            }
+        }
+    }
+}
+
+pub fn seq_of(body: &[u8]) -> Option<u64> {
+    body.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// Milliseconds as a short human string.
+pub fn ms(d: f64) -> String {
+    if d < 10.0 {
+        format!("{d:.2} ms")
+    } else {
+        format!("{d:.1} ms")
+    }
+}
+
+/// Raises RLIMIT_NOFILE as far as allowed (children inherit it), so the
+/// load processes and the spawned brokers can hold 10,000 connections.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur >= want {
+            return lim.rlim_cur;
+        }
+        let raised = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return want;
+        }
+        // Not privileged: the hard limit is as far as we may go.
+        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return lim.rlim_max;
+        }
+        lim.rlim_cur
+    }
+}
+
+/// Waits on many sockets at once in O(ready) instead of zmq_poll's O(all):
+/// each socket's ZMQ_FD in one epoll set. ZMQ_FD only says "the socket's
+/// state may have changed", so whoever is woken must drain the socket with
+/// [`drain`] (which re-checks ZMQ_EVENTS after every EAGAIN).
+pub struct Waiter {
+    epfd: i32,
+    events: Vec<libc::epoll_event>,
+    count: usize,
+    first: bool,
+}
+
+impl Waiter {
+    pub fn new<'a>(socks: impl Iterator<Item = &'a zmq::Socket>) -> Result<Waiter> {
+        // SAFETY: plain syscalls; the epoll fd is closed in Drop.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(format!("epoll_create1: {}", std::io::Error::last_os_error()));
+        }
+        let mut w = Waiter { epfd, events: Vec::new(), count: 0, first: true };
+        for (i, s) in socks.enumerate() {
+            let fd = s.get_fd().map_err(|e| format!("ZMQ_FD: {e}"))?;
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+            // SAFETY: valid epoll fd and event struct.
+            if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+            }
+            w.count += 1;
+        }
+        w.events = vec![libc::epoll_event { events: 0, u64: 0 }; w.count.clamp(1, 1024)];
+        Ok(w)
+    }
+
+    /// Fills `ready` with the indices of sockets that may have input; the
+    /// first call returns all of them (input may have arrived before they
+    /// were registered).
+    pub fn wait(&mut self, timeout_ms: i32, ready: &mut Vec<usize>) -> Result<()> {
+        ready.clear();
+        if self.first {
+            self.first = false;
+            ready.extend(0..self.count);
+            return Ok(());
+        }
+        // SAFETY: the buffer holds events.len() entries.
+        let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            return if err.kind() == std::io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(format!("epoll_wait: {err}"))
+            };
+        }
+        ready.extend(self.events[..n as usize].iter().map(|e| e.u64 as usize));
+        Ok(())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+/// Receives every message waiting on `sock`, calling `f` with each one's
+/// frames, until the socket reports no more input (so its ZMQ_FD re-arms).
+/// `f` may send on the same socket.
+pub fn drain(
+    sock: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+    mut f: impl FnMut(&[zmq::Message]) -> Result<()>,
+) -> Result<()> {
+    loop {
+        match recv(sock, frames, zmq::DONTWAIT) {
+            Ok(n) => f(&frames[..n])?,
+            Err(zmq::Error::EAGAIN) => {
+                // A send inside `f` may have consumed the wake-up of input
+                // that arrived meanwhile: only stop when ZMQ_EVENTS agrees.
+                let events = sock.get_events().map_err(|e| format!("ZMQ_EVENTS: {e}"))?;
+                if !events.contains(zmq::POLLIN) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+}

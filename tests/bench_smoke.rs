@@ -1,0 +1,144 @@
+//! A few seconds of mc0-bench against a spawned mc0d and the raw libzmq loop,
+//! with CURVE on: every delivery, reply and ack must arrive. Speed is not
+//! asserted (CI machines are shared); the figures are in docs/BENCHMARKS.md.
+
+use serde_json::Value;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Outcome {
+    code: Option<i32>,
+    rows: Vec<Value>,
+    stderr: String,
+}
+
+/// Runs mc0-bench with `--json`, killing it if it overruns.
+fn bench(args: &[&str]) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mc0-bench"))
+        .args(args)
+        .args(["--spawn-mc0d", env!("CARGO_BIN_EXE_mc0d"), "--json", "--timeout", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mc0-bench");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mc0-bench {args:?} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    let rows = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}\n{stderr}")))
+        .collect();
+    Outcome { code: status.code(), rows, stderr }
+}
+
+/// The per-run rows (not the summaries), one per target and repeat.
+fn runs(o: &Outcome) -> Vec<&Value> {
+    o.rows.iter().filter(|r| r.get("target").is_some()).collect()
+}
+
+fn num(row: &Value, key: &str) -> f64 {
+    row[key].as_f64().unwrap_or_else(|| panic!("no {key} in {row}"))
+}
+
+fn assert_clean(o: &Outcome, cases: usize) {
+    assert_eq!(o.code, Some(0), "mc0-bench failed:\n{}", o.stderr);
+    let runs = runs(o);
+    // Every case ran once on mc0d and once on the raw loop.
+    assert_eq!(runs.len(), cases * 2, "{}", o.stderr);
+    for target in ["raw", "mc0d"] {
+        assert_eq!(runs.iter().filter(|r| r["target"] == target).count(), cases, "{}", o.stderr);
+    }
+    for r in &runs {
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["errors"].as_array().map(|a| a.len()), Some(0), "{r}");
+    }
+}
+
+#[test]
+fn fanout_delivers_everything() {
+    let o = bench(&["fanout", "--subs", "5,20", "--messages", "400", "--size", "1024"]);
+    assert_clean(&o, 2);
+    for r in runs(&o) {
+        let subs = if r["case"].as_str().unwrap().starts_with("5 ") { 5.0 } else { 20.0 };
+        assert_eq!(num(r, "published"), 400.0, "{r}");
+        assert_eq!(num(r, "delivered"), 400.0 * subs, "{r}");
+    }
+}
+
+#[test]
+fn ack_round_trips_all_answered() {
+    let o = bench(&["ack", "--clients", "4", "--round-trips", "200"]);
+    assert_clean(&o, 1);
+    for r in runs(&o) {
+        assert_eq!(num(r, "acks"), 800.0, "{r}");
+        assert!(num(r, "p50_ms") > 0.0, "{r}");
+    }
+}
+
+#[test]
+fn request_collects_every_reply() {
+    let o = bench(&["request", "--nodes", "5,50", "--requests", "20"]);
+    assert_clean(&o, 2);
+    for r in runs(&o) {
+        assert_eq!(num(r, "complete"), 20.0, "{r}");
+    }
+}
+
+#[test]
+fn conns_heartbeating_clients_all_get_their_put() {
+    // TTL 1 s over a 1.5 s hold: each client must heartbeat to stay registered.
+    // They do so at half the TTL, leaving a loaded machine half a second of slack.
+    let o = bench(&[
+        "conns",
+        "--clients",
+        "40",
+        "--procs",
+        "2",
+        "--ttl",
+        "1000",
+        "--heartbeat-fraction",
+        "0.5",
+        "--hold",
+        "1.5",
+    ]);
+    assert_clean(&o, 1);
+    for r in runs(&o) {
+        assert_eq!(num(r, "delivered"), 40.0, "{r}");
+        assert!(num(r, "client_heartbeats") >= 40.0, "{r}");
+    }
+}
+
+#[test]
+fn losses_are_counted_exactly_and_fail_the_run() {
+    // The raw loop's test hook drops every 7th delivery: 3 subs x 70 = 210, 30 dropped.
+    let o = bench(&["fanout", "--raw-only", "--drop-every", "7", "--subs", "3", "--messages", "70", "--drain", "0.5"]);
+    assert_eq!(o.code, Some(1), "a lossy run must exit 1:\n{}", o.stderr);
+    let runs = runs(&o);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["lost"], 30, "{}", runs[0]);
+    assert_eq!(num(runs[0], "delivered"), 180.0);
+}
