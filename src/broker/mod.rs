@@ -67,6 +67,7 @@
 pub mod allowlist;
 pub mod clients;
 pub mod logger;
+pub mod shared;
 pub mod subscriptions;
 pub mod watch;
 pub mod zap;
@@ -83,6 +84,7 @@ use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED
 use allowlist::{Allowlist, Fingerprint};
 use clients::{Bytes, Clients};
 use logger::{Logger, RateLimit};
+use shared::Shared;
 use subscriptions::Subscriptions;
 use watch::Watcher;
 use zap::{SharedAllowlist, ZapHandler};
@@ -568,6 +570,12 @@ impl Server {
 pub trait Transport {
     /// Sends `frames` (delimiter first) to the client with routing id `rid`.
     fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error>;
+
+    /// Sends one of the copies of a fan-out to `rid`; by default like
+    /// [`deliver`](Transport::deliver) with its frames.
+    fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
+        self.deliver(rid, message.frames())
+    }
 }
 
 impl Transport for zmq::Socket {
@@ -581,6 +589,11 @@ impl Transport for zmq::Socket {
             self.send(&frame[..], more | zmq::DONTWAIT)?;
         }
         Ok(())
+    }
+
+    fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
+        self.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
+        message.send_frames(self)
     }
 }
 
@@ -596,7 +609,18 @@ struct Out<T> {
 impl<T: Transport> Out<T> {
     /// Sends one message to `rid`; false (and counted, logged) if dropped.
     fn send(&mut self, rid: &[u8], frames: &[Vec<u8>], now: Instant) -> bool {
-        match self.transport.deliver(rid, frames) {
+        let result = self.transport.deliver(rid, frames);
+        self.count(rid, result, now)
+    }
+
+    /// [`send`](Out::send) for one recipient of a fan-out.
+    fn send_shared(&mut self, rid: &[u8], message: &mut Shared, now: Instant) -> bool {
+        let result = self.transport.deliver_shared(rid, message);
+        self.count(rid, result, now)
+    }
+
+    fn count(&mut self, rid: &[u8], result: Result<(), zmq::Error>, now: Instant) -> bool {
+        match result {
             Ok(()) => {
                 self.stats.msgs_out += 1;
                 true
@@ -1001,10 +1025,10 @@ impl<T: Transport> Engine<T> {
                 let mut delivered = 0usize;
                 let mut subscribers = self.subs.subscribers(topic).peekable();
                 if subscribers.peek().is_some() {
-                    // Built once; each send copies the frames into the socket.
-                    let frames = Reply::Message { topic, headers, body }.to_frames();
+                    // Built once; recipients share it (see `shared`).
+                    let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
                     for sub in subscribers {
-                        if self.out.send(sub, &frames, now) {
+                        if self.out.send_shared(sub, &mut message, now) {
                             self.clients.sent(sub, now);
                             delivered += 1;
                         }
