@@ -42,13 +42,6 @@ fn last_error() -> zmq::Error {
 struct Msg(RawMsg);
 
 impl Msg {
-    fn empty() -> Msg {
-        let mut msg = Msg(RawMsg([0; 64]));
-        // SAFETY: a writable zmq_msg_t; zmq_msg_init cannot fail.
-        unsafe { zmq_msg_init(&mut msg.0) };
-        msg
-    }
-
     fn from_bytes(data: &[u8]) -> Result<Msg, zmq::Error> {
         let mut raw = RawMsg([0; 64]);
         // SAFETY: a writable zmq_msg_t; on failure it is left uninitialised
@@ -68,24 +61,23 @@ impl Msg {
         Ok(msg)
     }
 
-    /// Another reference to the same content. Takes `&mut` because libzmq
-    /// marks the source as shared on its first copy.
-    fn share(&mut self) -> Result<Msg, zmq::Error> {
-        let mut copy = Msg::empty();
-        // SAFETY: both are initialised zmq_msg_t; `copy` is distinct from
-        // `self` and is closed on drop whatever happens.
-        if unsafe { zmq_msg_copy(&mut copy.0, &mut self.0) } != 0 {
-            return Err(last_error());
-        }
-        Ok(copy)
-    }
-
-    fn send(mut self, socket: &mut zmq::Socket, flags: i32) -> Result<(), zmq::Error> {
-        // SAFETY: an initialised zmq_msg_t and a live socket this thread
-        // owns (`&mut`). On success libzmq has emptied the message; on
-        // failure it is still ours. Either way Drop closes it.
-        if unsafe { zmq_msg_send(&mut self.0, socket.as_mut_ptr(), flags) } == -1 {
-            return Err(last_error());
+    /// Sends another reference to this message's content. Takes `&mut`
+    /// because libzmq marks the source as shared on its first copy. The copy
+    /// is built and sent in place: it is never moved once initialised.
+    fn send_copy(&mut self, socket: &mut zmq::Socket, flags: i32) -> Result<(), zmq::Error> {
+        let mut copy = Msg(RawMsg([0; 64]));
+        // SAFETY: `copy` is a writable zmq_msg_t (zmq_msg_init cannot fail)
+        // distinct from the initialised `self`; the socket is live and owned
+        // by this thread (`&mut`). After a successful send libzmq has emptied
+        // `copy`, after a failure it is still ours: Drop closes it either way.
+        unsafe {
+            zmq_msg_init(&mut copy.0);
+            if zmq_msg_copy(&mut copy.0, &mut self.0) != 0 {
+                return Err(last_error());
+            }
+            if zmq_msg_send(&mut copy.0, socket.as_mut_ptr(), flags) == -1 {
+                return Err(last_error());
+            }
         }
         Ok(())
     }
@@ -128,7 +120,7 @@ impl Shared {
         let last = self.msgs.len().saturating_sub(1);
         for (i, msg) in self.msgs.iter_mut().enumerate() {
             let more = if i < last { zmq::SNDMORE } else { 0 };
-            msg.share()?.send(socket, more | zmq::DONTWAIT)?;
+            msg.send_copy(socket, more | zmq::DONTWAIT)?;
         }
         Ok(())
     }
