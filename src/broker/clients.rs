@@ -2,9 +2,14 @@
 //! deadline heap that drives heartbeats (NOOP after 0.95 × TTL of broker
 //! silence) and expiry (1.05 × TTL of client silence).
 //!
-//! The heap is lazily invalidated: every client has exactly two live entries
-//! (its next NOOP and its next expiry check), each stamped with the client's
-//! generation. Traffic only updates the client's `last_heard`/`last_sent`
+//! NOOPs and expiries are kept in two heaps because they are due against
+//! different clocks: a NOOP when the broker has been silent until *now*, an
+//! expiry only when the client has been silent until the last instant the
+//! broker had read all its pending input (see [`Clients::pop_expired`]).
+//!
+//! The heaps are lazily invalidated: every client has exactly two live
+//! entries, its next NOOP in one heap and its next expiry check in the
+//! other, each stamped with the client's generation. Traffic only updates the client's `last_heard`/`last_sent`
 //! instants, never the heap; when an entry comes due it is compared against
 //! those instants and either fires or is pushed back to the real deadline.
 //! A re-CONNECT or removal bumps or drops the generation, so older entries are
@@ -41,19 +46,14 @@ impl Client {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    Noop,
-    Expire,
-}
-
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     at: Instant,
     generation: u64,
-    kind: Kind,
     id: Bytes,
 }
+
+type Heap = BinaryHeap<Reverse<Entry>>;
 
 /// A deadline that came due.
 #[derive(Debug)]
@@ -67,7 +67,8 @@ pub enum Due {
 #[derive(Debug, Default)]
 pub struct Clients {
     map: HashMap<Bytes, Client>,
-    heap: BinaryHeap<Reverse<Entry>>,
+    noops: Heap,
+    expiries: Heap,
     next_generation: u64,
 }
 
@@ -111,8 +112,9 @@ impl Clients {
             last_sent: now,
             topics: HashSet::new(),
         };
-        self.push(Kind::Noop, &client, now + client.noop_after());
-        self.push(Kind::Expire, &client, now + client.expire_after());
+        let entry = |at| Reverse(Entry { at, generation: client.generation, id: client.id.clone() });
+        self.noops.push(entry(now + client.noop_after()));
+        self.expiries.push(entry(now + client.expire_after()));
         self.map.insert(id, client);
         old
     }
@@ -151,56 +153,76 @@ impl Clients {
         }
     }
 
-    /// When the loop must wake up next. May be early (for a stale entry),
-    /// never late.
+    /// When the loop must wake up next. May be early (for a stale entry, or
+    /// an expiry that must wait for pending input to be read), never late.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(e)| e.at)
+        let top = |heap: &Heap| heap.peek().map(|Reverse(e)| e.at);
+        match (top(&self.noops), top(&self.expiries)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// The next deadline that is due at `now`, if any. A NOOP deadline
-    /// assumes the caller sends the NOOP (and it reschedules from `now`).
-    pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
-        loop {
-            match self.heap.peek() {
-                Some(Reverse(e)) if e.at <= now => {}
-                _ => return None,
-            }
-            let Reverse(entry) = self.heap.pop().expect("peeked");
+    /// The next client due a NOOP at `now`, if any. Assumes the caller sends
+    /// it: the client's `last_sent` becomes `now`.
+    pub fn pop_noop(&mut self, now: Instant) -> Option<Bytes> {
+        while let Some(entry) = Self::pop_before(&mut self.noops, now) {
             let Some(client) = self.map.get_mut(&entry.id[..]) else { continue };
             if client.generation != entry.generation {
                 continue;
             }
-            match entry.kind {
-                Kind::Noop => {
-                    let due = client.last_sent + client.noop_after();
-                    if due <= now {
-                        client.last_sent = now;
-                        let next = now + client.noop_after();
-                        let id = client.id.clone();
-                        self.heap.push(Reverse(Entry { at: next, ..entry }));
-                        return Some(Due::Noop(id));
-                    }
-                    self.heap.push(Reverse(Entry { at: due, ..entry }));
-                }
-                Kind::Expire => {
-                    let due = client.last_heard + client.expire_after();
-                    if due <= now {
-                        let client = self.map.remove(&entry.id[..]).expect("present");
-                        return Some(Due::Expired(client));
-                    }
-                    self.heap.push(Reverse(Entry { at: due, ..entry }));
-                }
+            let due = client.last_sent + client.noop_after();
+            if due <= now {
+                client.last_sent = now;
+                let next = now + client.noop_after();
+                let id = client.id.clone();
+                self.noops.push(Reverse(Entry { at: next, ..entry }));
+                return Some(id);
             }
+            self.noops.push(Reverse(Entry { at: due, ..entry }));
+        }
+        None
+    }
+
+    /// Removes and returns the next client that was silent for 1.05 × TTL up
+    /// to `heard_until`: the last instant at which everything clients had
+    /// sent was read. Taking the current time instead would expire a client
+    /// whose heartbeat is already waiting in the socket when the broker falls
+    /// behind.
+    pub fn pop_expired(&mut self, heard_until: Instant) -> Option<Client> {
+        while let Some(entry) = Self::pop_before(&mut self.expiries, heard_until) {
+            let Some(client) = self.map.get(&entry.id[..]) else { continue };
+            if client.generation != entry.generation {
+                continue;
+            }
+            let due = client.last_heard + client.expire_after();
+            if due <= heard_until {
+                return self.map.remove(&entry.id[..]);
+            }
+            self.expiries.push(Reverse(Entry { at: due, ..entry }));
+        }
+        None
+    }
+
+    /// The next deadline due at `now`, NOOPs first; for a caller with no
+    /// pending input, so expiry counts silence up to `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
+        match self.pop_noop(now) {
+            Some(id) => Some(Due::Noop(id)),
+            None => self.pop_expired(now).map(Due::Expired),
         }
     }
 
-    fn push(&mut self, kind: Kind, client: &Client, at: Instant) {
-        self.heap.push(Reverse(Entry { at, generation: client.generation, kind, id: client.id.clone() }));
+    fn pop_before(heap: &mut Heap, at: Instant) -> Option<Entry> {
+        match heap.peek() {
+            Some(Reverse(e)) if e.at <= at => heap.pop().map(|Reverse(e)| e),
+            _ => None,
+        }
     }
 
     #[cfg(test)]
     fn heap_len(&self) -> usize {
-        self.heap.len()
+        self.noops.len() + self.expiries.len()
     }
 }
 
@@ -226,6 +248,31 @@ mod tests {
         }
         assert!(c.pop_due(t0 + Duration::from_millis(1460)).is_none());
         assert_eq!(c.heap_len(), 2, "one live entry per kind");
+    }
+
+    #[test]
+    fn expiry_counts_silence_only_up_to_the_read_horizon() {
+        let t0 = Instant::now();
+        let mut c = Clients::new();
+        c.connect(b"a", None, TTL, t0);
+        // The broker fell behind: it is 1.2 TTL later, but input was last
+        // drained at 1 TTL. The NOOP is due; the expiry (1.05 TTL) is not.
+        let now = t0 + Duration::from_millis(1200);
+        let drained = t0 + Duration::from_millis(1000);
+        assert!(c.next_deadline().is_some_and(|d| d <= now));
+        assert!(matches!(c.pop_noop(now), Some(id) if &id[..] == b"a"));
+        assert!(c.pop_expired(drained).is_none());
+        assert!(c.get(b"a").is_some());
+        // Reading the backlog turns up the client's heartbeat.
+        assert!(c.heard(b"a", now));
+        assert!(c.pop_expired(now).is_none());
+        assert!(c.get(b"a").is_some());
+        // Once all input up to 2.3 TTL has been read without a word from it,
+        // it is gone.
+        assert!(c.pop_expired(t0 + Duration::from_millis(2200)).is_none());
+        let gone = c.pop_expired(t0 + Duration::from_millis(2300)).expect("expired");
+        assert_eq!(&gone.id[..], b"a");
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -36,8 +36,13 @@
 //!
 //! # Heartbeats
 //!
-//! See [`clients`]: one lazily-invalidated deadline heap; the loop sleeps in
+//! See [`clients`]: lazily-invalidated deadline heaps; the loop sleeps in
 //! `zmq_poll` until the next deadline (capped so a stop request is noticed).
+//! NOOPs go out when due; a client is only expired for silence up to the
+//! last moment the socket had no input waiting, so a broker that falls
+//! behind never expires a client whose heartbeat it has not read yet. Under
+//! sustained overload (the socket never empty) expiry waits; heartbeats do
+//! not.
 //!
 //! # Authorization
 //!
@@ -62,6 +67,7 @@
 pub mod allowlist;
 pub mod clients;
 pub mod logger;
+pub mod shared;
 pub mod subscriptions;
 pub mod watch;
 pub mod zap;
@@ -76,8 +82,9 @@ use crate::log::Level;
 use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED};
 
 use allowlist::{Allowlist, Fingerprint};
-use clients::{Bytes, Clients, Due};
+use clients::{Bytes, Clients};
 use logger::{Logger, RateLimit};
+use shared::Shared;
 use subscriptions::Subscriptions;
 use watch::Watcher;
 use zap::{SharedAllowlist, ZapHandler};
@@ -436,6 +443,9 @@ impl Server {
         // Heartbeats alone do not make the status line worth repeating.
         let key = |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.drops);
         let mut last_status = key(&self.engine.stats());
+        // The last instant at which a receive found nothing waiting: clients
+        // are only expired for silence up to it (see Engine::tick_drained).
+        let mut drained = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if reload.swap(false, Ordering::SeqCst) {
@@ -455,7 +465,7 @@ impl Server {
             while let Some(reloaded) = self.auth.as_ref().and_then(|a| a.watcher.try_next()) {
                 self.apply(reloaded, now);
             }
-            self.engine.tick(now);
+            self.engine.tick_drained(now, drained);
             if now >= next_status {
                 self.engine.flush_suppressed();
                 let stats = self.engine.stats();
@@ -472,17 +482,23 @@ impl Server {
             // Round up so a deadline 0.3 ms away does not spin.
             let timeout = ((wake.saturating_duration_since(now).as_micros() + 999) / 1000) as i64;
             match self.engine.out.transport.poll(zmq::POLLIN, timeout) {
-                Ok(0) | Err(zmq::Error::EINTR) => continue,
+                // Even after a timeout: the receive below finding nothing is
+                // what moves `drained` on.
                 Ok(_) => {}
+                Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(BrokerError(format!("poll failed: {e}"))),
             }
             for _ in 0..BATCH {
+                let at = Instant::now();
                 match self.receive() {
                     Ok(Some((extra, has_user))) => {
                         let user = has_user.then_some(self.user.as_str());
-                        self.engine.handle_received(&self.frames, extra, user, Instant::now());
+                        self.engine.handle_received(&self.frames, extra, user, at);
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        drained = at;
+                        break;
+                    }
                     Err(e) => return Err(BrokerError(format!("receive failed: {e}"))),
                 }
             }
@@ -554,6 +570,12 @@ impl Server {
 pub trait Transport {
     /// Sends `frames` (delimiter first) to the client with routing id `rid`.
     fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error>;
+
+    /// Sends one of the copies of a fan-out to `rid`; by default like
+    /// [`deliver`](Transport::deliver) with its frames.
+    fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
+        self.deliver(rid, message.frames())
+    }
 }
 
 impl Transport for zmq::Socket {
@@ -567,6 +589,11 @@ impl Transport for zmq::Socket {
             self.send(&frame[..], more | zmq::DONTWAIT)?;
         }
         Ok(())
+    }
+
+    fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
+        self.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
+        message.send_frames(self)
     }
 }
 
@@ -582,7 +609,18 @@ struct Out<T> {
 impl<T: Transport> Out<T> {
     /// Sends one message to `rid`; false (and counted, logged) if dropped.
     fn send(&mut self, rid: &[u8], frames: &[Vec<u8>], now: Instant) -> bool {
-        match self.transport.deliver(rid, frames) {
+        let result = self.transport.deliver(rid, frames);
+        self.count(rid, result, now)
+    }
+
+    /// [`send`](Out::send) for one recipient of a fan-out.
+    fn send_shared(&mut self, rid: &[u8], message: &mut Shared, now: Instant) -> bool {
+        let result = self.transport.deliver_shared(rid, message);
+        self.count(rid, result, now)
+    }
+
+    fn count(&mut self, rid: &[u8], result: Result<(), zmq::Error>, now: Instant) -> bool {
+        match result {
             Ok(()) => {
                 self.stats.msgs_out += 1;
                 true
@@ -705,29 +743,35 @@ impl<T: Transport> Engine<T> {
         self.handle_received(frames, 0, user, now);
     }
 
-    /// Sends due heartbeats and forgets expired clients.
+    /// Sends due heartbeats and forgets expired clients, for a caller that
+    /// has read all input up to `now` (see [`tick_drained`](Engine::tick_drained)).
     pub fn tick(&mut self, now: Instant) {
-        while let Some(due) = self.clients.pop_due(now) {
-            match due {
-                Due::Noop(rid) => {
-                    self.out.send(&rid, &Reply::Noop.to_frames(), now);
-                }
-                Due::Expired(client) => {
-                    for topic in &client.topics {
-                        self.subs.unsubscribe(topic, &client.id);
-                    }
-                    let silent = now.saturating_duration_since(client.last_heard);
-                    self.out.log.log(
-                        Level::Info,
-                        format_args!(
-                            "client {} expired (silent for {} ms, ttl {} ms)",
-                            show(&client.id),
-                            silent.as_millis(),
-                            client.ttl.as_millis()
-                        ),
-                    );
-                }
+        self.tick_drained(now, now);
+    }
+
+    /// Sends the heartbeats due at `now` and forgets the clients that were
+    /// silent for 1.05 × TTL up to `drained`, the last instant at which the
+    /// caller had read every pending message. A client whose heartbeat still
+    /// waits in the socket is thus never expired because the broker fell
+    /// behind.
+    pub fn tick_drained(&mut self, now: Instant, drained: Instant) {
+        while let Some(rid) = self.clients.pop_noop(now) {
+            self.out.send(&rid, &Reply::Noop.to_frames(), now);
+        }
+        while let Some(client) = self.clients.pop_expired(drained) {
+            for topic in &client.topics {
+                self.subs.unsubscribe(topic, &client.id);
             }
+            let silent = now.saturating_duration_since(client.last_heard);
+            self.out.log.log(
+                Level::Info,
+                format_args!(
+                    "client {} expired (silent for {} ms, ttl {} ms)",
+                    show(&client.id),
+                    silent.as_millis(),
+                    client.ttl.as_millis()
+                ),
+            );
         }
     }
 
@@ -981,10 +1025,10 @@ impl<T: Transport> Engine<T> {
                 let mut delivered = 0usize;
                 let mut subscribers = self.subs.subscribers(topic).peekable();
                 if subscribers.peek().is_some() {
-                    // Built once; each send copies the frames into the socket.
-                    let frames = Reply::Message { topic, headers, body }.to_frames();
+                    // Built once; recipients share it (see `shared`).
+                    let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
                     for sub in subscribers {
-                        if self.out.send(sub, &frames, now) {
+                        if self.out.send_shared(sub, &mut message, now) {
                             self.clients.sent(sub, now);
                             delivered += 1;
                         }
@@ -1019,4 +1063,59 @@ fn verb(command: &Command<'_>) -> &'static str {
 /// (libzmq's generated ids are binary).
 fn show(bytes: &[u8]) -> String {
     format!("\"{}\"", bytes.escape_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every send; never drops.
+    #[derive(Default)]
+    struct Recorder(Vec<(Vec<u8>, Vec<Vec<u8>>)>);
+
+    impl Transport for Recorder {
+        fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
+            self.0.push((rid.to_vec(), frames.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn message(rid: &[u8], command: Command<'_>) -> Vec<Vec<u8>> {
+        let mut frames = vec![rid.to_vec()];
+        frames.extend(command.to_frames());
+        frames
+    }
+
+    #[test]
+    fn a_heartbeat_read_late_still_keeps_its_client() {
+        let config = Config { log_level: Level::Error, ..Config::default() };
+        let mut engine = Engine::new(Recorder::default(), &config);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let connect = |rid| message(rid, Command::Connect { version: b"test", ttl_ms: 1000, id: None });
+        let sub = |rid| message(rid, Command::Sub { id: None, topics: vec![b"t"] });
+        for rid in [b"late", b"mute"] {
+            engine.handle(&connect(rid), None, t0);
+            engine.handle(&sub(rid), None, t0);
+        }
+        // The broker stalled until 1.2 TTL. "late" sent its NOOP at 0.9 TTL,
+        // still unread; the input was last drained at 0.9 TTL.
+        engine.tick_drained(ms(1200), ms(900));
+        assert_eq!(engine.stats().clients, 2, "nobody expired before the backlog is read");
+        let noops = engine.transport().0.iter().filter(|(_, f)| Reply::parse(f, &Limits::default()) == Ok(Reply::Noop));
+        assert_eq!(noops.count(), 2, "heartbeats are not held back");
+        // The backlog is read in the same iteration, and the socket found
+        // empty at 1.2 TTL: only the client that stayed silent expires.
+        engine.handle(&message(b"late", Command::Noop { id: None }), None, ms(1200));
+        engine.tick_drained(ms(1200), ms(1200));
+        let stats = engine.stats();
+        assert_eq!((stats.clients, stats.topics), (1, 1), "{stats}");
+        engine.handle(
+            &message(b"late", Command::Put { topic: b"t", headers: vec![], id: None, body: vec![b"x"] }),
+            None,
+            ms(1300),
+        );
+        assert_eq!(engine.stats().delivered, 1, "still subscribed");
+        engine.check_invariants().unwrap();
+    }
 }
