@@ -141,16 +141,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
 
     // One directed PUT to every client.
     let ctx = Ctx::new(1, 64)?;
-    let (mut publisher, _, _) = util::handshake(
-        1,
-        1,
-        30_000,
-        &|_| None,
-        &mut |_| util::dealer(&ctx, &b.endpoint, format!("bench-conns-pub {}", std::process::id()).as_bytes()),
-        Instant::now() + p.timeout,
-        None,
-    )?;
-    let publisher = publisher.pop().unwrap();
+    let name = format!("bench-conns-pub {}", std::process::id());
+    let publisher = util::client(&ctx, &b.endpoint, &name, None, Instant::now() + p.timeout)?;
     let put0 = Instant::now();
     for i in 0..p.clients {
         let topic = node_topic(i);

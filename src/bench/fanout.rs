@@ -33,33 +33,12 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let pid = std::process::id();
     let topic = format!("{} bench-fanout-{pid}", util::COLLECTIVE).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let (subs, _, _) = util::handshake(
-        p.subs,
-        p.subs.min(200),
-        30_000,
-        &|_| Some(topic.clone()),
-        &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-sub-{i} {pid}").as_bytes()),
-        deadline,
-        None,
-    )?;
-    let (mut publisher, _, _) = util::handshake(
-        1,
-        1,
-        30_000,
-        &|_| None,
-        &mut |_| util::dealer(&ctx, &b.endpoint, format!("bench-pub {pid}").as_bytes()),
-        deadline,
-        None,
-    )?;
-    let publisher = publisher.pop().unwrap();
+    let subs = util::clients(&ctx, &b.endpoint, p.subs, &|i| format!("bench-sub-{i} {pid}"), Some(&topic), deadline)?;
+    let publisher = util::client(&ctx, &b.endpoint, &format!("bench-pub {pid}"), None, deadline)?;
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = p.threads.clamp(1, subs.len().max(1));
-    let mut groups: Vec<Vec<Sock>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, s) in subs.into_iter().enumerate() {
-        groups[i % threads].push(s);
-    }
+    let groups = util::spread(subs, p.threads);
     let messages = p.messages;
     let receivers: Vec<_> = groups
         .into_iter()

@@ -29,32 +29,12 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
     let reply_to = mc0::topics::reply(util::COLLECTIVE, "bench-client", pid).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let (nodes, _, _) = util::handshake(
-        p.nodes,
-        p.nodes.min(200),
-        30_000,
-        &|_| Some(agent.clone()),
-        &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-node-{i} {pid}").as_bytes()),
-        deadline,
-        None,
-    )?;
-    let (mut client, _, _) = util::handshake(
-        1,
-        1,
-        30_000,
-        &|_| Some(reply_to.clone()),
-        &mut |_| util::dealer(&ctx, &b.endpoint, format!("bench-client {pid}").as_bytes()),
-        deadline,
-        None,
-    )?;
-    let client = client.pop().unwrap();
+    let nodes =
+        util::clients(&ctx, &b.endpoint, p.nodes, &|i| format!("bench-node-{i} {pid}"), Some(&agent), deadline)?;
+    let client = util::client(&ctx, &b.endpoint, &format!("bench-client {pid}"), Some(&reply_to), deadline)?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = p.threads.clamp(1, nodes.len().max(1));
-    let mut groups: Vec<Vec<(u32, Sock)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, s) in nodes.into_iter().enumerate() {
-        groups[i % threads].push((i as u32, s));
-    }
+    let groups = util::spread(nodes.into_iter().enumerate().map(|(i, s)| (i as u32, s)).collect(), p.threads);
     let size = p.size.max(12);
     let responders: Vec<_> = groups
         .into_iter()

@@ -316,6 +316,39 @@ pub fn handshake(
     Ok((socks.into_iter().map(|s| s.unwrap()).collect(), sent_at, start.elapsed()))
 }
 
+/// `n` clients with fresh keys and identity `name(i)`, each CONNECTed with
+/// a 30 s TTL and, given `topic`, SUBscribed to it; at most 200 handshakes
+/// in flight.
+pub fn clients(
+    ctx: &Arc<Ctx>,
+    ep: &Endpoint,
+    n: usize,
+    name: &dyn Fn(usize) -> String,
+    topic: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<Vec<Sock>> {
+    let make = &mut |i| dealer(ctx, ep, name(i).as_bytes());
+    let (socks, _, _) = handshake(n, n.min(200), 30_000, &|_| topic.map(<[u8]>::to_vec), make, deadline, None)?;
+    Ok(socks)
+}
+
+/// One client, as [`clients`].
+pub fn client(ctx: &Arc<Ctx>, ep: &Endpoint, name: &str, topic: Option<&[u8]>, deadline: Instant) -> Result<Sock> {
+    let mut socks = clients(ctx, ep, 1, &|_| name.to_string(), topic, deadline)?;
+    Ok(socks.pop().expect("handshake returns every client"))
+}
+
+/// Deals `items` round-robin into one group per thread: at most `threads`
+/// groups, none empty unless `items` is.
+pub fn spread<T>(items: Vec<T>, threads: usize) -> Vec<Vec<T>> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let mut groups: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        groups[i % threads].push(item);
+    }
+    groups
+}
+
 /// Sends DISCONNECT on each socket without waiting, so brokers can drop state.
 pub fn disconnect_all(socks: &[Sock]) {
     for s in socks {
