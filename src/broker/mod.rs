@@ -719,9 +719,7 @@ impl<T: Transport> Engine<T> {
             .collect();
         for rid in &revoked {
             let Some(client) = self.clients.remove(rid) else { continue };
-            for topic in &client.topics {
-                self.subs.unsubscribe(topic, rid);
-            }
+            self.subs.forget(&client);
             let key = client.user.as_deref().unwrap_or("none");
             self.out.log.log(
                 Level::Warn,
@@ -759,9 +757,7 @@ impl<T: Transport> Engine<T> {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
         }
         while let Some(client) = self.clients.pop_expired(drained) {
-            for topic in &client.topics {
-                self.subs.unsubscribe(topic, &client.id);
-            }
+            self.subs.forget(&client);
             let silent = now.saturating_duration_since(client.last_heard);
             self.out.log.log(
                 Level::Info,
@@ -953,9 +949,7 @@ impl<T: Transport> Engine<T> {
                 let version = String::from_utf8_lossy(version);
                 match old {
                     Some(old) => {
-                        for topic in &old.topics {
-                            self.subs.unsubscribe(topic, rid);
-                        }
+                        self.subs.forget(&old);
                         self.out.log.log(
                             Level::Info,
                             format_args!(
@@ -973,9 +967,7 @@ impl<T: Transport> Engine<T> {
             }
             Command::Disconnect { .. } => {
                 if let Some(client) = self.clients.remove(rid) {
-                    for topic in &client.topics {
-                        self.subs.unsubscribe(topic, rid);
-                    }
+                    self.subs.forget(&client);
                 }
                 self.out.log.log(Level::Info, format_args!("client {} disconnected", show(rid)));
             }

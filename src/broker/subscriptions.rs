@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::clients::Bytes;
+use super::clients::{Bytes, Client};
 
 #[derive(Debug, Default)]
 pub struct Subscriptions {
@@ -47,6 +47,13 @@ impl Subscriptions {
             self.by_topic.remove(topic);
         }
         removed
+    }
+
+    /// Removes a client that is being forgotten from each of its topics.
+    pub fn forget(&mut self, client: &Client) {
+        for topic in &client.topics {
+            self.unsubscribe(topic, &client.id);
+        }
     }
 
     /// Every topic with its subscribers.
