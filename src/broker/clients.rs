@@ -1,6 +1,6 @@
-//! The broker's client table, keyed by ZeroMQ routing id, and the one
-//! deadline heap that drives heartbeats (NOOP after 0.95 × TTL of broker
-//! silence) and expiry (1.05 × TTL of client silence).
+//! The broker's client table, keyed by ZeroMQ routing id, and the deadline
+//! heaps that drive heartbeats (NOOP after 0.95 × TTL of broker silence)
+//! and expiry (1.05 × TTL of client silence).
 //!
 //! NOOPs and expiries are kept in two heaps because they are due against
 //! different clocks: a NOOP when the broker has been silent until *now*, an
@@ -9,9 +9,10 @@
 //!
 //! The heaps are lazily invalidated: every client has exactly two live
 //! entries, its next NOOP in one heap and its next expiry check in the
-//! other, each stamped with the client's generation. Traffic only updates the client's `last_heard`/`last_sent`
-//! instants, never the heap; when an entry comes due it is compared against
-//! those instants and either fires or is pushed back to the real deadline.
+//! other, each stamped with the client's generation. Traffic only updates
+//! the client's `last_heard`/`last_sent` instants, never the heaps; when an
+//! entry comes due it is compared against those instants and either fires
+//! or is pushed back to the real deadline.
 //! A re-CONNECT or removal bumps or drops the generation, so older entries are
 //! discarded when they surface. Cost: O(log n) per deadline, no scans.
 
@@ -55,7 +56,9 @@ struct Entry {
 
 type Heap = BinaryHeap<Reverse<Entry>>;
 
-/// A deadline that came due.
+/// A deadline that came due (for tests: the broker pops NOOPs and expiries
+/// against different clocks).
+#[cfg(test)]
 #[derive(Debug)]
 pub enum Due {
     /// The broker has been silent to this client for 0.95 × TTL: send NOOP.
@@ -126,6 +129,7 @@ impl Clients {
 
     /// Records traffic from `id` to a session opened without a key; false if
     /// there is none.
+    #[cfg(test)]
     pub fn heard(&mut self, id: &[u8], now: Instant) -> bool {
         self.heard_as(id, None, now)
     }
@@ -206,6 +210,7 @@ impl Clients {
 
     /// The next deadline due at `now`, NOOPs first; for a caller with no
     /// pending input, so expiry counts silence up to `now`.
+    #[cfg(test)]
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
         match self.pop_noop(now) {
             Some(id) => Some(Due::Noop(id)),
