@@ -403,7 +403,6 @@ impl Engine {
                 return;
             }
         }
-        let ttl = self.settings.ttl;
         match self.state {
             State::Handshaking { deadline, .. } if now >= deadline => {
                 let message = self.no_answer_message();
@@ -425,7 +424,7 @@ impl Engine {
             },
             State::Backoff { .. } => {}
             State::Ready => {
-                if now >= self.last_recv + ttl.mul_f64(1.05) {
+                if now >= self.silence_deadline() {
                     clog!(
                         Level::Warn,
                         "mc0 connector {}: no traffic from broker {} for {}; reconnecting",
@@ -434,7 +433,7 @@ impl Engine {
                         secs(now - self.last_recv)
                     );
                     self.reset_link(now);
-                } else if self.idle_probe_due(now) || self.silence_probe_due(now) {
+                } else if self.idle_probe_at().into_iter().chain(self.silence_probe_at()).any(|at| now >= at) {
                     // With an ID the broker answers at once, which also proves
                     // it alive when its own NOOP is late.
                     let id = self.next_id();
@@ -446,23 +445,27 @@ impl Engine {
         }
     }
 
-    /// We have sent nothing for 0.95 × TTL (PROTOCOL.md). Not again while
-    /// the last probe is still waiting in the outbox (socket at its
-    /// high-water mark), or the loop would spin queueing probes.
-    fn idle_probe_due(&self, now: Instant) -> bool {
-        now >= self.last_send + self.settings.ttl.mul_f64(0.95)
-            && self.probe_sent.map_or(true, |at| at <= self.last_send)
+    /// When the link counts as dead: the broker silent for 1.05 × TTL.
+    fn silence_deadline(&self) -> Instant {
+        self.last_recv + self.settings.ttl.mul_f64(1.05)
     }
 
-    /// The broker has been silent for 0.95 × TTL: ask it, once, rather than
-    /// rely on its own NOOP arriving within the last 0.1 × TTL.
-    fn silence_probe_due(&self, now: Instant) -> bool {
-        now >= self.last_recv + self.settings.ttl.mul_f64(0.95)
-            && self.probe_sent.map_or(true, |at| at < self.last_recv)
+    /// When we will have sent nothing for 0.95 × TTL (PROTOCOL.md). None
+    /// while the last probe is still waiting in the outbox (socket at its
+    /// high-water mark), or the loop would spin queueing probes.
+    fn idle_probe_at(&self) -> Option<Instant> {
+        let armed = self.probe_sent.map_or(true, |at| at <= self.last_send);
+        armed.then(|| self.last_send + self.settings.ttl.mul_f64(0.95))
+    }
+
+    /// When the broker will have been silent for 0.95 × TTL: ask it, once,
+    /// rather than rely on its own NOOP arriving within the last 0.1 × TTL.
+    fn silence_probe_at(&self) -> Option<Instant> {
+        let armed = self.probe_sent.map_or(true, |at| at < self.last_recv);
+        armed.then(|| self.last_recv + self.settings.ttl.mul_f64(0.95))
     }
 
     fn poll_timeout(&self, now: Instant) -> i64 {
-        let ttl = self.settings.ttl;
         let mut next = now + Duration::from_secs(60);
         let mut consider = |t: Instant| next = next.min(t);
         if let Some(closing) = &self.closing {
@@ -472,13 +475,8 @@ impl Engine {
             State::Handshaking { deadline, .. } => consider(deadline),
             State::Backoff { until } => consider(until),
             State::Ready => {
-                consider(self.last_recv + ttl.mul_f64(1.05));
-                if self.probe_sent.map_or(true, |at| at <= self.last_send) {
-                    consider(self.last_send + ttl.mul_f64(0.95));
-                }
-                if self.probe_sent.map_or(true, |at| at < self.last_recv) {
-                    consider(self.last_recv + ttl.mul_f64(0.95));
-                }
+                consider(self.silence_deadline());
+                self.idle_probe_at().into_iter().chain(self.silence_probe_at()).for_each(consider);
             }
         }
         let wait = next.saturating_duration_since(now);
