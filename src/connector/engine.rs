@@ -557,14 +557,15 @@ impl Engine {
                 0
             }
             Pending::Put(q) => {
-                self.inflight_puts -= 1;
                 self.finish_publish(q.seq, false);
                 1
             }
         }
     }
 
+    /// Settles a PUT that was in flight: acknowledged, or dropped for good.
     fn finish_publish(&mut self, seq: u64, acknowledged: bool) {
+        self.inflight_puts -= 1;
         self.unfinished.remove(&seq);
         let counter =
             if acknowledged { &self.shared.counters.published } else { &self.shared.counters.publishes_dropped };
@@ -867,7 +868,6 @@ impl Engine {
                 }
             }
             Pending::Put(q) => {
-                self.inflight_puts -= 1;
                 self.finish_publish(q.seq, true);
                 self.check_flushes();
             }
@@ -942,7 +942,6 @@ impl Engine {
                     "mc0 connector {rid}: broker refused a publish to {:?}: {message}",
                     String::from_utf8_lossy(&q.publish.topic)
                 );
-                self.inflight_puts -= 1;
                 self.finish_publish(q.seq, false);
                 self.check_flushes();
             }
