@@ -537,9 +537,11 @@ impl Server {
             let first = self.frames.is_empty() && extra == 0;
             match socket.recv(&mut msg, zmq::DONTWAIT) {
                 Ok(()) => {}
-                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) if first => return Ok(None),
+                Err(zmq::Error::EAGAIN) if first => return Ok(None),
+                // An interrupted read is retried, never taken for "nothing
+                // waiting": that answer lets expiry count silence up to now.
                 // The rest of a multipart message is already here (libzmq
-                // delivers them atomically); an interrupted read just resumes.
+                // delivers them atomically).
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e),
             }
