@@ -47,6 +47,7 @@ test: deps lint build test-rust test-ruby test-e2e test-install
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
 test-rust: build
 	$(CARGO) test --release --locked

@@ -2,7 +2,7 @@
 //! connection to the broker.
 //!
 //! The socket belongs to one background thread, the engine
-//! ([`engine`]): it performs the CONNECT handshake, matches acknowledgements
+//! (`engine`): it performs the CONNECT handshake, matches acknowledgements
 //! by ID, heartbeats, reconnects and re-subscribes. Callers hand it requests
 //! through a queue and wake it through a pipe it polls together with the
 //! socket, so it never sleep-polls. Received messages go to an inbox that

@@ -2,7 +2,7 @@
 //! thin `extern "C"` wrappers over the Rust API, holding no logic of their
 //! own.
 //!
-//! Every export runs inside [`guard`]/[`guard_ptr`], which catch panics
+//! Every export runs inside `guard`/`guard_ptr`, which catch panics
 //! (reported as `MC0_ERR_PANIC`) so that nothing unwinds into C, and store
 //! the error text in a thread-local buffer read by `mc0_last_error`. The doc
 //! comment of each function (copied into the header) states in C terms what
@@ -12,6 +12,9 @@
 // Pointer requirements are documented in C terms on each function, for the
 // header's readers, rather than in Rust `# Safety` sections.
 #![allow(clippy::missing_safety_doc)]
+// The same comments are C documentation: `"<collective> <agent>"` and
+// `names[i]` are meant literally, not as HTML or Rust links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 #![allow(non_camel_case_types)]
 
 pub mod connector;
