@@ -803,7 +803,7 @@ impl Transport for Router {
         // Reading ZMQ_EVENTS makes libzmq take in the monitor pipe's pending
         // wake-ups at once (a receive alone may look at them only a
         // millisecond later): an event emitted before this call is seen.
-        if monitor.get_events().is_err() {
+        if !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
             return;
         }
         // Each event is two frames: event id (u16) and value (u32), then the
