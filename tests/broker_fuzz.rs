@@ -34,7 +34,7 @@ impl Transport for Recorder {
         self.sent.push((rid.to_vec(), frames.to_vec()));
         Ok(())
     }
-    fn lost_connections(&mut self, lost: &mut Vec<Conn>) {
+    fn lost_connections(&mut self, lost: &mut Vec<Conn>, _all: bool) {
         lost.append(&mut self.closed);
     }
 }
@@ -117,6 +117,38 @@ enum Op {
     Close { rid: u8, conn: u8 },
     /// The allowlist becomes exactly this.
     Relist(Listing),
+    /// The connection closes and its client comes back on a new one with
+    /// the same number (the kernel reuses the lowest free descriptor),
+    /// CONNECTs and subscribes to `topic`.
+    Reconnect { rid: u8, conn: u8, topic: &'static [u8] },
+    /// The client speaks on its other connection, the first one's close is
+    /// reported late, and it speaks again on a connection with the first
+    /// one's number.
+    Return { rid: u8 },
+}
+
+impl Op {
+    /// The steps of a [`Op::Reconnect`]; other ops as they are.
+    fn steps(self) -> Vec<Op> {
+        let noop = || Command::Noop { id: None }.to_frames();
+        match self {
+            Op::Reconnect { rid, conn, topic } => {
+                let connect = Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"c") }.to_frames();
+                let sub = Command::Sub { id: Some(b"s"), topics: vec![topic] }.to_frames();
+                vec![
+                    Op::Close { rid, conn },
+                    Op::Msg { rid, conn, user: rid, frames: connect },
+                    Op::Msg { rid, conn, user: rid, frames: sub },
+                ]
+            }
+            Op::Return { rid } => vec![
+                Op::Msg { rid, conn: 1, user: rid, frames: noop() },
+                Op::Close { rid, conn: 0 },
+                Op::Msg { rid, conn: 0, user: rid, frames: noop() },
+            ],
+            op => vec![op],
+        }
+    }
 }
 
 fn token() -> impl Strategy<Value = Vec<u8>> {
@@ -188,6 +220,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(rid, conn, user, frames)| Op::Msg { rid, conn, user: user.unwrap_or(rid), frames }),
         1 => Just(Op::Jump),
         3 => (0..4u8, conn()).prop_map(|(rid, conn)| Op::Close { rid, conn }),
+        2 => (0..4u8, conn(), topic()).prop_map(|(rid, conn, topic)| Op::Reconnect { rid, conn, topic }),
+        2 => (0..4u8).prop_map(|rid| Op::Return { rid }),
         1 => listing().prop_map(Op::Relist),
     ]
 }
@@ -279,7 +313,7 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
     }
     let mut model = Model::default();
     let mut now = Instant::now();
-    for op in ops {
+    for op in ops.into_iter().flat_map(Op::steps) {
         engine.transport_mut().sent.clear();
         match op {
             Op::Msg { rid: r, conn, user, frames } => {
@@ -339,6 +373,7 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
                                     match refusal {
                                         Some(text) => err(text),
                                         None => {
+                                            model.take_closed();
                                             let session = Session {
                                                 key: key.clone(),
                                                 identity: identity.clone(),
@@ -452,6 +487,7 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
                 engine.transport_mut().closed.push(conn);
                 model.closed.push(conn);
             }
+            Op::Reconnect { .. } | Op::Return { .. } => unreachable!("expanded by Op::steps"),
             Op::Relist(new) => {
                 if !with_allowlist {
                     continue;

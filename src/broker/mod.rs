@@ -90,9 +90,11 @@
 //!   (`ZMQ_SRCFD`); when the socket monitor reports it closed, the session
 //!   is marked lost and nothing is delivered to its routing id (which a new
 //!   connection could now take) until the session speaks again under its
-//!   key. Closed connections are taken note of before every fan-out and
-//!   before a session moves to a new connection, so no delivery can reach a
-//!   connection that took the id meanwhile;
+//!   key. Every closed connection is taken note of before each fan-out
+//!   (so no delivery can reach a connection that took the id meanwhile) and
+//!   before a session is tied to a connection (whose number may be that of
+//!   one that closed); in between, whatever the monitor has ready is read on
+//!   every wake-up of the loop;
 //! - a message from a session's routing id under another key is refused
 //!   (`ERROR`), logged with both keys and counted (`impostors=`); the
 //!   session is left as it was.
@@ -754,9 +756,10 @@ pub trait Transport {
         self.deliver(rid, message.frames())
     }
 
-    /// Appends the connections that ended since the last call: every one
-    /// whose end happened before this call. None by default.
-    fn lost_connections(&mut self, _lost: &mut Vec<Conn>) {}
+    /// Appends the connections that ended since the last call: with `all`,
+    /// every one whose end happened before this call; without, those known
+    /// at no cost. None by default.
+    fn lost_connections(&mut self, _lost: &mut Vec<Conn>, _all: bool) {}
 }
 
 /// The broker's ROUTER socket and, with CURVE, its monitor.
@@ -768,15 +771,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// Waits up to `timeout_ms` for input on the ROUTER or the monitor.
+    /// Waits up to `timeout_ms` for input on the ROUTER. (The monitor is
+    /// read on every wake-up and whenever it matters, see
+    /// [`Engine::connections_lost`]; polling it too would cost a system call
+    /// per wake-up.)
     fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
-        match &self.monitor {
-            None => self.socket.poll(zmq::POLLIN, timeout_ms).map(drop),
-            Some(monitor) => {
-                let mut items = [self.socket.as_poll_item(zmq::POLLIN), monitor.as_poll_item(zmq::POLLIN)];
-                zmq::poll(&mut items, timeout_ms).map(drop)
-            }
-        }
+        self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
     }
 }
 
@@ -798,12 +798,13 @@ impl Transport for Router {
         message.send_frames(&mut self.socket)
     }
 
-    fn lost_connections(&mut self, lost: &mut Vec<Conn>) {
+    fn lost_connections(&mut self, lost: &mut Vec<Conn>, all: bool) {
         let Some(monitor) = &self.monitor else { return };
         // Reading ZMQ_EVENTS makes libzmq take in the monitor pipe's pending
-        // wake-ups at once (a receive alone may look at them only a
-        // millisecond later): an event emitted before this call is seen.
-        if !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
+        // wake-ups at once (a system call; a receive alone looks at them at
+        // most a millisecond late): an event emitted before this call is
+        // seen.
+        if all && !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
             return;
         }
         // Each event is two frames: event id (u16) and value (u32), then the
@@ -1004,10 +1005,13 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Takes note of the connections that ended, as the transport reports
-    /// them: their sessions receive nothing until they speak again.
-    pub fn connections_lost(&mut self) {
+    /// them: their sessions receive nothing until they speak again. With
+    /// `all`, of every one that ended before this call (which may cost a
+    /// system call): before a delivery, and before a session is tied to a
+    /// connection, whose number may be that of one that ended.
+    pub fn connections_lost(&mut self, all: bool) {
         let mut lost = std::mem::take(&mut self.lost);
-        self.out.transport.lost_connections(&mut lost);
+        self.out.transport.lost_connections(&mut lost, all);
         for conn in lost.drain(..) {
             if let Some(rid) = self.clients.connection_lost(conn) {
                 if self.out.log.enabled(Level::Debug) {
@@ -1030,13 +1034,13 @@ impl<T: Transport> Engine<T> {
         self.tick_drained(now, now);
     }
 
-    /// Takes note of lost connections, sends the heartbeats due at `now` and
-    /// forgets the clients that were silent for 1.05 × TTL up to `drained`,
-    /// the last instant at which the caller had read every pending message.
-    /// A client whose heartbeat still waits in the socket is thus never
-    /// expired because the broker fell behind.
+    /// Takes note of the connections known to have ended, sends the
+    /// heartbeats due at `now` and forgets the clients that were silent for
+    /// 1.05 × TTL up to `drained`, the last instant at which the caller had
+    /// read every pending message. A client whose heartbeat still waits in
+    /// the socket is thus never expired because the broker fell behind.
     pub fn tick_drained(&mut self, now: Instant, drained: Instant) {
-        self.connections_lost();
+        self.connections_lost(false);
         while let Some(rid) = self.clients.pop_noop(now) {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
         }
@@ -1268,7 +1272,7 @@ impl<T: Transport> Engine<T> {
             Heard::Moved => {
                 // Any earlier end of this connection number belongs to
                 // another connection: take note of it before reusing it.
-                self.connections_lost();
+                self.connections_lost(true);
                 self.clients.rebind(rid, origin.conn);
                 true
             }
@@ -1333,6 +1337,9 @@ impl<T: Transport> Engine<T> {
                     identity: sender.listed.and_then(|(_, entry)| entry.name.clone()),
                     conn: sender.conn,
                 };
+                // As for a session that moves: an earlier end of this
+                // connection number is not this connection's.
+                self.connections_lost(true);
                 let old = self.clients.connect(rid, session, Duration::from_millis(ttl_ms), now);
                 let version = String::from_utf8_lossy(version);
                 match old {
@@ -1414,7 +1421,7 @@ impl<T: Transport> Engine<T> {
                 if self.subs.subscribers(topic).next().is_some() {
                     // A connection that ended must not pass its routing id's
                     // deliveries on to one that took the id since.
-                    self.connections_lost();
+                    self.connections_lost(true);
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
                     let name = sender.listed.and_then(|(_, entry)| entry.name.as_deref());
@@ -1523,7 +1530,7 @@ mod tests {
             fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
                 self.0.deliver(rid, frames)
             }
-            fn lost_connections(&mut self, lost: &mut Vec<Conn>) {
+            fn lost_connections(&mut self, lost: &mut Vec<Conn>, _all: bool) {
                 lost.append(&mut self.1);
             }
         }
