@@ -263,6 +263,25 @@ impl Config {
     }
 }
 
+impl Settings {
+    /// Checks that `host` resolves, so a misspelt or unknown name is
+    /// reported at once and as such (libzmq would silently retry it). The
+    /// name itself goes to libzmq, which resolves it again on every
+    /// reconnect and so follows DNS changes.
+    pub fn check_host_resolves(&self) -> Result<(), Error> {
+        use std::net::ToSocketAddrs;
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        match (host, self.port).to_socket_addrs().map(|mut addrs| addrs.next()) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("no address".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|why| {
+            Error::new(ErrorKind::Resolve, format!("cannot resolve the broker host name {host:?} (broker.host): {why}"))
+        })
+    }
+}
+
 fn read_key(key: &str, path: &Path) -> Result<Key, Error> {
     keys::read_key_file(path).map_err(|e| Error::new(ErrorKind::Key, format!("{key}: {e}")))
 }

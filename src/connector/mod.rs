@@ -59,6 +59,10 @@ pub enum ErrorKind {
     QueueFull,
     /// libzmq failed (including: no CURVE support).
     Zmq,
+    /// The broker's host name does not resolve (unknown, or DNS down).
+    /// Not a Config error: a temporary DNS failure heals, so a daemon
+    /// should retry it as it retries an unreachable broker.
+    Resolve,
 }
 
 /// An error with a human-readable message naming what went wrong.
@@ -291,7 +295,8 @@ const GRACE: Duration = Duration::from_secs(5);
 impl Connector {
     /// Connects to the broker and completes the CONNECT handshake, waiting at
     /// most `connect_timeout`. Errors: Config/Key for a bad config (naming the
-    /// key or file), Zmq for socket failures, Timeout when the broker does not
+    /// key or file), Resolve when `broker.host` does not resolve (at once,
+    /// naming it), Zmq for socket failures, Timeout when the broker does not
     /// answer (down, or a different CURVE key), Broker if it refuses.
     pub fn connect(config: &Config) -> Result<Connector, Error> {
         let settings = Arc::new(config.resolve()?);
@@ -309,8 +314,7 @@ impl Connector {
             routing_id: Mutex::new(String::new()),
         });
         let (ready_tx, ready_rx) = oneshot();
-        let engine = engine::Engine::new(settings.clone(), shared.clone(), ready_tx)?;
-        let engine_rid = engine.routing_id().to_string();
+        let engine = engine::Engine::new(settings.clone(), shared.clone(), ready_tx);
         let thread = std::thread::Builder::new()
             .name("mc0-connector".into())
             .spawn(move || engine.run())
@@ -328,8 +332,14 @@ impl Connector {
         };
         match ready_rx.wait(settings.connect_timeout + GRACE) {
             Some(Ok(())) => {
-                clog!(Level::Info, "mc0 connector {}: connected to {}", engine_rid, settings.endpoint);
-                Ok(Connector { shared, settings, thread: Mutex::new(Some(thread)) })
+                let connector = Connector { shared, settings, thread: Mutex::new(Some(thread)) };
+                clog!(
+                    Level::Info,
+                    "mc0 connector {}: connected to {}",
+                    connector.routing_id(),
+                    connector.settings.endpoint
+                );
+                Ok(connector)
             }
             Some(Err(e)) => {
                 let _ = thread.join();
