@@ -62,7 +62,10 @@ pub struct Config {
     /// Most received messages waiting for receive(); past it new ones are
     /// dropped (and logged) rather than growing without bound.
     pub receive_queue: usize,
-    /// Cap of the exponential backoff between reconnect attempts.
+    /// Cap of the exponential backoff before a new socket replaces one the
+    /// connector gave up on (broker silent, no answer to CONNECT, key
+    /// refused). libzmq's own TCP reconnects are capped at 1 s, or at this
+    /// if smaller.
     pub reconnect_max: Duration,
 }
 

@@ -78,7 +78,8 @@ impl Buffers {
 
     /// Whether messages to `rid` must queue behind its buffer.
     pub fn holds(&self, rid: &[u8]) -> bool {
-        self.clients.contains_key(rid)
+        // Usually nobody is buffered: skip hashing the id on every send.
+        !self.clients.is_empty() && self.clients.contains_key(rid)
     }
 
     /// Messages waiting in all buffers.

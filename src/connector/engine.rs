@@ -83,7 +83,7 @@ const TCP_RETRY_BASE: Duration = Duration::from_millis(100);
 /// one CURVE handshake and two round trips (CONNECT, SUB) and every
 /// subscription is back: about 1.2 s at worst on a LAN. The price: while the
 /// broker is down each node tries once a second (a refused TCP connection).
-pub(crate) const TCP_RETRY_MAX: Duration = Duration::from_secs(1);
+const TCP_RETRY_MAX: Duration = Duration::from_secs(1);
 
 enum State {
     /// No ZMTP session: libzmq is (re)connecting; CONNECT goes out when the

@@ -11,14 +11,17 @@
 //! Delivery semantics (also in docs/CONNECTOR.md):
 //! - `publish` returns once the message is queued for the engine. The engine
 //!   sends each PUT with an ID and keeps it until the broker's OK. A PUT the
-//!   broker refuses as "not connected" (it restarted and forgot us) is sent
-//!   again after the re-handshake, so a broker restart loses nothing that
-//!   reached the new broker. A PUT whose fate is unknown because the link
-//!   died (no answer, new socket) is dropped, not resent: MCollective
-//!   requests must not run twice (at-most-once).
+//!   broker refuses as "not connected" (it forgot us) is sent again after
+//!   the re-handshake. A PUT whose fate is unknown because the session
+//!   ended before its OK (connection closed, broker silent) is dropped and
+//!   counted, not resent: MCollective requests must not run twice
+//!   (at-most-once).
 //! - While the link is down publishes wait in a queue of `send_queue`
-//!   entries; past that `publish` fails with [`ErrorKind::QueueFull`].
-//! - Subscriptions are remembered and re-made after every reconnect.
+//!   entries and are sent, once each, after the broker is back; past that
+//!   `publish` fails with [`ErrorKind::QueueFull`].
+//! - Subscriptions are remembered and re-made as soon as a new session with
+//!   the broker starts (see `engine`: within about 1.2 s of a broker's
+//!   return, whatever the heartbeat).
 
 pub(crate) mod engine;
 pub mod logging;
@@ -122,7 +125,9 @@ impl Message {
 pub struct Stats {
     /// Successful CONNECT handshakes (1 after connect).
     pub handshakes: u64,
-    /// Times the link was declared dead and a new socket opened.
+    /// Times a session with the broker ended and the connector started
+    /// reconnecting: the broker closed the connection, or it was silent for
+    /// 1.05 × TTL (then a new socket is opened).
     pub reconnects: u64,
     /// Publishes acknowledged by the broker.
     pub published: u64,
@@ -253,7 +258,8 @@ pub(crate) struct Shared {
     /// Set by close(): new calls fail with Closed at once.
     pub closing: AtomicBool,
     pub counters: Counters,
-    /// The current socket's routing id (a reconnect opens a new socket).
+    /// The current socket's routing id (a new socket replaces one the
+    /// engine gave up on).
     pub routing_id: Mutex<String>,
 }
 
@@ -357,8 +363,10 @@ impl Connector {
     }
 
     /// The ZeroMQ routing id of the current socket: `"<identity> <pid> <n>"`,
-    /// `n` counting sockets in this process. A reconnect opens a new socket
-    /// with a new `n`, so late traffic of the dead one cannot mix in.
+    /// `n` counting sockets in this process. A link declared dead (broker
+    /// silent) is replaced by a new socket with a new `n`, so late traffic of
+    /// the dead one cannot mix in; a connection the broker closed is
+    /// re-established on the same socket.
     pub fn routing_id(&self) -> String {
         self.shared.routing_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

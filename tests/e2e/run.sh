@@ -116,7 +116,7 @@ t_broker_restart() {
     local subscribed_ms=$(($(now_ms) - t0)) got
     got=$(mco_ping_nodes "$WORK/client.cfg" -t 1)
     local took_ms=$(($(now_ms) - t0))
-    log "   running servers re-subscribed $subscribed_ms ms after the restart; mco ping done after $took_ms ms"
+    log "   waited $subscribed_ms ms for the servers' subscriptions; mco ping done $took_ms ms after the restart"
     expect_eq "mco ping right after a broker restart (the servers that were running)" \
         "$running" "$(comm -12 <(echo "$running") <(echo "$got"))"
     [ "$took_ms" -le 5000 ] || fail "mco ping found the servers only $took_ms ms after the restart (bound: 5000)"
