@@ -37,61 +37,75 @@ fn connect(config: &Config, what: &str) -> Connector {
     Connector::connect(config).unwrap_or_else(|e| panic!("connect {what}: {e}"))
 }
 
-/// Waits until every connector has seen its connection close.
-fn wait_noticed(connectors: &[&Connector]) {
-    let noticed = wait_until(WAIT, || connectors.iter().all(|c| c.stats().reconnects >= 1));
-    let stats: Vec<_> = connectors.iter().map(|c| c.stats()).collect();
-    assert!(noticed, "not every connector noticed the broker's death within {WAIT:?}: {stats:?}");
+/// The connectors of a restart test: subscribers with a topic each, and a
+/// publisher ("echo") subscribed to what it publishes.
+struct Fleet {
+    subscribers: Vec<Connector>,
+    echo: Connector,
 }
 
-/// Publishes made while the broker was down come back (the publisher is
-/// subscribed to them) once each, in order, and nothing else follows.
-fn expect_queued(echo: &Connector, bodies: &[String]) {
-    for want in bodies {
-        let m = echo.receive(WAIT).unwrap_or_else(|e| panic!("{want}: {e}; stats {:?}", echo.stats()));
-        assert_eq!(String::from_utf8_lossy(&m.body), *want, "in order, once each");
+const ECHO: &str = "mcollective echo";
+
+impl Fleet {
+    /// Connects and subscribes everyone, with `config(name)`.
+    fn new(config: impl Fn(&str) -> Config) -> Fleet {
+        let subscribers: Vec<Connector> = (0..SUBSCRIBERS)
+            .map(|i| {
+                let c = connect(&config(&format!("sub-{i}")), "subscriber");
+                c.subscribe(&topic(i)).unwrap();
+                c
+            })
+            .collect();
+        let echo = connect(&config("echo"), "echo");
+        echo.subscribe(ECHO).unwrap();
+        echo.publish(ECHO, &[], b"before").unwrap();
+        assert_eq!(echo.receive(WAIT).unwrap().body, b"before");
+        assert_eq!(echo.settings().ttl_ms, 30_000, "the default heartbeat");
+        Fleet { subscribers, echo }
     }
-    echo.flush(WAIT).unwrap();
-    let extra = echo.receive(Duration::from_millis(300));
-    assert!(extra.as_ref().is_err_and(|e| e.kind() == ErrorKind::Timeout), "a duplicate: {extra:?}");
-    let stats = echo.stats();
-    assert_eq!(stats.publishes_dropped, 0, "{stats:?}");
-    assert_eq!(stats.published, bodies.len() as u64 + 1, "{stats:?}");
-}
 
-/// Each subscriber gets a message published after the restart.
-fn expect_delivery(publisher: &Connector, subscribers: &[Connector]) {
-    for (i, sub) in subscribers.iter().enumerate() {
-        publisher.publish(&topic(i), &[], b"after the restart").unwrap();
-        let m = sub.receive(WAIT).unwrap_or_else(|e| panic!("subscriber {i}: {e}; {:?}", sub.stats()));
-        assert_eq!((m.topic.as_str(), &m.body[..]), (topic(i).as_str(), &b"after the restart"[..]));
+    /// Once the broker is dead: waits until every connector has seen its
+    /// connection close, then publishes `n` messages; returns their bodies.
+    fn publish_while_down(&self, n: usize) -> Vec<String> {
+        let all: Vec<&Connector> = self.subscribers.iter().chain([&self.echo]).collect();
+        let noticed = wait_until(WAIT, || all.iter().all(|c| c.stats().reconnects >= 1));
+        let stats: Vec<_> = all.iter().map(|c| c.stats()).collect();
+        assert!(noticed, "not every connector noticed the broker's death within {WAIT:?}: {stats:?}");
+        let bodies: Vec<String> = (0..n).map(|n| format!("published while down {n}")).collect();
+        for body in &bodies {
+            self.echo.publish(ECHO, &[], body.as_bytes()).unwrap();
+        }
+        bodies
+    }
+
+    /// After the broker's return: what was published while it was down comes
+    /// back once each, in order, and nothing else follows; then each
+    /// subscriber gets a message published now.
+    fn expect_everything_delivered(&self, queued: &[String]) {
+        let echo = &self.echo;
+        for want in queued {
+            let m = echo.receive(WAIT).unwrap_or_else(|e| panic!("{want}: {e}; stats {:?}", echo.stats()));
+            assert_eq!(String::from_utf8_lossy(&m.body), *want, "in order, once each");
+        }
+        echo.flush(WAIT).unwrap();
+        let extra = echo.receive(Duration::from_millis(300));
+        assert!(extra.as_ref().is_err_and(|e| e.kind() == ErrorKind::Timeout), "a duplicate: {extra:?}");
+        let stats = echo.stats();
+        assert_eq!((stats.published, stats.publishes_dropped), (queued.len() as u64 + 1, 0), "{stats:?}");
+        for (i, sub) in self.subscribers.iter().enumerate() {
+            echo.publish(&topic(i), &[], b"after the restart").unwrap();
+            let m = sub.receive(WAIT).unwrap_or_else(|e| panic!("subscriber {i}: {e}; {:?}", sub.stats()));
+            assert_eq!((m.topic.as_str(), &m.body[..]), (topic(i).as_str(), &b"after the restart"[..]));
+        }
     }
 }
 
 #[test]
 fn mc0d_killed_and_restarted_every_subscription_is_back_within_2s() {
     let mut broker = Mc0d::start_debug();
-    let subscribers: Vec<Connector> = (0..SUBSCRIBERS)
-        .map(|i| {
-            let c = connect(&broker.config(&format!("sub-{i}")), "subscriber");
-            c.subscribe(&topic(i)).unwrap();
-            c
-        })
-        .collect();
-    let echo = connect(&broker.config("echo"), "echo");
-    echo.subscribe("mcollective echo").unwrap();
-    echo.publish("mcollective echo", &[], b"before").unwrap();
-    assert_eq!(echo.receive(WAIT).unwrap().body, b"before");
-    assert_eq!(echo.settings().ttl_ms, 30_000, "the default heartbeat");
-
+    let fleet = Fleet::new(|name| broker.config(name));
     broker.kill();
-    let all: Vec<&Connector> = subscribers.iter().chain([&echo]).collect();
-    wait_noticed(&all);
-    let queued: Vec<String> = (0..50).map(|n| format!("published while down {n}")).collect();
-    for body in &queued {
-        echo.publish("mcollective echo", &[], body.as_bytes()).unwrap();
-    }
-
+    let queued = fleet.publish_while_down(50);
     std::thread::sleep(OUTAGE);
     let from = broker.log.len();
     let back = Instant::now();
@@ -107,8 +121,7 @@ fn mc0d_killed_and_restarted_every_subscription_is_back_within_2s() {
     for (i, t) in &took {
         assert!(*t <= BACK_WITHIN, "subscriber {i} re-subscribed {t:?} after the restart; log:\n{}", broker.log.text());
     }
-    expect_queued(&echo, &queued);
-    expect_delivery(&echo, &subscribers);
+    fleet.expect_everything_delivered(&queued);
 }
 
 /// A broker that behaves like the legacy ones: it adopts any client on any
@@ -252,24 +265,9 @@ fn serve_legacy(socket: &zmq::Socket, stop: &AtomicBool, subscribed: &Mutex<Vec<
 fn legacy_broker_restarted_every_subscription_is_back_within_2s() {
     let dir = TempDir::new("legacy");
     let mut broker = LegacyBroker::start(&dir);
-    let subscribers: Vec<Connector> = (0..SUBSCRIBERS)
-        .map(|i| {
-            let c = connect(&broker.config(&dir, &format!("sub-{i}")), "subscriber");
-            c.subscribe(&topic(i)).unwrap();
-            c
-        })
-        .collect();
-    let echo = connect(&broker.config(&dir, "echo"), "echo");
-    echo.subscribe("mcollective echo").unwrap();
-
+    let fleet = Fleet::new(|name| broker.config(&dir, name));
     broker.kill();
-    let all: Vec<&Connector> = subscribers.iter().chain([&echo]).collect();
-    wait_noticed(&all);
-    let queued: Vec<String> = (0..20).map(|n| format!("published while down {n}")).collect();
-    for body in &queued {
-        echo.publish("mcollective echo", &[], body.as_bytes()).unwrap();
-    }
-
+    let queued = fleet.publish_while_down(50);
     std::thread::sleep(OUTAGE);
     let back = Instant::now();
     broker.restart();
@@ -280,18 +278,7 @@ fn legacy_broker_restarted_every_subscription_is_back_within_2s() {
     let missing: Vec<String> = want.difference(&broker.subscribed_since(back)).cloned().collect();
     assert!(all_back, "never re-subscribed behind a legacy broker: {missing:?}");
     assert!(took <= BACK_WITHIN, "subscriptions back only after {took:?}");
-    expect_queued_legacy(&echo, &queued);
-    expect_delivery(&echo, &subscribers);
-}
-
-/// As [`expect_queued`], for a broker that may deliver before acknowledging.
-fn expect_queued_legacy(echo: &Connector, bodies: &[String]) {
-    for want in bodies {
-        let m = echo.receive(WAIT).unwrap_or_else(|e| panic!("{want}: {e}; stats {:?}", echo.stats()));
-        assert_eq!(String::from_utf8_lossy(&m.body), *want, "in order, once each");
-    }
-    echo.flush(WAIT).unwrap();
-    assert_eq!(echo.stats().publishes_dropped, 0, "{:?}", echo.stats());
+    fleet.expect_everything_delivered(&queued);
 }
 
 #[test]

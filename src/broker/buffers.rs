@@ -177,6 +177,15 @@ mod tests {
         Arc::new(vec![vec![], vec![n; len]])
     }
 
+    /// Buffers of 1000 bytes, `count` messages of 10 bytes waiting for "a".
+    fn holding(count: u8, now: Instant) -> Buffers {
+        let mut b = Buffers::new(1000);
+        for n in 0..count {
+            assert!(b.push(b"a", msg(n, 10), now));
+        }
+        b
+    }
+
     #[test]
     fn bounded_in_bytes_per_client_and_in_order() {
         let t0 = Instant::now();
@@ -200,10 +209,7 @@ mod tests {
     #[test]
     fn a_blocked_client_is_retried_later_and_sooner_after_progress() {
         let t0 = Instant::now();
-        let mut b = Buffers::new(1000);
-        for n in 0..4 {
-            b.push(b"a", msg(n, 10), t0);
-        }
+        let mut b = holding(4, t0);
         assert!(b.due(t0).is_empty());
         let mut now = t0 + RETRY_MIN;
         assert_eq!(b.due(now).len(), 1);
@@ -228,10 +234,7 @@ mod tests {
     #[test]
     fn a_peer_gone_drops_its_buffer() {
         let t0 = Instant::now();
-        let mut b = Buffers::new(1000);
-        for n in 0..3 {
-            b.push(b"a", msg(n, 10), t0);
-        }
+        let mut b = holding(3, t0);
         b.push(b"b", msg(9, 10), t0);
         let r = b.retry(b"a", t0, |_| Err(zmq::Error::EHOSTUNREACH));
         assert_eq!(r, Retried { sent: 0, failed: Some((zmq::Error::EHOSTUNREACH, 3)) });

@@ -67,10 +67,10 @@ static SOCKET_COUNTER: AtomicU64 = AtomicU64::new(0);
 const TOPICS_PER_SUB: usize = 1000;
 /// Messages read per poll wake-up before attending to requests again.
 const RECV_BATCH: usize = 4096;
-/// PUTs handed to the socket per loop turn. Far below [`RECV_BATCH`]: a
-/// connector that publishes hard and is subscribed to what it publishes
-/// (each PUT brings back an OK and a MESSAGE) must read at least as fast as
-/// it sends, or the broker's queue to it fills while ours stays empty.
+/// PUTs handed to the socket per loop turn; the loop reads (up to
+/// [`RECV_BATCH`]) between two batches. A connector that publishes hard to a
+/// topic it is subscribed to gets an OK and a MESSAGE back per PUT: its
+/// inbound side must never wait behind a long run of sends.
 const SEND_BATCH: usize = 256;
 /// First reconnect delay; doubles per failed attempt up to `reconnect_max`.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
