@@ -291,7 +291,7 @@ fn an_unknown_broker_host_fails_at_once_naming_it() {
         ("broker.public_key", broker_public.to_str().unwrap()),
         ("public_key", public.to_str().unwrap()),
         ("private_key", private.to_str().unwrap()),
-        ("connect_timeout", "30"),
+        ("connect_timeout", "60"),
     ])
     .unwrap();
     let started = Instant::now();
@@ -299,5 +299,6 @@ fn an_unknown_broker_host_fails_at_once_naming_it() {
     let took = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::Resolve, "{e}");
     assert!(e.message().contains("cannot resolve") && e.message().contains("\"no-such-host.invalid\""), "{e}");
-    assert!(took < Duration::from_secs(10), "took {took:?}, not at once (connect_timeout is 30 s)");
+    // At once here (a few ms); the bound leaves room for a slow resolver.
+    assert!(took < Duration::from_secs(20), "took {took:?}, not at once (connect_timeout is 60 s)");
 }
