@@ -82,6 +82,19 @@ fn two_thousand_curve_clients_connecting_at_once_all_get_ok() {
     assert!(line.is_some(), "status line counts every client; log tail:\n{}", tail(&broker.log.text()));
 }
 
+/// A client subscribed to `topic` that holds as little as possible on its
+/// side (tiny kernel buffer, tiny libzmq queue), so that the broker's queue
+/// to it fills as soon as it does not read.
+fn reading_late(broker: &Mc0d, ctx: &zmq::Context, id: &[u8], topic: &[u8]) -> Client {
+    let client = Client::connect_with(ctx, &broker.endpoint(), broker.server_public.as_ref(), Some(id), |s| {
+        s.set_rcvhwm(1).unwrap();
+        s.set_rcvbuf(4096).unwrap();
+    });
+    client.handshake(60_000);
+    client.call(&Command::Sub { id: Some(b"s"), topics: vec![topic] });
+    client
+}
+
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -99,14 +112,7 @@ fn a_subscriber_that_never_reads_does_not_block_the_others_and_drops_are_counted
         ..Default::default()
     });
     let ctx = zmq::Context::new();
-    // Keep as little as possible on the stuck side so the broker's queue to
-    // it fills quickly: tiny kernel buffer, tiny libzmq queue.
-    let stuck = Client::connect_with(&ctx, &broker.endpoint(), broker.server_public.as_ref(), Some(b"stuck"), |s| {
-        s.set_rcvhwm(1).unwrap();
-        s.set_rcvbuf(4096).unwrap();
-    });
-    stuck.handshake(60_000);
-    stuck.call(&Command::Sub { id: Some(b"s"), topics: vec![b"flood"] });
+    let _stuck = reading_late(&broker, &ctx, b"stuck", b"flood");
     let reader = broker.client(&ctx);
     reader.handshake(60_000);
     reader.call(&Command::Sub { id: Some(b"s"), topics: vec![b"flood"] });
@@ -150,12 +156,7 @@ fn a_burst_beyond_the_sndhwm_waits_in_the_client_buffer_and_arrives_in_order() {
     const MESSAGES: usize = 3000;
     let mut broker = Mc0d::start_args(&["--sndhwm", "100", "--status-interval", "1"]);
     let ctx = zmq::Context::new();
-    let slow = Client::connect_with(&ctx, &broker.endpoint(), broker.server_public.as_ref(), Some(b"slow"), |s| {
-        s.set_rcvhwm(1).unwrap();
-        s.set_rcvbuf(4096).unwrap();
-    });
-    slow.handshake(60_000);
-    slow.call(&Command::Sub { id: Some(b"s"), topics: vec![b"burst"] });
+    let slow = reading_late(&broker, &ctx, b"slow", b"burst");
     let publisher = broker.client(&ctx);
     publisher.handshake(60_000);
     let body = vec![0x5au8; 1024];
