@@ -18,10 +18,20 @@
 //!   fails at once instead of silently vanishing or blocking the loop. Each
 //!   failure is counted as a drop and logged (rate-limited warning).
 //! - `ZMQ_SNDHWM` (default [`DEFAULT_SNDHWM`] = 10 000 messages, per client):
-//!   how far one client may fall behind before messages to it are dropped.
-//!   Large enough to absorb a reply burst from a 10 000-node fleet to a slow
-//!   `mco` client; small enough that a stuck client costs bounded memory
-//!   (10 000 × message size) and never delays anyone else.
+//!   libzmq's queue to one client. When it is full, further messages to that
+//!   client wait in mc0d's own buffer for it ([`buffers`]), bounded in bytes
+//!   (`--client-buffer`, default [`DEFAULT_CLIENT_BUFFER`] = 64 MiB), and are
+//!   sent in order as the client drains. A message count alone cannot size
+//!   this: one broadcast request brings one reply per node to one `mco`
+//!   client at once. The sizing rule: `--sndhwm` messages plus
+//!   `--client-buffer` bytes must hold a whole fleet's replies to one
+//!   request, i.e. nodes × reply size ≤ client buffer (the libzmq queue is
+//!   slack): the defaults hold 15 000 replies of 4 KiB. Only a client over
+//!   both bounds is stuck; what does not fit is dropped, counted
+//!   (`full_drops=`) and logged. A stuck client costs at most `--sndhwm`
+//!   messages in libzmq plus `--client-buffer` bytes here, and never delays
+//!   anyone else. (libzmq's count is approximate: the writer learns of the
+//!   reader's progress in steps of about 9 000 messages.)
 //! - `ZMQ_RCVHWM` (default [`DEFAULT_RCVHWM`] = 1 000 messages, per client):
 //!   inbound is fair-queued per connection; a full queue only stops reading
 //!   that client's TCP stream (back-pressure on the publisher), nothing is lost.
@@ -65,6 +75,7 @@
 //! dropped: forgotten with its subscriptions and sent [`ACCESS_DENIED`].
 
 pub mod allowlist;
+pub mod buffers;
 pub mod clients;
 pub mod logger;
 pub mod shared;
@@ -82,6 +93,7 @@ use crate::log::Level;
 use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED};
 
 use allowlist::{Allowlist, Fingerprint};
+use buffers::{Buffers, Frames};
 use clients::{Bytes, Clients};
 use logger::{Logger, RateLimit};
 use shared::Shared;
@@ -91,8 +103,9 @@ use zap::{SharedAllowlist, ZapHandler};
 
 /// The default TCP port (`PROTOCOL.md`).
 pub const DEFAULT_PORT: u16 = 61616;
-/// Messages queued per client before sends to it are dropped (see module doc).
+/// Messages libzmq queues per client before mc0d buffers them (see module doc).
 pub const DEFAULT_SNDHWM: i32 = 10_000;
+pub use buffers::DEFAULT_CLIENT_BUFFER;
 /// Messages queued from each client before its stream is throttled.
 pub const DEFAULT_RCVHWM: i32 = 1_000;
 /// Pending-connection queue for the listening socket.
@@ -165,6 +178,8 @@ pub struct Config {
     /// counter changed).
     pub status_interval: Duration,
     pub sndhwm: i32,
+    /// Bytes mc0d holds for one client beyond libzmq's queue (see [`buffers`]).
+    pub client_buffer: usize,
     pub rcvhwm: i32,
     pub backlog: i32,
     pub io_threads: i32,
@@ -193,6 +208,7 @@ impl Default for Config {
             log_level: Level::Info,
             status_interval: Duration::from_secs(60),
             sndhwm: DEFAULT_SNDHWM,
+            client_buffer: DEFAULT_CLIENT_BUFFER,
             rcvhwm: DEFAULT_RCVHWM,
             backlog: DEFAULT_BACKLOG,
             io_threads: 1,
@@ -239,7 +255,12 @@ pub struct Stats {
     pub msgs_out: u64,
     pub puts: u64,
     pub delivered: u64,
-    /// Sends that failed (peer gone or its queue full).
+    /// Messages waiting in mc0d's client buffers now.
+    pub buffered: usize,
+    /// Messages dropped because a client's buffer was full (a stuck client).
+    pub full_drops: u64,
+    /// Every message dropped: `full_drops`, and those to a client that is
+    /// gone (disconnected, expired or revoked).
     pub drops: u64,
 }
 
@@ -247,8 +268,16 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "clients={} topics={} in={} out={} puts={} delivered={} drops={}",
-            self.clients, self.topics, self.msgs_in, self.msgs_out, self.puts, self.delivered, self.drops
+            "clients={} topics={} in={} out={} puts={} delivered={} buffered={} full_drops={} drops={}",
+            self.clients,
+            self.topics,
+            self.msgs_in,
+            self.msgs_out,
+            self.puts,
+            self.delivered,
+            self.buffered,
+            self.full_drops,
+            self.drops
         )
     }
 }
@@ -441,7 +470,7 @@ impl Server {
     fn serve(&mut self, stop: &AtomicBool, reload: &AtomicBool, status_interval: Duration) -> Result<(), BrokerError> {
         let mut next_status = Instant::now() + status_interval;
         // Heartbeats alone do not make the status line worth repeating.
-        let key = |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.drops);
+        let key = |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.buffered, s.drops);
         let mut last_status = key(&self.engine.stats());
         // The last instant at which a receive found nothing waiting: clients
         // are only expired for silence up to it (see Engine::tick_drained).
@@ -606,48 +635,104 @@ struct Out<T> {
     stats: Stats,
     drop_warn: RateLimit,
     log: Logger,
+    /// Messages waiting for clients whose libzmq queue is full.
+    buffers: Buffers,
 }
 
 impl<T: Transport> Out<T> {
-    /// Sends one message to `rid`; false (and counted, logged) if dropped.
+    /// Sends one message to `rid`, or queues it in the client's buffer
+    /// behind earlier ones; false (and counted, logged) if dropped.
     fn send(&mut self, rid: &[u8], frames: &[Vec<u8>], now: Instant) -> bool {
+        if self.buffers.holds(rid) {
+            return self.buffer(rid, Arc::new(frames.to_vec()), now);
+        }
         let result = self.transport.deliver(rid, frames);
-        self.count(rid, result, now)
+        self.sent(rid, result, || Arc::new(frames.to_vec()), now)
     }
 
     /// [`send`](Out::send) for one recipient of a fan-out.
     fn send_shared(&mut self, rid: &[u8], message: &mut Shared, now: Instant) -> bool {
+        if self.buffers.holds(rid) {
+            return self.buffer(rid, message.share(), now);
+        }
         let result = self.transport.deliver_shared(rid, message);
-        self.count(rid, result, now)
+        self.sent(rid, result, || message.share(), now)
     }
 
-    fn count(&mut self, rid: &[u8], result: Result<(), zmq::Error>, now: Instant) -> bool {
+    fn sent(
+        &mut self,
+        rid: &[u8],
+        result: Result<(), zmq::Error>,
+        frames: impl FnOnce() -> Frames,
+        now: Instant,
+    ) -> bool {
         match result {
             Ok(()) => {
                 self.stats.msgs_out += 1;
                 true
             }
+            // libzmq's queue to it is full: later, in order.
+            Err(zmq::Error::EAGAIN) => self.buffer(rid, frames(), now),
             Err(e) => {
-                self.stats.drops += 1;
-                let reason = match e {
-                    zmq::Error::EHOSTUNREACH => "peer is gone".to_string(),
-                    zmq::Error::EAGAIN => "its send queue is full (SNDHWM)".to_string(),
-                    other => other.to_string(),
-                };
-                if let Some(suppressed) = self.drop_warn.allow(now) {
-                    self.log.log(
-                        Level::Warn,
-                        format_args!(
-                            "dropped a message to {}: {reason}{}; drops={}",
-                            show(rid),
-                            more_since(suppressed, "drops"),
-                            self.stats.drops
-                        ),
-                    );
-                }
+                self.dropped(rid, 1, &failure(e), now);
                 false
             }
         }
+    }
+
+    fn buffer(&mut self, rid: &[u8], frames: Frames, now: Instant) -> bool {
+        if self.buffers.push(rid, frames, now) {
+            return true;
+        }
+        self.stats.full_drops += 1;
+        let why =
+            format!("it is not reading: its buffer in mc0d is full ({} bytes, --client-buffer)", self.buffers.limit());
+        self.dropped(rid, 1, &why, now);
+        false
+    }
+
+    /// Sends what waits in the buffers of the clients due a retry.
+    fn retry_buffered(&mut self, now: Instant) {
+        for rid in self.buffers.due(now) {
+            let transport = &mut self.transport;
+            let retried = self.buffers.retry(&rid, now, |frames| transport.deliver(&rid, frames));
+            self.stats.msgs_out += retried.sent as u64;
+            if let Some((e, dropped)) = retried.failed {
+                self.dropped(&rid, dropped as u64, &failure(e), now);
+            }
+        }
+    }
+
+    /// Drops what waits for a client the broker forgets.
+    fn discard(&mut self, rid: &[u8], why: &str, now: Instant) {
+        let dropped = self.buffers.discard(rid);
+        if dropped > 0 {
+            self.dropped(rid, dropped as u64, why, now);
+        }
+    }
+
+    fn dropped(&mut self, rid: &[u8], count: u64, why: &str, now: Instant) {
+        self.stats.drops += count;
+        if let Some(suppressed) = self.drop_warn.allow(now) {
+            let what = if count == 1 { "a message".to_string() } else { format!("{count} messages") };
+            self.log.log(
+                Level::Warn,
+                format_args!(
+                    "dropped {what} to {}: {why}{}; drops={}",
+                    show(rid),
+                    more_since(suppressed, "drops"),
+                    self.stats.drops
+                ),
+            );
+        }
+    }
+}
+
+/// Why a send failed for good.
+fn failure(e: zmq::Error) -> String {
+    match e {
+        zmq::Error::EHOSTUNREACH => "peer is gone".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -682,7 +767,13 @@ impl<T: Transport> Engine<T> {
     pub fn new(transport: T, config: &Config) -> Self {
         let log = Logger::new(config.log_level);
         Engine {
-            out: Out { transport, stats: Stats::default(), drop_warn: RateLimit::new(Duration::from_secs(1)), log },
+            out: Out {
+                transport,
+                stats: Stats::default(),
+                drop_warn: RateLimit::new(Duration::from_secs(1)),
+                log,
+                buffers: Buffers::new(config.client_buffer),
+            },
             clients: Clients::new(),
             subs: Subscriptions::new(),
             limits: config.limits,
@@ -704,7 +795,12 @@ impl<T: Transport> Engine<T> {
 
     /// Current counters.
     pub fn stats(&self) -> Stats {
-        Stats { clients: self.clients.len(), topics: self.subs.topic_count(), ..self.out.stats.clone() }
+        Stats {
+            clients: self.clients.len(),
+            topics: self.subs.topic_count(),
+            buffered: self.out.buffers.messages(),
+            ..self.out.stats.clone()
+        }
     }
 
     /// Installs (or, with `None`, removes) the allowlist. Every session whose
@@ -722,6 +818,7 @@ impl<T: Transport> Engine<T> {
         for rid in &revoked {
             let Some(client) = self.clients.remove(rid) else { continue };
             self.subs.forget(&client);
+            self.out.discard(rid, "its key is no longer authorized", now);
             let key = client.user.as_deref().unwrap_or("none");
             self.out.log.log(
                 Level::Warn,
@@ -755,11 +852,13 @@ impl<T: Transport> Engine<T> {
     /// waits in the socket is thus never expired because the broker fell
     /// behind.
     pub fn tick_drained(&mut self, now: Instant, drained: Instant) {
+        self.out.retry_buffered(now);
         while let Some(rid) = self.clients.pop_noop(now) {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
         }
         while let Some(client) = self.clients.pop_expired(drained) {
             self.subs.forget(&client);
+            self.out.discard(&client.id, "it expired", now);
             let silent = now.saturating_duration_since(client.last_heard);
             self.out.log.log(
                 Level::Info,
@@ -773,9 +872,10 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// When [`tick`](Engine::tick) has work next (possibly early).
+    /// When [`tick`](Engine::tick) has work next (possibly early): a
+    /// heartbeat, an expiry, or a retry of a client's buffer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.next_deadline()
+        [self.clients.next_deadline(), self.out.buffers.next_retry()].into_iter().flatten().min()
     }
 
     /// Checks that the client and subscription tables agree and respect the

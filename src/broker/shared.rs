@@ -31,6 +31,10 @@ mod sys {
 
 use sys::*;
 
+use std::sync::Arc;
+
+use super::buffers::Frames;
+
 fn last_error() -> zmq::Error {
     // SAFETY: no arguments; reads the calling thread's errno.
     zmq::Error::from_raw(unsafe { zmq_errno() })
@@ -94,7 +98,7 @@ impl Drop for Msg {
 /// A message to send to many clients. Transports that cannot share a
 /// buffer send [`frames`](Shared::frames); the ROUTER socket shares.
 pub struct Shared {
-    frames: Vec<Vec<u8>>,
+    frames: Frames,
     /// `frames` as libzmq messages, built on the first delivery by a socket.
     msgs: Vec<Msg>,
 }
@@ -104,11 +108,17 @@ impl Shared {
     ///
     /// [`Transport::deliver`]: super::Transport::deliver
     pub fn new(frames: Vec<Vec<u8>>) -> Self {
-        Shared { frames, msgs: Vec::new() }
+        Shared { frames: Arc::new(frames), msgs: Vec::new() }
     }
 
     pub fn frames(&self) -> &[Vec<u8>] {
         &self.frames
+    }
+
+    /// Another reference to the frames, for a recipient whose copy must
+    /// wait in its buffer.
+    pub fn share(&self) -> Frames {
+        self.frames.clone()
     }
 
     /// Sends the frames (after the routing-id frame the caller has sent with
