@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure in docs/BENCHMARKS.md, in one run (about 20 minutes on 2 cores).
+# Every figure in docs/BENCHMARKS.md, in one run (about 25 minutes on 2 cores).
 # usage: benches/run_all.sh [OUTPUT_FILE]     (default: bench-<date>.txt)
 # Needs a release build (cargo build --release) and, for the last part, ruby
 # with the ffi and ffi-rzmq gems (Debian: ruby-ffi ruby-ffi-rzmq).
@@ -30,6 +30,8 @@ run $B ack --clients 10 --round-trips 10000 --repeat 5
 run $B fanout --subs 10,100 --size 1024 --repeat 7
 run $B request --nodes 10,100 --repeat 5
 run $B request --nodes 1000 --requests 100 --repeat 5
+# A reply burst larger than libzmq's queue to the client (10,000 messages).
+run $B request --nodes 15000 --requests 3 --procs 3 --repeat 3 --timeout 120
 run $B conns --clients 10000 --procs 2 --ttl 5000 --hold 10 --repeat 2
 # Idle CPU with MCollective's default 30 s heartbeats, as clients grow.
 run $B conns --clients 10000 --procs 2 --ttl 30000 --hold 60

@@ -66,6 +66,11 @@ typedef enum mc0_status {
    * An internal bug, caught before it could cross into C.
    */
   MC0_ERR_PANIC = 9,
+  /**
+   * broker.host does not resolve (unknown name, or DNS unavailable);
+   * mc0_last_error() names the host. May heal: daemons retry it.
+   */
+  MC0_ERR_RESOLVE = 10,
 } mc0_status;
 
 /**
@@ -189,7 +194,8 @@ void mc0_config_free(struct mc0_config *cfg);
  * The config is only read (it may be freed afterwards).
  * Errors: MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CONFIG (missing
  * broker.host or key paths; names the key), MC0_ERR_KEY (key file missing or
- * malformed; names the file), MC0_ERR_TIMEOUT (broker down or not holding
+ * malformed; names the file), MC0_ERR_RESOLVE (broker.host does not
+ * resolve; at once, naming it), MC0_ERR_TIMEOUT (broker down or not holding
  * the configured broker.public_key), MC0_ERR_BROKER (CONNECT refused),
  * MC0_ERR_ZMQ. Thread-safe.
  */
@@ -219,9 +225,11 @@ enum mc0_status mc0_connector_unsubscribe(struct mc0_connector *c, const char *t
  * arrays have header_count entries and may be NULL when header_count is 0.
  * body is body_len bytes (NULL allowed when body_len is 0). Everything is
  * copied before returning.
- * Delivery: sent with an ID and kept until the broker acknowledges it; a
- * broker restart re-sends it, a dead link drops it (at most once). While
- * the link is down up to send_queue messages wait.
+ * Delivery: sent with an ID and kept until the broker acknowledges it.
+ * While the link is down it waits (up to send_queue messages) and is sent
+ * once the broker is back; one the broker refuses as "not connected" is
+ * sent again; one handed to a link that then died unanswered is dropped
+ * and counted, never sent twice (at most once).
  * Errors: MC0_ERR_INVALID_ARGUMENT (NULL, not UTF-8, empty or over-long
  * topic, reserved header name), MC0_ERR_QUEUE_FULL, MC0_ERR_CLOSED.
  * Thread-safe.

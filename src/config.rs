@@ -62,7 +62,10 @@ pub struct Config {
     /// Most received messages waiting for receive(); past it new ones are
     /// dropped (and logged) rather than growing without bound.
     pub receive_queue: usize,
-    /// Cap of the exponential backoff between reconnect attempts.
+    /// Cap of the exponential backoff before a new socket replaces one the
+    /// connector gave up on (broker silent, no answer to CONNECT, key
+    /// refused). libzmq's own TCP reconnects are capped at 1 s, or at this
+    /// if smaller.
     pub reconnect_max: Duration,
 }
 
@@ -260,6 +263,25 @@ impl Config {
             send_queue: self.send_queue,
             receive_queue: self.receive_queue,
             reconnect_max: self.reconnect_max,
+        })
+    }
+}
+
+impl Settings {
+    /// Checks that `host` resolves, so a misspelt or unknown name is
+    /// reported at once and as such (libzmq would silently retry it). The
+    /// name itself goes to libzmq, which resolves it again on every
+    /// reconnect and so follows DNS changes.
+    pub fn check_host_resolves(&self) -> Result<(), Error> {
+        use std::net::ToSocketAddrs;
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        match (host, self.port).to_socket_addrs().map(|mut addrs| addrs.next()) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("no address".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|why| {
+            Error::new(ErrorKind::Resolve, format!("cannot resolve the broker host name {host:?} (broker.host): {why}"))
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Load shapes: a thundering herd of CURVE clients, and a subscriber that
-//! never reads while another one does.
+//! Load shapes: a thundering herd of CURVE clients, a subscriber that
+//! never reads while another one does, and a burst larger than libzmq's
+//! queue to a client that reads late.
 
 mod common;
 
@@ -81,6 +82,19 @@ fn two_thousand_curve_clients_connecting_at_once_all_get_ok() {
     assert!(line.is_some(), "status line counts every client; log tail:\n{}", tail(&broker.log.text()));
 }
 
+/// A client subscribed to `topic` that holds as little as possible on its
+/// side (tiny kernel buffer, tiny libzmq queue), so that the broker's queue
+/// to it fills as soon as it does not read.
+fn reading_late(broker: &Mc0d, ctx: &zmq::Context, id: &[u8], topic: &[u8]) -> Client {
+    let client = Client::connect_with(ctx, &broker.endpoint(), broker.server_public.as_ref(), Some(id), |s| {
+        s.set_rcvhwm(1).unwrap();
+        s.set_rcvbuf(4096).unwrap();
+    });
+    client.handshake(60_000);
+    client.call(&Command::Sub { id: Some(b"s"), topics: vec![topic] });
+    client
+}
+
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -90,18 +104,15 @@ fn tail(text: &str) -> String {
 fn a_subscriber_that_never_reads_does_not_block_the_others_and_drops_are_counted() {
     const MESSAGES: usize = 400;
     let mut broker = Mc0d::start_with(Mc0dOptions {
-        args: ["--sndhwm", "10", "--status-interval", "1"].iter().map(|s| s.to_string()).collect(),
+        // Room for 10 messages in libzmq and 4 of these in mc0d's buffer.
+        args: ["--sndhwm", "10", "--client-buffer", "262144", "--status-interval", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         ..Default::default()
     });
     let ctx = zmq::Context::new();
-    // Keep as little as possible on the stuck side so the broker's queue to
-    // it fills quickly: tiny kernel buffer, tiny libzmq queue.
-    let stuck = Client::connect_with(&ctx, &broker.endpoint(), broker.server_public.as_ref(), Some(b"stuck"), |s| {
-        s.set_rcvhwm(1).unwrap();
-        s.set_rcvbuf(4096).unwrap();
-    });
-    stuck.handshake(60_000);
-    stuck.call(&Command::Sub { id: Some(b"s"), topics: vec![b"flood"] });
+    let _stuck = reading_late(&broker, &ctx, b"stuck", b"flood");
     let reader = broker.client(&ctx);
     reader.handshake(60_000);
     reader.call(&Command::Sub { id: Some(b"s"), topics: vec![b"flood"] });
@@ -127,7 +138,42 @@ fn a_subscriber_that_never_reads_does_not_block_the_others_and_drops_are_counted
     let status = broker.stop_with(libc::SIGTERM, Duration::from_secs(10)).expect("stops");
     assert!(status.success());
     let last = broker.log.wait_for(WAIT, |l| l.contains("stopping:")).expect("final status line");
-    let drops: u64 =
-        last.split("drops=").nth(1).and_then(|s| s.split_whitespace().next()?.parse().ok()).expect("drops=N");
+    let count = |name: &str| -> u64 {
+        let field = last.split_whitespace().find_map(|f| f.strip_prefix(name)).expect(name);
+        field.parse().unwrap_or_else(|_| panic!("{name}{field}"))
+    };
+    let (drops, full) = (count("drops="), count("full_drops="));
     assert!(drops > 0 && drops < MESSAGES as u64, "{last}");
+    assert_eq!(full, drops, "every drop was the stuck client's full buffer: {last}");
+}
+
+#[test]
+fn a_burst_beyond_the_sndhwm_waits_in_the_client_buffer_and_arrives_in_order() {
+    // 3,000 messages to a client that reads nothing until they are all
+    // published: libzmq takes 100 (--sndhwm), mc0d's buffer for the client
+    // the rest, and the OK of the publisher's final NOOP proves the broker
+    // has handled every PUT before the reader starts.
+    const MESSAGES: usize = 3000;
+    let mut broker = Mc0d::start_args(&["--sndhwm", "100", "--status-interval", "1"]);
+    let ctx = zmq::Context::new();
+    let slow = reading_late(&broker, &ctx, b"slow", b"burst");
+    let publisher = broker.client(&ctx);
+    publisher.handshake(60_000);
+    let body = vec![0x5au8; 1024];
+    for i in 0..MESSAGES {
+        let n = i.to_string();
+        let put = Command::Put { topic: b"burst", headers: vec![(b"X-N", n.as_bytes())], id: None, body: vec![&body] };
+        publisher.send_command(&put);
+    }
+    publisher.call(&Command::Noop { id: Some(b"all handled") });
+    let buffered = broker.log.wait_for(WAIT, |l| l.contains("status:") && !l.contains("buffered=0 "));
+    assert!(buffered.is_some(), "the burst was never buffered:\n{}", tail(&broker.log.text()));
+    for i in 0..MESSAGES {
+        let m = slow.expect_message();
+        assert_eq!(m.headers, vec![(b"X-N".to_vec(), i.to_string().into_bytes())], "in order, none lost");
+    }
+    let status = broker.stop_with(libc::SIGTERM, Duration::from_secs(10)).expect("stops");
+    assert!(status.success());
+    let last = broker.log.wait_for(WAIT, |l| l.contains("stopping:")).expect("final status line");
+    assert!(last.contains(" buffered=0 ") && last.contains(" drops=0 "), "{last}");
 }

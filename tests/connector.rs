@@ -466,3 +466,51 @@ fn log_callback_receives_lines_and_nothing_is_printed() {
     assert!(noticed, "no log line about the reconnect: {:?}", lines.lock().unwrap());
     assert!(c.stats().handshakes >= 2);
 }
+
+#[test]
+fn publishing_hard_while_subscribed_to_itself_loses_nothing() {
+    // 8 threads publish 2,000 each as fast as the connector takes them, to
+    // a topic the same connector is subscribed to: every PUT brings back an
+    // OK and a MESSAGE, so the connector must keep reading while it sends.
+    const THREADS: usize = 8;
+    const EACH: usize = 2000;
+    let mut broker = Mc0d::start_args(&["--status-interval", "1"]);
+    let c = Arc::new(connect(&broker, "burst", &[]));
+    c.subscribe("burst").unwrap();
+    let publishers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for n in 0..EACH {
+                    let body = format!("{t}-{n}");
+                    loop {
+                        match c.publish("burst", &[], body.as_bytes()) {
+                            Ok(()) => break,
+                            Err(e) if e.kind() == ErrorKind::QueueFull => std::thread::sleep(Duration::from_millis(1)),
+                            Err(e) => panic!("publish: {e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < THREADS * EACH && Instant::now() < deadline {
+        match c.receive(Duration::from_secs(5)) {
+            Ok(m) => assert!(seen.insert(m.body.clone()), "duplicate {:?}", String::from_utf8_lossy(&m.body)),
+            Err(e) if e.kind() == ErrorKind::Timeout => break,
+            Err(e) => panic!("receive: {e}"),
+        }
+    }
+    for p in publishers {
+        p.join().unwrap();
+    }
+    c.flush(WAIT).unwrap();
+    let stats = c.stats();
+    assert!(broker.stop_with(libc::SIGTERM, WAIT).is_some_and(|s| s.success()));
+    let last = broker.log.wait_for(WAIT, |l| l.contains("stopping:")).expect("final status line");
+    assert_eq!(seen.len(), THREADS * EACH, "{stats:?}; broker: {last}");
+    assert!(last.contains(" drops=0"), "the broker dropped messages: {last}");
+    assert_eq!((stats.published, stats.publishes_dropped, stats.messages_dropped), ((THREADS * EACH) as u64, 0, 0));
+}

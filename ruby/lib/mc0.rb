@@ -42,6 +42,9 @@ module Mc0
   class QueueFullError < Error; end
   class ZmqError < Error; end
   class PanicError < Error; end
+  # The broker's host name does not resolve. May heal (DNS), so mcollectived
+  # retries it like an unreachable broker; mco reports it at once.
+  class ResolveError < Error; end
 
   # mc0_status codes, in header order.
   STATUS = {
@@ -54,7 +57,8 @@ module Mc0
     6 => [:broker, BrokerError],
     7 => [:queue_full, QueueFullError],
     8 => [:zmq, ZmqError],
-    9 => [:panic, PanicError]
+    9 => [:panic, PanicError],
+    10 => [:resolve, ResolveError]
   }.freeze
 
   # Log levels of the callback (src/log.rs): 1=error .. 4=debug.

@@ -188,6 +188,27 @@ class PluginRoundtripTest < Minitest::Test
     assert_nil @connector.connection
   end
 
+  def test_an_unknown_broker_host_fails_mco_at_once_and_mcollectived_retries
+    @config.pluginconf['zeromq.broker.host'] = 'no-such-host.invalid'
+    @config.pluginconf['zeromq.connect_timeout'] = '60'
+    started = Mc0d.monotonic
+    err = assert_raises(RuntimeError) { @connector.connect }
+    assert_operator Mc0d.monotonic - started, :<, 20, 'not at once (connect_timeout is 60 s)'
+    assert_match(/Could not connect to the mc0 broker at no-such-host\.invalid:/, err.message)
+    assert_match(/cannot resolve the broker host name "no-such-host\.invalid"/, err.message)
+
+    # A temporary DNS failure heals: a server keeps trying.
+    @config.mode = :server
+    retrying = Thread.new { @connector.connect }
+    Mc0d.wait_until(30, 'the server to retry') do
+      TestEnv.log_text.match?(/cannot resolve the broker host name "no-such-host\.invalid".*retrying in/)
+    end
+    assert retrying.alive?
+  ensure
+    retrying&.kill&.join
+    @config.mode = :client
+  end
+
   def test_missing_key_file_names_the_file
     missing = File.join(TestEnv::DIR, 'nope.private')
     @config.pluginconf['zeromq.private_key'] = missing

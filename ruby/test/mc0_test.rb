@@ -41,6 +41,14 @@ class Mc0BindingsTest < Minitest::Test
     assert_match(/broker\.host/, err.message)
   end
 
+  def test_unknown_broker_host_is_a_resolve_error_naming_it
+    err = assert_raises(Mc0::ResolveError) do
+      Mc0::Connector.new('broker.host' => 'no-such-host.invalid', 'curve' => 'false', 'connect_timeout' => '30')
+    end
+    assert_equal :resolve, err.status
+    assert_match(/cannot resolve the broker host name "no-such-host\.invalid"/, err.message)
+  end
+
   def test_missing_key_file_fails_connect_naming_the_file
     missing = File.join(TestEnv::DIR, 'absent.public')
     err = assert_raises(Mc0::KeyFileError) do

@@ -8,11 +8,9 @@
 use super::report::Row;
 use super::target::Running;
 use super::util::{self, Ctx, Endpoint, Reply, Result};
+use super::workers::{self, Parent, Workers};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub struct Params {
@@ -35,88 +33,27 @@ fn node_topic(i: usize) -> Vec<u8> {
     mc0::topics::node(util::COLLECTIVE, &node_identity(i)).into_bytes()
 }
 
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Lines from all workers, tagged with the worker's index.
-type Lines = mpsc::Receiver<(usize, String)>;
-
-fn expect(lines: &Lines, word: &str, count: usize, deadline: Instant) -> Result<Vec<(usize, String)>> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok((w, line)) if line.starts_with(word) => got.push((w, line)),
-            Ok((w, line)) if line.starts_with("FAIL") => return Err(format!("load worker {w}: {line}")),
-            Ok(_) => {}
-            Err(_) => return Err(format!("load workers: {} of {count} said {word} in time", got.len())),
-        }
-    }
-    Ok(got)
-}
-
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
-    let procs = p.procs.clamp(1, p.clients.max(1));
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let rss_idle = b.rss_kib();
-    let (tx, lines) = mpsc::channel();
-    let mut workers = Vec::new();
-    let mut first = 0;
-    for w in 0..procs {
-        let count = p.clients / procs + usize::from(w < p.clients % procs);
-        let mut cmd = Command::new(&exe);
-        cmd.arg("conns-worker")
-            .args(["--endpoint", &b.endpoint.addr])
-            .args(["--first", &first.to_string(), "--count", &count.to_string()])
-            .args(["--ttl", &p.ttl_ms.to_string(), "--window", &(p.window / procs).max(1).to_string()])
-            .args(["--io-threads", &p.io_threads.to_string()])
-            .args(["--heartbeat-fraction", &p.heartbeat_fraction.to_string()]);
-        if let Some(k) = &b.endpoint.server_key {
-            cmd.args(["--server-key", &mc0::keys::key_to_z85(k)]);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start a load worker: {e}"))?;
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((w, line)).is_err() {
-                    break;
-                }
-            }
-        });
-        workers.push(Worker { child, stdin });
-        first += count;
-    }
-    drop(tx);
-    let say = |workers: &mut Vec<Worker>, word: &str| -> Result<()> {
-        for w in workers.iter_mut() {
-            writeln!(w.stdin, "{word}").and_then(|_| w.stdin.flush()).map_err(|e| format!("load worker: {e}"))?;
-        }
-        Ok(())
-    };
+    let window = (p.window / p.procs.max(1)).max(1);
+    let mut workers = Workers::spawn("conns-worker", b, p.clients, p.procs, |_| {
+        [
+            ["--ttl", &p.ttl_ms.to_string()],
+            ["--window", &window.to_string()],
+            ["--io-threads", &p.io_threads.to_string()],
+            ["--heartbeat-fraction", &p.heartbeat_fraction.to_string()],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    })?;
+    let procs = workers.len();
     // Keys and sockets are prepared before GO, so only connecting is timed.
-    expect(&lines, "READY", procs, Instant::now() + p.timeout)?;
+    workers.expect("READY", procs, Instant::now() + p.timeout)?;
     let t0 = Instant::now();
-    say(&mut workers, "GO")?;
-    expect(&lines, "CONNECTED", procs, t0 + p.timeout)?;
+    workers.say("GO")?;
+    workers.expect("CONNECTED", procs, t0 + p.timeout)?;
     let connect_s = t0.elapsed().as_secs_f64();
     let connect_rate = p.clients as f64 / connect_s;
     let rss_connected = b.rss_kib();
@@ -125,7 +62,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let cpu0 = b.cpu_seconds();
     let hold_start = Instant::now();
     while hold_start.elapsed() < p.hold {
-        if let Ok((w, line)) = lines.recv_timeout(p.hold.saturating_sub(hold_start.elapsed())) {
+        if let Some((w, line)) = workers.next(p.hold.saturating_sub(hold_start.elapsed())) {
             if line.starts_with("FAIL") {
                 return Err(format!("load worker {w}: {line}"));
             }
@@ -157,7 +94,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         if last_progress.elapsed() >= p.drain || Instant::now() >= hard {
             break;
         }
-        if let Ok((w, line)) = lines.recv_timeout(Duration::from_millis(50)) {
+        if let Some((w, line)) = workers.next(Duration::from_millis(50)) {
             if let Some(n) = line.strip_prefix("GOT ").and_then(|n| n.trim().parse().ok()) {
                 got[w] = n;
                 last_progress = Instant::now();
@@ -168,14 +105,12 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     }
     let put_s = put0.elapsed().as_secs_f64();
     util::disconnect_all(std::slice::from_ref(&publisher));
-    say(&mut workers, "STOP")?;
+    workers.say("STOP")?;
     let mut delivered = 0u64;
     let mut heartbeats = 0u64;
     let mut late_ms = 0u64;
-    for (w, line) in expect(&lines, "DONE", procs, Instant::now() + p.timeout)? {
-        for field in line.split_whitespace().skip(1) {
-            let (k, v) = field.split_once('=').unwrap_or((field, "0"));
-            let v: u64 = v.parse().unwrap_or(0);
+    for (w, line) in workers.expect("DONE", procs, Instant::now() + p.timeout)? {
+        for (k, v) in workers::fields(&line) {
             match k {
                 "delivered" => delivered += v,
                 "heartbeats" => heartbeats += v,
@@ -242,21 +177,10 @@ pub struct WorkerOptions {
 
 /// The `conns-worker` process: holds `count` clients and reports to the parent.
 pub fn worker(o: &WorkerOptions) -> Result<()> {
-    let out = |line: String| {
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{line}");
-        let _ = stdout.flush();
-    };
-    match worker_inner(o, &out) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            out(format!("FAIL {e}"));
-            Err(e)
-        }
-    }
+    Parent::serve(|parent| worker_inner(o, parent))
 }
 
-fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
+fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
     let ctx = Ctx::new(o.io_threads, o.count + 16)?;
     let keys: Vec<Option<zmq::CurveKeyPair>> = (0..o.count)
         .map(|_| match o.endpoint.server_key {
@@ -264,29 +188,11 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
             None => Ok(None),
         })
         .collect::<Result<_>>()?;
-    let (tx, commands) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = |word: &str| -> Result<()> {
-        loop {
-            match commands.recv() {
-                Ok(line) if line.trim() == word => return Ok(()),
-                Ok(_) => {}
-                Err(_) => return Err(format!("parent went away before {word}")),
-            }
-        }
-    };
     // Each client sends NOOP when it has been silent for (by default, as the
     // protocol says) 0.95 x TTL.
     let interval = Duration::from_secs_f64(o.ttl_ms as f64 / 1000.0 * o.heartbeat_fraction);
-    out("READY".into());
-    wait_for("GO")?;
+    parent.say("READY");
+    parent.wait_for("GO")?;
     let (socks, sent_at, took) = util::handshake(
         o.count,
         o.window,
@@ -303,7 +209,7 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
         Instant::now() + Duration::from_secs(600),
         Some(interval),
     )?;
-    out(format!("CONNECTED {} {:.3}", socks.len(), took.as_secs_f64()));
+    parent.say(&format!("CONNECTED {} {:.3}", socks.len(), took.as_secs_f64()));
 
     let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
         sent_at.iter().enumerate().map(|(i, t)| Reverse((*t + interval, i))).collect();
@@ -316,13 +222,7 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
     let mut frames = Vec::new();
     let mut waiter = util::Waiter::new(socks.iter().map(|s| &**s))?;
     let (mut ready, mut rechecks) = (Vec::new(), Vec::new());
-    loop {
-        match commands.try_recv() {
-            Ok(line) if line.trim() == "STOP" => break,
-            Ok(_) => {}
-            Err(mpsc::TryRecvError::Empty) => {}
-            Err(mpsc::TryRecvError::Disconnected) => break,
-        }
+    while !parent.said("STOP") {
         while let Some(Reverse((when, i))) = due.peek().copied() {
             if when > Instant::now() {
                 break;
@@ -360,13 +260,13 @@ fn worker_inner(o: &WorkerOptions, out: &dyn Fn(String)) -> Result<()> {
             })?;
         }
         if got != reported && (got == socks.len() as u64 || last_report.elapsed() >= Duration::from_millis(50)) {
-            out(format!("GOT {got}"));
+            parent.say(&format!("GOT {got}"));
             reported = got;
             last_report = Instant::now();
         }
     }
     util::disconnect_all(&socks);
-    out(format!(
+    parent.say(&format!(
         "DONE delivered={got} dups={dups} wrong={wrong} errors={errors} heartbeats={heartbeats} late_ms={late_ms}"
     ));
     Ok(())

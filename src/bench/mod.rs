@@ -9,6 +9,7 @@ mod report;
 mod request;
 mod target;
 mod util;
+mod workers;
 
 use report::{Judged, Row};
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ scenarios:
   request   one client PUTs a request with X-REPLY-TO to an agent topic, N nodes
             reply: requests/s, reply-collection time p50/p99
               --nodes N[,N..] (10,100,1000)  --requests R (20000/N)  --size S (1024)
+              --procs P (0: the nodes run in this process; P worker processes
+              otherwise, needed for fleets beyond the file-descriptor limit:
+              each node takes two descriptors)
   conns     C clients CONNECT with TTL and SUB to `mcollective nodes <id>`, hold with
             heartbeats, then one directed PUT each: connect rate, deliveries,
             broker RSS per client, broker CPU while idle
@@ -97,7 +101,7 @@ const VALUES: &[&str] = &[
     "--window",
     "--heartbeat-fraction",
     "--drop-every",
-    // raw-broker and conns-worker (internal modes)
+    // raw-broker, conns-worker and request-worker (internal modes)
     "--bind",
     "--port",
     "--curve-private-key",
@@ -105,6 +109,7 @@ const VALUES: &[&str] = &[
     "--server-key",
     "--first",
     "--count",
+    "--agent",
 ];
 
 impl Args {
@@ -214,6 +219,7 @@ fn run(args: &Args) -> Result<bool> {
     match scenario {
         "raw-broker" => return raw_broker(args).map(|_| true),
         "conns-worker" => return conns_worker(args).map(|_| true),
+        "request-worker" => return request_worker(args).map(|_| true),
         _ => {}
     }
     let duration = args.secs("--duration", 30.0)?;
@@ -262,7 +268,8 @@ fn run(args: &Args) -> Result<bool> {
             for nodes in args.list("--nodes", &[10, 100, 1000])? {
                 // By default about 20,000 replies per case, whatever N.
                 let requests = args.num("--requests", (20_000 / nodes.max(1)).clamp(20, 2000))?;
-                let p = request::Params { nodes, requests, size, threads, io_threads, duration, timeout, drain };
+                let procs = args.num("--procs", 0)?;
+                let p = request::Params { nodes, requests, size, threads, io_threads, duration, timeout, drain, procs };
                 cases.push(Case {
                     name: format!("{nodes} nodes, {size} B"),
                     judged: vec![
@@ -431,16 +438,29 @@ fn raw_broker(args: &Args) -> Result<()> {
     })
 }
 
-fn conns_worker(args: &Args) -> Result<()> {
+/// The broker a worker process is told to use.
+fn worker_endpoint(args: &Args) -> Result<util::Endpoint> {
     let server_key = match args.str("--server-key") {
         Some(z) => Some(mc0::keys::parse_key(z)?),
         None => None,
     };
+    Ok(util::Endpoint { addr: args.str("--endpoint").ok_or("a worker needs --endpoint")?.into(), server_key })
+}
+
+fn request_worker(args: &Args) -> Result<()> {
+    request::worker(&request::WorkerOptions {
+        endpoint: worker_endpoint(args)?,
+        first: args.num("--first", 0)?,
+        count: args.num("--count", 0)?,
+        agent: args.str("--agent").ok_or("request-worker needs --agent")?.into(),
+        size: args.num("--size", 1024)?,
+        io_threads: args.num("--io-threads", 1)?,
+    })
+}
+
+fn conns_worker(args: &Args) -> Result<()> {
     conns::worker(&conns::WorkerOptions {
-        endpoint: util::Endpoint {
-            addr: args.str("--endpoint").ok_or("conns-worker needs --endpoint")?.into(),
-            server_key,
-        },
+        endpoint: worker_endpoint(args)?,
         first: args.num("--first", 0)?,
         count: args.num("--count", 0)?,
         ttl_ms: args.num("--ttl", 30_000)?,

@@ -3,12 +3,19 @@
 //! clients subscribed to that agent each PUT one reply to the reply topic.
 //! Requests run one after another; the figure is the time from the request
 //! PUT to the N-th reply (reply collection time).
+//!
+//! The nodes live in this process (a thread per `--threads` group), or with
+//! `--procs P` in P worker processes (`mc0-bench request-worker`): a fleet
+//! of more than a few thousand nodes needs more file descriptors than one
+//! process may have.
 
 use super::report::Row;
 use super::target::Running;
-use super::util::{self, Reply, Result, Seen, Sock};
+use super::util::{self, Ctx, Endpoint, Reply, Result, Seen, Sock};
+use super::workers::{self, Parent, Workers};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub struct Params {
@@ -21,28 +28,77 @@ pub struct Params {
     pub timeout: Duration,
     /// Give up on a request after this long without a reply.
     pub drain: Duration,
+    /// Worker processes holding the nodes; 0: this process.
+    pub procs: usize,
+}
+
+fn node_name(i: usize, pid: u32) -> String {
+    format!("bench-node-{i} {pid}")
+}
+
+/// The responding nodes, wherever they run.
+enum Nodes {
+    Threads { stop: Arc<AtomicBool>, responders: Vec<JoinHandle<Result<u64>>> },
+    Procs(Workers),
+}
+
+impl Nodes {
+    fn start(b: &Running, p: &Params, ctx: &Arc<Ctx>, agent: &[u8], deadline: Instant) -> Result<Nodes> {
+        let size = p.size.max(12);
+        if p.procs > 0 {
+            let agent = String::from_utf8_lossy(agent).into_owned();
+            let workers = Workers::spawn("request-worker", b, p.nodes, p.procs, |_| {
+                let args =
+                    [["--agent", &agent], ["--size", &size.to_string()], ["--io-threads", &p.io_threads.to_string()]];
+                args.concat().iter().map(|s| s.to_string()).collect()
+            })?;
+            workers.expect("CONNECTED", workers.len(), deadline)?;
+            return Ok(Nodes::Procs(workers));
+        }
+        let pid = std::process::id();
+        let nodes = util::clients(ctx, &b.endpoint, p.nodes, &|i| node_name(i, pid), Some(agent), deadline)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let groups = util::spread(nodes.into_iter().enumerate().map(|(i, s)| (i as u32, s)).collect(), p.threads);
+        let responders = groups
+            .into_iter()
+            .map(|group| {
+                let stop = stop.clone();
+                std::thread::spawn(move || respond(group, size, &|| stop.load(Ordering::Acquire)))
+            })
+            .collect();
+        Ok(Nodes::Threads { stop, responders })
+    }
+
+    /// Stops the nodes; returns how many unexpected messages they saw.
+    fn stop(self, timeout: Duration) -> Result<u64> {
+        match self {
+            Nodes::Threads { stop, responders } => {
+                stop.store(true, Ordering::Release);
+                let mut bad = 0;
+                for r in responders {
+                    bad += r.join().map_err(|_| "node thread panicked".to_string())??;
+                }
+                Ok(bad)
+            }
+            Nodes::Procs(mut workers) => {
+                workers.say("STOP")?;
+                let done = workers.expect("DONE", workers.len(), Instant::now() + timeout)?;
+                Ok(done.iter().flat_map(|(_, line)| workers::fields(line)).map(|(_, v)| v).sum())
+            }
+        }
+    }
 }
 
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
-    let ctx = Running::context(p.io_threads, p.nodes + 1)?;
+    let in_process = if p.procs > 0 { 0 } else { p.nodes };
+    let ctx = Running::context(p.io_threads, in_process + 1)?;
     let pid = std::process::id();
     let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
     let reply_to = mc0::topics::reply(util::COLLECTIVE, "bench-client", pid).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let nodes =
-        util::clients(&ctx, &b.endpoint, p.nodes, &|i| format!("bench-node-{i} {pid}"), Some(&agent), deadline)?;
+    let nodes = Nodes::start(b, p, &ctx, &agent, deadline)?;
     let client = util::client(&ctx, &b.endpoint, &format!("bench-client {pid}"), Some(&reply_to), deadline)?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let groups = util::spread(nodes.into_iter().enumerate().map(|(i, s)| (i as u32, s)).collect(), p.threads);
     let size = p.size.max(12);
-    let responders: Vec<_> = groups
-        .into_iter()
-        .map(|group| {
-            let stop = stop.clone();
-            std::thread::spawn(move || respond(group, size, &stop))
-        })
-        .collect();
 
     let mut body = vec![0x5au8; size];
     let mut frames = Vec::new();
@@ -106,11 +162,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Release);
-    let mut node_errors = 0u64;
-    for r in responders {
-        node_errors += r.join().map_err(|_| "node thread panicked".to_string())??;
-    }
+    let node_errors = nodes.stop(p.timeout)?;
     util::disconnect_all(std::slice::from_ref(&client));
     b.check_alive()?;
     if node_errors > 0 {
@@ -149,16 +201,42 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     })
 }
 
+pub struct WorkerOptions {
+    pub endpoint: Endpoint,
+    pub first: usize,
+    pub count: usize,
+    pub agent: String,
+    pub size: usize,
+    pub io_threads: i32,
+}
+
+/// The `request-worker` process: `count` nodes (indices from `first`)
+/// subscribed to `agent`, answering every request until told to STOP.
+pub fn worker(o: &WorkerOptions) -> Result<()> {
+    Parent::serve(|parent| {
+        let ctx = Ctx::new(o.io_threads, o.count + 64)?;
+        let pid = std::process::id();
+        let name = |i| node_name(o.first + i, pid);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let nodes = util::clients(&ctx, &o.endpoint, o.count, &name, Some(o.agent.as_bytes()), deadline)?;
+        parent.say(&format!("CONNECTED {}", nodes.len()));
+        let nodes = nodes.into_iter().enumerate().map(|(i, s)| ((o.first + i) as u32, s)).collect();
+        let bad = respond(nodes, o.size, &|| parent.said("STOP"))?;
+        parent.say(&format!("DONE unexpected={bad}"));
+        Ok(())
+    })
+}
+
 /// A group of nodes: answers each request with one reply PUT carrying the
-/// request's sequence number and the node's index. Returns the count of
-/// unexpected messages.
-fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &AtomicBool) -> Result<u64> {
+/// request's sequence number and the node's index, until `stop()`. Returns
+/// the count of unexpected messages.
+fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &dyn Fn() -> bool) -> Result<u64> {
     let mut frames = Vec::new();
     let mut reply = vec![0x3cu8; size];
     let mut bad = 0;
     let mut waiter = util::Waiter::new(nodes.iter().map(|(_, s)| &**s))?;
     let mut ready = Vec::new();
-    while !stop.load(Ordering::Acquire) {
+    while !stop() {
         waiter.wait(20, &mut ready)?;
         for &k in &ready {
             let (idx, s) = &nodes[k];

@@ -316,9 +316,15 @@ pub fn handshake(
     Ok((socks.into_iter().map(|s| s.unwrap()).collect(), sent_at, start.elapsed()))
 }
 
+/// The TTL of clients that never heartbeat (ack, fanout, request): long
+/// enough that the broker neither expires them while thousands of others
+/// are still connecting on a loaded machine, nor heartbeats them during a
+/// run (which would add traffic the measurement is not about).
+const SILENT_CLIENT_TTL_MS: u64 = 600_000;
+
 /// `n` clients with fresh keys and identity `name(i)`, each CONNECTed with
-/// a 30 s TTL and, given `topic`, SUBscribed to it; at most 200 handshakes
-/// in flight.
+/// [`SILENT_CLIENT_TTL_MS`] and, given `topic`, SUBscribed to it; at most
+/// 200 handshakes in flight.
 pub fn clients(
     ctx: &Arc<Ctx>,
     ep: &Endpoint,
@@ -328,7 +334,8 @@ pub fn clients(
     deadline: Instant,
 ) -> Result<Vec<Sock>> {
     let make = &mut |i| dealer(ctx, ep, name(i).as_bytes());
-    let (socks, _, _) = handshake(n, n.min(200), 30_000, &|_| topic.map(<[u8]>::to_vec), make, deadline, None)?;
+    let ttl = SILENT_CLIENT_TTL_MS;
+    let (socks, _, _) = handshake(n, n.min(200), ttl, &|_| topic.map(<[u8]>::to_vec), make, deadline, None)?;
     Ok(socks)
 }
 

@@ -28,8 +28,12 @@ Options:
   --log-level LEVEL         error, warn, info or debug (default info)
   --status-interval SECS    how often to log the status line when it
                             changed; 0 disables it (default 60)
-  --sndhwm N                messages queued per client before sends to it
-                            are dropped (default 10000)
+  --sndhwm N                messages libzmq queues per client; beyond it
+                            mc0d buffers them (default 10000)
+  --client-buffer BYTES     bytes mc0d buffers per client beyond --sndhwm;
+                            past it messages to that client are dropped
+                            (default 67108864 = 64 MiB). A fleet's replies
+                            to one request must fit: nodes x reply size
   --rcvhwm N                messages queued from each client before its
                             stream is throttled (default 1000)
 
@@ -103,6 +107,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 | "--log-level"
                 | "--status-interval"
                 | "--sndhwm"
+                | "--client-buffer"
                 | "--rcvhwm"
                 | "--authorized-keys"
                 | "--authorized-keys-poll"
@@ -146,6 +151,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 }
             }
             "--sndhwm" => config.sndhwm = parse_num::<i32>(&flag, &value).and_then(positive(&flag, &value))?,
+            "--client-buffer" => config.client_buffer = parse_size(&flag, &value)?,
             "--rcvhwm" => config.rcvhwm = parse_num::<i32>(&flag, &value).and_then(positive(&flag, &value))?,
             "--authorized-keys" => {
                 if value.is_empty() {
@@ -308,6 +314,7 @@ mod tests {
             "--max-topic-length=20",
             "--max-subscriptions=5",
             "--authorized-keys-poll=0",
+            "--client-buffer=4096",
         ]) else {
             panic!("should parse")
         };
@@ -315,11 +322,13 @@ mod tests {
         assert_eq!((c.limits.max_frames, c.limits.max_headers, c.limits.max_topic_len), (10, 3, 20));
         assert_eq!(c.max_subscriptions, 5);
         assert_eq!(c.authorized_keys_poll, None);
+        assert_eq!(c.client_buffer, 4096);
         let Ok(Parsed::Run(c)) = parse(&["--no-curve"]) else { panic!("should parse") };
         assert_eq!(c.identity_check, mc0::broker::IdentityCheck::Enforce);
         assert!(c.node_publish_agents.is_empty());
         assert_eq!(c.authorized_keys_poll, Some(mc0::broker::DEFAULT_KEYS_POLL));
         assert_eq!(c.max_body_size, mc0::broker::DEFAULT_MAX_BODY_SIZE);
+        assert_eq!(c.client_buffer, mc0::broker::DEFAULT_CLIENT_BUFFER);
     }
 
     #[test]
@@ -360,6 +369,7 @@ mod tests {
             (&["--no-curve", "--authorized-keys", "keys"], "--authorized-keys"),
             (&["--no-curve", "--max-frames", "0"], "--max-frames"),
             (&["--no-curve", "--max-body-size", "big"], "--max-body-size"),
+            (&["--no-curve", "--client-buffer", "0"], "--client-buffer"),
             (&["--no-curve", "--authorized-keys-poll", "-1"], "--authorized-keys-poll"),
             (&["--no-curve", "--identity-check", "log"], "--identity-check"),
             (&["--no-curve", "--node-publish-agents", "registration"], "--node-publish-agents"),

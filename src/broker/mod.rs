@@ -26,10 +26,20 @@
 //!   fails at once instead of silently vanishing or blocking the loop. Each
 //!   failure is counted as a drop and logged (rate-limited warning).
 //! - `ZMQ_SNDHWM` (default [`DEFAULT_SNDHWM`] = 10 000 messages, per client):
-//!   how far one client may fall behind before messages to it are dropped.
-//!   Large enough to absorb a reply burst from a 10 000-node fleet to a slow
-//!   `mco` client; small enough that a stuck client costs bounded memory
-//!   (10 000 × message size) and never delays anyone else.
+//!   libzmq's queue to one client. When it is full, further messages to that
+//!   client wait in mc0d's own buffer for it ([`buffers`]), bounded in bytes
+//!   (`--client-buffer`, default [`DEFAULT_CLIENT_BUFFER`] = 64 MiB), and are
+//!   sent in order as the client drains. A message count alone cannot size
+//!   this: one broadcast request brings one reply per node to one `mco`
+//!   client at once. The sizing rule: `--sndhwm` messages plus
+//!   `--client-buffer` bytes must hold a whole fleet's replies to one
+//!   request, i.e. nodes × reply size ≤ client buffer (the libzmq queue is
+//!   slack): the defaults hold 15 000 replies of 4 KiB. Only a client over
+//!   both bounds is stuck; what does not fit is dropped, counted
+//!   (`full_drops=`) and logged. A stuck client costs at most `--sndhwm`
+//!   messages in libzmq plus `--client-buffer` bytes here, and never delays
+//!   anyone else. (libzmq's count is approximate: the writer learns of the
+//!   reader's progress in steps of about 9 000 messages.)
 //! - `ZMQ_RCVHWM` (default [`DEFAULT_RCVHWM`] = 1 000 messages, per client):
 //!   inbound is fair-queued per connection; a full queue only stops reading
 //!   that client's TCP stream (back-pressure on the publisher), nothing is lost.
@@ -117,6 +127,7 @@
 
 pub mod acl;
 pub mod allowlist;
+pub mod buffers;
 pub mod clients;
 pub mod logger;
 pub mod shared;
@@ -136,6 +147,7 @@ use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED
 
 use acl::{Actor, Denial, Policy};
 use allowlist::{Allowlist, Entry, Fingerprint};
+use buffers::{Buffers, Frames};
 use clients::{Bytes, Clients, Heard, Session};
 use logger::{Logger, RateLimit};
 use shared::Shared;
@@ -148,8 +160,9 @@ pub use clients::Conn;
 
 /// The default TCP port (`PROTOCOL.md`).
 pub const DEFAULT_PORT: u16 = 61616;
-/// Messages queued per client before sends to it are dropped (see module doc).
+/// Messages libzmq queues per client before mc0d buffers them (see module doc).
 pub const DEFAULT_SNDHWM: i32 = 10_000;
+pub use buffers::DEFAULT_CLIENT_BUFFER;
 /// Messages queued from each client before its stream is throttled.
 pub const DEFAULT_RCVHWM: i32 = 1_000;
 /// Pending-connection queue for the listening socket.
@@ -170,6 +183,9 @@ pub use crate::protocol::{ACCESS_DENIED, IMPOSTOR};
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
 /// even when the signal lands on a libzmq thread rather than this one.
 const MAX_WAIT: Duration = Duration::from_millis(200);
+/// Why nothing goes to a session whose connection closed.
+const LOST: &str = "its connection closed; nothing goes to it until it speaks again";
+
 /// Messages handled per wake-up before timers get a turn.
 const BATCH: usize = 1024;
 const LINGER_MS: i32 = 500;
@@ -230,6 +246,8 @@ pub struct Config {
     /// counter changed).
     pub status_interval: Duration,
     pub sndhwm: i32,
+    /// Bytes mc0d holds for one client beyond libzmq's queue (see [`buffers`]).
+    pub client_buffer: usize,
     pub rcvhwm: i32,
     pub backlog: i32,
     pub io_threads: i32,
@@ -295,6 +313,7 @@ impl Default for Config {
             log_level: Level::Info,
             status_interval: Duration::from_secs(60),
             sndhwm: DEFAULT_SNDHWM,
+            client_buffer: DEFAULT_CLIENT_BUFFER,
             rcvhwm: DEFAULT_RCVHWM,
             backlog: DEFAULT_BACKLOG,
             io_threads: 1,
@@ -343,8 +362,13 @@ pub struct Stats {
     pub msgs_out: u64,
     pub puts: u64,
     pub delivered: u64,
-    /// Sends that failed (peer gone or its queue full), and deliveries not
-    /// made to a session whose connection is gone.
+    /// Messages waiting in mc0d's client buffers now.
+    pub buffered: usize,
+    /// Messages dropped because a client's buffer was full (a stuck client).
+    pub full_drops: u64,
+    /// Every message dropped: `full_drops`, those to a client that is gone
+    /// (disconnected, expired or revoked), and deliveries not made to a
+    /// session whose connection closed.
     pub drops: u64,
     /// CONNECTs, SUBs and PUTs that broke the identity or role rules
     /// (refused, or only logged with `--identity-check log`).
@@ -358,13 +382,16 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "clients={} topics={} in={} out={} puts={} delivered={} drops={} violations={} impostors={}",
+            "clients={} topics={} in={} out={} puts={} delivered={} buffered={} full_drops={} drops={} violations={} \
+             impostors={}",
             self.clients,
             self.topics,
             self.msgs_in,
             self.msgs_out,
             self.puts,
             self.delivered,
+            self.buffered,
+            self.full_drops,
             self.drops,
             self.violations,
             self.impostors
@@ -614,7 +641,8 @@ impl Server {
     fn serve(&mut self, stop: &AtomicBool, reload: &AtomicBool, status_interval: Duration) -> Result<(), BrokerError> {
         let mut next_status = Instant::now() + status_interval;
         // Heartbeats alone do not make the status line worth repeating.
-        let key = |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.drops, s.violations, s.impostors);
+        let key =
+            |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.buffered, s.drops, s.violations, s.impostors);
         let mut last_status = key(&self.engine.stats());
         // The last instant at which a receive found nothing waiting: clients
         // are only expired for silence up to it (see Engine::tick_drained).
@@ -827,48 +855,104 @@ struct Out<T> {
     stats: Stats,
     drop_warn: RateLimit,
     log: Logger,
+    /// Messages waiting for clients whose libzmq queue is full.
+    buffers: Buffers,
 }
 
 impl<T: Transport> Out<T> {
-    /// Sends one message to `rid`; false (and counted, logged) if dropped.
+    /// Sends one message to `rid`, or queues it in the client's buffer
+    /// behind earlier ones; false (and counted, logged) if dropped.
     fn send(&mut self, rid: &[u8], frames: &[Vec<u8>], now: Instant) -> bool {
+        if self.buffers.holds(rid) {
+            return self.buffer(rid, Arc::new(frames.to_vec()), now);
+        }
         let result = self.transport.deliver(rid, frames);
-        self.count(rid, result, now)
+        self.sent(rid, result, || Arc::new(frames.to_vec()), now)
     }
 
     /// [`send`](Out::send) for one recipient of a fan-out.
     fn send_shared(&mut self, rid: &[u8], message: &mut Shared, now: Instant) -> bool {
+        if self.buffers.holds(rid) {
+            return self.buffer(rid, message.share(), now);
+        }
         let result = self.transport.deliver_shared(rid, message);
-        self.count(rid, result, now)
+        self.sent(rid, result, || message.share(), now)
     }
 
-    fn count(&mut self, rid: &[u8], result: Result<(), zmq::Error>, now: Instant) -> bool {
+    fn sent(
+        &mut self,
+        rid: &[u8],
+        result: Result<(), zmq::Error>,
+        frames: impl FnOnce() -> Frames,
+        now: Instant,
+    ) -> bool {
         match result {
             Ok(()) => {
                 self.stats.msgs_out += 1;
                 true
             }
+            // libzmq's queue to it is full: later, in order.
+            Err(zmq::Error::EAGAIN) => self.buffer(rid, frames(), now),
             Err(e) => {
-                self.stats.drops += 1;
-                let reason = match e {
-                    zmq::Error::EHOSTUNREACH => "peer is gone".to_string(),
-                    zmq::Error::EAGAIN => "its send queue is full (SNDHWM)".to_string(),
-                    other => other.to_string(),
-                };
-                if let Some(suppressed) = self.drop_warn.allow(now) {
-                    self.log.log(
-                        Level::Warn,
-                        format_args!(
-                            "dropped a message to {}: {reason}{}; drops={}",
-                            show(rid),
-                            more_since(suppressed, "drops"),
-                            self.stats.drops
-                        ),
-                    );
-                }
+                self.dropped(rid, 1, &failure(e), now);
                 false
             }
         }
+    }
+
+    fn buffer(&mut self, rid: &[u8], frames: Frames, now: Instant) -> bool {
+        if self.buffers.push(rid, frames, now) {
+            return true;
+        }
+        self.stats.full_drops += 1;
+        let why =
+            format!("it is not reading: its buffer in mc0d is full ({} bytes, --client-buffer)", self.buffers.limit());
+        self.dropped(rid, 1, &why, now);
+        false
+    }
+
+    /// Sends what waits in the buffers of the clients due a retry.
+    fn retry_buffered(&mut self, now: Instant) {
+        for rid in self.buffers.due(now) {
+            let transport = &mut self.transport;
+            let retried = self.buffers.retry(&rid, now, |frames| transport.deliver(&rid, frames));
+            self.stats.msgs_out += retried.sent as u64;
+            if let Some((e, dropped)) = retried.failed {
+                self.dropped(&rid, dropped as u64, &failure(e), now);
+            }
+        }
+    }
+
+    /// Drops what waits for a client the broker forgets.
+    fn discard(&mut self, rid: &[u8], why: &str, now: Instant) {
+        let dropped = self.buffers.discard(rid);
+        if dropped > 0 {
+            self.dropped(rid, dropped as u64, why, now);
+        }
+    }
+
+    fn dropped(&mut self, rid: &[u8], count: u64, why: &str, now: Instant) {
+        self.stats.drops += count;
+        if let Some(suppressed) = self.drop_warn.allow(now) {
+            let what = if count == 1 { "a message".to_string() } else { format!("{count} messages") };
+            self.log.log(
+                Level::Warn,
+                format_args!(
+                    "dropped {what} to {}: {why}{}; drops={}",
+                    show(rid),
+                    more_since(suppressed, "drops"),
+                    self.stats.drops
+                ),
+            );
+        }
+    }
+}
+
+/// Why a send failed for good.
+fn failure(e: zmq::Error) -> String {
+    match e {
+        zmq::Error::EHOSTUNREACH => "peer is gone".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -934,7 +1018,13 @@ impl<T: Transport> Engine<T> {
         let log = Logger::new(config.log_level);
         let every_second = || RateLimit::new(Duration::from_secs(1));
         Engine {
-            out: Out { transport, stats: Stats::default(), drop_warn: every_second(), log },
+            out: Out {
+                transport,
+                stats: Stats::default(),
+                drop_warn: every_second(),
+                log,
+                buffers: Buffers::new(config.client_buffer),
+            },
             clients: Clients::new(),
             subs: Subscriptions::new(),
             limits: config.limits,
@@ -961,7 +1051,12 @@ impl<T: Transport> Engine<T> {
 
     /// Current counters.
     pub fn stats(&self) -> Stats {
-        Stats { clients: self.clients.len(), topics: self.subs.topic_count(), ..self.out.stats.clone() }
+        Stats {
+            clients: self.clients.len(),
+            topics: self.subs.topic_count(),
+            buffered: self.out.buffers.messages(),
+            ..self.out.stats.clone()
+        }
     }
 
     /// Installs (or, with `None`, removes) the allowlist. Every session whose
@@ -989,6 +1084,7 @@ impl<T: Transport> Engine<T> {
         for (rid, why) in &stale {
             let Some(client) = self.clients.remove(rid) else { continue };
             self.subs.forget(&client);
+            self.out.discard(rid, why, now);
             self.out.log.log(
                 Level::Warn,
                 format_args!("client {} dropped: {why} ({} subscriptions dropped)", show(rid), client.topics.len()),
@@ -1009,11 +1105,13 @@ impl<T: Transport> Engine<T> {
     /// `all`, of every one that ended before this call (which may cost a
     /// system call): before a delivery, and before a session is tied to a
     /// connection, whose number may be that of one that ended.
-    pub fn connections_lost(&mut self, all: bool) {
+    pub fn connections_lost(&mut self, all: bool, now: Instant) {
         let mut lost = std::mem::take(&mut self.lost);
         self.out.transport.lost_connections(&mut lost, all);
         for conn in lost.drain(..) {
             if let Some(rid) = self.clients.connection_lost(conn) {
+                // What waits in its buffer would go to whoever takes the id.
+                self.out.discard(&rid, LOST, now);
                 if self.out.log.enabled(Level::Debug) {
                     self.out.log.log(
                         Level::Debug,
@@ -1040,12 +1138,17 @@ impl<T: Transport> Engine<T> {
     /// read every pending message. A client whose heartbeat still waits in
     /// the socket is thus never expired because the broker fell behind.
     pub fn tick_drained(&mut self, now: Instant, drained: Instant) {
-        self.connections_lost(false);
+        // Buffered deliveries go out now: first every closed connection is
+        // taken note of (see `connections_lost`), else only what is ready.
+        let retries = self.out.buffers.next_retry().is_some_and(|at| at <= now);
+        self.connections_lost(retries, now);
+        self.out.retry_buffered(now);
         while let Some(rid) = self.clients.pop_noop(now) {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
         }
         while let Some(client) = self.clients.pop_expired(drained) {
             self.subs.forget(&client);
+            self.out.discard(&client.id, "it expired", now);
             let silent = now.saturating_duration_since(client.last_heard);
             self.out.log.log(
                 Level::Info,
@@ -1059,9 +1162,10 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// When [`tick`](Engine::tick) has work next (possibly early).
+    /// When [`tick`](Engine::tick) has work next (possibly early): a
+    /// heartbeat, an expiry, or a retry of a client's buffer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.next_deadline()
+        [self.clients.next_deadline(), self.out.buffers.next_retry()].into_iter().flatten().min()
     }
 
     /// Checks that the client and subscription tables agree and respect the
@@ -1272,7 +1376,7 @@ impl<T: Transport> Engine<T> {
             Heard::Moved => {
                 // Any earlier end of this connection number belongs to
                 // another connection: take note of it before reusing it.
-                self.connections_lost(true);
+                self.connections_lost(true, now);
                 self.clients.rebind(rid, origin.conn);
                 true
             }
@@ -1339,7 +1443,7 @@ impl<T: Transport> Engine<T> {
                 };
                 // As for a session that moves: an earlier end of this
                 // connection number is not this connection's.
-                self.connections_lost(true);
+                self.connections_lost(true, now);
                 let old = self.clients.connect(rid, session, Duration::from_millis(ttl_ms), now);
                 let version = String::from_utf8_lossy(version);
                 match old {
@@ -1421,7 +1525,7 @@ impl<T: Transport> Engine<T> {
                 if self.subs.subscribers(topic).next().is_some() {
                     // A connection that ended must not pass its routing id's
                     // deliveries on to one that took the id since.
-                    self.connections_lost(true);
+                    self.connections_lost(true, now);
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
                     let name = sender.listed.and_then(|(_, entry)| entry.name.as_deref());
@@ -1434,7 +1538,8 @@ impl<T: Transport> Engine<T> {
                     for sub in self.subs.subscribers(topic) {
                         let Some(client) = self.clients.get_mut(sub) else { continue };
                         let sent = if client.lost {
-                            self.out.count(sub, Err(zmq::Error::EHOSTUNREACH), now)
+                            self.out.dropped(sub, 1, LOST, now);
+                            false
                         } else {
                             self.out.send_shared(sub, &mut message, now)
                         };

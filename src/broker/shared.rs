@@ -8,12 +8,15 @@
 //! `zmq_msg_t` inside its `Message`, so the frames are the broker's own
 //! `zmq_msg_t` wrappers (`zmsg::Msg`).
 
+use std::sync::Arc;
+
+use super::buffers::Frames;
 use super::zmsg::Msg;
 
 /// A message to send to many clients. Transports that cannot share a
 /// buffer send [`frames`](Shared::frames); the ROUTER socket shares.
 pub struct Shared {
-    frames: Vec<Vec<u8>>,
+    frames: Frames,
     /// `frames` as libzmq messages, built on the first delivery by a socket.
     msgs: Vec<Msg>,
 }
@@ -23,11 +26,17 @@ impl Shared {
     ///
     /// [`Transport::deliver`]: super::Transport::deliver
     pub fn new(frames: Vec<Vec<u8>>) -> Self {
-        Shared { frames, msgs: Vec::new() }
+        Shared { frames: Arc::new(frames), msgs: Vec::new() }
     }
 
     pub fn frames(&self) -> &[Vec<u8>] {
         &self.frames
+    }
+
+    /// Another reference to the frames, for a recipient whose copy must
+    /// wait in its buffer.
+    pub fn share(&self) -> Frames {
+        self.frames.clone()
     }
 
     /// Sends the frames (after the routing-id frame the caller has sent with

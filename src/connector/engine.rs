@@ -1,18 +1,36 @@
 //! The engine: the one thread that owns the DEALER socket (a `zmq::Socket`
 //! is not `Sync`, and one owner means no locking around it).
 //!
-//! It polls the socket and the wake pipe together, so it reacts at once to
-//! broker traffic and to requests, and otherwise sleeps exactly until its
-//! next deadline (heartbeat, liveness, handshake, backoff, close).
+//! It polls the socket, the wake pipe and the socket's monitor together, so
+//! it reacts at once to broker traffic, to requests and to the transport
+//! coming and going, and otherwise sleeps exactly until its next deadline
+//! (heartbeat, liveness, handshake, backoff, close).
 //!
 //! Link states:
+//! - `Connecting`: no ZMTP session with the broker. libzmq (re)connects the
+//!   TCP connection by itself, every 0.1 s doubling up to
+//!   [`TCP_RETRY_MAX`]; nothing is handed to the socket meanwhile
+//!   (`ZMQ_IMMEDIATE`: a send without a session would fail, so publishes stay
+//!   in our own queue). The monitor's HANDSHAKE_SUCCEEDED ends it: CONNECT
+//!   goes out at once.
 //! - `Handshaking`: CONNECT sent, waiting for its OK. Publishes queue up and
-//!   subscribe calls wait; everything resumes on the OK.
+//!   subscribe calls wait; everything resumes on the OK, which re-makes
+//!   every subscription first.
 //! - `Ready`: normal operation. Every command carries an ID and is matched
 //!   to its OK/ERROR; MESSAGEs go to the inbox whatever else is pending.
-//! - `Backoff`: the link was declared dead (1.05 × TTL of broker silence, or
-//!   no answer to CONNECT); the socket is closed and a new one opens after a
-//!   capped exponential delay with jitter.
+//! - `Backoff`: the link was declared dead (1.05 × TTL of broker silence, no
+//!   answer to CONNECT, key refused); the socket is closed and a new one
+//!   opens after a capped exponential delay with jitter.
+//!
+//! The monitor's DISCONNECTED (the broker closed the connection: it stopped,
+//! crashed or restarted) ends a session at once, whatever the heartbeat and
+//! whatever the broker, so a restarted broker (ours, or a legacy one that
+//! never says "not connected") gets CONNECT and every subscription as soon
+//! as libzmq has reconnected. What was handed to the socket during the lost
+//! session and not answered may or may not have reached the broker: PUTs
+//! among it are dropped and counted (at-most-once), never sent twice.
+//! Heartbeat silence stays the backstop for a broker that keeps the TCP
+//! connection open but does not answer (stopped, partitioned).
 //!
 //! "ERROR ... not connected" means the broker forgot us (restart or expiry):
 //! the engine sends CONNECT again on the same socket. The broker handles one
@@ -69,13 +87,35 @@ fn nonce() -> String {
 const TOPICS_PER_SUB: usize = 1000;
 /// Messages read per poll wake-up before attending to requests again.
 const RECV_BATCH: usize = 4096;
+/// PUTs handed to the socket per loop turn; the loop reads (up to
+/// [`RECV_BATCH`]) between two batches. A connector that publishes hard to a
+/// topic it is subscribed to gets an OK and a MESSAGE back per PUT: its
+/// inbound side must never wait behind a long run of sends.
+const SEND_BATCH: usize = 256;
 /// First reconnect delay; doubles per failed attempt up to `reconnect_max`.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// libzmq's first TCP reconnect interval (`ZMQ_RECONNECT_IVL`, plus up to
+/// as much jitter); it doubles per refused attempt up to [`TCP_RETRY_MAX`].
+const TCP_RETRY_BASE: Duration = Duration::from_millis(100);
+/// Cap of libzmq's TCP reconnect interval (`ZMQ_RECONNECT_IVL_MAX`, or
+/// `reconnect_max` if smaller). A broker that comes back is reached at most
+/// this + [`TCP_RETRY_BASE`] (jitter) later, however long it was away; then
+/// one CURVE handshake and two round trips (CONNECT, SUB) and every
+/// subscription is back: about 1.2 s at worst on a LAN. The price: while the
+/// broker is down each node tries once a second (a refused TCP connection).
+const TCP_RETRY_MAX: Duration = Duration::from_secs(1);
 
 enum State {
-    Handshaking { deadline: Instant },
+    /// No ZMTP session: libzmq is (re)connecting; CONNECT goes out when the
+    /// monitor reports a completed handshake.
+    Connecting,
+    Handshaking {
+        deadline: Instant,
+    },
     Ready,
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
 }
 
 /// A command sent (or queued in the outbox) that waits for OK/ERROR by ID.
@@ -144,6 +184,11 @@ pub(crate) struct Engine {
     closing: Option<Closing>,
     /// connect() waiting for the first handshake.
     ready: Option<Answer>,
+    /// connect()'s bound, while `ready` waits.
+    connect_deadline: Instant,
+    /// The ID of the current session's CONNECT: an answer to an earlier
+    /// command belongs to a session that is gone.
+    session_start: u64,
     link_failed: bool,
     exit: bool,
     rng: u64,
@@ -152,12 +197,16 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub fn new(settings: Arc<Settings>, shared: Arc<Shared>, ready: Answer) -> Result<Engine, Error> {
+    /// An engine that has not started connecting yet: [`run`](Engine::run)
+    /// does that on its own thread, so name resolution is bounded by
+    /// connect()'s wait like everything else.
+    pub fn new(settings: Arc<Settings>, shared: Arc<Shared>, ready: Answer) -> Engine {
         let now = Instant::now();
         let seed = now.elapsed().as_nanos() as u64
             ^ std::process::id() as u64
             ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let mut engine = Engine {
+        let connect_deadline = now + settings.connect_timeout;
+        Engine {
             settings,
             shared,
             ctx: zmq::Context::new(),
@@ -182,18 +231,14 @@ impl Engine {
             attempt: 0,
             closing: None,
             ready: Some(ready),
+            connect_deadline,
+            session_start: 0,
             link_failed: false,
             exit: false,
             rng: seed | 1,
             limits: Limits::default(),
             dropped_warned: 0,
-        };
-        engine.open_socket()?;
-        Ok(engine)
-    }
-
-    pub fn routing_id(&self) -> &str {
-        &self.routing_id
+        }
     }
 
     /// The thread body. A panic is contained here so that callers still get
@@ -212,7 +257,14 @@ impl Engine {
     }
 
     fn main_loop(&mut self) {
-        self.start_handshake(Instant::now());
+        // A name that does not resolve would only make libzmq retry in the
+        // background until connect_timeout; say so at once instead.
+        if let Err(e) = self.settings.check_host_resolves().and_then(|()| self.open_socket()) {
+            if let Some(ready) = self.ready.take() {
+                ready.send(Err(e));
+            }
+            return;
+        }
         loop {
             let now = Instant::now();
             self.take_requests(now);
@@ -253,11 +305,13 @@ impl Engine {
             if wake {
                 self.shared.waker.drain();
             }
-            if monitor_readable {
-                self.on_monitor_events(Instant::now());
-            }
+            // Input first: what the broker sent before a disconnect belongs
+            // to the session the disconnect ends.
             if readable {
                 self.receive_all(Instant::now());
+            }
+            if monitor_readable {
+                self.on_monitor_events(Instant::now());
             }
         }
     }
@@ -274,11 +328,16 @@ impl Engine {
         opt("set ZMQ_LINGER", socket.set_linger(0))?;
         opt("set ZMQ_ROUTING_ID", socket.set_identity(routing_id.as_bytes()))?;
         opt("set ZMQ_RCVHWM", socket.set_rcvhwm(s.receive_queue.min(i32::MAX as usize) as i32))?;
-        opt("set ZMQ_RECONNECT_IVL", socket.set_reconnect_ivl(100))?;
-        opt(
-            "set ZMQ_RECONNECT_IVL_MAX",
-            socket.set_reconnect_ivl_max(s.reconnect_max.as_millis().min(i32::MAX as u128) as i32),
-        )?;
+        // Nothing waits in libzmq for a connection that is not there: a send
+        // without a ZMTP session fails (EAGAIN) and stays in our queue, and
+        // what was queued in a session that is lost is discarded with it
+        // rather than sent to the next broker ahead of our CONNECT.
+        opt("set ZMQ_IMMEDIATE", socket.set_immediate(true))?;
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128) as i32;
+        opt("set ZMQ_RECONNECT_IVL", socket.set_reconnect_ivl(ms(TCP_RETRY_BASE)))?;
+        opt("set ZMQ_RECONNECT_IVL_MAX", socket.set_reconnect_ivl_max(ms(TCP_RETRY_MAX.min(s.reconnect_max))))?;
+        // A broker host that swallows SYNs is retried like a refused one.
+        opt("set ZMQ_CONNECT_TIMEOUT", socket.set_connect_timeout(ms(s.connect_timeout).max(1)))?;
         if s.ipv6 {
             opt("set ZMQ_IPV6", socket.set_ipv6(true))?;
         }
@@ -290,6 +349,7 @@ impl Engine {
         // Before connect, so the first handshake is seen too.
         let monitor_endpoint = format!("inproc://mc0-monitor-{n}");
         let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+            | zmq::SocketEvent::DISCONNECTED.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw();
         opt("start the socket monitor", socket.monitor(&monitor_endpoint, i32::from(events)))?;
@@ -300,6 +360,7 @@ impl Engine {
         clog!(Level::Debug, "mc0 connector {routing_id}: socket connecting to {}", s.endpoint);
         self.socket = Some(socket);
         self.monitor = Some(monitor);
+        self.state = State::Connecting;
         self.routing_id = routing_id.clone();
         *self.shared.routing_id.lock().unwrap_or_else(|e| e.into_inner()) = routing_id;
         Ok(())
@@ -424,20 +485,25 @@ impl Engine {
                 return;
             }
         }
+        if self.ready.is_some() && now >= self.connect_deadline {
+            let message = self.no_answer_message();
+            if let Some(ready) = self.ready.take() {
+                ready.send(Err(Error::new(ErrorKind::Timeout, message)));
+            }
+            self.exit = true;
+            return;
+        }
         match self.state {
-            State::Handshaking { deadline, .. } if now >= deadline => {
+            // libzmq keeps reconnecting; the monitor says when it succeeded.
+            State::Connecting => {}
+            State::Handshaking { deadline } if now >= deadline => {
                 let message = self.no_answer_message();
-                if let Some(ready) = self.ready.take() {
-                    ready.send(Err(Error::new(ErrorKind::Timeout, message)));
-                    self.exit = true;
-                } else {
-                    clog!(Level::Warn, "mc0 connector {}: {message}; reconnecting", self.routing_id);
-                    self.reset_link(now);
-                }
+                clog!(Level::Warn, "mc0 connector {}: {message}; reconnecting", self.routing_id);
+                self.reset_link(now);
             }
             State::Handshaking { .. } => {}
             State::Backoff { until } if now >= until => match self.open_socket() {
-                Ok(()) => self.start_handshake(now),
+                Ok(()) => {}
                 Err(e) => {
                     clog!(Level::Error, "mc0 connector {}: {e}", self.routing_id);
                     self.schedule_backoff(now);
@@ -497,10 +563,17 @@ impl Engine {
         if let Some(closing) = &self.closing {
             consider(closing.deadline);
         }
+        if self.ready.is_some() {
+            consider(self.connect_deadline);
+        }
         match self.state {
-            State::Handshaking { deadline, .. } => consider(deadline),
+            State::Connecting => {}
+            State::Handshaking { deadline } => consider(deadline),
             State::Backoff { until } => consider(until),
             State::Ready => {
+                if self.can_send_publishes() {
+                    return 0;
+                }
                 consider(self.silence_deadline());
                 self.idle_probe_at().into_iter().chain(self.silence_probe_at()).for_each(consider);
             }
@@ -531,6 +604,7 @@ impl Engine {
         self.requeue_outbox();
         let id = self.next_id();
         self.pending.insert(id, Pending::Connect);
+        self.session_start = id;
         self.state = State::Handshaking { deadline: now + self.settings.connect_timeout };
         let frames = Command::Connect {
             version: protocol::PROTOCOL_VERSION.as_bytes(),
@@ -611,8 +685,10 @@ impl Engine {
         }
     }
 
-    /// Declares the link dead: closes the socket and schedules a new one.
-    fn reset_link(&mut self, now: Instant) {
+    /// Ends the current session: what never left us goes back to the
+    /// queues, what was handed to the socket and is unanswered is settled as
+    /// lost (PUTs dropped: they may have been delivered).
+    fn abandon_session(&mut self) {
         self.shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         self.requeue_outbox();
         let pending = std::mem::take(&mut self.pending);
@@ -629,14 +705,62 @@ impl Engine {
             );
         }
         self.check_flushes();
+        self.probe_sent = None;
+    }
+
+    /// Declares the link dead: closes the socket and schedules a new one.
+    fn reset_link(&mut self, now: Instant) {
+        self.abandon_session();
         self.socket = None;
         self.monitor = None;
-        self.probe_sent = None;
         if self.closing.is_some() {
             self.exit = true;
             return;
         }
         self.schedule_backoff(now);
+    }
+
+    /// The monitor saw a ZMTP handshake complete: a new session with a broker
+    /// that may know nothing of us (restarted, or a legacy broker that would
+    /// adopt us silently without our subscriptions). CONNECT at once; its OK
+    /// re-makes every subscription.
+    fn on_transport_up(&mut self, now: Instant) {
+        if !matches!(self.state, State::Connecting) {
+            // A new session can only follow the end of the previous one.
+            self.on_transport_down(now);
+        }
+        if matches!(self.state, State::Connecting) && !self.exit {
+            self.start_handshake(now);
+        }
+    }
+
+    /// The monitor saw the connection close (the broker stopped, crashed or
+    /// restarted; or an attempt failed). libzmq reconnects by itself.
+    fn on_transport_down(&mut self, now: Instant) {
+        match self.state {
+            State::Connecting | State::Backoff { .. } => return,
+            State::Ready => clog!(
+                Level::Warn,
+                "mc0 connector {}: broker {} closed the connection; reconnecting",
+                self.routing_id,
+                self.settings.endpoint
+            ),
+            State::Handshaking { .. } => {}
+        }
+        // Replies of the lost session already received come first.
+        if let Some(socket) = &self.socket {
+            // Processes libzmq's pending commands, so recv sees them.
+            let _ = socket.get_events();
+        }
+        self.receive_all(now);
+        if self.exit {
+            return;
+        }
+        self.abandon_session();
+        self.state = State::Connecting;
+        if self.closing.is_some() {
+            self.exit = true;
+        }
     }
 
     /// The broker no longer knows us: CONNECT again on the same socket.
@@ -739,9 +863,20 @@ impl Engine {
         }
     }
 
+    /// Whether a queued publish may go out now: the session is up, the
+    /// socket takes more, and the broker's OKs keep up. Closing sends
+    /// everything queued; otherwise at most `send_queue` wait for their OK.
+    fn can_send_publishes(&self) -> bool {
+        let window = if self.closing.is_some() { usize::MAX } else { self.settings.send_queue };
+        matches!(self.state, State::Ready)
+            && self.outbox.is_empty()
+            && !self.publishes.is_empty()
+            && self.inflight_puts < window
+    }
+
     /// Sends what the socket takes: the outbox first, then (when the link is
-    /// up) queued publishes up to the in-flight limit, then a pending
-    /// DISCONNECT when closing.
+    /// up) a batch of queued publishes within the in-flight limit, then a
+    /// pending DISCONNECT when closing.
     fn pump(&mut self, now: Instant) {
         if self.socket.is_none() || self.exit {
             return;
@@ -764,9 +899,12 @@ impl Engine {
         if !matches!(self.state, State::Ready) {
             return;
         }
-        // Closing sends everything queued; otherwise the broker's OKs pace us.
-        let cap = if self.closing.is_some() { usize::MAX } else { self.settings.send_queue };
-        while self.inflight_puts < cap && self.outbox.is_empty() && !self.link_failed {
+        // One batch per turn: what has arrived is read before more goes out
+        // (poll_timeout is 0 while more can go).
+        for _ in 0..SEND_BATCH {
+            if !self.can_send_publishes() || self.link_failed {
+                break;
+            }
             let Some(q) = self.publishes.pop_front() else { break };
             self.shared.queued_publishes.fetch_sub(1, Ordering::SeqCst);
             let id = self.next_id();
@@ -923,9 +1061,11 @@ impl Engine {
         let rid = self.routing_id.clone();
         match pending {
             None => {
-                if not_connected {
+                // A "not connected" to a command of a session already
+                // replaced says nothing about the current one.
+                if not_connected && id.map_or(true, |id| id >= self.session_start) {
                     self.renegotiate(now);
-                } else {
+                } else if !not_connected {
                     clog!(Level::Warn, "mc0 connector {rid}: broker error: {message}");
                 }
             }
@@ -1002,21 +1142,13 @@ impl Engine {
                     if std::mem::take(&mut self.refused) {
                         clog!(Level::Info, "mc0 connector {}: the broker accepts our key again", self.routing_id);
                     }
-                    if matches!(self.state, State::Ready) {
-                        // libzmq reconnected this socket by itself. mc0d
-                        // delivers nothing to a session whose connection
-                        // closed until it hears from it again; a broker that
-                        // restarted answers "not connected". Either way,
-                        // speak now rather than at the next heartbeat.
-                        self.send_probe(now);
-                    }
+                    self.on_transport_up(now);
                 }
+                zmq::SocketEvent::DISCONNECTED => self.on_transport_down(now),
                 zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => {
                     self.key_refused(&format!("handshake refused, ZAP status {value}"), now);
                 }
                 zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => {
-                    // libzmq does not retry; the handshake deadline resets
-                    // the link.
                     clog!(
                         Level::Warn,
                         "mc0 connector {}: handshake with {} failed: ZMTP protocol error {value:#x} \
@@ -1024,6 +1156,11 @@ impl Engine {
                         self.routing_id,
                         self.settings.endpoint
                     );
+                    // libzmq does not retry this. connect() fails at its
+                    // deadline with a hint; later, a new socket retries.
+                    if self.ready.is_none() {
+                        self.reset_link(now);
+                    }
                 }
                 _ => {}
             }

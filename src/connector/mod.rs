@@ -11,14 +11,17 @@
 //! Delivery semantics (also in docs/CONNECTOR.md):
 //! - `publish` returns once the message is queued for the engine. The engine
 //!   sends each PUT with an ID and keeps it until the broker's OK. A PUT the
-//!   broker refuses as "not connected" (it restarted and forgot us) is sent
-//!   again after the re-handshake, so a broker restart loses nothing that
-//!   reached the new broker. A PUT whose fate is unknown because the link
-//!   died (no answer, new socket) is dropped, not resent: MCollective
-//!   requests must not run twice (at-most-once).
+//!   broker refuses as "not connected" (it forgot us) is sent again after
+//!   the re-handshake. A PUT whose fate is unknown because the session
+//!   ended before its OK (connection closed, broker silent) is dropped and
+//!   counted, not resent: MCollective requests must not run twice
+//!   (at-most-once).
 //! - While the link is down publishes wait in a queue of `send_queue`
-//!   entries; past that `publish` fails with [`ErrorKind::QueueFull`].
-//! - Subscriptions are remembered and re-made after every reconnect.
+//!   entries and are sent, once each, after the broker is back; past that
+//!   `publish` fails with [`ErrorKind::QueueFull`].
+//! - Subscriptions are remembered and re-made as soon as a new session with
+//!   the broker starts (see `engine`: within about 1.2 s of a broker's
+//!   return, whatever the heartbeat).
 
 pub(crate) mod engine;
 pub mod logging;
@@ -59,6 +62,10 @@ pub enum ErrorKind {
     QueueFull,
     /// libzmq failed (including: no CURVE support).
     Zmq,
+    /// The broker's host name does not resolve (unknown, or DNS down).
+    /// Not a Config error: a temporary DNS failure heals, so a daemon
+    /// should retry it as it retries an unreachable broker.
+    Resolve,
 }
 
 /// An error with a human-readable message naming what went wrong.
@@ -126,7 +133,9 @@ impl Message {
 pub struct Stats {
     /// Successful CONNECT handshakes (1 after connect).
     pub handshakes: u64,
-    /// Times the link was declared dead and a new socket opened.
+    /// Times a session with the broker ended and the connector started
+    /// reconnecting: the broker closed the connection, or it was silent for
+    /// 1.05 × TTL (then a new socket is opened).
     pub reconnects: u64,
     /// Publishes acknowledged by the broker.
     pub published: u64,
@@ -257,7 +266,8 @@ pub(crate) struct Shared {
     /// Set by close(): new calls fail with Closed at once.
     pub closing: AtomicBool,
     pub counters: Counters,
-    /// The current socket's routing id (a reconnect opens a new socket).
+    /// The current socket's routing id (a new socket replaces one the
+    /// engine gave up on).
     pub routing_id: Mutex<String>,
 }
 
@@ -299,7 +309,8 @@ const GRACE: Duration = Duration::from_secs(5);
 impl Connector {
     /// Connects to the broker and completes the CONNECT handshake, waiting at
     /// most `connect_timeout`. Errors: Config/Key for a bad config (naming the
-    /// key or file), Zmq for socket failures, Timeout when the broker does not
+    /// key or file), Resolve when `broker.host` does not resolve (at once,
+    /// naming it), Zmq for socket failures, Timeout when the broker does not
     /// answer (down, or a different CURVE key), Broker if it refuses.
     pub fn connect(config: &Config) -> Result<Connector, Error> {
         let settings = Arc::new(config.resolve()?);
@@ -317,8 +328,7 @@ impl Connector {
             routing_id: Mutex::new(String::new()),
         });
         let (ready_tx, ready_rx) = oneshot();
-        let engine = engine::Engine::new(settings.clone(), shared.clone(), ready_tx)?;
-        let engine_rid = engine.routing_id().to_string();
+        let engine = engine::Engine::new(settings.clone(), shared.clone(), ready_tx);
         let thread = std::thread::Builder::new()
             .name("mc0-connector".into())
             .spawn(move || engine.run())
@@ -336,8 +346,14 @@ impl Connector {
         };
         match ready_rx.wait(settings.connect_timeout + GRACE) {
             Some(Ok(())) => {
-                clog!(Level::Info, "mc0 connector {}: connected to {}", engine_rid, settings.endpoint);
-                Ok(Connector { shared, settings, thread: Mutex::new(Some(thread)) })
+                let connector = Connector { shared, settings, thread: Mutex::new(Some(thread)) };
+                clog!(
+                    Level::Info,
+                    "mc0 connector {}: connected to {}",
+                    connector.routing_id(),
+                    connector.settings.endpoint
+                );
+                Ok(connector)
             }
             Some(Err(e)) => {
                 let _ = thread.join();
@@ -356,9 +372,10 @@ impl Connector {
 
     /// The ZeroMQ routing id of the current socket:
     /// `"<identity> <pid> <n> <random>"`, `n` counting sockets in this
-    /// process and `<random>` 16 hex digits no other client can guess. A
-    /// reconnect opens a new socket with a new id, so late traffic of the
-    /// dead one cannot mix in.
+    /// process and `<random>` 16 hex digits no other client can guess. A link
+    /// declared dead (broker silent) is replaced by a new socket with a new
+    /// id, so late traffic of the dead one cannot mix in; a connection the
+    /// broker closed is re-established on the same socket.
     pub fn routing_id(&self) -> String {
         self.shared.routing_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -55,6 +55,9 @@ pub enum mc0_status {
     MC0_ERR_ZMQ = 8,
     /// An internal bug, caught before it could cross into C.
     MC0_ERR_PANIC = 9,
+    /// broker.host does not resolve (unknown name, or DNS unavailable);
+    /// mc0_last_error() names the host. May heal: daemons retry it.
+    MC0_ERR_RESOLVE = 10,
 }
 
 impl mc0_status {
@@ -68,6 +71,7 @@ impl mc0_status {
             ErrorKind::Broker => mc0_status::MC0_ERR_BROKER,
             ErrorKind::QueueFull => mc0_status::MC0_ERR_QUEUE_FULL,
             ErrorKind::Zmq => mc0_status::MC0_ERR_ZMQ,
+            ErrorKind::Resolve => mc0_status::MC0_ERR_RESOLVE,
         }
     }
 }
@@ -278,6 +282,12 @@ mod tests {
     /// predates `c""` literals).
     fn cs(bytes: &[u8]) -> CString {
         CString::new(bytes).unwrap()
+    }
+
+    #[test]
+    fn resolve_failures_have_their_own_status_appended_at_the_end() {
+        assert_eq!(mc0_status::from_kind(ErrorKind::Resolve), mc0_status::MC0_ERR_RESOLVE);
+        assert_eq!(mc0_status::MC0_ERR_RESOLVE as i32, 10, "codes are only ever appended (ABI)");
     }
 
     #[test]

@@ -124,6 +124,16 @@ static void no_broker_needed(const char *missing_key_file) {
     CHECK(contains(mc0_last_error(), missing_key_file));
     CHECK(c == NULL);
     mc0_config_free(cfg);
+
+    /* A host name that does not resolve is reported as such, naming it. */
+    cfg = mc0_config_new();
+    REQUIRE(cfg != NULL);
+    CHECK(mc0_config_set(cfg, "broker.host", "no-such-host.invalid") == MC0_OK);
+    CHECK(mc0_config_set(cfg, "curve", "false") == MC0_OK);
+    CHECK(mc0_connector_new(cfg, &c) == MC0_ERR_RESOLVE);
+    CHECK(contains(mc0_last_error(), "no-such-host.invalid"));
+    CHECK(c == NULL);
+    mc0_config_free(cfg);
 }
 
 struct receiver {

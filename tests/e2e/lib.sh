@@ -15,7 +15,8 @@ BIN_DIR=${MC0_BIN_DIR:-$E2E_ROOT/target/release}
 MC0D=$BIN_DIR/mc0d
 KEYGEN=$BIN_DIR/mc0-keygen
 LIBMC0=${MC0_LIBRARY:-$BIN_DIR/libmc0.so}
-HEARTBEAT=${E2E_HEARTBEAT:-2}
+# The legacy and libmc0 default: a broker restart must not wait for it.
+HEARTBEAT=${E2E_HEARTBEAT:-30}
 SERVERS=${E2E_SERVERS:-3}
 CONNECT_TIMEOUT=${E2E_CONNECT_TIMEOUT:-5}
 
@@ -25,6 +26,8 @@ BROKER_PID=
 SERVER_PIDS=()
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # Kills what we started, by pid: TERM, a bounded wait, then KILL.
 stop_pid() {

@@ -245,8 +245,9 @@ module MCollective
       end
 
       # A node keeps trying until the broker answers (as the Stomp connectors
-      # do); a client gives up after one bounded attempt so mco reports it.
-      # Configuration and key file errors never heal by retrying.
+      # do), also while its host name does not resolve (DNS may be down or
+      # late at boot); a client gives up after one bounded attempt so mco
+      # reports it. Configuration and key file errors never heal by retrying.
       def open_connection(settings)
         delay = 1
         begin
