@@ -119,11 +119,12 @@
 //!
 //! # The sender stamp
 //!
-//! Every MESSAGE carries [`SENDER_KEY`] (the
-//! publisher's Z85 key, whenever CURVE is on) and, with an allowlist,
-//! [`SENDER`] (the name its key is listed under), set by
-//! the broker; copies a client put in its PUT are removed. They are added
-//! once per PUT to the frames every recipient shares.
+//! Every MESSAGE carries [`SENDER_KEY`] (the publisher's Z85 key, whenever
+//! CURVE is on) and, with an allowlist, [`SENDER`] (the name its key is
+//! listed under), set by the broker; copies a client put in its PUT are
+//! removed. They are added once per PUT to the frames every recipient
+//! shares; each recipient still gets (and CURVE encrypts) two or four more
+//! frames, the cost docs/BENCHMARKS.md measures.
 
 pub mod acl;
 pub mod allowlist;
