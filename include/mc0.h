@@ -285,7 +285,26 @@ void mc0_connector_free(struct mc0_connector *c);
 const char *mc0_message_topic(const struct mc0_message *m);
 
 /**
- * Number of headers (the publisher's "X-" headers). 0 if m is NULL.
+ * The publisher's authenticated identity (NUL-terminated), owned by m: the
+ * name its key is listed under in mc0d's allowlist, set by mc0d (the
+ * SENDER header; a copy the publisher sent is never passed on). NULL when
+ * the broker set none (no allowlist, or a legacy broker, which would also
+ * pass a forged one on) or m is NULL. Thread-safe for concurrent readers
+ * of m.
+ */
+const char *mc0_message_sender(const struct mc0_message *m);
+
+/**
+ * The publisher's CURVE public key as 40 Z85 characters (NUL-terminated),
+ * owned by m: set by mc0d whenever CURVE is on (the SENDER-KEY header),
+ * trustworthy as mc0_message_sender. NULL when absent or m is NULL.
+ * Thread-safe for concurrent readers of m.
+ */
+const char *mc0_message_sender_key(const struct mc0_message *m);
+
+/**
+ * Number of headers (the publisher's "X-" headers; not SENDER and
+ * SENDER-KEY, see mc0_message_sender). 0 if m is NULL.
  */
 size_t mc0_message_header_count(const struct mc0_message *m);
 

@@ -175,9 +175,10 @@ impl Config {
             // TTL must fit the protocol's 1 ms ..= 24 h.
             "heartbeat" => self.heartbeat = parse_seconds(key, value, 0.01, 86_400.0)?,
             "identity" => {
-                if value.is_empty() || value.len() > MAX_IDENTITY_LEN || value.bytes().any(|b| b == 0) {
+                if !crate::topics::is_identity(value) || value.len() > MAX_IDENTITY_LEN {
                     return Err(config_error(format!(
-                        "identity: {value:?} must be 1 to {MAX_IDENTITY_LEN} bytes without NUL"
+                        "identity: {value:?} is not an MCollective identity: 1 to {MAX_IDENTITY_LEN} letters, \
+                         digits, '_', '.' or '-' (it is the first word of the routing id and names the node's topic)"
                     )));
                 }
                 self.identity = Some(value.to_string());
@@ -352,7 +353,7 @@ mod tests {
         for (key, _) in KEYS {
             let e = Config::new().set(key, "\u{1}bad").map(|_| ());
             // Only free-form keys accept any text; all others reject it naming the key.
-            if !["broker.host", "broker.public_key", "public_key", "private_key", "identity"].contains(key) {
+            if !["broker.host", "broker.public_key", "public_key", "private_key"].contains(key) {
                 assert!(e.unwrap_err().message().starts_with(key), "{key}");
             }
         }
@@ -423,6 +424,10 @@ mod tests {
             ("broker.host", " "),
             ("private_key", ""),
             ("identity", ""),
+            ("identity", "web 01"),
+            ("identity", "a\u{0}b"),
+            ("identity", "caf\u{e9}"),
+            ("identity", "node/1"),
         ] {
             let e = err(key, value);
             assert_eq!(e.kind(), ErrorKind::Config, "{key}={value}");
@@ -430,6 +435,8 @@ mod tests {
         }
         let long = "x".repeat(MAX_IDENTITY_LEN + 1);
         assert!(err("identity", &long).message().contains("identity"));
+        let e = err("identity", "web 01");
+        assert!(e.message().contains("\"web 01\""), "names the value: {e}");
     }
 
     #[test]

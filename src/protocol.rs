@@ -23,6 +23,20 @@ pub const NOT_CONNECTED: &str = "not connected: send CONNECT first";
 /// connector reports it as "broker refused our key".
 pub const ACCESS_DENIED: &str = "access denied: key not authorized";
 
+/// Text of the `ERROR MESSAGE` mc0d sends for a message whose routing id
+/// belongs to a live session opened with another CURVE key. The session
+/// is left as it was.
+pub const IMPOSTOR: &str = "routing id refused: it belongs to the live session of another key";
+
+/// MESSAGE header mc0d sets to the name the publisher's key is listed
+/// under in its allowlist: the publisher's authenticated MCollective
+/// identity. Reserved (no `X-`): a copy in a PUT is removed, not forwarded.
+pub const SENDER: &str = "SENDER";
+
+/// MESSAGE header mc0d sets to the publisher's CURVE public key (Z85),
+/// whenever CURVE is on. Reserved like [`SENDER`].
+pub const SENDER_KEY: &str = "SENDER-KEY";
+
 /// Upper bounds on what a single message may contain. A message over any of
 /// them is rejected with [`ProtocolError`] before it is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

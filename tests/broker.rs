@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Mc0d, WAIT};
+use common::{Client, Mc0d, Mc0dOptions, WAIT};
 use mc0::protocol::{Command, NOT_CONNECTED};
 
 fn sub<'a>(id: &'a str, topics: &[&'a str]) -> Command<'a> {
@@ -60,6 +60,9 @@ fn put_fans_out_with_headers_and_binary_body() {
             "every header but ID, in order"
         );
         assert_eq!(m.body, vec![body.clone(), vec![], b"second".to_vec()]);
+        // Stamped by the broker: the publisher's key, no name (no allowlist).
+        assert!(m.sender_key.as_ref().is_some_and(|k| k.len() == 40), "{m:?}");
+        assert_eq!(m.sender, None);
     }
     // A topic nobody subscribes to is acknowledged and dropped.
     publisher.call(&Command::Put { topic: b"nobody", headers: vec![], id: Some(b"p2"), body: vec![b"x"] });
@@ -249,9 +252,12 @@ fn malformed_messages_get_errors_and_the_broker_keeps_serving() {
     assert_eq!(subscriber.expect_message().body, vec![b"still here".to_vec()]);
 }
 
+/// Without CURVE there is no key to tell a reconnect from a takeover:
+/// as with the legacy brokers, the newest connection gets the routing id.
+/// (With CURVE it stays with its connection: `tests/broker_identity.rs`.)
 #[test]
-fn router_handover_gives_the_routing_id_to_the_newest_connection() {
-    let broker = Mc0d::start();
+fn without_curve_the_newest_connection_takes_the_routing_id() {
+    let broker = Mc0d::start_with(Mc0dOptions { curve: false, ..Default::default() });
     let ctx = zmq::Context::new();
     let id = b"node1.example 4242 main";
     let old = broker.client_with_id(&ctx, id);
@@ -263,7 +269,9 @@ fn router_handover_gives_the_routing_id_to_the_newest_connection() {
     let publisher = broker.client(&ctx);
     publisher.handshake(30_000);
     publisher.call(&put("t", Some("p"), b"to the newest"));
-    assert_eq!(new.expect_message().body, vec![b"to the newest".to_vec()]);
+    let m = new.expect_message();
+    assert_eq!(m.body, vec![b"to the newest".to_vec()]);
+    assert_eq!((m.sender, m.sender_key), (None, None), "no key, no stamp");
     assert_nothing(&new, Duration::from_millis(200), "one copy only");
     assert_nothing(&old, Duration::from_millis(200), "replaced connection");
     assert!(broker.log.text().contains("reconnected"), "{}", broker.log.text());
@@ -271,45 +279,9 @@ fn router_handover_gives_the_routing_id_to_the_newest_connection() {
 
 #[test]
 fn legacy_connector_request_reply() {
-    // Frames exactly as the legacy Ruby connector sends them.
     let broker = Mc0d::start();
     let ctx = zmq::Context::new();
-    let node = broker.client_with_id(&ctx, b"n1 4242 #<Thread:0x0001 run>");
-    let client = broker.client_with_id(&ctx, b"client 1234 #<Thread:0x0002 run>");
-    for (c, id) in [(&node, "1"), (&client, "1")] {
-        c.send(&[&b""[..], b"CONNECT", b"ID", id.as_bytes(), b"TTL", b"30000", b"VERSION", b"0.2"]);
-        c.expect_ok(id);
-    }
-    node.send(&[&b""[..], b"SUB", b"ID", b"2", b"", b"mcollective rpcutil", b"mcollective nodes n1"]);
-    node.expect_ok("2");
-    client.send(&[&b""[..], b"SUB", b"ID", b"2", b"", b"mcollective reply client 1234"]);
-    client.expect_ok("2");
-
-    let request = b"\x04\x08{\x07:\x0bbody\"\x0erequest body".to_vec();
-    for topic in [&b"mcollective rpcutil"[..], b"mcollective nodes n1"] {
-        client.send(&[
-            &b""[..],
-            b"PUT",
-            b"TOPIC",
-            topic,
-            b"X-REPLY-TO",
-            b"mcollective reply client 1234",
-            b"ID",
-            b"3",
-            b"",
-            &request,
-        ]);
-        client.expect_ok("3");
-        let m = node.expect_message();
-        assert_eq!(m.topic, topic);
-        assert_eq!(m.headers, vec![(b"X-REPLY-TO".to_vec(), b"mcollective reply client 1234".to_vec())]);
-        assert_eq!(m.body, vec![request.clone()]);
-
-        let reply_to = m.headers[0].1.clone();
-        node.send(&[&b""[..], b"PUT", b"TOPIC", &reply_to, b"", b"reply from n1"]);
-        let r = client.expect_message();
-        assert_eq!(r.topic, b"mcollective reply client 1234");
-        assert!(r.headers.is_empty());
-        assert_eq!(r.body, vec![b"reply from n1".to_vec()]);
-    }
+    let node = broker.client_with_id(&ctx, common::LEGACY_NODE.as_bytes());
+    let client = broker.client_with_id(&ctx, common::LEGACY_CLIENT.as_bytes());
+    common::legacy_request_reply(&node, &client);
 }

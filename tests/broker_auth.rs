@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{authorize, run_mc0d, Client, Mc0d, Mc0dOptions, Monitor, TempDir, WAIT};
+use common::{authorize, routing_id, run_mc0d, Client, Mc0d, Mc0dOptions, Monitor, TempDir, WAIT};
 use mc0::broker::ACCESS_DENIED;
 use mc0::keys::{key_to_z85, KeyPair};
 use mc0::protocol::Command;
@@ -26,10 +26,12 @@ fn keys_dir(tmp: &TempDir) -> PathBuf {
     dir
 }
 
-/// A client with `pair` whose handshake is watched.
-fn watched(broker: &Mc0d, ctx: &zmq::Context, pair: &KeyPair) -> (Client, Monitor) {
+/// A client with `pair`, acting as `name`, whose handshake is watched.
+fn watched(broker: &Mc0d, ctx: &zmq::Context, pair: &KeyPair, name: &str) -> (Client, Monitor) {
     let mut monitor = None;
-    let client = Client::connect_keyed(ctx, &broker.endpoint(), &broker.server_public.unwrap(), pair, None, |s| {
+    let id = routing_id(name);
+    let server = broker.server_public.unwrap();
+    let client = Client::connect_keyed(ctx, &broker.endpoint(), &server, pair, Some(id.as_bytes()), |s| {
         monitor = Some(Monitor::handshakes(ctx, s));
     });
     (client, monitor.unwrap())
@@ -38,7 +40,7 @@ fn watched(broker: &Mc0d, ctx: &zmq::Context, pair: &KeyPair) -> (Client, Monito
 /// The handshake of `pair` is refused by the ZAP handler (status 400) and a
 /// CONNECT sent meanwhile gets no answer.
 fn assert_refused(broker: &Mc0d, ctx: &zmq::Context, pair: &KeyPair) {
-    let (client, monitor) = watched(broker, ctx, pair);
+    let (client, monitor) = watched(broker, ctx, pair, "stranger");
     let _ = client.try_send(&Command::Connect { version: b"0.3", ttl_ms: 30_000, id: Some(b"c") }.to_frames());
     match monitor.next(WAIT) {
         Some((zmq::SocketEvent::HANDSHAKE_FAILED_AUTH, 400)) => {}
@@ -70,7 +72,7 @@ fn listed_keys_in_a_directory_connect_and_others_are_refused_and_logged() {
     assert!(broker.log.text().contains("only the 2 authorized keys"), "{}", broker.log.text());
 
     let ctx = zmq::Context::new();
-    let (client, monitor) = watched(&broker, &ctx, &node);
+    let (client, monitor) = watched(&broker, &ctx, &node, "node1.example");
     client.handshake(30_000);
     assert_eq!(monitor.next(WAIT).map(|e| e.0), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED));
     client.call(&Command::Sub { id: Some(b"s"), topics: vec![b"t"] });
@@ -89,15 +91,15 @@ fn key_per_line_file_with_names_and_comments() {
     let (probe, node, stranger) = (pair(), pair(), pair());
     let file = tmp.path().join("authorized_keys");
     let text = format!(
-        "# mc0 fleet\n\n{}  probe\n   {}\tweb 01 (rack 4)\n",
+        "# mc0 fleet\n\n{}  probe\n   {}\tweb01 node   # rack 4\n",
         key_to_z85(&probe.public),
         key_to_z85(&node.public)
     );
     std::fs::write(&file, text).unwrap();
     let broker = Mc0d::start_allowlist(&file, &probe, &[]);
     let ctx = zmq::Context::new();
-    broker.client_as(&ctx, &node, None).handshake(30_000);
-    let line = broker.log.wait_for(WAIT, |l| l.contains("connected") && l.contains("(web 01 (rack 4))"));
+    broker.client_named(&ctx, &node, "web01").handshake(30_000);
+    let line = broker.log.wait_for(WAIT, |l| l.contains("connected") && l.contains("(web01)"));
     assert!(line.is_some(), "{}", broker.log.text());
     assert_refused(&broker, &ctx, &stranger);
     refusal_logged(&broker, &stranger);
@@ -114,8 +116,8 @@ fn sighup_revokes_a_key_drops_its_live_session_and_refuses_its_reconnect() {
     // Polling off: this is about SIGHUP alone.
     let broker = Mc0d::start_allowlist(&dir, &probe, &["--authorized-keys-poll", "0"]);
     let ctx = zmq::Context::new();
-    let kept = broker.client_as(&ctx, &keep, None);
-    let doomed = broker.client_as(&ctx, &revoke, None);
+    let kept = broker.client_named(&ctx, &keep, "keep");
+    let doomed = broker.client_named(&ctx, &revoke, "revoke");
     for c in [&kept, &doomed] {
         c.handshake(30_000);
         c.call(&Command::Sub { id: Some(b"s"), topics: vec![b"news"] });
@@ -160,7 +162,7 @@ fn a_changed_directory_is_noticed_without_a_signal() {
     let leaving_file = authorize(&dir, "leaving", &leaving);
     let broker = Mc0d::start_allowlist(&dir, &probe, &["--authorized-keys-poll", "1"]);
     let ctx = zmq::Context::new();
-    let gone = broker.client_as(&ctx, &leaving, None);
+    let gone = broker.client_named(&ctx, &leaving, "leaving");
     gone.handshake(30_000);
 
     authorize(&dir, "late", &late);
@@ -170,7 +172,7 @@ fn a_changed_directory_is_noticed_without_a_signal() {
     let line = broker.log.wait_for(WAIT, |l| l.contains("reloaded (changed on disk) in") && l.contains("1 removed"));
     let line = line.unwrap_or_else(|| panic!("change not noticed:\n{}", broker.log.text()));
     assert!(line.contains("2 keys, ") && line.contains("1 removed; 1 sessions dropped"), "{line}");
-    broker.client_as(&ctx, &late, None).handshake(30_000);
+    broker.client_named(&ctx, &late, "late").handshake(30_000);
     assert_eq!(gone.expect_error(), (ACCESS_DENIED.to_string(), None));
 }
 
@@ -183,7 +185,7 @@ fn a_broken_list_on_reload_keeps_the_previous_one() {
     std::fs::write(&file, &good).unwrap();
     let broker = Mc0d::start_allowlist(&file, &probe, &["--authorized-keys-poll", "0"]);
     let ctx = zmq::Context::new();
-    let client = broker.client_as(&ctx, &node, None);
+    let client = broker.client_named(&ctx, &node, "node");
     client.handshake(30_000);
 
     std::fs::write(&file, format!("{}\nthis is not a key\n", key_to_z85(&probe.public))).unwrap();
@@ -192,7 +194,7 @@ fn a_broken_list_on_reload_keeps_the_previous_one() {
     let line = line.unwrap_or_else(|| panic!("failed reload not logged:\n{}", broker.log.text()));
     assert!(line.contains("line 2") && line.contains("the previous 2 keys stay in force"), "{line}");
     client.call(&Command::Noop { id: Some(b"still") });
-    broker.client_as(&ctx, &node, None).handshake(30_000);
+    broker.client_named(&ctx, &node, "node").handshake(30_000);
 }
 
 #[test]

@@ -175,5 +175,5 @@ fn a_burst_beyond_the_sndhwm_waits_in_the_client_buffer_and_arrives_in_order() {
     let status = broker.stop_with(libc::SIGTERM, Duration::from_secs(10)).expect("stops");
     assert!(status.success());
     let last = broker.log.wait_for(WAIT, |l| l.contains("stopping:")).expect("final status line");
-    assert!(last.contains(" buffered=0 ") && last.ends_with(" drops=0"), "{last}");
+    assert!(last.contains(" buffered=0 ") && last.contains(" drops=0 "), "{last}");
 }

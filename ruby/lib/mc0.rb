@@ -91,6 +91,8 @@ module Mc0
       [:mc0_connector_close, [:pointer], :int, true],
       [:mc0_connector_free, [:pointer], :void, true],
       [:mc0_message_topic, [:pointer], :pointer, false],
+      [:mc0_message_sender, [:pointer], :pointer, false],
+      [:mc0_message_sender_key, [:pointer], :pointer, false],
       [:mc0_message_header_count, [:pointer], :size_t, false],
       [:mc0_message_header_name, %i[pointer size_t], :pointer, false],
       [:mc0_message_header_value, %i[pointer size_t pointer], :pointer, false],
@@ -248,9 +250,13 @@ module Mc0
     end
   end
 
-  # A message as received: topic (String), headers ({name => binary String}),
-  # body (binary String). Plain Ruby values: nothing native is kept.
-  Message = Struct.new(:topic, :headers, :body)
+  # A message as received: topic (String), headers ({name => binary String},
+  # the publisher's X- headers), body (binary String), sender and sender_key
+  # (String or nil): the publisher's identity as mc0d's allowlist names its
+  # key, and its CURVE public key (Z85), both set by mc0d itself (SENDER and
+  # SENDER-KEY; nil from a broker that sets none). Plain Ruby values: nothing
+  # native is kept.
+  Message = Struct.new(:topic, :headers, :body, :sender, :sender_key)
 
   # mc0_config as a short-lived native object.
   module Config
@@ -460,20 +466,24 @@ module Mc0
 
     def convert(msg)
       len = FFI::MemoryPointer.new(:size_t)
-      topic_ptr = Native.mc0_message_topic(msg)
-      topic = topic_ptr.null? ? '' : topic_ptr.read_string.force_encoding(Encoding::UTF_8)
+      topic = read_text(Native.mc0_message_topic(msg)) || ''
       headers = {}
       Native.mc0_message_header_count(msg).times do |i|
-        name_ptr = Native.mc0_message_header_name(msg, i)
-        next if name_ptr.null?
+        name = read_text(Native.mc0_message_header_name(msg, i))
+        next unless name
 
-        value_ptr = Native.mc0_message_header_value(msg, i, len)
-        headers[name_ptr.read_string.force_encoding(Encoding::UTF_8)] = read_bytes(value_ptr, len)
+        headers[name] = read_bytes(Native.mc0_message_header_value(msg, i, len), len)
       end
       body_ptr = Native.mc0_message_body(msg, len)
-      Message.new(topic, headers, read_bytes(body_ptr, len))
+      Message.new(topic, headers, read_bytes(body_ptr, len),
+                  read_text(Native.mc0_message_sender(msg)), read_text(Native.mc0_message_sender_key(msg)))
     ensure
       len&.free
+    end
+
+    # A NUL-terminated string owned by the message, or nil for NULL.
+    def read_text(ptr)
+      ptr.null? ? nil : ptr.read_string.force_encoding(Encoding::UTF_8)
     end
 
     def read_bytes(ptr, len_ptr)

@@ -38,6 +38,11 @@ class BrokerRoundtripTest < Minitest::Test
     assert_equal Encoding::BINARY, msg.body.encoding
     assert_equal 'mcollective reply unit-b 1', msg.headers['X-REPLY-TO']
     assert_equal "\x00\xfe".b, msg.headers['X-BIN']
+    # Stamped by mc0d: the publisher's key (no allowlist, so no name), not
+    # among the X- headers.
+    assert_equal File.read(Mc0d.keyfile('client.public')).strip, msg.sender_key
+    assert_nil msg.sender
+    assert_equal %w[X-BIN X-REPLY-TO], msg.headers.keys.sort
   end
 
   def test_receive_times_out_with_nil

@@ -39,13 +39,26 @@ Options:
 
 Access control (CURVE only):
   --authorized-keys PATH    only clients whose CURVE public key is listed
-                            may connect. PATH is a directory of *.public
-                            files or a file with one Z85 key per line (and
-                            an optional name after it). Reloaded on SIGHUP;
+                            may connect, each as the MCollective identity it
+                            is listed under. PATH is a directory of
+                            NAME.public files (node keys in PATH/nodes/,
+                            client keys in PATH/clients/, either role
+                            directly in PATH) or a file of
+                            lines KEY NAME [node|client]. Reloaded on SIGHUP;
                             sessions of removed keys are dropped.
   --authorized-keys-poll SECS
                             also reload when PATH changes, checked this
                             often; 0: only on SIGHUP (default 5)
+  --identity-check MODE     enforce: refuse a CONNECT, SUB or PUT that
+                            breaks the identity or role rules; log: allow
+                            it, but log and count it (for migrating a site
+                            whose names differ from its identities)
+                            (default enforce)
+  --node-publish-agents LIST
+                            comma-separated agents node keys may send
+                            requests to, e.g. registration (MCollective
+                            servers publish to it when registration is on)
+                            (default: none)
 
 Limits (a client over one gets ERROR; everyone else is served on):
   --max-body-size BYTES     largest PUT body (default 67108864 = 64 MiB);
@@ -79,6 +92,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut config = Config::default();
     let mut key_file: Option<String> = None;
     let mut no_curve = false;
+    let mut identity_options = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -97,6 +111,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 | "--rcvhwm"
                 | "--authorized-keys"
                 | "--authorized-keys-poll"
+                | "--identity-check"
+                | "--node-publish-agents"
                 | "--max-body-size"
                 | "--max-frames"
                 | "--max-headers"
@@ -149,6 +165,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                     secs => Some(Duration::from_secs(secs)),
                 }
             }
+            "--identity-check" => {
+                config.identity_check = value.parse().map_err(|e| format!("bad --identity-check value {e}"))?;
+                identity_options = true;
+            }
+            "--node-publish-agents" => {
+                config.node_publish_agents = parse_agents(&value)?;
+                identity_options = true;
+            }
             "--max-body-size" => config.set_max_body_size(parse_size(&flag, &value)?),
             "--max-frames" => config.limits.max_frames = parse_size(&flag, &value)?,
             "--max-headers" => config.limits.max_headers = parse_size(&flag, &value)?,
@@ -160,6 +184,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     if no_curve && config.authorized_keys.is_some() {
         return Err("--authorized-keys needs CURVE (it cannot be combined with --no-curve)".into());
     }
+    if identity_options && config.authorized_keys.is_none() {
+        return Err(
+            "--identity-check and --node-publish-agents need --authorized-keys (identities and roles come from it)"
+                .into(),
+        );
+    }
     match (no_curve, key_file) {
         (true, Some(_)) => return Err("--no-curve and --curve-private-key exclude each other".into()),
         (false, None) => return Err("--curve-private-key FILE is required (or --no-curve to run without CURVE)".into()),
@@ -170,6 +200,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         (true, None) => {}
     }
     Ok(Parsed::Run(config))
+}
+
+/// `registration,inventory`: agent names, as MCollective writes them.
+fn parse_agents(value: &str) -> Result<Vec<String>, String> {
+    let agents: Vec<String> = value.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    match agents.iter().find(|a| !mc0::topics::is_identity(a)) {
+        Some(bad) => Err(format!("bad --node-publish-agents value {value:?}: {bad:?} is not an agent name")),
+        None => Ok(agents),
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
@@ -285,9 +324,34 @@ mod tests {
         assert_eq!(c.authorized_keys_poll, None);
         assert_eq!(c.client_buffer, 4096);
         let Ok(Parsed::Run(c)) = parse(&["--no-curve"]) else { panic!("should parse") };
+        assert_eq!(c.identity_check, mc0::broker::IdentityCheck::Enforce);
+        assert!(c.node_publish_agents.is_empty());
         assert_eq!(c.authorized_keys_poll, Some(mc0::broker::DEFAULT_KEYS_POLL));
         assert_eq!(c.max_body_size, mc0::broker::DEFAULT_MAX_BODY_SIZE);
         assert_eq!(c.client_buffer, mc0::broker::DEFAULT_CLIENT_BUFFER);
+    }
+
+    #[test]
+    fn identity_flags_with_an_allowlist() {
+        let dir = std::env::temp_dir().join(format!("mc0d-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = mc0::keys::KeyPair::generate().unwrap();
+        let (_, private) = mc0::keys::write_keypair(dir.join("broker"), &pair, true).unwrap();
+        let private = private.display().to_string();
+        let Ok(Parsed::Run(c)) = parse(&[
+            "--curve-private-key",
+            &private,
+            "--authorized-keys",
+            "/etc/mc0/keys",
+            "--identity-check=log",
+            "--node-publish-agents",
+            "registration, inventory",
+        ]) else {
+            panic!("should parse")
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.identity_check, mc0::broker::IdentityCheck::Log);
+        assert_eq!(c.node_publish_agents, vec!["registration".to_string(), "inventory".to_string()]);
     }
 
     #[test]
@@ -307,6 +371,10 @@ mod tests {
             (&["--no-curve", "--max-body-size", "big"], "--max-body-size"),
             (&["--no-curve", "--client-buffer", "0"], "--client-buffer"),
             (&["--no-curve", "--authorized-keys-poll", "-1"], "--authorized-keys-poll"),
+            (&["--no-curve", "--identity-check", "log"], "--identity-check"),
+            (&["--no-curve", "--node-publish-agents", "registration"], "--node-publish-agents"),
+            (&["--no-curve", "--identity-check", "strict"], "strict"),
+            (&["--no-curve", "--node-publish-agents", "a b"], "--node-publish-agents"),
         ] {
             match parse(args) {
                 Err(e) => assert!(e.contains(culprit), "{args:?}: {e}"),

@@ -1,12 +1,17 @@
 //! The client-key allowlist (`mc0d --authorized-keys PATH`): which CURVE
-//! public keys may complete the handshake.
+//! public keys may complete the handshake, the MCollective identity each may
+//! act as (the name it is listed under) and, optionally, its role.
 //!
 //! PATH is either
 //! - a directory: every `*.public` file in it holds one Z85 key (the layout
-//!   key distribution already produces); the file's stem names the node; or
-//! - a file: one Z85 key per line, optionally followed by whitespace and a
-//!   name; blank lines and lines starting with `#` are ignored.
+//!   key distribution already produces) and its stem names the key; keys in
+//!   `PATH/nodes/*.public` are node keys, in `PATH/clients/*.public` client
+//!   keys, directly in PATH either (see [`Role`]); or
+//! - a file: one `KEY [NAME [node|client]]` per line, `#` starting a
+//!   comment; blank lines are ignored.
 //!
+//! A name must be an MCollective identity ([`crate::topics::is_identity`]);
+//! a key listed twice under different names is an error naming both places.
 //! Keys are kept as their canonical Z85 text, which is also the `User-Id`
 //! the ZAP handler gives each admitted connection, so a message's metadata
 //! can be checked against the list without decoding.
@@ -18,12 +23,25 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::acl::Role;
 use crate::keys::{key_to_z85, parse_key, read_key_file, Key};
+use crate::topics::is_identity;
 
-/// A loaded allowlist: canonical Z85 key -> optional name.
+/// How a key is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its MCollective identity; `None` for a key listed without a name
+    /// (file form only), which therefore cannot open a session.
+    pub name: Option<Arc<str>>,
+    pub role: Role,
+    /// Where it is listed ("line 3", or the key file), for error messages.
+    source: String,
+}
+
+/// A loaded allowlist: canonical Z85 key -> how it is listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowlist {
-    keys: HashMap<Arc<str>, Option<Arc<str>>>,
+    keys: HashMap<Arc<str>, Entry>,
 }
 
 /// Why an allowlist could not be loaded; names the file (and line).
@@ -38,8 +56,12 @@ impl fmt::Display for AllowlistError {
 
 impl std::error::Error for AllowlistError {}
 
+/// The role directories of the directory form.
+const ROLE_DIRS: [(&str, Role); 2] = [("nodes", Role::Node), ("clients", Role::Client)];
+
 impl Allowlist {
-    /// Loads a directory of `*.public` files or a key-per-line file.
+    /// Loads a directory of `*.public` files (with optional `nodes/` and
+    /// `clients/`) or a key-per-line file.
     pub fn load(path: &Path) -> Result<Allowlist, AllowlistError> {
         let meta =
             fs::metadata(path).map_err(|e| AllowlistError(format!("authorized keys {}: {e}", path.display())))?;
@@ -56,10 +78,12 @@ impl Allowlist {
 
     fn load_dir(dir: &Path) -> Result<Allowlist, AllowlistError> {
         let mut list = Allowlist::default();
-        for path in public_files(dir)? {
+        for (path, role) in listed_files(dir)? {
             let key = read_key_file(&path).map_err(|e| AllowlistError(format!("authorized keys: {e}")))?;
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            list.insert(&key, name);
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let source = path.display().to_string();
+            list.insert(&key, Some(&stem), role, source)
+                .map_err(|e| AllowlistError(format!("authorized keys: {e}")))?;
         }
         Ok(list)
     }
@@ -68,32 +92,69 @@ impl Allowlist {
     pub fn parse(text: &str) -> Result<Allowlist, String> {
         let mut list = Allowlist::default();
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (key, name) = match line.split_once(char::is_whitespace) {
-                Some((key, name)) => (key, Some(name.trim())),
-                None => (line, None),
+            let at = format!("line {}", n + 1);
+            let mut words = line.split_whitespace();
+            let Some(key) = words.next().filter(|w| !w.starts_with('#')) else { continue };
+            // Z85 has '#' in its alphabet: comments start only after the key.
+            let rest: Vec<&str> = words.take_while(|w| !w.starts_with('#')).collect();
+            let key = parse_key(key).map_err(|e| format!("{at}: {e}"))?;
+            let role = match rest.get(1) {
+                None => Role::Any,
+                Some(&"node") => Role::Node,
+                Some(&"client") => Role::Client,
+                Some(other) => return Err(format!("{at}: unknown role {other:?} (expected node or client)")),
             };
-            let key = parse_key(key).map_err(|e| format!("line {}: {e}", n + 1))?;
-            list.insert(&key, name.filter(|s| !s.is_empty()).map(str::to_string));
+            if rest.len() > 2 {
+                return Err(format!(
+                    "{at}: expected \"<key> [<identity> [node|client]]\", found more after {:?} (remarks go after '#')",
+                    rest[1]
+                ));
+            }
+            list.insert(&key, rest.first().copied(), role, at)?;
         }
         Ok(list)
     }
 
-    /// An allowlist of the given keys (for tests and embedding).
-    pub fn from_keys<'a>(keys: impl IntoIterator<Item = (&'a Key, Option<&'a str>)>) -> Allowlist {
+    /// An allowlist of the given keys, checked like a loaded one (for tests
+    /// and embedding).
+    pub fn from_keys<'a>(
+        keys: impl IntoIterator<Item = (&'a Key, Option<&'a str>, Role)>,
+    ) -> Result<Allowlist, AllowlistError> {
         let mut list = Allowlist::default();
-        for (key, name) in keys {
-            list.insert(key, name.map(str::to_string));
+        for (n, (key, name, role)) in keys.into_iter().enumerate() {
+            list.insert(key, name, role, format!("entry {}", n + 1)).map_err(AllowlistError)?;
         }
-        list
+        Ok(list)
     }
 
-    fn insert(&mut self, key: &Key, name: Option<String>) {
-        // The first name given for a key wins; a duplicate line is harmless.
-        self.keys.entry(Arc::from(key_to_z85(key))).or_insert_with(|| name.map(Arc::from));
+    fn insert(&mut self, key: &Key, name: Option<&str>, role: Role, source: String) -> Result<(), String> {
+        if let Some(name) = name.filter(|n| !is_identity(n)) {
+            return Err(format!(
+                "{source}: name {name:?} is not an MCollective identity (letters, digits, '_', '.' and '-' only)"
+            ));
+        }
+        let z85 = key_to_z85(key);
+        let name: Option<Arc<str>> = name.map(Arc::from);
+        match self.keys.get_mut(z85.as_str()) {
+            None => {
+                self.keys.insert(Arc::from(z85), Entry { name, role, source });
+            }
+            Some(old) => match (&old.name, &name) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(format!(
+                        "key {z85} is listed as \"{a}\" in {} and as \"{b}\" in {source}; a key is one identity",
+                        old.source
+                    ))
+                }
+                _ => {
+                    old.role = old.role.merge(role);
+                    if old.name.is_none() {
+                        old.name = name;
+                    }
+                }
+            },
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -104,10 +165,10 @@ impl Allowlist {
         self.keys.is_empty()
     }
 
-    /// The list's own copy of `z85` if it is listed (cheap to clone, so a
-    /// session can hold it).
-    pub fn lookup(&self, z85: &str) -> Option<&Arc<str>> {
-        self.keys.get_key_value(z85).map(|(k, _)| k)
+    /// The list's own copy of `z85` (cheap to clone, so a session can hold
+    /// it) and how it is listed, if it is.
+    pub fn entry(&self, z85: &str) -> Option<(&Arc<str>, &Entry)> {
+        self.keys.get_key_value(z85)
     }
 
     pub fn contains(&self, z85: &str) -> bool {
@@ -120,9 +181,9 @@ impl Allowlist {
 
     /// `"<z85> (<name>)"` or just the key, for log lines.
     pub fn describe(&self, z85: &str) -> String {
-        match self.keys.get(z85) {
-            Some(Some(name)) => format!("{z85} ({name})"),
-            _ => z85.to_string(),
+        match self.keys.get(z85).and_then(|e| e.name.as_deref()) {
+            Some(name) => format!("{z85} ({name})"),
+            None => z85.to_string(),
         }
     }
 
@@ -130,6 +191,29 @@ impl Allowlist {
     pub fn missing_from(&self, other: &Allowlist) -> usize {
         self.keys.keys().filter(|k| !other.keys.contains_key(&***k)).count()
     }
+
+    /// Keys listed without a name: they cannot open a session.
+    pub fn unnamed(&self) -> usize {
+        self.keys.values().filter(|e| e.name.is_none()).count()
+    }
+
+    /// Keys listed with a role (node or client only), per role.
+    pub fn with_role(&self, role: Role) -> usize {
+        self.keys.values().filter(|e| e.role == role).count()
+    }
+}
+
+/// Every key file of the directory form with the role its place gives it,
+/// in a stable order.
+fn listed_files(dir: &Path) -> Result<Vec<(PathBuf, Role)>, AllowlistError> {
+    let mut files: Vec<(PathBuf, Role)> = public_files(dir)?.into_iter().map(|f| (f, Role::Any)).collect();
+    for (sub, role) in ROLE_DIRS {
+        let sub = dir.join(sub);
+        if fs::metadata(&sub).is_ok_and(|m| m.is_dir()) {
+            files.extend(public_files(&sub)?.into_iter().map(|f| (f, role)));
+        }
+    }
+    Ok(files)
 }
 
 fn public_files(dir: &Path) -> Result<Vec<PathBuf>, AllowlistError> {
@@ -154,8 +238,9 @@ fn public_files(dir: &Path) -> Result<Vec<PathBuf>, AllowlistError> {
 pub struct Fingerprint(Vec<(PathBuf, u64, i64, i64, i64, i64, u64)>);
 
 impl Fingerprint {
-    /// Stats `path` (and, for a directory, each `*.public` in it). An error
-    /// also counts as a state: it differs from any readable one.
+    /// Stats `path` (and, for a directory, its role directories and each key
+    /// file). An error also counts as a state: it differs from any readable
+    /// one.
     pub fn of(path: &Path) -> Fingerprint {
         let stat = |p: &Path| match fs::metadata(p) {
             Ok(m) => (p.to_path_buf(), m.ino(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec(), m.size()),
@@ -163,8 +248,10 @@ impl Fingerprint {
         };
         let mut entries = vec![stat(path)];
         if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-            if let Ok(files) = public_files(path) {
-                entries.extend(files.iter().map(|f| stat(f)));
+            // A role directory appearing or going changes its entry.
+            entries.extend(ROLE_DIRS.iter().map(|(sub, _)| stat(&path.join(sub))));
+            if let Ok(files) = listed_files(path) {
+                entries.extend(files.iter().map(|(f, _)| stat(f)));
             }
         }
         Fingerprint(entries)
@@ -180,33 +267,108 @@ mod tests {
         key_to_z85(k)
     }
 
+    fn key() -> Key {
+        KeyPair::generate().unwrap().public
+    }
+
+    fn name_of<'a>(list: &'a Allowlist, k: &Key) -> (Option<&'a str>, Role) {
+        let (_, e) = list.entry(&z85(k)).expect("listed");
+        (e.name.as_deref(), e.role)
+    }
+
     #[test]
-    fn file_format_keys_names_comments() {
-        let (a, b) = (KeyPair::generate().unwrap().public, KeyPair::generate().unwrap().public);
-        let text = format!("# fleet\n\n  {}   web01.example  \n{}\n{} dup\n", z85(&a), z85(&b), z85(&a));
+    fn file_format_keys_names_roles_comments() {
+        let (a, b, c, d) = (key(), key(), key(), key());
+        let text = format!(
+            "# fleet\n\n  {}   web01.example  \n{}\n{} admin client # alice's laptop\n{} web02 node\n{} web01.example\n",
+            z85(&a),
+            z85(&b),
+            z85(&c),
+            z85(&d),
+            z85(&a)
+        );
         let list = Allowlist::parse(&text).unwrap();
-        assert_eq!(list.len(), 2);
+        assert_eq!(list.len(), 4);
         assert_eq!(list.describe(&z85(&a)), format!("{} (web01.example)", z85(&a)));
         assert_eq!(list.describe(&z85(&b)), z85(&b));
+        assert_eq!(name_of(&list, &a), (Some("web01.example"), Role::Any));
+        assert_eq!(name_of(&list, &b), (None, Role::Any));
+        assert_eq!(name_of(&list, &c), (Some("admin"), Role::Client));
+        assert_eq!(name_of(&list, &d), (Some("web02"), Role::Node));
         assert!(list.contains_key(&a) && list.contains_key(&b));
-        assert!(!list.contains_key(&KeyPair::generate().unwrap().public));
-        assert_eq!(&**list.lookup(&z85(&a)).unwrap(), z85(&a));
+        assert!(!list.contains_key(&key()));
+        assert_eq!(&**list.entry(&z85(&a)).unwrap().0, z85(&a));
+        assert_eq!((list.unnamed(), list.with_role(Role::Node), list.with_role(Role::Client)), (1, 1, 1));
     }
 
     #[test]
     fn bad_lines_are_named() {
-        let a = KeyPair::generate().unwrap().public;
-        let err = Allowlist::parse(&format!("{}\nnot-a-key name\n", z85(&a))).unwrap_err();
+        let a = key();
+        let bad = |line: String| Allowlist::parse(&format!("{}\n{line}\n", z85(&a))).unwrap_err();
+        let err = bad("not-a-key name".into());
         assert!(err.starts_with("line 2:"), "{err}");
+        let err = bad(format!("{} alice (admin)", z85(&key())));
+        assert!(err.starts_with("line 2:") && err.contains("\"(admin)\""), "{err}");
+        let err = bad(format!("{} web01 node extra", z85(&key())));
+        assert!(err.starts_with("line 2:") && err.contains("remarks go after '#'"), "{err}");
+        let err = bad(format!("{} web/01", z85(&key())));
+        assert!(err.starts_with("line 2:") && err.contains("not an MCollective identity"), "{err}");
         assert!(Allowlist::parse("").unwrap().is_empty());
     }
 
     #[test]
+    fn one_key_two_names_is_an_error_naming_both_places() {
+        let a = key();
+        let err = Allowlist::parse(&format!("{k} web01\n\n{k} web02\n", k = z85(&a))).unwrap_err();
+        assert!(err.contains("line 1") && err.contains("line 3"), "{err}");
+        assert!(err.contains("\"web01\"") && err.contains("\"web02\""), "{err}");
+        // The same name twice, in two roles: either role.
+        let list = Allowlist::parse(&format!("{k} web01 node\n{k} web01 client\n", k = z85(&a))).unwrap();
+        assert_eq!(name_of(&list, &a), (Some("web01"), Role::Any));
+    }
+
+    #[test]
+    fn directory_form_with_role_directories() {
+        let dir = std::env::temp_dir().join(format!("mc0-allowlist-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("nodes")).unwrap();
+        fs::create_dir_all(dir.join("clients")).unwrap();
+        fs::create_dir_all(dir.join("other")).unwrap();
+        let (flat, node, client, ignored) = (key(), key(), key(), key());
+        let write = |p: PathBuf, k: &Key| fs::write(p, format!("{}\n", z85(k))).unwrap();
+        write(dir.join("legacy.public"), &flat);
+        write(dir.join("nodes/web01.public"), &node);
+        write(dir.join("clients/alice.public"), &client);
+        write(dir.join("other/x.public"), &ignored);
+        let before = Fingerprint::of(&dir);
+        let list = Allowlist::load(&dir).unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(name_of(&list, &flat), (Some("legacy"), Role::Any));
+        assert_eq!(name_of(&list, &node), (Some("web01"), Role::Node));
+        assert_eq!(name_of(&list, &client), (Some("alice"), Role::Client));
+        assert!(!list.contains_key(&ignored));
+
+        write(dir.join("nodes/web02.public"), &key());
+        assert_ne!(Fingerprint::of(&dir), before, "a file added in a role directory is noticed");
+
+        write(dir.join("clients/web01.public"), &key());
+        write(dir.join("clients/bob.public"), &node);
+        let err = Allowlist::load(&dir).unwrap_err().0;
+        assert!(err.contains("nodes/web01.public") && err.contains("clients/bob.public"), "{err}");
+        fs::remove_file(dir.join("clients/bob.public")).unwrap();
+        write(dir.join("clients/bad name.public"), &key());
+        let err = Allowlist::load(&dir).unwrap_err().0;
+        assert!(err.contains("bad name.public") && err.contains("not an MCollective identity"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn missing_from_counts_removed_keys() {
-        let (a, b) = (KeyPair::generate().unwrap().public, KeyPair::generate().unwrap().public);
-        let old = Allowlist::from_keys([(&a, None), (&b, Some("b"))]);
-        let new = Allowlist::from_keys([(&a, None)]);
+        let (a, b) = (key(), key());
+        let old = Allowlist::from_keys([(&a, None, Role::Any), (&b, Some("b"), Role::Node)]).unwrap();
+        let new = Allowlist::from_keys([(&a, None, Role::Any)]).unwrap();
         assert_eq!(old.missing_from(&new), 1);
         assert_eq!(new.missing_from(&old), 0);
+        assert!(Allowlist::from_keys([(&a, Some("no good"), Role::Any)]).is_err());
     }
 }

@@ -15,6 +15,12 @@
 //! or is pushed back to the real deadline.
 //! A re-CONNECT or removal bumps or drops the generation, so older entries are
 //! discarded when they surface. Cost: O(log n) per deadline, no scans.
+//!
+//! Each session also remembers the connection it was last heard from (the
+//! socket's file descriptor, [`Conn`]), indexed, so that when libzmq reports
+//! a connection gone the session can be marked [`lost`](Client::lost): it
+//! receives nothing until it speaks again, from whatever connection then
+//! holds its routing id, under its own key.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -24,13 +30,25 @@ use std::time::{Duration, Instant};
 /// A routing id or topic, shared between the tables without copying.
 pub type Bytes = Arc<[u8]>;
 
+/// A client connection as libzmq identifies it: its socket's file
+/// descriptor (`ZMQ_SRCFD` on received frames, the value of monitor events).
+pub type Conn = i32;
+
 #[derive(Debug)]
 pub struct Client {
     pub id: Bytes,
     /// The CURVE key (Z85, from the ZAP handler's `User-Id`) the session was
-    /// opened with, when an allowlist is in force. A message from the same
-    /// routing id under another key does not belong to this session.
+    /// opened with, whenever CURVE is on. A message from the same routing id
+    /// under another key does not belong to this session.
     pub user: Option<Arc<str>>,
+    /// The name the key was listed under when the session opened (with an
+    /// allowlist): the MCollective identity it acts as.
+    pub identity: Option<Arc<str>>,
+    /// The connection the session was last heard from.
+    pub conn: Option<Conn>,
+    /// That connection is gone: nothing is delivered to this routing id
+    /// (which another connection could take) until the session speaks again.
+    pub lost: bool,
     pub generation: u64,
     pub ttl: Duration,
     pub last_heard: Instant,
@@ -67,9 +85,34 @@ pub enum Due {
     Expired(Client),
 }
 
+/// What a new session is opened with.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub user: Option<Arc<str>>,
+    pub identity: Option<Arc<str>>,
+    pub conn: Option<Conn>,
+}
+
+/// What a message from a routing id means for its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// The session's own key, on the connection it was last heard from.
+    Known,
+    /// The session's own key on another connection (or on a lost one's
+    /// number): call [`rebind`](Clients::rebind), after taking note of
+    /// connections lost.
+    Moved,
+    /// No session.
+    Unknown,
+    /// The session belongs to this other key; nothing was recorded.
+    OtherKey(Option<Arc<str>>),
+}
+
 #[derive(Debug, Default)]
 pub struct Clients {
     map: HashMap<Bytes, Client>,
+    /// Connection -> the routing id of the session last heard on it.
+    by_conn: HashMap<Conn, Bytes>,
     noops: Heap,
     expiries: Heap,
     next_generation: u64,
@@ -99,16 +142,22 @@ impl Clients {
     /// Registers `id` with a fresh session (new generation, no topics) and
     /// returns the previous session if there was one, so the caller can drop
     /// its subscriptions.
-    pub fn connect(&mut self, id: &[u8], user: Option<Arc<str>>, ttl: Duration, now: Instant) -> Option<Client> {
-        let old = self.map.remove(id);
+    pub fn connect(&mut self, id: &[u8], session: Session, ttl: Duration, now: Instant) -> Option<Client> {
+        let old = self.remove(id);
         let id: Bytes = match &old {
             Some(c) => c.id.clone(),
             None => Arc::from(id),
         };
         self.next_generation += 1;
+        if let Some(conn) = session.conn {
+            self.by_conn.insert(conn, id.clone());
+        }
         let client = Client {
             id: id.clone(),
-            user,
+            user: session.user,
+            identity: session.identity,
+            conn: session.conn,
+            lost: false,
             generation: self.next_generation,
             ttl,
             last_heard: now,
@@ -124,26 +173,72 @@ impl Clients {
 
     /// Removes `id`; its heap entries become stale.
     pub fn remove(&mut self, id: &[u8]) -> Option<Client> {
-        self.map.remove(id)
+        let client = self.map.remove(id)?;
+        self.unindex(&client);
+        Some(client)
     }
 
-    /// Records traffic from `id` to a session opened without a key; false if
-    /// there is none.
+    fn unindex(&mut self, client: &Client) {
+        if let Some(conn) = client.conn {
+            if self.by_conn.get(&conn) == Some(&client.id) {
+                self.by_conn.remove(&conn);
+            }
+        }
+    }
+
+    /// Records traffic from `id` to a session opened without a key or
+    /// connection; false if there is none.
     #[cfg(test)]
     pub fn heard(&mut self, id: &[u8], now: Instant) -> bool {
-        self.heard_as(id, None, now)
+        self.heard_as(id, None, None, now) == Heard::Known
     }
 
-    /// Records traffic from `id` sent under `user`; false (and nothing
-    /// recorded) if there is no such session, or it belongs to another key.
-    pub fn heard_as(&mut self, id: &[u8], user: Option<&Arc<str>>, now: Instant) -> bool {
+    /// Records traffic from `id` sent under `user` over `conn` (unless it
+    /// is [`Heard::OtherKey`] or [`Heard::Unknown`]).
+    pub fn heard_as(&mut self, id: &[u8], user: Option<&str>, conn: Option<Conn>, now: Instant) -> Heard {
         match self.map.get_mut(id) {
-            Some(c) if c.user.as_ref() == user => {
+            None => Heard::Unknown,
+            Some(c) if c.user.as_deref() != user => Heard::OtherKey(c.user.clone()),
+            Some(c) => {
                 c.last_heard = now;
-                true
+                if c.conn == conn && !c.lost {
+                    Heard::Known
+                } else {
+                    // A lost session heard on "its" connection number is on a
+                    // new connection that reuses the number.
+                    Heard::Moved
+                }
             }
-            _ => false,
         }
+    }
+
+    /// Ties the session of `id` to `conn`, the connection it was just heard
+    /// on, and ends its [`lost`](Client::lost) state.
+    pub fn rebind(&mut self, id: &[u8], conn: Option<Conn>) {
+        let Some(client) = self.map.get_mut(id) else { return };
+        let old = std::mem::replace(&mut client.conn, conn);
+        client.lost = false;
+        let rid = client.id.clone();
+        if let Some(old) = old {
+            if self.by_conn.get(&old) == Some(&rid) {
+                self.by_conn.remove(&old);
+            }
+        }
+        if let Some(conn) = conn {
+            self.by_conn.insert(conn, rid);
+        }
+    }
+
+    /// Marks the session last heard on `conn` as lost; returns its routing
+    /// id, if there was one.
+    pub fn connection_lost(&mut self, conn: Conn) -> Option<Bytes> {
+        let rid = self.by_conn.remove(&conn)?;
+        let client = self.map.get_mut(&rid[..])?;
+        if client.conn != Some(conn) {
+            return None;
+        }
+        client.lost = true;
+        Some(rid)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Client> {
@@ -201,7 +296,7 @@ impl Clients {
             }
             let due = client.last_heard + client.expire_after();
             if due <= heard_until {
-                return self.map.remove(&entry.id[..]);
+                return self.remove(&entry.id[..]);
             }
             self.expiries.push(Reverse(Entry { at: due, ..entry }));
         }
@@ -241,7 +336,7 @@ mod tests {
     fn noop_fires_after_silence_and_is_pushed_back_by_traffic() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", None, TTL, t0);
+        c.connect(b"a", Session::default(), TTL, t0);
         assert!(c.pop_due(t0 + Duration::from_millis(900)).is_none());
         c.sent(b"a", t0 + Duration::from_millis(500));
         c.heard(b"a", t0 + Duration::from_millis(500));
@@ -259,7 +354,7 @@ mod tests {
     fn expiry_counts_silence_only_up_to_the_read_horizon() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", None, TTL, t0);
+        c.connect(b"a", Session::default(), TTL, t0);
         // The broker fell behind: it is 1.2 TTL later, but input was last
         // drained at 1 TTL. The NOOP is due; the expiry (1.05 TTL) is not.
         let now = t0 + Duration::from_millis(1200);
@@ -284,8 +379,8 @@ mod tests {
     fn silent_client_expires_and_traffic_defers_expiry() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", None, TTL, t0);
-        c.connect(b"b", None, TTL, t0);
+        c.connect(b"a", Session::default(), TTL, t0);
+        c.connect(b"b", Session::default(), TTL, t0);
         assert!(c.heard(b"b", t0 + Duration::from_millis(1000)));
         let mut expired = vec![];
         let now = t0 + Duration::from_millis(1100);
@@ -304,9 +399,9 @@ mod tests {
     fn reconnect_invalidates_old_entries_and_returns_old_session() {
         let t0 = Instant::now();
         let mut c = Clients::new();
-        c.connect(b"a", None, Duration::from_millis(100), t0);
+        c.connect(b"a", Session::default(), Duration::from_millis(100), t0);
         c.get_mut(b"a").unwrap().topics.insert(Arc::from(&b"t"[..]));
-        let old = c.connect(b"a", None, TTL, t0 + Duration::from_millis(50)).expect("was known");
+        let old = c.connect(b"a", Session::default(), TTL, t0 + Duration::from_millis(50)).expect("was known");
         assert_eq!(old.topics.len(), 1);
         assert!(c.get(b"a").unwrap().topics.is_empty());
         // The short-TTL entries are stale now; nothing is due before 1 s.
@@ -325,10 +420,37 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Clients::new();
         let (k1, k2): (Arc<str>, Arc<str>) = (Arc::from("k1"), Arc::from("k2"));
-        c.connect(b"a", Some(k1.clone()), TTL, t0);
-        assert!(c.heard_as(b"a", Some(&k1), t0));
-        assert!(!c.heard_as(b"a", Some(&k2), t0), "same routing id, other key");
-        assert!(!c.heard(b"a", t0), "no key");
+        let session = Session { user: Some(k1.clone()), identity: None, conn: Some(7) };
+        c.connect(b"a", session, TTL, t0);
+        assert_eq!(c.heard_as(b"a", Some("k1"), Some(7), t0), Heard::Known);
+        assert_eq!(c.heard_as(b"a", Some(&k2), Some(7), t0), Heard::OtherKey(Some(k1.clone())), "other key");
+        assert_eq!(c.heard_as(b"a", None, Some(7), t0), Heard::OtherKey(Some(k1)), "no key");
+        assert_eq!(c.heard_as(b"b", None, Some(7), t0), Heard::Unknown);
         assert_eq!(c.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_lost_connection_marks_its_session_until_it_is_heard_again() {
+        let t0 = Instant::now();
+        let mut c = Clients::new();
+        let on = |conn| Session { conn: Some(conn), ..Session::default() };
+        c.connect(b"a", on(7), TTL, t0);
+        c.connect(b"b", on(8), TTL, t0);
+        assert_eq!(c.connection_lost(9), None, "no session on it");
+        assert_eq!(c.connection_lost(7).as_deref(), Some(&b"a"[..]));
+        assert!(c.get(b"a").unwrap().lost && !c.get(b"b").unwrap().lost);
+        assert_eq!(c.connection_lost(7), None, "reported once");
+        // Heard again, on a new connection (which may reuse the number).
+        assert_eq!(c.heard_as(b"a", None, Some(7), t0), Heard::Moved);
+        assert_eq!(c.heard_as(b"a", None, Some(8), t0), Heard::Moved);
+        c.rebind(b"a", Some(8));
+        assert!(!c.get(b"a").unwrap().lost);
+        // "b" no longer owns connection 8 in the index, "a" does.
+        assert_eq!(c.connection_lost(8).as_deref(), Some(&b"a"[..]));
+        assert!(!c.get(b"b").unwrap().lost);
+        // Removal forgets the index entry.
+        c.rebind(b"a", Some(10));
+        c.remove(b"a");
+        assert_eq!(c.connection_lost(10), None);
     }
 }

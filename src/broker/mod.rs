@@ -10,9 +10,17 @@
 //!
 //! - `ZMQ_BACKLOG` 8192: thousands of nodes reconnect at the same moment
 //!   after a broker restart; the kernel caps it at `net.core.somaxconn`.
-//! - `ZMQ_ROUTER_HANDOVER`: a reconnecting client may reuse its routing id
-//!   (legacy ids are `"<identity> <pid> <thread>"`); the newest connection
-//!   takes it over instead of being refused.
+//! - `ZMQ_ROUTER_HANDOVER` only without CURVE. With it libzmq gives a
+//!   routing id to the newest connection that asks for it, whatever its key,
+//!   so any key holder could take over another client's id and receive what
+//!   is addressed to it (see [Sessions and keys](#sessions-and-keys)).
+//!   Without it, a connection asking for a routing id that a live connection
+//!   holds is never read or written to; the id is free again once the
+//!   holder's connection is gone. Without CURVE there is no key to protect,
+//!   and handover keeps the legacy brokers' behaviour for reconnects.
+//! - `ZMQ_TCP_KEEPALIVE` (60 s idle, then 3 probes 10 s apart): a
+//!   connection whose peer vanished without closing it (a network failure)
+//!   is closed within about 90 s, freeing its routing id for the reconnect.
 //! - `ZMQ_ROUTER_MANDATORY` + `ZMQ_DONTWAIT` on every send: a send to a
 //!   vanished peer (`EHOSTUNREACH`) or to one whose queue is full (`EAGAIN`)
 //!   fails at once instead of silently vanishing or blocking the loop. Each
@@ -41,8 +49,9 @@
 //!   clear `ERROR` instead.
 //! - `ZMQ_LINGER` 500 ms: pending replies get a bounded chance to leave at
 //!   shutdown; a stuck peer cannot hold the exit.
-//! - With `--authorized-keys`: `ZMQ_ZAP_DOMAIN` "mc0" and
-//!   `ZMQ_ZAP_ENFORCE_DOMAIN` (see [Authorization](#authorization)).
+//! - With CURVE: `ZMQ_ZAP_DOMAIN` "mc0" and `ZMQ_ZAP_ENFORCE_DOMAIN` (see
+//!   [Authorization](#authorization)), and a socket monitor reporting closed
+//!   connections (`ZMQ_EVENT_DISCONNECTED`).
 //!
 //! # Heartbeats
 //!
@@ -72,8 +81,52 @@
 //!
 //! On reload (SIGHUP, or a change on disk noticed by polling) the new list
 //! applies to new handshakes at once, and every session whose key is gone is
-//! dropped: forgotten with its subscriptions and sent [`ACCESS_DENIED`].
+//! dropped: forgotten with its subscriptions and sent [`ACCESS_DENIED`] (as
+//! is one whose key now has another name: it must CONNECT again).
+//!
+//! Without an allowlist (open mode) the ZAP handler admits every CURVE key,
+//! so each message still carries its key.
+//!
+//! # Sessions and keys
+//!
+//! A session belongs to the key that opened it, whenever CURVE is on. libzmq
+//! offers no point at which both a connection's key and the routing id it
+//! asks for are known before the ROUTER hands the id over (the ZAP request
+//! carries neither the id nor a way to wait for it; see [`zap`]), so the
+//! broker holds the rule itself:
+//! - no handover: a routing id held by a live connection cannot be taken by
+//!   another one (its messages are never read);
+//! - the connection each session was last heard from is remembered
+//!   (`ZMQ_SRCFD`); when the socket monitor reports it closed, the session
+//!   is marked lost and nothing is delivered to its routing id (which a new
+//!   connection could now take) until the session speaks again under its
+//!   key. Every closed connection is taken note of before each fan-out
+//!   (so no delivery can reach a connection that took the id meanwhile) and
+//!   before a session is tied to a connection (whose number may be that of
+//!   one that closed); in between, whatever the monitor has ready is read on
+//!   every wake-up of the loop;
+//! - a message from a session's routing id under another key is refused
+//!   (`ERROR`), logged with both keys and counted (`impostors=`); the
+//!   session is left as it was.
+//!
+//! # Identity (with an allowlist)
+//!
+//! The name a key is listed under is the MCollective identity it may act as,
+//! and its role (node, client or either) limits what it may publish: see
+//! [`acl`]. A refused CONNECT, SUB or PUT gets `ERROR MESSAGE <why> [ID id]`,
+//! is logged (rate-limited) and counted (`violations=`); with
+//! `--identity-check log` it is carried out, and still logged and counted.
+//!
+//! # The sender stamp
+//!
+//! Every MESSAGE carries [`SENDER_KEY`] (the publisher's Z85 key, whenever
+//! CURVE is on) and, with an allowlist, [`SENDER`] (the name its key is
+//! listed under), set by the broker; copies a client put in its PUT are
+//! removed. They are added once per PUT to the frames every recipient
+//! shares; each recipient still gets (and CURVE encrypts) two or four more
+//! frames, the cost docs/BENCHMARKS.md measures.
 
+pub mod acl;
 pub mod allowlist;
 pub mod buffers;
 pub mod clients;
@@ -82,6 +135,7 @@ pub mod shared;
 pub mod subscriptions;
 pub mod watch;
 pub mod zap;
+mod zmsg;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,16 +144,20 @@ use std::time::{Duration, Instant};
 
 use crate::keys::{key_to_z85, Key, KeyPair};
 use crate::log::Level;
-use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED};
+use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED, SENDER, SENDER_KEY};
 
-use allowlist::{Allowlist, Fingerprint};
+use acl::{Actor, Denial, Policy};
+use allowlist::{Allowlist, Entry, Fingerprint};
 use buffers::{Buffers, Frames};
-use clients::{Bytes, Clients};
+use clients::{Bytes, Clients, Heard, Session};
 use logger::{Logger, RateLimit};
 use shared::Shared;
 use subscriptions::Subscriptions;
 use watch::Watcher;
 use zap::{SharedAllowlist, ZapHandler};
+use zmsg::Msg;
+
+pub use clients::Conn;
 
 /// The default TCP port (`PROTOCOL.md`).
 pub const DEFAULT_PORT: u16 = 61616;
@@ -121,16 +179,27 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 64 * 1024 * 1024;
 pub const FRAME_SLACK: usize = 1024 * 1024;
 /// How often the allowlist on disk is checked for changes.
 pub const DEFAULT_KEYS_POLL: Duration = Duration::from_secs(5);
-pub use crate::protocol::ACCESS_DENIED;
+pub use crate::protocol::{ACCESS_DENIED, IMPOSTOR};
 
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
 /// even when the signal lands on a libzmq thread rather than this one.
 const MAX_WAIT: Duration = Duration::from_millis(200);
+/// Why nothing goes to a session whose connection closed.
+const LOST: &str = "its connection closed; nothing goes to it until it speaks again";
+
 /// Messages handled per wake-up before timers get a turn.
 const BATCH: usize = 1024;
 const LINGER_MS: i32 = 500;
 /// `ZMQ_ZAP_ENFORCE_DOMAIN` from libzmq's draft API (zmq.h).
 const ZMQ_ZAP_ENFORCE_DOMAIN: libc::c_int = 93;
+/// Where the ROUTER's socket monitor publishes (inproc, on its context).
+const MONITOR_ENDPOINT: &str = "inproc://mc0d-monitor";
+/// TCP keepalive: probes after this many idle seconds...
+const KEEPALIVE_IDLE_SECS: i32 = 60;
+/// ...this many seconds apart...
+const KEEPALIVE_INTERVAL_SECS: i32 = 10;
+/// ...and gives up after this many unanswered ones.
+const KEEPALIVE_PROBES: i32 = 3;
 
 extern "C" {
     // Bound here because zmq-sys is not a direct dependency; the option
@@ -197,6 +266,43 @@ pub struct Config {
     /// How often the allowlist is checked for changes; `None`: only on
     /// SIGHUP.
     pub authorized_keys_poll: Option<Duration>,
+    /// What a command that breaks the identity or role rules gets.
+    pub identity_check: IdentityCheck,
+    /// Agents node keys may publish requests to, with roles
+    /// (`--node-publish-agents`).
+    pub node_publish_agents: Vec<String>,
+}
+
+/// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
+/// that breaks the identity or role rules of the allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityCheck {
+    /// Refuse it (`ERROR`), log and count it.
+    #[default]
+    Enforce,
+    /// Carry it out, but log and count it: for migrating a site whose
+    /// allowlist names are not yet its nodes' identities.
+    Log,
+}
+
+impl IdentityCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityCheck::Enforce => "enforce",
+            IdentityCheck::Log => "log",
+        }
+    }
+}
+
+impl std::str::FromStr for IdentityCheck {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(IdentityCheck::Enforce),
+            "log" => Ok(IdentityCheck::Log),
+            _ => Err(format!("{s:?}: expected enforce or log")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -217,6 +323,8 @@ impl Default for Config {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             authorized_keys: None,
             authorized_keys_poll: Some(DEFAULT_KEYS_POLL),
+            identity_check: IdentityCheck::Enforce,
+            node_publish_agents: Vec::new(),
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config
@@ -259,16 +367,24 @@ pub struct Stats {
     pub buffered: usize,
     /// Messages dropped because a client's buffer was full (a stuck client).
     pub full_drops: u64,
-    /// Every message dropped: `full_drops`, and those to a client that is
-    /// gone (disconnected, expired or revoked).
+    /// Every message dropped: `full_drops`, those to a client that is gone
+    /// (disconnected, expired or revoked), and deliveries not made to a
+    /// session whose connection closed.
     pub drops: u64,
+    /// CONNECTs, SUBs and PUTs that broke the identity or role rules
+    /// (refused, or only logged with `--identity-check log`).
+    pub violations: u64,
+    /// Messages refused because their routing id belongs to a session of
+    /// another key.
+    pub impostors: u64,
 }
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "clients={} topics={} in={} out={} puts={} delivered={} buffered={} full_drops={} drops={}",
+            "clients={} topics={} in={} out={} puts={} delivered={} buffered={} full_drops={} drops={} violations={} \
+             impostors={}",
             self.clients,
             self.topics,
             self.msgs_in,
@@ -277,21 +393,22 @@ impl std::fmt::Display for Stats {
             self.delivered,
             self.buffered,
             self.full_drops,
-            self.drops
+            self.drops,
+            self.violations,
+            self.impostors
         )
     }
 }
 
 /// The allowlist machinery of a running broker.
-struct Auth {
+struct Keys {
     path: PathBuf,
     shared: SharedAllowlist,
-    zap: ZapHandler,
     watcher: Watcher,
     poll: Option<Duration>,
 }
 
-impl Auth {
+impl Keys {
     fn current(&self) -> Arc<Allowlist> {
         self.shared.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -300,11 +417,14 @@ impl Auth {
 /// A bound broker, ready to [`run`](Broker::run).
 pub struct Broker {
     config: Config,
-    socket: zmq::Socket,
+    router: Router,
     endpoint: String,
     public_key: Option<Key>,
     log: Logger,
-    auth: Option<Auth>,
+    /// With CURVE.
+    zap: Option<ZapHandler>,
+    /// With `--authorized-keys`.
+    keys: Option<Keys>,
 }
 
 impl Broker {
@@ -324,10 +444,11 @@ impl Broker {
         };
         let ctx = zmq::Context::new();
         ctx.set_io_threads(config.io_threads.max(1)).map_err(|e| err("set io threads", e))?;
-        let auth = match &config.authorized_keys {
+        let curve = config.curve_secret_key.is_some();
+        let keys = match &config.authorized_keys {
             None => None,
             Some(path) => {
-                if config.curve_secret_key.is_none() {
+                if !curve {
                     return Err(BrokerError(
                         "--authorized-keys needs CURVE: without it clients have no key to check".into(),
                     ));
@@ -337,27 +458,37 @@ impl Broker {
                 let fingerprint = Fingerprint::of(path);
                 let list = Allowlist::load(path).map_err(|e| BrokerError(e.0))?;
                 let shared: SharedAllowlist = Arc::new(RwLock::new(Arc::new(list)));
-                let zap = ZapHandler::start(&ctx, shared.clone(), log.clone())?;
-                zap.self_test(&ctx)?;
                 let poll = config.authorized_keys_poll;
                 let watcher = Watcher::start(path.clone(), fingerprint, poll, shared.clone(), log.clone())?;
-                Some(Auth { path: path.clone(), shared, zap, watcher, poll })
+                Some(Keys { path: path.clone(), shared, watcher, poll })
             }
+        };
+        let zap = if curve {
+            let zap = ZapHandler::start(&ctx, keys.as_ref().map(|k| k.shared.clone()), log.clone())?;
+            zap.self_test(&ctx)?;
+            Some(zap)
+        } else {
+            None
         };
         let mut socket = ctx.socket(zmq::ROUTER).map_err(|e| err("create the ROUTER socket", e))?;
         socket.set_backlog(config.backlog).map_err(|e| err("set ZMQ_BACKLOG", e))?;
-        socket.set_router_handover(true).map_err(|e| err("set ZMQ_ROUTER_HANDOVER", e))?;
+        // See the module doc: with CURVE a routing id stays with its
+        // connection.
+        socket.set_router_handover(!curve).map_err(|e| err("set ZMQ_ROUTER_HANDOVER", e))?;
         socket.set_router_mandatory(true).map_err(|e| err("set ZMQ_ROUTER_MANDATORY", e))?;
         socket.set_sndhwm(config.sndhwm).map_err(|e| err("set ZMQ_SNDHWM", e))?;
         socket.set_rcvhwm(config.rcvhwm).map_err(|e| err("set ZMQ_RCVHWM", e))?;
         let max_frame = i64::try_from(config.limits.max_frame_size).unwrap_or(i64::MAX);
         socket.set_maxmsgsize(max_frame).map_err(|e| err("set ZMQ_MAXMSGSIZE", e))?;
         socket.set_linger(LINGER_MS).map_err(|e| err("set ZMQ_LINGER", e))?;
+        socket.set_tcp_keepalive(1).map_err(|e| err("set ZMQ_TCP_KEEPALIVE", e))?;
+        socket.set_tcp_keepalive_idle(KEEPALIVE_IDLE_SECS).map_err(|e| err("set ZMQ_TCP_KEEPALIVE_IDLE", e))?;
+        socket.set_tcp_keepalive_intvl(KEEPALIVE_INTERVAL_SECS).map_err(|e| err("set ZMQ_TCP_KEEPALIVE_INTVL", e))?;
+        socket.set_tcp_keepalive_cnt(KEEPALIVE_PROBES).map_err(|e| err("set ZMQ_TCP_KEEPALIVE_CNT", e))?;
+        let mut monitor = None;
         if let Some(secret) = &config.curve_secret_key {
             socket.set_curve_secretkey(secret).map_err(|e| err("set the CURVE secret key", e))?;
             socket.set_curve_server(true).map_err(|e| err("enable CURVE", e))?;
-        }
-        if auth.is_some() {
             socket.set_zap_domain(zap::ZAP_DOMAIN).map_err(|e| err("set ZMQ_ZAP_DOMAIN", e))?;
             if let Err(e) = enforce_zap(&mut socket) {
                 // Still closed: messages without an authorized User-Id are
@@ -370,6 +501,15 @@ impl Broker {
                     ),
                 );
             }
+            // Before binding, so that no connection's end goes unreported.
+            let events = zmq::SocketEvent::DISCONNECTED.to_raw();
+            socket.monitor(MONITOR_ENDPOINT, i32::from(events)).map_err(|e| err("start the socket monitor", e))?;
+            let pair = ctx.socket(zmq::PAIR).map_err(|e| err("create the monitor socket", e))?;
+            // Unbounded: libzmq's I/O thread waits on a full monitor pipe.
+            pair.set_rcvhwm(0).map_err(|e| err("set the monitor's ZMQ_RCVHWM", e))?;
+            pair.set_linger(0).map_err(|e| err("set the monitor's ZMQ_LINGER", e))?;
+            pair.connect(MONITOR_ENDPOINT).map_err(|e| err("connect the socket monitor", e))?;
+            monitor = Some(pair);
         }
         let host = if config.bind.contains(':') && !config.bind.starts_with('[') {
             format!("[{}]", config.bind)
@@ -381,7 +521,8 @@ impl Broker {
         }
         let endpoint = format!("tcp://{host}:{}", config.port);
         socket.bind(&endpoint).map_err(|e| BrokerError(format!("cannot bind {endpoint}: {e}")))?;
-        Ok(Broker { config, socket, endpoint, public_key, log, auth })
+        let router = Router { socket, monitor };
+        Ok(Broker { config, router, endpoint, public_key, log, zap, keys })
     }
 
     /// The endpoint the socket is bound to, e.g. `tcp://*:61616`.
@@ -397,7 +538,7 @@ impl Broker {
     /// Serves until `stop` becomes true; reloads the allowlist whenever
     /// `reload` is set (and clears it). Returns the final counters.
     pub fn run(self, stop: &AtomicBool, reload: &AtomicBool) -> Result<Stats, BrokerError> {
-        let Broker { config, socket, endpoint, public_key, log, auth } = self;
+        let Broker { config, router, endpoint, public_key, log, zap, keys } = self;
         match &public_key {
             Some(k) => log.log(
                 Level::Info,
@@ -405,35 +546,46 @@ impl Broker {
             ),
             None => log.log(
                 Level::Warn,
-                format_args!("mc0d {} listening on {endpoint} WITHOUT CURVE (--no-curve)", crate::VERSION),
+                format_args!(
+                    "mc0d {} listening on {endpoint} WITHOUT CURVE (--no-curve): clients are neither \
+                     authenticated nor encrypted, and any client can read any topic",
+                    crate::VERSION
+                ),
             ),
         }
-        let mut engine = Engine::new(socket, &config);
-        if let Some(auth) = &auth {
-            let list = auth.current();
-            let polled = match auth.poll {
+        let mut engine = Engine::new(router, &config);
+        if let Some(keys) = &keys {
+            let list = keys.current();
+            let polled = match keys.poll {
                 Some(p) => format!("checked for changes every {} s", p.as_secs_f64()),
                 None => "not polled".into(),
             };
             log.log(
                 Level::Info,
                 format_args!(
-                    "only the {} authorized keys in {} may connect (reloaded on SIGHUP, {polled})",
+                    "only the {} authorized keys in {} may connect, each as the identity it is listed under \
+                     ({}; --identity-check {}; reloaded on SIGHUP, {polled})",
                     list.len(),
-                    auth.path.display()
+                    keys.path.display(),
+                    roles(&list),
+                    config.identity_check.as_str()
                 ),
             );
             if list.is_empty() {
                 log.log(Level::Warn, format_args!("the authorized keys list is empty: no client can connect"));
             }
+            warn_unnamed(&log, &list);
             engine.set_allowlist(Some(list), Instant::now());
         } else if public_key.is_some() {
             log.log(
                 Level::Info,
-                format_args!("any client with the broker's public key may connect (no --authorized-keys)"),
+                format_args!(
+                    "any client with the broker's public key may connect (no --authorized-keys): its routing id \
+                     stays tied to its key, but it may use any identity and topic"
+                ),
             );
         }
-        let mut server = Server { engine, auth, frames: Vec::new(), user: String::new(), log: log.clone() };
+        let mut server = Server { engine, zap, keys, frames: Vec::new(), user: String::new(), log: log.clone() };
         let result = server.serve(stop, reload, config.status_interval);
         let stats = server.engine.stats();
         server.engine.flush_suppressed();
@@ -445,32 +597,53 @@ impl Broker {
     }
 }
 
+/// "3 node keys, 1 client key, 2 of either role", for the log.
+fn roles(list: &Allowlist) -> String {
+    let (nodes, clients) = (list.with_role(acl::Role::Node), list.with_role(acl::Role::Client));
+    format!("{nodes} node keys, {clients} client keys, {} of either role", list.len() - nodes - clients)
+}
+
+/// Keys listed without a name cannot connect; say so whenever a list loads.
+fn warn_unnamed(log: &Logger, list: &Allowlist) {
+    let n = list.unnamed();
+    if n > 0 {
+        log.log(
+            Level::Warn,
+            format_args!(
+                "{n} authorized keys are listed without a name: they cannot be bound to an MCollective identity, \
+                 so their CONNECT is refused (give each the name its node or client uses as identity)"
+            ),
+        );
+    }
+}
+
 /// The receiving side: the ROUTER loop that feeds an [`Engine`] and keeps
 /// the allowlist current.
 struct Server {
-    engine: Engine<zmq::Socket>,
-    auth: Option<Auth>,
+    engine: Engine<Router>,
+    zap: Option<ZapHandler>,
+    keys: Option<Keys>,
     /// Reused receive buffer: routing id followed by the message frames.
-    frames: Vec<Frame>,
-    /// The current message's `User-Id` (with an allowlist only).
+    frames: Vec<Msg>,
+    /// The current message's `User-Id` (with CURVE only).
     user: String,
     log: Logger,
 }
 
-/// A received frame, viewable as bytes so the protocol parser can borrow it.
-struct Frame(zmq::Message);
-
-impl AsRef<[u8]> for Frame {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
+/// What [`Server::receive`] read besides the frames.
+struct Received {
+    /// Frames past the limit, read and discarded.
+    extra: usize,
+    has_user: bool,
+    conn: Option<Conn>,
 }
 
 impl Server {
     fn serve(&mut self, stop: &AtomicBool, reload: &AtomicBool, status_interval: Duration) -> Result<(), BrokerError> {
         let mut next_status = Instant::now() + status_interval;
         // Heartbeats alone do not make the status line worth repeating.
-        let key = |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.buffered, s.drops);
+        let key =
+            |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.buffered, s.drops, s.violations, s.impostors);
         let mut last_status = key(&self.engine.stats());
         // The last instant at which a receive found nothing waiting: clients
         // are only expired for silence up to it (see Engine::tick_drained).
@@ -478,20 +651,18 @@ impl Server {
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if reload.swap(false, Ordering::SeqCst) {
-                match &self.auth {
-                    Some(auth) => auth.watcher.request_reload(),
+                match &self.keys {
+                    Some(keys) => keys.watcher.request_reload(),
                     None => self.log.log(Level::Info, format_args!("SIGHUP: no --authorized-keys to reload")),
                 }
             }
-            if let Some(auth) = &self.auth {
-                if !auth.zap.is_running() {
-                    return Err(BrokerError("the ZAP handler stopped; refusing to serve without it".into()));
-                }
-                if !auth.watcher.is_running() {
-                    return Err(BrokerError("the authorized-keys thread stopped; refusing to serve without it".into()));
-                }
+            if self.zap.as_ref().is_some_and(|z| !z.is_running()) {
+                return Err(BrokerError("the ZAP handler stopped; refusing to serve without it".into()));
             }
-            while let Some(reloaded) = self.auth.as_ref().and_then(|a| a.watcher.try_next()) {
+            if self.keys.as_ref().is_some_and(|k| !k.watcher.is_running()) {
+                return Err(BrokerError("the authorized-keys thread stopped; refusing to serve without it".into()));
+            }
+            while let Some(reloaded) = self.keys.as_ref().and_then(|k| k.watcher.try_next()) {
                 self.apply(reloaded, now);
             }
             self.engine.tick_drained(now, drained);
@@ -510,19 +681,20 @@ impl Server {
             }
             // Round up so a deadline 0.3 ms away does not spin.
             let timeout = ((wake.saturating_duration_since(now).as_micros() + 999) / 1000) as i64;
-            match self.engine.out.transport.poll(zmq::POLLIN, timeout) {
+            match self.engine.out.transport.poll(timeout) {
                 // Even after a timeout: the receive below finding nothing is
                 // what moves `drained` on.
-                Ok(_) => {}
+                Ok(()) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(BrokerError(format!("poll failed: {e}"))),
             }
             for _ in 0..BATCH {
                 let at = Instant::now();
                 match self.receive() {
-                    Ok(Some((extra, has_user))) => {
-                        let user = has_user.then_some(self.user.as_str());
-                        self.engine.handle_received(&self.frames, extra, user, at);
+                    Ok(Some(received)) => {
+                        let origin =
+                            Origin { user: received.has_user.then_some(self.user.as_str()), conn: received.conn };
+                        self.engine.handle_received(&self.frames, received.extra, origin, at);
                     }
                     Ok(None) => {
                         drained = at;
@@ -543,28 +715,29 @@ impl Server {
             Level::Info,
             format_args!(
                 "authorized keys reloaded ({reason}) in {} ms: {} keys, {added} added, {removed} removed; \
-                 {dropped} sessions dropped",
+                 {dropped} sessions dropped ({})",
                 took.as_millis(),
-                list.len()
+                list.len(),
+                roles(&list)
             ),
         );
+        warn_unnamed(&self.log, &list);
     }
 
     /// Reads one whole message into `self.frames` (and its `User-Id` into
     /// `self.user`); `Ok(None)` when nothing is waiting. Frames beyond the
     /// limit are read and discarded (so a hostile sender cannot make the
-    /// broker hold them); their count is returned, with whether a
-    /// `User-Id` was present.
-    fn receive(&mut self) -> Result<Option<(usize, bool)>, zmq::Error> {
+    /// broker hold them).
+    fn receive(&mut self) -> Result<Option<Received>, zmq::Error> {
         self.frames.clear();
         let keep = self.engine.limits.max_frames.saturating_add(1);
-        let socket = &self.engine.out.transport;
-        let mut extra = 0;
-        let mut has_user = false;
+        let curve = self.zap.is_some();
+        let socket = &mut self.engine.out.transport.socket;
+        let mut received = Received { extra: 0, has_user: false, conn: None };
         loop {
-            let mut msg = zmq::Message::new();
-            let first = self.frames.is_empty() && extra == 0;
-            match socket.recv(&mut msg, zmq::DONTWAIT) {
+            let first = self.frames.is_empty() && received.extra == 0;
+            let mut msg = Msg::new();
+            match msg.recv(socket, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) if first => return Ok(None),
                 // An interrupted read is retried, never taken for "nothing
@@ -576,28 +749,32 @@ impl Server {
             }
             // Metadata comes with the frames read off the wire, not with the
             // routing-id frame the ROUTER puts in front.
-            if self.frames.len() == 1 && extra == 0 && self.auth.is_some() {
-                self.user.clear();
-                if let Some(user) = msg.gets("User-Id") {
-                    self.user.push_str(user);
-                    has_user = true;
+            if self.frames.len() == 1 && received.extra == 0 {
+                received.conn = msg.source_fd();
+                if curve {
+                    self.user.clear();
+                    if let Some(user) = msg.property(b"User-Id\0") {
+                        self.user.push_str(user);
+                        received.has_user = true;
+                    }
                 }
             }
-            let more = msg.get_more();
+            let more = msg.more();
             if self.frames.len() < keep {
-                self.frames.push(Frame(msg));
+                self.frames.push(msg);
             } else {
-                extra += 1;
+                received.extra += 1;
             }
             if !more {
-                return Ok(Some((extra, has_user)));
+                return Ok(Some(received));
             }
         }
     }
 }
 
-/// Where an [`Engine`] sends its messages. Sends never block: an error
-/// means the message was dropped (peer gone, or its queue is full).
+/// Where an [`Engine`] sends its messages, and learns of connections that
+/// ended. Sends never block: an error means the message was dropped (peer
+/// gone, or its queue is full).
 pub trait Transport {
     /// Sends `frames` (delimiter first) to the client with routing id `rid`.
     fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error>;
@@ -607,24 +784,68 @@ pub trait Transport {
     fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
         self.deliver(rid, message.frames())
     }
+
+    /// Appends the connections that ended since the last call: with `all`,
+    /// every one whose end happened before this call; without, those known
+    /// at no cost. None by default.
+    fn lost_connections(&mut self, _lost: &mut Vec<Conn>, _all: bool) {}
 }
 
-impl Transport for zmq::Socket {
+/// The broker's ROUTER socket and, with CURVE, its monitor.
+pub struct Router {
+    socket: zmq::Socket,
+    /// Reports each closed connection (`ZMQ_EVENT_DISCONNECTED`, with its
+    /// file descriptor).
+    monitor: Option<zmq::Socket>,
+}
+
+impl Router {
+    /// Waits up to `timeout_ms` for input on the ROUTER. (The monitor is
+    /// read on every wake-up and whenever it matters, see
+    /// [`Engine::connections_lost`]; polling it too would cost a system call
+    /// per wake-up.)
+    fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
+        self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
+    }
+}
+
+impl Transport for Router {
     fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
         // With ROUTER_MANDATORY only the routing-id frame can fail (unknown
         // peer or full pipe); once it is accepted the rest is queued.
-        self.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
+        self.socket.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
         let last = frames.len().saturating_sub(1);
         for (i, frame) in frames.iter().enumerate() {
             let more = if i < last { zmq::SNDMORE } else { 0 };
-            self.send(&frame[..], more | zmq::DONTWAIT)?;
+            self.socket.send(&frame[..], more | zmq::DONTWAIT)?;
         }
         Ok(())
     }
 
     fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
-        self.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
-        message.send_frames(self)
+        self.socket.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
+        message.send_frames(&mut self.socket)
+    }
+
+    fn lost_connections(&mut self, lost: &mut Vec<Conn>, all: bool) {
+        let Some(monitor) = &self.monitor else { return };
+        // Reading ZMQ_EVENTS makes libzmq take in the monitor pipe's pending
+        // wake-ups at once (a system call; a receive alone looks at them at
+        // most a millisecond late): an event emitted before this call is
+        // seen.
+        if all && !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
+            return;
+        }
+        // Each event is two frames: event id (u16) and value (u32), then the
+        // endpoint.
+        while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+            let Some(head) = frames.first().filter(|f| f.len() >= 6) else { continue };
+            let event = u16::from_ne_bytes([head[0], head[1]]);
+            if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                let fd = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+                lost.push(fd as Conn);
+            }
+        }
     }
 }
 
@@ -744,6 +965,30 @@ fn more_since(suppressed: u64, what: &str) -> String {
     }
 }
 
+/// Where a message came from, as libzmq reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// The connection's `User-Id` metadata: its key (Z85) whenever CURVE
+    /// is on.
+    pub user: Option<&'a str>,
+    /// The connection (`ZMQ_SRCFD`), when known.
+    pub conn: Option<Conn>,
+}
+
+/// The sender of one command, as far as the broker knows it.
+struct Sender<'a> {
+    key: Option<&'a str>,
+    /// With an allowlist: the list's copy of the key and how it is listed.
+    listed: Option<(&'a Arc<str>, &'a Entry)>,
+    conn: Option<Conn>,
+}
+
+impl Sender<'_> {
+    fn actor(&self) -> Option<Actor<'_>> {
+        self.listed.map(|(_, entry)| Actor { identity: entry.name.as_deref(), role: entry.role })
+    }
+}
+
 /// The broker's command handling: client table, subscriptions, heartbeats,
 /// limits and authorization, as a state machine. Messages go in through
 /// [`handle`](Engine::handle), time through [`tick`](Engine::tick); every
@@ -757,20 +1002,27 @@ pub struct Engine<T: Transport> {
     max_subscriptions: usize,
     malformed_warn: RateLimit,
     denied_warn: RateLimit,
+    violation_warn: RateLimit,
+    impostor_warn: RateLimit,
     /// With an allowlist, every message must come from a listed key.
     allowlist: Option<Arc<Allowlist>>,
+    identity_check: IdentityCheck,
+    policy: Policy,
+    /// Reused buffer for [`Transport::lost_connections`].
+    lost: Vec<Conn>,
 }
 
 impl<T: Transport> Engine<T> {
-    /// An engine with `config`'s limits and log level, no clients and no
-    /// allowlist.
+    /// An engine with `config`'s limits, rules and log level, no clients and
+    /// no allowlist.
     pub fn new(transport: T, config: &Config) -> Self {
         let log = Logger::new(config.log_level);
+        let every_second = || RateLimit::new(Duration::from_secs(1));
         Engine {
             out: Out {
                 transport,
                 stats: Stats::default(),
-                drop_warn: RateLimit::new(Duration::from_secs(1)),
+                drop_warn: every_second(),
                 log,
                 buffers: Buffers::new(config.client_buffer),
             },
@@ -779,9 +1031,14 @@ impl<T: Transport> Engine<T> {
             limits: config.limits,
             max_body_size: config.max_body_size,
             max_subscriptions: config.max_subscriptions,
-            malformed_warn: RateLimit::new(Duration::from_secs(1)),
-            denied_warn: RateLimit::new(Duration::from_secs(1)),
+            malformed_warn: every_second(),
+            denied_warn: every_second(),
+            violation_warn: every_second(),
+            impostor_warn: every_second(),
             allowlist: None,
+            identity_check: config.identity_check,
+            policy: Policy::new(&config.node_publish_agents),
+            lost: Vec::new(),
         }
     }
 
@@ -804,40 +1061,70 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Installs (or, with `None`, removes) the allowlist. Every session whose
-    /// key is not in the new list is dropped: forgotten with its
-    /// subscriptions and sent [`ACCESS_DENIED`]. Returns how many.
+    /// key is not in the new list, or is now listed under another name, is
+    /// dropped: forgotten with its subscriptions and sent [`ACCESS_DENIED`].
+    /// Returns how many.
     pub fn set_allowlist(&mut self, list: Option<Arc<Allowlist>>, now: Instant) -> usize {
         self.allowlist = list;
         let Some(list) = self.allowlist.clone() else { return 0 };
-        let revoked: Vec<Bytes> = self
+        let stale: Vec<(Bytes, String)> = self
             .clients
             .iter()
-            .filter(|c| !c.user.as_ref().is_some_and(|u| list.contains(u)))
-            .map(|c| c.id.clone())
+            .filter_map(|c| {
+                let Some((_, entry)) = c.user.as_deref().and_then(|u| list.entry(u)) else {
+                    let key = c.user.as_deref().unwrap_or("none");
+                    return Some((c.id.clone(), format!("its key {key} is no longer authorized")));
+                };
+                (entry.name != c.identity).then(|| {
+                    let key = list.describe(c.user.as_deref().unwrap_or_default());
+                    let was = c.identity.as_deref().unwrap_or("(no name)");
+                    (c.id.clone(), format!("its key {key} is no longer listed as {was:?}"))
+                })
+            })
             .collect();
-        for rid in &revoked {
+        for (rid, why) in &stale {
             let Some(client) = self.clients.remove(rid) else { continue };
             self.subs.forget(&client);
-            self.out.discard(rid, "its key is no longer authorized", now);
-            let key = client.user.as_deref().unwrap_or("none");
+            self.out.discard(rid, why, now);
             self.out.log.log(
                 Level::Warn,
-                format_args!(
-                    "client {} dropped: its key {key} is no longer authorized ({} subscriptions dropped)",
-                    show(rid),
-                    client.topics.len()
-                ),
+                format_args!("client {} dropped: {why} ({} subscriptions dropped)", show(rid), client.topics.len()),
             );
             self.reply_error(rid, ACCESS_DENIED, None, now);
         }
-        revoked.len()
+        stale.len()
     }
 
     /// Handles one message: `frames[0]` is the routing id, the rest is what
-    /// the client sent (delimiter first). `user` is the connection's
-    /// `User-Id` metadata, which only matters with an allowlist.
-    pub fn handle<F: AsRef<[u8]>>(&mut self, frames: &[F], user: Option<&str>, now: Instant) {
-        self.handle_received(frames, 0, user, now);
+    /// the client sent (delimiter first), over the connection `origin`.
+    pub fn handle<F: AsRef<[u8]>>(&mut self, frames: &[F], origin: Origin<'_>, now: Instant) {
+        self.handle_received(frames, 0, origin, now);
+    }
+
+    /// Takes note of the connections that ended, as the transport reports
+    /// them: their sessions receive nothing until they speak again. With
+    /// `all`, of every one that ended before this call (which may cost a
+    /// system call): before a delivery, and before a session is tied to a
+    /// connection, whose number may be that of one that ended.
+    pub fn connections_lost(&mut self, all: bool, now: Instant) {
+        let mut lost = std::mem::take(&mut self.lost);
+        self.out.transport.lost_connections(&mut lost, all);
+        for conn in lost.drain(..) {
+            if let Some(rid) = self.clients.connection_lost(conn) {
+                // What waits in its buffer would go to whoever takes the id.
+                self.out.discard(&rid, LOST, now);
+                if self.out.log.enabled(Level::Debug) {
+                    self.out.log.log(
+                        Level::Debug,
+                        format_args!(
+                            "client {}: its connection closed; nothing is delivered to it until it speaks again",
+                            show(&rid)
+                        ),
+                    );
+                }
+            }
+        }
+        self.lost = lost;
     }
 
     /// Sends due heartbeats and forgets expired clients, for a caller that
@@ -846,12 +1133,16 @@ impl<T: Transport> Engine<T> {
         self.tick_drained(now, now);
     }
 
-    /// Sends the heartbeats due at `now` and forgets the clients that were
-    /// silent for 1.05 × TTL up to `drained`, the last instant at which the
-    /// caller had read every pending message. A client whose heartbeat still
-    /// waits in the socket is thus never expired because the broker fell
-    /// behind.
+    /// Takes note of the connections known to have ended, sends the
+    /// heartbeats due at `now` and forgets the clients that were silent for
+    /// 1.05 × TTL up to `drained`, the last instant at which the caller had
+    /// read every pending message. A client whose heartbeat still waits in
+    /// the socket is thus never expired because the broker fell behind.
     pub fn tick_drained(&mut self, now: Instant, drained: Instant) {
+        // Buffered deliveries go out now: first every closed connection is
+        // taken note of (see `connections_lost`), else only what is ready.
+        let retries = self.out.buffers.next_retry().is_some_and(|at| at <= now);
+        self.connections_lost(retries, now);
         self.out.retry_buffered(now);
         while let Some(rid) = self.clients.pop_noop(now) {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
@@ -879,7 +1170,8 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Checks that the client and subscription tables agree and respect the
-    /// limits; the text says what is wrong. For tests and fuzzing.
+    /// limits and the allowlist; the text says what is wrong. For tests and
+    /// fuzzing.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut pairs = 0usize;
         for client in self.clients.iter() {
@@ -887,8 +1179,17 @@ impl<T: Transport> Engine<T> {
                 return Err(format!("client {} holds {} topics", show(&client.id), client.topics.len()));
             }
             if let Some(list) = &self.allowlist {
-                if !client.user.as_ref().is_some_and(|u| list.contains(u)) {
-                    return Err(format!("client {} has no authorized key", show(&client.id)));
+                match client.user.as_deref().and_then(|u| list.entry(u)) {
+                    None => return Err(format!("client {} has no authorized key", show(&client.id))),
+                    Some((_, entry)) if entry.name != client.identity => {
+                        return Err(format!(
+                            "client {} acts as {:?}, listed as {:?}",
+                            show(&client.id),
+                            client.identity,
+                            entry.name
+                        ))
+                    }
+                    Some(_) => {}
                 }
             }
             for topic in &client.topics {
@@ -926,13 +1227,16 @@ impl<T: Transport> Engine<T> {
                 format_args!("{n} more messages dropped since the last warning; drops={}", self.out.stats.drops),
             );
         }
-        let n = self.malformed_warn.take_suppressed();
-        if n > 0 {
-            self.out.log.log(Level::Warn, format_args!("{n} more malformed messages since the last warning"));
-        }
-        let n = self.denied_warn.take_suppressed();
-        if n > 0 {
-            self.out.log.log(Level::Warn, format_args!("{n} more unauthorized messages since the last warning"));
+        for (limit, what) in [
+            (&mut self.malformed_warn, "malformed messages"),
+            (&mut self.denied_warn, "unauthorized messages"),
+            (&mut self.violation_warn, "identity or role violations"),
+            (&mut self.impostor_warn, "messages from routing ids of another key's session"),
+        ] {
+            let n = limit.take_suppressed();
+            if n > 0 {
+                self.out.log.log(Level::Warn, format_args!("{n} more {what} since the last warning"));
+            }
         }
     }
 
@@ -962,6 +1266,15 @@ impl<T: Transport> Engine<T> {
         protocol::split(rest, &relaxed).ok().and_then(|env| Command::id_of(&env))
     }
 
+    /// `"<z85> (<name>)"`, the key alone, or "none", for log lines.
+    fn describe(&self, key: Option<&str>) -> String {
+        match (key, &self.allowlist) {
+            (Some(k), Some(list)) => list.describe(k),
+            (Some(k), None) => k.to_string(),
+            (None, _) => "none".into(),
+        }
+    }
+
     /// Refuses a message whose connection has no authorized key.
     fn deny<F: AsRef<[u8]>>(&mut self, rid: &[u8], rest: &[F], user: Option<&str>, now: Instant) {
         let id = self.lenient_id(rest);
@@ -978,7 +1291,70 @@ impl<T: Transport> Engine<T> {
         self.reply_error(rid, ACCESS_DENIED, id, now);
     }
 
-    fn handle_received<F: AsRef<[u8]>>(&mut self, frames: &[F], extra: usize, user: Option<&str>, now: Instant) {
+    /// Refuses a message from the routing id of a session that belongs to
+    /// another key; the session is left as it was.
+    fn impostor<F: AsRef<[u8]>>(
+        &mut self,
+        rid: &[u8],
+        rest: &[F],
+        user: Option<&str>,
+        owner: Option<&str>,
+        now: Instant,
+    ) {
+        self.out.stats.impostors += 1;
+        let id = self.lenient_id(rest);
+        if let Some(suppressed) = self.impostor_warn.allow(now) {
+            self.out.log.log(
+                Level::Warn,
+                format_args!(
+                    "refused a message from {} under key {}: that routing id belongs to the live session of key {}; \
+                     impostors={}{}",
+                    show(rid),
+                    self.describe(user),
+                    self.describe(owner),
+                    self.out.stats.impostors,
+                    more_since(suppressed, "")
+                ),
+            );
+        }
+        self.reply_error(rid, IMPOSTOR, id, now);
+    }
+
+    /// Applies `--identity-check` to a rule's verdict on a command: a
+    /// violation is counted and logged, and with `enforce` becomes the
+    /// command's error.
+    fn judge(
+        &mut self,
+        rid: &[u8],
+        sender: &Sender<'_>,
+        what: &str,
+        verdict: Result<(), Denial>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let Err(denial) = verdict else { return Ok(()) };
+        self.out.stats.violations += 1;
+        let enforce = self.identity_check == IdentityCheck::Enforce;
+        if let Some(suppressed) = self.violation_warn.allow(now) {
+            self.out.log.log(
+                Level::Warn,
+                format_args!(
+                    "{} {what} from {} (key {}): {denial}; violations={}{}",
+                    if enforce { "refused" } else { "allowed (--identity-check log)" },
+                    show(rid),
+                    self.describe(sender.key),
+                    self.out.stats.violations,
+                    more_since(suppressed, "")
+                ),
+            );
+        }
+        if enforce {
+            Err(denial.0)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn handle_received<F: AsRef<[u8]>>(&mut self, frames: &[F], extra: usize, origin: Origin<'_>, now: Instant) {
         self.out.stats.msgs_in += 1;
         let Some((rid, rest)) = frames.split_first() else { return };
         let rid: &[u8] = rid.as_ref();
@@ -986,14 +1362,28 @@ impl<T: Transport> Engine<T> {
             self.out.log.log(Level::Debug, format_args!("ignoring an empty message from {}", show(rid)));
             return;
         }
-        let user: Option<Arc<str>> = match &self.allowlist {
+        // A clone of the Arc, so entries can be borrowed across `&mut self`.
+        let list = self.allowlist.clone();
+        let listed = match &list {
             None => None,
-            Some(list) => match user.and_then(|u| list.lookup(u)) {
-                Some(key) => Some(key.clone()),
-                None => return self.deny(rid, rest, user, now),
+            Some(list) => match origin.user.and_then(|u| list.entry(u)) {
+                Some(entry) => Some(entry),
+                None => return self.deny(rid, rest, origin.user, now),
             },
         };
-        let known = self.clients.heard_as(rid, user.as_ref(), now);
+        let sender = Sender { key: origin.user, listed, conn: origin.conn };
+        let known = match self.clients.heard_as(rid, origin.user, origin.conn, now) {
+            Heard::Known => true,
+            Heard::Moved => {
+                // Any earlier end of this connection number belongs to
+                // another connection: take note of it before reusing it.
+                self.connections_lost(true, now);
+                self.clients.rebind(rid, origin.conn);
+                true
+            }
+            Heard::Unknown => false,
+            Heard::OtherKey(owner) => return self.impostor(rid, rest, origin.user, owner.as_deref(), now),
+        };
         if extra > 0 {
             let id = self.lenient_id(rest);
             let error = ProtocolError::TooManyFrames { count: rest.len() + extra, limit: self.limits.max_frames };
@@ -1017,7 +1407,7 @@ impl<T: Transport> Engine<T> {
             }
             return self.reply_error(rid, NOT_CONNECTED, id, now);
         }
-        match self.execute(rid, user, command, now) {
+        match self.execute(rid, &sender, command, now) {
             Ok(()) => {
                 if let Some(id) = id {
                     self.reply(rid, Reply::Ok { id }, now);
@@ -1033,21 +1423,29 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Runs a parsed command from a known client (or a CONNECT); an error is
-    /// a limit the command would break, and nothing of it was done.
-    fn execute(
-        &mut self,
-        rid: &[u8],
-        user: Option<Arc<str>>,
-        command: Command<'_>,
-        now: Instant,
-    ) -> Result<(), String> {
+    /// a limit or rule the command would break, and nothing of it was done.
+    fn execute(&mut self, rid: &[u8], sender: &Sender<'_>, command: Command<'_>, now: Instant) -> Result<(), String> {
         match command {
             Command::Connect { version, ttl_ms, .. } => {
-                let key = match (&user, &self.allowlist) {
-                    (Some(u), Some(list)) => format!(", key {}", list.describe(u)),
-                    _ => String::new(),
+                if let Some(actor) = sender.actor() {
+                    self.judge(rid, sender, "CONNECT", acl::check_connect(actor, rid), now)?;
+                }
+                let key = match sender.key {
+                    Some(_) => format!(", key {}", self.describe(sender.key)),
+                    None => String::new(),
                 };
-                let old = self.clients.connect(rid, user, Duration::from_millis(ttl_ms), now);
+                let session = Session {
+                    user: match sender.listed {
+                        Some((key, _)) => Some(key.clone()),
+                        None => sender.key.map(Arc::from),
+                    },
+                    identity: sender.listed.and_then(|(_, entry)| entry.name.clone()),
+                    conn: sender.conn,
+                };
+                // As for a session that moves: an earlier end of this
+                // connection number is not this connection's.
+                self.connections_lost(true, now);
+                let old = self.clients.connect(rid, session, Duration::from_millis(ttl_ms), now);
                 let version = String::from_utf8_lossy(version);
                 match old {
                     Some(old) => {
@@ -1074,7 +1472,7 @@ impl<T: Transport> Engine<T> {
                 self.out.log.log(Level::Info, format_args!("client {} disconnected", show(rid)));
             }
             Command::Sub { topics, .. } => {
-                let Some(client) = self.clients.get_mut(rid) else { return Ok(()) };
+                let Some(client) = self.clients.get(rid) else { return Ok(()) };
                 let mut new: Vec<&[u8]> = topics.iter().copied().filter(|t| !client.topics.contains(*t)).collect();
                 new.sort_unstable();
                 new.dedup();
@@ -1086,6 +1484,11 @@ impl<T: Transport> Engine<T> {
                         self.max_subscriptions
                     ));
                 }
+                if let Some(actor) = sender.actor() {
+                    let verdict = new.iter().try_for_each(|t| acl::check_subscribe(actor, t));
+                    self.judge(rid, sender, "SUB", verdict, now)?;
+                }
+                let Some(client) = self.clients.get_mut(rid) else { return Ok(()) };
                 let debug = self.out.log.enabled(Level::Debug);
                 for topic in new {
                     let (key, _) = self.subs.subscribe(topic, &client.id);
@@ -1110,20 +1513,39 @@ impl<T: Transport> Engine<T> {
                     }
                 }
             }
-            Command::Put { topic, headers, body, .. } => {
+            Command::Put { topic, mut headers, body, .. } => {
                 let size: usize = body.iter().map(|b| b.len()).sum();
                 if size > self.max_body_size {
                     return Err(format!("body is {size} bytes, over the limit of {}", self.max_body_size));
                 }
+                if let Some(actor) = sender.actor() {
+                    self.judge(rid, sender, "PUT", acl::check_publish(actor, topic, &self.policy), now)?;
+                }
                 self.out.stats.puts += 1;
                 let mut delivered = 0usize;
-                let mut subscribers = self.subs.subscribers(topic).peekable();
-                if subscribers.peek().is_some() {
+                if self.subs.subscribers(topic).next().is_some() {
+                    // A connection that ended must not pass its routing id's
+                    // deliveries on to one that took the id since.
+                    self.connections_lost(true, now);
+                    // The broker's stamp replaces any the client sent.
+                    headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
+                    let name = sender.listed.and_then(|(_, entry)| entry.name.as_deref());
+                    let stamp = [(SENDER, name), (SENDER_KEY, sender.key)];
+                    let stamp =
+                        stamp.into_iter().filter_map(|(header, value)| Some((header.as_bytes(), value?.as_bytes())));
+                    let headers = stamp.chain(headers).collect();
                     // Built once; recipients share it (see `shared`).
                     let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
-                    for sub in subscribers {
-                        if self.out.send_shared(sub, &mut message, now) {
-                            self.clients.sent(sub, now);
+                    for sub in self.subs.subscribers(topic) {
+                        let Some(client) = self.clients.get_mut(sub) else { continue };
+                        let sent = if client.lost {
+                            self.out.dropped(sub, 1, LOST, now);
+                            false
+                        } else {
+                            self.out.send_shared(sub, &mut message, now)
+                        };
+                        if sent {
+                            client.last_sent = now;
                             delivered += 1;
                         }
                     }
@@ -1180,6 +1602,72 @@ mod tests {
         frames
     }
 
+    fn parse(frames: &[Vec<u8>]) -> Reply<'_> {
+        Reply::parse(frames, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn messages_carry_the_senders_stamp_and_never_a_forged_one() {
+        let config = Config { log_level: Level::Error, ..Config::default() };
+        let mut engine = Engine::new(Recorder::default(), &config);
+        let key = crate::keys::KeyPair::generate().unwrap().public;
+        let list = Allowlist::from_keys([(&key, Some("web1"), acl::Role::Any)]).unwrap();
+        engine.set_allowlist(Some(Arc::new(list)), Instant::now());
+        let z85 = key_to_z85(&key);
+        let from = Origin { user: Some(&z85), conn: Some(3) };
+        let now = Instant::now();
+        engine.handle(&message(b"web1 1 1", Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), from, now);
+        engine.handle(&message(b"web1 1 1", Command::Sub { id: None, topics: vec![b"t"] }), from, now);
+        let forged: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"admin"), (b"X-A", b"1"), (b"SENDER-KEY", b"forged")];
+        let put = Command::Put { topic: b"t", headers: forged, id: None, body: vec![b"x"] };
+        engine.handle(&message(b"web1 1 1", put), from, now);
+        let (_, frames) = engine.transport().0.last().expect("delivered");
+        let Reply::Message { headers, .. } = parse(frames) else { panic!("not a MESSAGE") };
+        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"web1"), (b"SENDER-KEY", z85.as_bytes()), (b"X-A", b"1")];
+        assert_eq!(headers, want);
+    }
+
+    #[test]
+    fn a_lost_connection_gets_nothing_until_its_session_speaks_again() {
+        /// Reports the connections it is told about as lost.
+        #[derive(Default)]
+        struct Losing(Recorder, Vec<Conn>);
+        impl Transport for Losing {
+            fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
+                self.0.deliver(rid, frames)
+            }
+            fn lost_connections(&mut self, lost: &mut Vec<Conn>, _all: bool) {
+                lost.append(&mut self.1);
+            }
+        }
+        let config = Config { log_level: Level::Error, ..Config::default() };
+        let mut engine = Engine::new(Losing::default(), &config);
+        let now = Instant::now();
+        let on = |conn| Origin { user: Some("key-a"), conn: Some(conn) };
+        let other = Origin { user: Some("key-b"), conn: Some(9) };
+        let put = || message(b"pub", Command::Put { topic: b"t", headers: vec![], id: None, body: vec![b"x"] });
+        engine.handle(&message(b"a", Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), on(5), now);
+        engine.handle(&message(b"a", Command::Sub { id: None, topics: vec![b"t"] }), on(5), now);
+        engine.handle(&message(b"pub", Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), other, now);
+        engine.transport_mut().1.push(5);
+        engine.handle(&put(), other, now);
+        assert_eq!(engine.stats().delivered, 0, "the lost connection's routing id gets nothing");
+        assert_eq!(engine.stats().drops, 1);
+        // Another key on that routing id is refused, the session kept.
+        engine.handle(&message(b"a", Command::Noop { id: Some(b"n") }), other, now);
+        let (to, frames) = engine.transport().0 .0.last().unwrap();
+        assert_eq!(
+            (&to[..], parse(frames)),
+            (&b"a"[..], Reply::Error { message: IMPOSTOR.as_bytes(), id: Some(b"n") })
+        );
+        assert_eq!(engine.stats().impostors, 1);
+        // Its own key, from a new connection: served again.
+        engine.handle(&message(b"a", Command::Noop { id: None }), on(6), now);
+        engine.handle(&put(), other, now);
+        assert_eq!(engine.stats().delivered, 1);
+        engine.check_invariants().unwrap();
+    }
+
     #[test]
     fn a_heartbeat_read_late_still_keeps_its_client() {
         let config = Config { log_level: Level::Error, ..Config::default() };
@@ -1189,8 +1677,8 @@ mod tests {
         let connect = |rid| message(rid, Command::Connect { version: b"test", ttl_ms: 1000, id: None });
         let sub = |rid| message(rid, Command::Sub { id: None, topics: vec![b"t"] });
         for rid in [b"late", b"mute"] {
-            engine.handle(&connect(rid), None, t0);
-            engine.handle(&sub(rid), None, t0);
+            engine.handle(&connect(rid), Origin::default(), t0);
+            engine.handle(&sub(rid), Origin::default(), t0);
         }
         // The broker stalled until 1.2 TTL. "late" sent its NOOP at 0.9 TTL,
         // still unread; the input was last drained at 0.9 TTL.
@@ -1200,13 +1688,13 @@ mod tests {
         assert_eq!(noops.count(), 2, "heartbeats are not held back");
         // The backlog is read in the same iteration, and the socket found
         // empty at 1.2 TTL: only the client that stayed silent expires.
-        engine.handle(&message(b"late", Command::Noop { id: None }), None, ms(1200));
+        engine.handle(&message(b"late", Command::Noop { id: None }), Origin::default(), ms(1200));
         engine.tick_drained(ms(1200), ms(1200));
         let stats = engine.stats();
         assert_eq!((stats.clients, stats.topics), (1, 1), "{stats}");
         engine.handle(
             &message(b"late", Command::Put { topic: b"t", headers: vec![], id: None, body: vec![b"x"] }),
-            None,
+            Origin::default(),
             ms(1300),
         );
         assert_eq!(engine.stats().delivered, 1, "still subscribed");

@@ -6,9 +6,19 @@
 //! `inproc://zeromq.zap.01` on the broker's context (the ROUTER keeps its
 //! single owner thread). It is bound, and has answered a self-test request,
 //! before the ROUTER binds, so no client can ever be handshaken while no
-//! handler is listening. Listed keys get status 200 with the key's Z85 text
+//! handler is listening. An admitted key gets status 200 with its Z85 text
 //! as `User-Id`, which libzmq attaches to every message from that
-//! connection; anything else gets 400 and the client's handshake fails.
+//! connection: that is how the broker knows each message's key (to tie a
+//! session to it, and for the `SENDER-KEY` stamp). With an allowlist only
+//! listed keys are admitted; anything else gets 400 and the client's
+//! handshake fails. Without one (open mode) every CURVE key is admitted.
+//!
+//! What the handler cannot do: see the routing id the client asks for.
+//! libzmq's request carries the *server* socket's own `ZMQ_ROUTING_ID` in
+//! its identity frame (zap_client.cpp copies `options.routing_id`), and reads
+//! the client's routing id only after sending the request; a key cannot be
+//! refused here for the routing id it will use. The broker keeps routing ids
+//! with their sessions' keys instead (see the broker's module doc).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,9 +58,10 @@ pub struct ZapHandler {
 }
 
 impl ZapHandler {
-    /// Binds the handler socket on `ctx` and starts serving. Fails if
-    /// something else on this context already handles ZAP.
-    pub fn start(ctx: &zmq::Context, keys: SharedAllowlist, log: Logger) -> Result<ZapHandler, BrokerError> {
+    /// Binds the handler socket on `ctx` and starts serving: admitting the
+    /// keys of `keys`, or every CURVE key when there is no allowlist. Fails
+    /// if something else on this context already handles ZAP.
+    pub fn start(ctx: &zmq::Context, keys: Option<SharedAllowlist>, log: Logger) -> Result<ZapHandler, BrokerError> {
         let err = |what: &str, e: zmq::Error| BrokerError(format!("ZAP handler: cannot {what}: {e}"));
         let socket = ctx.socket(zmq::REP).map_err(|e| err("create its socket", e))?;
         socket.set_linger(0).map_err(|e| err("set ZMQ_LINGER", e))?;
@@ -59,7 +70,7 @@ impl ZapHandler {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("mc0d-zap".into())
-            .spawn(move || serve(socket, &keys, &log, &flag))
+            .spawn(move || serve(socket, keys.as_ref(), &log, &flag))
             .map_err(|e| BrokerError(format!("ZAP handler: cannot start its thread: {e}")))?;
         Ok(ZapHandler { stop, thread: Some(thread) })
     }
@@ -102,7 +113,7 @@ impl Drop for ZapHandler {
     }
 }
 
-fn serve(socket: zmq::Socket, keys: &SharedAllowlist, log: &Logger, stop: &AtomicBool) {
+fn serve(socket: zmq::Socket, keys: Option<&SharedAllowlist>, log: &Logger, stop: &AtomicBool) {
     let mut reports = Reports::default();
     while !stop.load(Ordering::SeqCst) {
         match socket.poll(zmq::POLLIN, POLL_MS) {
@@ -121,8 +132,8 @@ fn serve(socket: zmq::Socket, keys: &SharedAllowlist, log: &Logger, stop: &Atomi
                 return;
             }
         };
-        let list = keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let reply = answer(&request, &list, log, &mut reports, Instant::now());
+        let list = keys.map(|k| k.read().unwrap_or_else(|p| p.into_inner()).clone());
+        let reply = answer(&request, list.as_deref(), log, &mut reports, Instant::now());
         if let Err(e) = socket.send_multipart(reply, 0) {
             // A REP that failed to answer cannot take the next request.
             log.log(Level::Error, format_args!("ZAP handler: send failed: {e}"));
@@ -132,8 +143,14 @@ fn serve(socket: zmq::Socket, keys: &SharedAllowlist, log: &Logger, stop: &Atomi
 }
 
 /// The reply (RFC 27: version, request id, status code, status text,
-/// user id, metadata) to one request.
-fn answer(request: &[Vec<u8>], list: &Allowlist, log: &Logger, reports: &mut Reports, now: Instant) -> Vec<Vec<u8>> {
+/// user id, metadata) to one request; `list: None` admits every key.
+fn answer(
+    request: &[Vec<u8>],
+    list: Option<&Allowlist>,
+    log: &Logger,
+    reports: &mut Reports,
+    now: Instant,
+) -> Vec<Vec<u8>> {
     let reply = |id: &[u8], code: &str, text: &str, user: &str| {
         vec![b"1.0".to_vec(), id.to_vec(), code.as_bytes().to_vec(), text.as_bytes().to_vec(), user.into(), vec![]]
     };
@@ -170,6 +187,10 @@ fn answer(request: &[Vec<u8>], list: &Allowlist, log: &Logger, reports: &mut Rep
         return reply(id, "400", "CURVE required", "");
     };
     let z85 = key_to_z85(&key);
+    let Some(list) = list else {
+        log.log(Level::Debug, format_args!("admitted key {z85} from {address} (no allowlist)"));
+        return reply(id, "200", "OK", &z85);
+    };
     if list.contains(&z85) {
         log.log(Level::Debug, format_args!("admitted key {} from {address}", list.describe(&z85)));
         return reply(id, "200", "OK", &z85);
@@ -214,6 +235,7 @@ impl Reports {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::acl::Role;
     use crate::keys::KeyPair;
 
     fn request(domain: &str, mechanism: &str, key: &[u8]) -> Vec<Vec<u8>> {
@@ -227,11 +249,11 @@ mod tests {
     fn answers_by_key_domain_and_mechanism() {
         let listed = KeyPair::generate().unwrap().public;
         let other = KeyPair::generate().unwrap().public;
-        let list = Allowlist::from_keys([(&listed, Some("n1"))]);
+        let list = Allowlist::from_keys([(&listed, Some("n1"), Role::Any)]).unwrap();
         let log = Logger::new(Level::Error);
         let mut r = Reports::default();
         let now = Instant::now();
-        let ok = answer(&request(ZAP_DOMAIN, "CURVE", &listed), &list, &log, &mut r, now);
+        let ok = answer(&request(ZAP_DOMAIN, "CURVE", &listed), Some(&list), &log, &mut r, now);
         assert_eq!(ok[1], b"7");
         assert_eq!(ok[2], b"200");
         assert_eq!(ok[4], key_to_z85(&listed).into_bytes());
@@ -241,11 +263,24 @@ mod tests {
             request(ZAP_DOMAIN, "NULL", b""),
             request(ZAP_DOMAIN, "CURVE", &listed[..31]),
         ] {
-            let no = answer(&req, &list, &log, &mut r, now);
+            let no = answer(&req, Some(&list), &log, &mut r, now);
             assert_eq!((no[2].as_slice(), no[4].as_slice()), (&b"400"[..], &b""[..]), "{req:?}");
         }
-        let short = answer(&[b"1.0".to_vec(), b"9".to_vec()], &list, &log, &mut r, now);
+        let short = answer(&[b"1.0".to_vec(), b"9".to_vec()], Some(&list), &log, &mut r, now);
         assert_eq!((short[1].as_slice(), short[2].as_slice()), (&b"9"[..], &b"500"[..]));
+    }
+
+    #[test]
+    fn without_an_allowlist_every_curve_key_is_admitted_with_its_user_id() {
+        let log = Logger::new(Level::Error);
+        let mut r = Reports::default();
+        let now = Instant::now();
+        let any = KeyPair::generate().unwrap().public;
+        let ok = answer(&request(ZAP_DOMAIN, "CURVE", &any), None, &log, &mut r, now);
+        assert_eq!((ok[2].as_slice(), ok[4].as_slice()), (&b"200"[..], key_to_z85(&any).as_bytes()));
+        for req in [request("elsewhere", "CURVE", &any), request(ZAP_DOMAIN, "NULL", b"")] {
+            assert_eq!(answer(&req, None, &log, &mut r, now)[2], b"400", "{req:?}");
+        }
     }
 
     #[test]

@@ -63,6 +63,26 @@ use crate::protocol::{self, Command, Limits, Reply};
 /// The `<n>` of routing ids: unique per socket within the process.
 static SOCKET_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// 64 random bits as 16 hex digits, from the kernel.
+fn nonce() -> String {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: writes at most the remaining length into the buffer.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0) };
+        if n <= 0 {
+            // Only EINTR is possible here (the kernel has had its entropy
+            // since boot); a failure leaves the rest as it is.
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+            continue;
+        }
+        filled += n as usize;
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Most topics per SUB when re-subscribing, well under the frame limit.
 const TOPICS_PER_SUB: usize = 1000;
 /// Messages read per poll wake-up before attending to requests again.
@@ -298,7 +318,10 @@ impl Engine {
 
     fn open_socket(&mut self) -> Result<(), Error> {
         let n = SOCKET_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
-        let routing_id = format!("{} {} {}", self.settings.identity, std::process::id(), n);
+        // The random word keeps the id from being guessed: with CURVE, mc0d
+        // lets no other connection take an id while it is in use, so a
+        // guessed one could be taken first.
+        let routing_id = format!("{} {} {} {}", self.settings.identity, std::process::id(), n, nonce());
         let s = &self.settings;
         let socket = self.ctx.socket(zmq::DEALER).map_err(|e| Error::zmq("cannot create a DEALER socket", e))?;
         let opt = |what: &str, r: zmq::Result<()>| r.map_err(|e| Error::zmq(what, e));
@@ -426,9 +449,7 @@ impl Engine {
                     // A barrier: its OK settles every PUT sent before it,
                     // even if the broker dropped their OKs (see
                     // settle_answered_before).
-                    let id = self.next_id();
-                    self.pending.insert(id, Pending::Probe);
-                    self.send(Some(id), Command::Noop { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
+                    self.send_probe(now);
                 }
             }
             Request::Close { answer } => self.start_close(answer, now),
@@ -502,13 +523,18 @@ impl Engine {
                 } else if self.idle_probe_at().into_iter().chain(self.silence_probe_at()).any(|at| now >= at) {
                     // With an ID the broker answers at once, which also proves
                     // it alive when its own NOOP is late.
-                    let id = self.next_id();
-                    self.pending.insert(id, Pending::Probe);
                     self.probe_sent = Some(now);
-                    self.send(Some(id), Command::Noop { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
+                    self.send_probe(now);
                 }
             }
         }
+    }
+
+    /// Sends `NOOP` with an ID: the broker answers at once.
+    fn send_probe(&mut self, now: Instant) {
+        let id = self.next_id();
+        self.pending.insert(id, Pending::Probe);
+        self.send(Some(id), Command::Noop { id: Some(id.to_string().as_bytes()) }.to_frames(), now);
     }
 
     /// When the link counts as dead: the broker silent for 1.05 × TTL.
@@ -940,14 +966,22 @@ impl Engine {
             Reply::Noop => {}
             Reply::Message { topic, headers, body } => {
                 self.shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                messages.push(Message {
-                    topic: String::from_utf8_lossy(topic).into_owned(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
-                        .collect(),
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                let mut message = Message {
+                    topic: text(topic),
+                    headers: Vec::with_capacity(headers.len()),
                     body: if body.len() == 1 { body[0].to_vec() } else { body.concat() },
-                });
+                    sender: None,
+                    sender_key: None,
+                };
+                for (name, value) in headers {
+                    match name {
+                        n if n == protocol::SENDER.as_bytes() => message.sender = Some(text(value)),
+                        n if n == protocol::SENDER_KEY.as_bytes() => message.sender_key = Some(text(value)),
+                        _ => message.headers.push((text(name), value.to_vec())),
+                    }
+                }
+                messages.push(message);
             }
             Reply::Ok { id } => {
                 if let Some(id) = parse_id(id) {

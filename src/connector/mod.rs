@@ -111,6 +111,14 @@ pub struct Message {
     /// The payload. Several body frames (never sent by MCollective) are
     /// concatenated.
     pub body: Vec<u8>,
+    /// The publisher's authenticated identity: the name its key is listed
+    /// under in mc0d's allowlist (the `SENDER` header mc0d sets). `None`
+    /// from a broker without an allowlist. Only mc0d sets it: a legacy
+    /// broker forwards whatever a client put there.
+    pub sender: Option<String>,
+    /// The publisher's CURVE public key, Z85 (the `SENDER-KEY` header mc0d
+    /// sets whenever CURVE is on). Trust it as [`sender`](Message::sender).
+    pub sender_key: Option<String>,
 }
 
 impl Message {
@@ -362,11 +370,12 @@ impl Connector {
         }
     }
 
-    /// The ZeroMQ routing id of the current socket: `"<identity> <pid> <n>"`,
-    /// `n` counting sockets in this process. A link declared dead (broker
-    /// silent) is replaced by a new socket with a new `n`, so late traffic of
-    /// the dead one cannot mix in; a connection the broker closed is
-    /// re-established on the same socket.
+    /// The ZeroMQ routing id of the current socket:
+    /// `"<identity> <pid> <n> <random>"`, `n` counting sockets in this
+    /// process and `<random>` 16 hex digits no other client can guess. A link
+    /// declared dead (broker silent) is replaced by a new socket with a new
+    /// id, so late traffic of the dead one cannot mix in; a connection the
+    /// broker closed is re-established on the same socket.
     pub fn routing_id(&self) -> String {
         self.shared.routing_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -610,6 +619,8 @@ mod tests {
             topic: "t".into(),
             headers: vec![("X-A".into(), b"1".to_vec()), ("X-A".into(), b"2".to_vec())],
             body: vec![],
+            sender: None,
+            sender_key: None,
         };
         assert_eq!(m.header("X-A"), Some(&b"1"[..]));
         assert_eq!(m.header("X-B"), None);

@@ -27,6 +27,8 @@ pub struct mc0_message {
     topic: CString,
     headers: Vec<(CString, Vec<u8>)>,
     body: Vec<u8>,
+    sender: Option<CString>,
+    sender_key: Option<CString>,
 }
 
 impl From<Message> for mc0_message {
@@ -36,6 +38,8 @@ impl From<Message> for mc0_message {
             topic: c(m.topic),
             headers: m.headers.into_iter().map(|(k, v)| (c(k), v)).collect(),
             body: m.body,
+            sender: m.sender.map(c),
+            sender_key: m.sender_key.map(c),
         }
     }
 }
@@ -266,7 +270,28 @@ pub unsafe extern "C" fn mc0_message_topic(m: *const mc0_message) -> *const c_ch
     guard_ptr(|| Ok(message_ref(m)?.topic.as_ptr() as *mut c_char))
 }
 
-/// Number of headers (the publisher's "X-" headers). 0 if m is NULL.
+/// The publisher's authenticated identity (NUL-terminated), owned by m: the
+/// name its key is listed under in mc0d's allowlist, set by mc0d (the
+/// SENDER header; a copy the publisher sent is never passed on). NULL when
+/// the broker set none (no allowlist, or a legacy broker, which would also
+/// pass a forged one on) or m is NULL. Thread-safe for concurrent readers
+/// of m.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_sender(m: *const mc0_message) -> *const c_char {
+    guard_ptr(|| Ok(message_ref(m)?.sender.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
+}
+
+/// The publisher's CURVE public key as 40 Z85 characters (NUL-terminated),
+/// owned by m: set by mc0d whenever CURVE is on (the SENDER-KEY header),
+/// trustworthy as mc0_message_sender. NULL when absent or m is NULL.
+/// Thread-safe for concurrent readers of m.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_sender_key(m: *const mc0_message) -> *const c_char {
+    guard_ptr(|| Ok(message_ref(m)?.sender_key.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
+}
+
+/// Number of headers (the publisher's "X-" headers; not SENDER and
+/// SENDER-KEY, see mc0_message_sender). 0 if m is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_header_count(m: *const mc0_message) -> usize {
     match message_ref(m) {
@@ -404,8 +429,13 @@ mod tests {
             topic: "c reply me 1".into(),
             headers: vec![("X-A".into(), b"\x00\xff".to_vec()), ("X-B".into(), b"b".to_vec())],
             body: b"\x00body".to_vec(),
+            sender: Some("web1".into()),
+            sender_key: None,
         })));
         unsafe {
+            assert_eq!(CStr::from_ptr(mc0_message_sender(m)).to_str().unwrap(), "web1");
+            assert!(mc0_message_sender_key(m).is_null());
+            assert!(mc0_message_sender(std::ptr::null()).is_null());
             assert_eq!(CStr::from_ptr(mc0_message_topic(m)).to_str().unwrap(), "c reply me 1");
             assert_eq!(mc0_message_header_count(m), 2);
             assert_eq!(CStr::from_ptr(mc0_message_header_name(m, 1)).to_str().unwrap(), "X-B");

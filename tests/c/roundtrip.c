@@ -151,6 +151,8 @@ static void *blocked_receive(void *arg) {
 
 int main(int argc, char **argv) {
     const char *host, *port, *broker_public, *public_key, *private_key, *timeout;
+    char own_key[64];
+    FILE *key_file;
     int tag = 42;
     char *reply_topic, *json;
     mc0_config *cfg;
@@ -198,6 +200,10 @@ int main(int argc, char **argv) {
     REQUIRE(c != NULL);
     mc0_config_free(cfg);
 
+    key_file = fopen(public_key, "r");
+    REQUIRE(key_file != NULL && fgets(own_key, sizeof own_key, key_file) != NULL);
+    fclose(key_file);
+
     reply_topic = mc0_topic_reply("mcollective", "c-test", 1);
     REQUIRE(mc0_connector_subscribe(c, reply_topic) == MC0_OK);
 
@@ -225,7 +231,12 @@ int main(int argc, char **argv) {
     CHECK(p != NULL && len == sizeof body && memcmp(p, body, len) == 0);
     json = mc0_message_headers_json(m);
     CHECK(contains(json, "\"X-REPLY-TO\":\"mcollective reply c-test 1\""));
+    CHECK(!contains(json, "SENDER"));
     mc0_string_free(json);
+    /* mc0d's stamp: our own key (the broker has no allowlist, so no name). */
+    CHECK(mc0_message_sender(m) == NULL);
+    CHECK(mc0_message_sender_key(m) != NULL && strncmp(mc0_message_sender_key(m), own_key, 40) == 0);
+    CHECK(mc0_message_sender_key(NULL) == NULL);
     mc0_message_free(m);
     m = NULL;
 

@@ -163,22 +163,42 @@ impl Client {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub topic: Vec<u8>,
-    /// Every header but TOPIC, in arrival order.
+    /// Every header but TOPIC and the broker's stamp, in arrival order.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub body: Vec<Vec<u8>>,
+    /// The broker's `SENDER` stamp (each is expected at most once).
+    pub sender: Option<String>,
+    /// The broker's `SENDER-KEY` stamp.
+    pub sender_key: Option<String>,
 }
 
 impl Message {
-    /// Parses `frames` as a MESSAGE, panicking on anything else.
+    /// Parses `frames` as a MESSAGE, panicking on anything else (or on a
+    /// stamp header that appears twice).
     pub fn from_frames(frames: &[Vec<u8>]) -> Message {
-        match Reply::parse(frames, &Limits::default()) {
-            Ok(Reply::Message { topic, headers, body }) => Message {
-                topic: topic.to_vec(),
-                headers: headers.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
-                body: body.iter().map(|b| b.to_vec()).collect(),
-            },
-            other => panic!("expected MESSAGE, got {other:?} ({})", show(frames)),
+        let Ok(Reply::Message { topic, headers, body }) = Reply::parse(frames, &Limits::default()) else {
+            panic!("expected MESSAGE, got {} ", show(frames));
+        };
+        let mut m = Message {
+            topic: topic.to_vec(),
+            headers: Vec::new(),
+            body: body.iter().map(|b| b.to_vec()).collect(),
+            sender: None,
+            sender_key: None,
+        };
+        for (k, v) in headers {
+            let value = String::from_utf8_lossy(v).into_owned();
+            let stamp = match k {
+                b"SENDER" => &mut m.sender,
+                b"SENDER-KEY" => &mut m.sender_key,
+                _ => {
+                    m.headers.push((k.to_vec(), v.to_vec()));
+                    continue;
+                }
+            };
+            assert!(stamp.replace(value).is_none(), "{} twice in {}", k.escape_ascii(), show(frames));
         }
+        m
     }
 }
 

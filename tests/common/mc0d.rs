@@ -12,6 +12,16 @@ use mc0::protocol::{Command, Limits, Reply};
 
 use super::{free_port, write_keys, Client, TempDir, WAIT};
 
+/// The name the allowlist tests list [`Mc0d::client_key`] under.
+pub const PROBE: &str = "probe";
+
+/// A routing id for the identity `name`: `"<name> <pid> <n>"`, unique in
+/// this process.
+pub fn routing_id(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{name} {} {}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
 /// Collected stderr of a child, line by line, with a way to wait for a line.
 #[derive(Clone, Default)]
 pub struct LogBuf(Arc<(Mutex<String>, Condvar)>);
@@ -67,7 +77,9 @@ pub struct Mc0d {
     /// Holds the key files; removed on drop.
     pub dir: TempDir,
     /// The keypair [`client`](Mc0d::client) uses (a fresh one each time
-    /// when None): a broker with an allowlist only admits listed keys.
+    /// when None): a broker with an allowlist only admits listed keys, as
+    /// the identity they are listed under, which for this key must be
+    /// [`PROBE`].
     pub client_key: Option<KeyPair>,
     /// SIGSTOPped by [`pause`](Mc0d::pause).
     stopped: bool,
@@ -113,7 +125,8 @@ impl Mc0d {
     }
 
     /// A broker whose allowlist is `path` (written by the caller); `probe`
-    /// must be listed there (it is used to wait until the broker serves).
+    /// must be listed there as [`PROBE`] (it is used to wait until the
+    /// broker serves, and by [`client`](Mc0d::client)).
     pub fn start_allowlist(path: &Path, probe: &KeyPair, extra: &[&str]) -> Mc0d {
         let mut args = vec!["--authorized-keys".to_string(), path.display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -207,9 +220,10 @@ impl Mc0d {
     }
 
     fn dealer(&self, ctx: &zmq::Context, id: Option<&[u8]>) -> Client {
-        match &self.client_key {
-            Some(pair) => self.client_as(ctx, pair, id),
-            None => Client::connect(ctx, &self.endpoint(), self.server_public.as_ref(), id),
+        match (&self.client_key, id) {
+            (Some(pair), None) => self.client_named(ctx, pair, PROBE),
+            (Some(pair), Some(id)) => self.client_as(ctx, pair, Some(id)),
+            (None, _) => Client::connect(ctx, &self.endpoint(), self.server_public.as_ref(), id),
         }
     }
 
@@ -217,6 +231,12 @@ impl Mc0d {
     pub fn client_as(&self, ctx: &zmq::Context, pair: &KeyPair, id: Option<&[u8]>) -> Client {
         let server = self.server_public.expect("a CURVE broker");
         Client::connect_keyed(ctx, &self.endpoint(), &server, pair, id, |_| {})
+    }
+
+    /// A DEALER using `pair` with a routing id of the identity `name`, as
+    /// connectors make them (`"<name> <pid> <n>"`, unique in this process).
+    pub fn client_named(&self, ctx: &zmq::Context, pair: &KeyPair, name: &str) -> Client {
+        self.client_as(ctx, pair, Some(routing_id(name).as_bytes()))
     }
 
     /// Retries a CONNECT with ID until the broker acknowledges it.

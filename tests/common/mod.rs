@@ -23,7 +23,7 @@ use mc0::keys::KeyPair;
 #[allow(unused_imports)]
 pub use client::{Client, Message, Monitor};
 #[allow(unused_imports)]
-pub use mc0d::{LogBuf, Mc0d, Mc0dOptions};
+pub use mc0d::{routing_id, LogBuf, Mc0d, Mc0dOptions, PROBE};
 
 /// Generous bound for anything that should happen "soon" on a loaded CI box.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -74,6 +74,59 @@ pub fn authorize(dir: &Path, name: &str, pair: &KeyPair) -> PathBuf {
     let path = dir.join(format!("{name}.public"));
     std::fs::write(&path, format!("{}\n", mc0::keys::key_to_z85(&pair.public))).expect("write public key");
     path
+}
+
+/// The routing ids of a legacy node ("n1") and client ("client"), as the
+/// legacy Ruby connector makes them.
+pub const LEGACY_NODE: &str = "n1 4242 #<Thread:0x0001 run>";
+pub const LEGACY_CLIENT: &str = "client 1234 #<Thread:0x0002 run>";
+
+/// The legacy Ruby connector's exchange, frame for frame: `node` (routing
+/// id [`LEGACY_NODE`]) and `client` ([`LEGACY_CLIENT`]) connect and
+/// subscribe; the client sends a broadcast and a directed request, the node
+/// receives each and replies to its X-REPLY-TO, and the client receives the
+/// replies. Returns the node's received requests and the client's replies.
+pub fn legacy_request_reply(node: &Client, client: &Client) -> (Vec<Message>, Vec<Message>) {
+    for (c, id) in [(node, "1"), (client, "1")] {
+        c.send(&[&b""[..], b"CONNECT", b"ID", id.as_bytes(), b"TTL", b"30000", b"VERSION", b"0.2"]);
+        c.expect_ok(id);
+    }
+    node.send(&[&b""[..], b"SUB", b"ID", b"2", b"", b"mcollective rpcutil", b"mcollective nodes n1"]);
+    node.expect_ok("2");
+    client.send(&[&b""[..], b"SUB", b"ID", b"2", b"", b"mcollective reply client 1234"]);
+    client.expect_ok("2");
+
+    let request = b"\x04\x08{\x07:\x0bbody\"\x0erequest body".to_vec();
+    let (mut requests, mut replies) = (Vec::new(), Vec::new());
+    for topic in [&b"mcollective rpcutil"[..], b"mcollective nodes n1"] {
+        client.send(&[
+            &b""[..],
+            b"PUT",
+            b"TOPIC",
+            topic,
+            b"X-REPLY-TO",
+            b"mcollective reply client 1234",
+            b"ID",
+            b"3",
+            b"",
+            &request,
+        ]);
+        client.expect_ok("3");
+        let m = node.expect_message();
+        assert_eq!(m.topic, topic);
+        assert_eq!(m.headers, vec![(b"X-REPLY-TO".to_vec(), b"mcollective reply client 1234".to_vec())]);
+        assert_eq!(m.body, vec![request.clone()]);
+
+        let reply_to = m.headers[0].1.clone();
+        node.send(&[&b""[..], b"PUT", b"TOPIC", &reply_to, b"", b"reply from n1"]);
+        let r = client.expect_message();
+        assert_eq!(r.topic, b"mcollective reply client 1234");
+        assert!(r.headers.is_empty());
+        assert_eq!(r.body, vec![b"reply from n1".to_vec()]);
+        requests.push(m);
+        replies.push(r);
+    }
+    (requests, replies)
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.

@@ -10,11 +10,12 @@ say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 say "1. CURVE keys (mc0-keygen) for the broker, a client and three servers in $WORK/keys"
 need "$MC0D" "$KEYGEN" "$LIBMC0"
 make_keys node-1 node-2 node-3
-authorize client node-1 node-2 node-3
+authorize clients client
+authorize nodes node-1 node-2 node-3
 ls "$WORK/keys" | sed 's/^/   /'
 
 start_broker_on_free_port
-say "2. mc0d, the broker, on 127.0.0.1:$PORT (CURVE on; only the keys in $WORK/authorized may connect)"
+say "2. mc0d, the broker, on 127.0.0.1:$PORT (CURVE on; only the keys in $WORK/authorized/{nodes,clients} may connect, each as its identity)"
 echo "   pid $BROKER_PID"
 
 say "3. Three mcollectived servers (identities node-1..3), connector = zeromq, heartbeat ${HEARTBEAT}s"

@@ -92,13 +92,15 @@ make_keys_for() {
 
 make_keys() { make_keys_for broker client "$@"; }
 
-# authorize NAME...: lets NAME's public key connect (mc0d --authorized-keys;
-# mc0d reads the directory at start, on SIGHUP and when it changes).
+# authorize ROLE NAME...: lets NAME's public key connect as the MCollective
+# identity NAME, in ROLE (nodes or clients): mc0d --authorized-keys with its
+# role directories (mc0d reads them at start, on SIGHUP and when they change).
 authorize() {
-    mkdir -p "$WORK/authorized"
-    local name
+    local role=$1 name
+    shift
+    mkdir -p "$WORK/authorized/$role"
     for name in "$@"; do
-        [ -e "$WORK/authorized/$name.public" ] || cp "$WORK/keys/$name.public" "$WORK/authorized/"
+        [ -e "$WORK/authorized/$role/$name.public" ] || cp "$WORK/keys/$name.public" "$WORK/authorized/$role/"
     done
 }
 
@@ -143,6 +145,9 @@ server_cfg() {
     {
         common_cfg "$id" "$WORK/$id.log"
         echo "daemonize = 0"
+        # Registration messages: requests from a node key, to the agent
+        # mc0d allows nodes to address (--node-publish-agents).
+        echo "registerinterval = 2"
         echo "plugin.zeromq.public_key = $WORK/keys/$id.public"
         echo "plugin.zeromq.private_key = $WORK/keys/$id.private"
     } >"$WORK/$id.cfg"
@@ -152,8 +157,10 @@ start_broker() {
     local before
     before=$(grep -c 'listening on' "$WORK/mc0d.log" 2>/dev/null || true)
     mkdir -p "$WORK/authorized"
+    # Servers publish to the registration agent (registerinterval below).
     "$MC0D" --bind 127.0.0.1 --port "$PORT" --curve-private-key "$WORK/keys/broker.private" \
-        --authorized-keys "$WORK/authorized" --log-level debug >>"$WORK/mc0d.log" 2>&1 &
+        --authorized-keys "$WORK/authorized" --node-publish-agents registration \
+        --log-level debug >>"$WORK/mc0d.log" 2>&1 &
     BROKER_PID=$!
     wait_for 15 "mc0d listening on 127.0.0.1:$PORT" broker_listening "${before:-0}" || {
         tail -20 "$WORK/mc0d.log" >&2
@@ -194,7 +201,7 @@ server_ready() {
 
 # start_server ID: writes its config and starts mcollectived in the foreground.
 start_server() {
-    authorize "$1"
+    authorize nodes "$1"
     server_cfg "$1"
     mcollectived --config "$WORK/$1.cfg" --no-daemonize >>"$WORK/$1.out" 2>&1 &
     SERVER_PIDS+=($!)
@@ -225,7 +232,8 @@ setup() {
     local i ids=()
     for i in $(seq 1 "$SERVERS"); do ids+=("node-$i"); done
     make_keys "${ids[@]}" rogue
-    authorize client "${ids[@]}"
+    authorize clients client
+    authorize nodes "${ids[@]}"
     start_broker_on_free_port
     client_cfg client
     start_servers

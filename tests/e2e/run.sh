@@ -158,6 +158,29 @@ t_unlisted_client_refused() {
         fail "the refusal is not reported as 'broker refused our key': $out"
 }
 
+t_other_identity_refused() {
+    # The admin's (listed) key, but another identity in client.cfg.
+    client_cfg impostor "$WORK/keys/broker.public" client
+    local out rc=0
+    out=$(timeout 60 mco ping --config "$WORK/impostor.cfg" -t 2 2>&1) || rc=$?
+    [ "$rc" -ne 0 ] || fail "mco ping as another identity exited 0"
+    echo "$out" | grep -q 'identity "impostor", but this key is listed as "client"' ||
+        fail "the refusal does not name both identities: $out"
+}
+
+t_identities_and_roles() {
+    # Every key acted as the identity it is listed under, in its role: no
+    # command broke a rule, and the servers' registration requests passed.
+    # (The one refusal expected is t_other_identity_refused's.)
+    if grep -E 'refused (CONNECT|SUB|PUT) from|belongs to the live session' "$WORK/mc0d.log" | grep -v '"impostor '; then
+        fail "mc0d refused a command of the fleet"
+    fi
+    grep -q 'PUT "mcollective registration" .* from "node-1 ' "$WORK/mc0d.log" ||
+        fail "no registration request from node-1 reached mc0d"
+    grep -q 'only the [0-9]* authorized keys .* ([0-9]* node keys, 1 client keys, 0 of either role' "$WORK/mc0d.log" ||
+        fail "mc0d did not load the allowlist with roles"
+}
+
 t_servers_healthy() {
     local i pid
     for i in "${!SERVER_PIDS[@]}"; do
@@ -191,7 +214,8 @@ log "mc0d on 127.0.0.1:$PORT, $SERVERS servers ready"
 set +e
 
 for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_direct_nodes_file \
-    t_missing_node_times_out t_broker_restart t_wrong_broker_key t_unlisted_client_refused t_servers_healthy; do
+    t_missing_node_times_out t_broker_restart t_wrong_broker_key t_unlisted_client_refused t_other_identity_refused \
+    t_identities_and_roles t_servers_healthy; do
     CURRENT=${t#t_}
     before=${#FAILED[@]}
     log "== $CURRENT"

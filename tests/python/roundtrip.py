@@ -47,6 +47,8 @@ def load(path):
         "mc0_connector_close": ([C.c_void_p], C.c_int),
         "mc0_connector_free": ([C.c_void_p], None),
         "mc0_message_topic": ([C.c_void_p], C.c_char_p),
+        "mc0_message_sender": ([C.c_void_p], C.c_char_p),
+        "mc0_message_sender_key": ([C.c_void_p], C.c_char_p),
         "mc0_message_header_count": ([C.c_void_p], C.c_size_t),
         "mc0_message_header_name": ([C.c_void_p, C.c_size_t], C.c_char_p),
         "mc0_message_header_value": ([C.c_void_p, C.c_size_t, C.POINTER(C.c_size_t)], C.c_void_p),
@@ -107,7 +109,8 @@ def receive(lib, c, timeout_ms):
             ptr = lib.mc0_message_header_value(m, i, C.byref(n))
             headers[name] = C.string_at(ptr, n.value)
         as_json = json.loads(take_string(lib, lib.mc0_message_headers_json(m)))
-        return MC0_OK, (lib.mc0_message_topic(m).decode(), headers, body, as_json)
+        sender = (lib.mc0_message_sender(m), lib.mc0_message_sender_key(m))
+        return MC0_OK, (lib.mc0_message_topic(m).decode(), headers, body, as_json, sender)
     finally:
         lib.mc0_message_free(m)
 
@@ -164,11 +167,15 @@ def main():
     check(publish(lib, c, reply_topic, headers, body) == MC0_OK, "publish", lib)
     status, got = receive(lib, c, 20000)
     check(status == MC0_OK, f"receive: {status}", lib)
-    topic, got_headers, got_body, as_json = got
+    topic, got_headers, got_body, as_json, (sender, sender_key) = got
     check(topic == reply_topic, f"topic {topic!r}")
     check(got_headers == dict(headers), f"headers {got_headers!r}")
     check(got_body == body, "body")
     check(as_json["X-REPLY-TO"] == reply_topic, f"json {as_json!r}")
+    # mc0d's stamp: our own key; no name without an allowlist.
+    with open(public) as f:
+        check(sender_key == f.read().strip().encode(), f"sender key {sender_key!r}")
+    check(sender is None, f"sender {sender!r}")
     n = C.c_size_t()
     check(lib.mc0_message_header(None, b"X-BIN", C.byref(n)) is None and n.value == 0, "NULL message")
 

@@ -161,7 +161,11 @@ module MCollective
           next unless raw
 
           @backoff = ERROR_PAUSE
-          Log.debug("Received a message on '#{raw.topic}' with headers #{raw.headers.keys.inspect}")
+          # raw.sender / raw.sender_key: who mc0d authenticated as the
+          # publisher (its allowlist name, its CURVE key), nil if it did not
+          # say; kept with the message as its `message` object.
+          Log.debug("Received a message on '#{raw.topic}' from #{raw.sender || raw.sender_key || 'an unnamed sender'} " \
+                    "with headers #{raw.headers.keys.inspect}")
           return Message.new(raw.body, raw, :base64 => false, :headers => raw.headers)
         end
       end
