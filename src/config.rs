@@ -10,33 +10,33 @@ use std::time::Duration;
 
 use crate::connector::{Error, ErrorKind};
 use crate::keys::{self, Key};
+use crate::protocol;
 
-/// Default broker port (PROTOCOL.md).
-pub const DEFAULT_PORT: u16 = 61616;
-/// Default heartbeat in seconds: the legacy connectors' `TTL 30000`.
-pub const DEFAULT_HEARTBEAT_SECS: f64 = 30.0;
+pub use crate::protocol::DEFAULT_PORT;
+/// Default heartbeat in seconds: the protocol's default CONNECT TTL.
+pub const DEFAULT_HEARTBEAT_SECS: f64 = protocol::DEFAULT_TTL_MS as f64 / 1000.0;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 pub const DEFAULT_CLOSE_TIMEOUT_SECS: f64 = 1.0;
 pub const DEFAULT_SEND_QUEUE: usize = 10_000;
 pub const DEFAULT_RECEIVE_QUEUE: usize = 100_000;
 pub const DEFAULT_RECONNECT_MAX_SECS: f64 = 10.0;
 
-/// Every key [`Config::set`] accepts, with its default as text, for error
-/// messages and documentation.
-pub const KEYS: &[(&str, &str)] = &[
-    ("broker.host", "(required)"),
-    ("broker.port", "61616"),
-    ("curve", "true"),
-    ("broker.public_key", "(required when curve is on)"),
-    ("public_key", "(derived from private_key)"),
-    ("private_key", "(required when curve is on)"),
-    ("heartbeat", "30"),
-    ("identity", "(host name)"),
-    ("connect_timeout", "10"),
-    ("close_timeout", "1"),
-    ("send_queue", "10000"),
-    ("receive_queue", "100000"),
-    ("reconnect_max", "10"),
+/// Every key [`Config::set`] accepts (defaults: [`Config::default`] and
+/// docs/CONNECTOR.md).
+pub const KEYS: &[&str] = &[
+    "broker.host",
+    "broker.port",
+    "curve",
+    "broker.public_key",
+    "public_key",
+    "private_key",
+    "heartbeat",
+    "identity",
+    "connect_timeout",
+    "close_timeout",
+    "send_queue",
+    "receive_queue",
+    "reconnect_max",
 ];
 
 /// What the user configured, unvalidated where validation needs the file
@@ -172,8 +172,11 @@ impl Config {
             "broker.public_key" => self.broker_public_key = Some(parse_path(key, value)?),
             "public_key" => self.public_key = Some(parse_path(key, value)?),
             "private_key" => self.private_key = Some(parse_path(key, value)?),
-            // TTL must fit the protocol's 1 ms ..= 24 h.
-            "heartbeat" => self.heartbeat = parse_seconds(key, value, 0.01, 86_400.0)?,
+            // CONNECT's TTL must be in the protocol's range.
+            "heartbeat" => {
+                let ms = &protocol::TTL_RANGE_MS;
+                self.heartbeat = parse_seconds(key, value, *ms.start() as f64 / 1000.0, *ms.end() as f64 / 1000.0)?
+            }
             "identity" => {
                 if !crate::topics::is_identity(value) || value.len() > MAX_IDENTITY_LEN {
                     return Err(config_error(format!(
@@ -189,8 +192,7 @@ impl Config {
             "receive_queue" => self.receive_queue = parse_count(key, value)?,
             "reconnect_max" => self.reconnect_max = parse_seconds(key, value, 0.01, 86_400.0)?,
             _ => {
-                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-                return Err(config_error(format!("unknown key {key:?} (known keys: {})", known.join(", "))));
+                return Err(config_error(format!("unknown key {key:?} (known keys: {})", KEYS.join(", "))));
             }
         }
         Ok(())
@@ -350,7 +352,7 @@ mod tests {
         assert_eq!(c.ttl_ms(), 30_000);
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.send_queue, 10_000);
-        for (key, _) in KEYS {
+        for key in KEYS {
             let e = Config::new().set(key, "\u{1}bad").map(|_| ());
             // Only free-form keys accept any text; all others reject it naming the key.
             if !["broker.host", "broker.public_key", "public_key", "private_key"].contains(key) {

@@ -7,9 +7,40 @@
 //! path); building produces owned frames ready to hand to a socket.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 /// Protocol version this implementation speaks in CONNECT.
 pub const PROTOCOL_VERSION: &str = "0.3";
+
+/// The TCP port brokers listen on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 61616;
+
+/// TTL a CONNECT without a TTL header gets: the legacy connectors' default.
+pub const DEFAULT_TTL_MS: u64 = 30_000;
+
+/// The heartbeat TTLs (ms) a CONNECT may ask for: 1 ms to 24 h.
+pub const TTL_RANGE_MS: RangeInclusive<u64> = 1..=86_400_000;
+
+/// The heartbeat contract both sides keep for a TTL (docs/PROTOCOL.md).
+pub mod heartbeat {
+    use std::time::Duration;
+
+    /// Fraction of the TTL after which a side that has sent nothing sends NOOP.
+    pub const NOOP_AFTER: f64 = 0.95;
+    /// Fraction of the TTL of silence after which a side gives the other up.
+    pub const DEAD_AFTER: f64 = 1.05;
+
+    /// Each side sends NOOP once it has sent nothing else for this long.
+    pub fn noop_after(ttl: Duration) -> Duration {
+        ttl.mul_f64(NOOP_AFTER)
+    }
+
+    /// Each side gives the other up once it has heard nothing for this long:
+    /// the broker forgets the client, the connector reconnects.
+    pub fn dead_after(ttl: Duration) -> Duration {
+        ttl.mul_f64(DEAD_AFTER)
+    }
+}
 
 /// Text of the `ERROR MESSAGE` the broker sends for a command (other than
 /// CONNECT) from a client it does not know, typically after a broker restart.
@@ -259,9 +290,6 @@ pub enum Command<'a> {
     },
 }
 
-/// TTL a CONNECT without a TTL header gets: the legacy connectors' default.
-pub const DEFAULT_TTL_MS: u64 = 30_000;
-
 impl<'a> Command<'a> {
     /// Parses client-to-broker frames (starting at the delimiter).
     pub fn parse<F: AsRef<[u8]>>(frames: &'a [F], limits: &Limits) -> Result<Self, ProtocolError> {
@@ -377,7 +405,9 @@ impl<'a> Command<'a> {
     }
 }
 
-fn check_topic(topic: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
+/// The rule every topic obeys on the wire: at most `limits.max_topic_len`
+/// bytes. (An empty topic is legal; libmc0 refuses to send one.)
+pub fn check_topic(topic: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
     if topic.len() > limits.max_topic_len {
         return Err(ProtocolError::TopicTooLong { size: topic.len(), limit: limits.max_topic_len });
     }
@@ -388,7 +418,7 @@ fn parse_ttl(value: &[u8]) -> Result<u64, ProtocolError> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .filter(|ttl| (1..=86_400_000).contains(ttl))
+        .filter(|ttl| TTL_RANGE_MS.contains(ttl))
         .ok_or_else(|| ProtocolError::BadHeaderValue {
             header: "TTL",
             value: String::from_utf8_lossy(value).into_owned(),
@@ -631,7 +661,7 @@ mod tests {
         fn sub_connect_noop_build_then_parse_is_identity(
             topics in proptest::collection::vec(bytes(), 1..5),
             id in proptest::option::of(nonempty_bytes()),
-            ttl in 1u64..86_400_000,
+            ttl in TTL_RANGE_MS,
             version in nonempty_bytes(),
         ) {
             let cmds = [

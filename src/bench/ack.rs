@@ -34,7 +34,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let (socks, _, _) = util::handshake(
         p.clients,
         p.clients,
-        30_000,
+        mc0::protocol::DEFAULT_TTL_MS,
         &|_| None,
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-ack-{i} {pid}").as_bytes()),
         Instant::now() + p.timeout,

@@ -11,6 +11,7 @@ mod target;
 mod util;
 mod workers;
 
+use mc0::protocol::{self, heartbeat};
 use report::{Judged, Row};
 use std::collections::HashMap;
 use std::io::Write;
@@ -286,7 +287,7 @@ fn run(args: &Args) -> Result<bool> {
                 clients: args.num("--clients", 1000)?,
                 procs: args.num("--procs", 2)?,
                 ttl_ms: args.num("--ttl", 5000)?,
-                heartbeat_fraction: args.num("--heartbeat-fraction", 0.95)?,
+                heartbeat_fraction: args.num("--heartbeat-fraction", heartbeat::NOOP_AFTER)?,
                 hold: args.secs("--hold", 10.0)?,
                 window: args.num("--window", 100)?,
                 io_threads,
@@ -432,7 +433,7 @@ fn raw_broker(args: &Args) -> Result<()> {
     };
     raw::serve(&raw::RawOptions {
         bind: args.str("--bind").unwrap_or("127.0.0.1").into(),
-        port: args.num("--port", 61616)?,
+        port: args.num("--port", protocol::DEFAULT_PORT)?,
         private_key,
         drop_every: args.str("--drop-every").map(|v| v.parse()).transpose().map_err(|_| "--drop-every")?,
     })
@@ -463,8 +464,8 @@ fn conns_worker(args: &Args) -> Result<()> {
         endpoint: worker_endpoint(args)?,
         first: args.num("--first", 0)?,
         count: args.num("--count", 0)?,
-        ttl_ms: args.num("--ttl", 30_000)?,
-        heartbeat_fraction: args.num("--heartbeat-fraction", 0.95)?,
+        ttl_ms: args.num("--ttl", protocol::DEFAULT_TTL_MS)?,
+        heartbeat_fraction: args.num("--heartbeat-fraction", heartbeat::NOOP_AFTER)?,
         window: args.num("--window", 50)?,
         io_threads: args.num("--io-threads", 1)?,
     })

@@ -211,7 +211,7 @@ fn body_start(frames: &[zmq::Message]) -> Option<usize> {
 }
 
 pub const COLLECTIVE: &str = "mcollective";
-pub const VERSION: &[u8] = b"0.3";
+pub const VERSION: &[u8] = mc0::protocol::PROTOCOL_VERSION.as_bytes();
 
 /// Drives CONNECT (and SUB to one topic per client) with acknowledgements
 /// over many clients, at most `window` of them in flight, until every client

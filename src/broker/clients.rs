@@ -27,6 +27,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::protocol::heartbeat;
+
 /// A routing id or topic, shared between the tables without copying.
 pub type Bytes = Arc<[u8]>;
 
@@ -58,10 +60,10 @@ pub struct Client {
 
 impl Client {
     fn noop_after(&self) -> Duration {
-        self.ttl.mul_f64(0.95)
+        heartbeat::noop_after(self.ttl)
     }
     fn expire_after(&self) -> Duration {
-        self.ttl.mul_f64(1.05)
+        heartbeat::dead_after(self.ttl)
     }
 }
 

@@ -159,8 +159,7 @@ use zmsg::Msg;
 
 pub use clients::Conn;
 
-/// The default TCP port (`PROTOCOL.md`).
-pub const DEFAULT_PORT: u16 = 61616;
+pub use crate::protocol::DEFAULT_PORT;
 /// Messages libzmq queues per client before mc0d buffers them (see module doc).
 pub const DEFAULT_SNDHWM: i32 = 10_000;
 pub use buffers::DEFAULT_CLIENT_BUFFER;

@@ -58,7 +58,7 @@ use super::{secs, Answer, Error, ErrorKind, Message, Publish, Request, Shared};
 use crate::config::Settings;
 use crate::keys::key_to_z85;
 use crate::log::Level;
-use crate::protocol::{self, Command, Limits, Reply};
+use crate::protocol::{self, heartbeat, Command, Limits, Reply};
 
 /// The `<n>` of routing ids: unique per socket within the process.
 static SOCKET_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -539,7 +539,7 @@ impl Engine {
 
     /// When the link counts as dead: the broker silent for 1.05 × TTL.
     fn silence_deadline(&self) -> Instant {
-        self.last_recv + self.settings.ttl.mul_f64(1.05)
+        self.last_recv + heartbeat::dead_after(self.settings.ttl)
     }
 
     /// When we will have sent nothing for 0.95 × TTL (PROTOCOL.md). None
@@ -547,14 +547,14 @@ impl Engine {
     /// high-water mark), or the loop would spin queueing probes.
     fn idle_probe_at(&self) -> Option<Instant> {
         let armed = self.probe_sent.map_or(true, |at| at <= self.last_send);
-        armed.then(|| self.last_send + self.settings.ttl.mul_f64(0.95))
+        armed.then(|| self.last_send + heartbeat::noop_after(self.settings.ttl))
     }
 
     /// When the broker will have been silent for 0.95 × TTL: ask it, once,
     /// rather than rely on its own NOOP arriving within the last 0.1 × TTL.
     fn silence_probe_at(&self) -> Option<Instant> {
         let armed = self.probe_sent.map_or(true, |at| at < self.last_recv);
-        armed.then(|| self.last_recv + self.settings.ttl.mul_f64(0.95))
+        armed.then(|| self.last_recv + heartbeat::noop_after(self.settings.ttl))
     }
 
     fn poll_timeout(&self, now: Instant) -> i64 {

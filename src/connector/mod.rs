@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Settings};
 use crate::log::Level;
-use crate::protocol::Limits;
+use crate::protocol::{self, Limits};
 use logging::clog;
 
 pub use logging::{set_logger, LogFn};
@@ -567,15 +567,12 @@ fn invalid(message: String) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
 
+/// The protocol's topic rule, plus ours: libmc0 never sends an empty topic.
 fn check_topic(topic: &str) -> Result<(), Error> {
-    let limit = Limits::default().max_topic_len;
     if topic.is_empty() {
         return Err(invalid("empty topic".into()));
     }
-    if topic.len() > limit {
-        return Err(invalid(format!("topic is {} bytes, over the limit of {limit}", topic.len())));
-    }
-    Ok(())
+    protocol::check_topic(topic.as_bytes(), &Limits::default()).map_err(|e| invalid(e.to_string()))
 }
 
 fn far_future() -> Instant {
