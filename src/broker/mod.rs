@@ -119,12 +119,14 @@
 //!
 //! # The sender stamp
 //!
-//! Every MESSAGE carries [`SENDER_KEY`] (the publisher's Z85 key, whenever
-//! CURVE is on) and, with an allowlist, [`SENDER`] (the name its key is
-//! listed under), set by the broker; copies a client put in its PUT are
-//! removed. They are added once per PUT to the frames every recipient
-//! shares; each recipient still gets (and CURVE encrypts) two or four more
-//! frames, the cost docs/BENCHMARKS.md measures.
+//! Every MESSAGE names its publisher in one header the broker sets: with an
+//! allowlist [`SENDER`] (the name its key is listed under), otherwise, with
+//! CURVE, [`SENDER_KEY`] (its Z85 key; also for a key listed without a
+//! name); without CURVE none. Copies of either a client put in its PUT are
+//! removed. The stamp is added once per PUT to the frames every recipient
+//! shares, but each recipient still gets (and CURVE encrypts) two more
+//! frames: one header rather than both halves that cost, which
+//! docs/BENCHMARKS.md measures.
 
 pub mod acl;
 pub mod allowlist;
@@ -986,6 +988,18 @@ impl Sender<'_> {
     fn actor(&self) -> Option<Actor<'_>> {
         self.listed.map(|(_, entry)| Actor { identity: entry.name.as_deref(), role: entry.role })
     }
+
+    /// The one header that names this sender on its MESSAGEs: the name its
+    /// key is listed under, else (open mode, or a key listed without a name)
+    /// the key; none without CURVE. One header, not both: each is two more
+    /// frames every recipient gets and CURVE encrypts (docs/BENCHMARKS.md).
+    fn stamp(&self) -> Option<(&'static str, &str)> {
+        match (self.listed.and_then(|(_, entry)| entry.name.as_deref()), self.key) {
+            (Some(name), _) => Some((SENDER, name)),
+            (None, Some(key)) => Some((SENDER_KEY, key)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The broker's command handling: client table, subscriptions, heartbeats,
@@ -1528,11 +1542,8 @@ impl<T: Transport> Engine<T> {
                     self.connections_lost(true, now);
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
-                    let name = sender.listed.and_then(|(_, entry)| entry.name.as_deref());
-                    let stamp = [(SENDER, name), (SENDER_KEY, sender.key)];
-                    let stamp =
-                        stamp.into_iter().filter_map(|(header, value)| Some((header.as_bytes(), value?.as_bytes())));
-                    let headers = stamp.chain(headers).collect();
+                    let stamp = sender.stamp().map(|(header, value)| (header.as_bytes(), value.as_bytes()));
+                    let headers = stamp.into_iter().chain(headers).collect();
                     // Built once; recipients share it (see `shared`).
                     let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
                     for sub in self.subs.subscribers(topic) {
@@ -1622,8 +1633,21 @@ mod tests {
         engine.handle(&message(b"web1 1 1", put), from, now);
         let (_, frames) = engine.transport().0.last().expect("delivered");
         let Reply::Message { headers, .. } = parse(frames) else { panic!("not a MESSAGE") };
-        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"web1"), (b"SENDER-KEY", z85.as_bytes()), (b"X-A", b"1")];
-        assert_eq!(headers, want);
+        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"web1"), (b"X-A", b"1")];
+        assert_eq!(headers, want, "with an allowlist, the name alone");
+
+        // Open mode: the key alone.
+        engine.set_allowlist(None, now);
+        let forged: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"admin"), (b"X-A", b"1")];
+        engine.handle(
+            &message(b"web1 1 1", Command::Put { topic: b"t", headers: forged, id: None, body: vec![b"x"] }),
+            from,
+            now,
+        );
+        let (_, frames) = engine.transport().0.last().expect("delivered");
+        let Reply::Message { headers, .. } = parse(frames) else { panic!("not a MESSAGE") };
+        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER-KEY", z85.as_bytes()), (b"X-A", b"1")];
+        assert_eq!(headers, want, "in open mode, the key alone");
     }
 
     #[test]
