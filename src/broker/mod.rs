@@ -604,15 +604,34 @@ fn roles(list: &Allowlist) -> String {
     format!("{nodes} node keys, {clients} client keys, {} of either role", list.len() - nodes - clients)
 }
 
-/// Keys listed without a name cannot connect; say so whenever a list loads.
+/// Names that are not MCollective identities, one warning each, at most
+/// this many per load (the rest are counted).
+const MAX_NAME_WARNINGS: usize = 20;
+
+/// Keys listed without a name (or under one that is not an identity) cannot
+/// connect; say so, naming the places, whenever a list loads.
 fn warn_unnamed(log: &Logger, list: &Allowlist) {
+    let warnings = list.warnings();
+    for warning in warnings.iter().take(MAX_NAME_WARNINGS) {
+        log.log(Level::Warn, format_args!("{warning}"));
+    }
+    if warnings.len() > MAX_NAME_WARNINGS {
+        log.log(
+            Level::Warn,
+            format_args!(
+                "{} more authorized keys are listed under a name that is not an MCollective identity",
+                warnings.len() - MAX_NAME_WARNINGS
+            ),
+        );
+    }
     let n = list.unnamed();
     if n > 0 {
         log.log(
             Level::Warn,
             format_args!(
-                "{n} authorized keys are listed without a name: they cannot be bound to an MCollective identity, \
-                 so their CONNECT is refused (give each the name its node or client uses as identity)"
+                "{n} authorized keys are listed without a name (or one that is not an MCollective identity): they \
+                 cannot be bound to an MCollective identity, so their CONNECT is refused (allowed and logged with \
+                 --identity-check log; give each the name its node or client uses as identity)"
             ),
         );
     }
