@@ -3,8 +3,9 @@
 //! (also without an allowlist), and with `--authorized-keys` the name a key
 //! is listed under is the only MCollective identity it may use: as routing
 //! id, for node and reply topics, in the `SENDER` stamp every MESSAGE
-//! carries (`SENDER-KEY` instead in open mode, never both). Roles (`nodes/`, `clients/`) limit what a key may publish.
-//! Every scenario checks that the legitimate parties still get everything.
+//! carries (`SENDER-KEY` instead in open mode, never both). Roles
+//! (`nodes/`, `clients/`) limit what a key may publish. Every scenario
+//! checks that the legitimate parties still get everything.
 
 mod common;
 
