@@ -16,7 +16,7 @@ RELEASE   := target/release
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
-	valgrind python3 procps psmisc curl ca-certificates
+	valgrind python3 procps psmisc curl ca-certificates binutils
 
 .PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header install uninstall clean
 
@@ -39,18 +39,18 @@ deps:
 	fi
 
 build: deps
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 
 test: deps lint build test-rust test-ruby test-e2e test-install
 	@echo "== all tests passed"
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets --locked -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --workspace
 
 test-rust: build
-	$(CARGO) test --release --locked
+	$(CARGO) test --release --locked --workspace
 
 test-ruby: build
 	@if [ -d ruby/test ]; then MC0_LIBRARY=$(CURDIR)/$(RELEASE)/libmc0.so ruby -Iruby/lib -e 'Dir["ruby/test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }'; fi

@@ -9,10 +9,10 @@
 //! (ZMQ_ROUTER_MANDATORY), so it never loses a delivery either.
 
 use super::util::{self, Result};
-use mc0::broker::logger::Logger;
-use mc0::broker::zap::{ZapHandler, ZAP_DOMAIN};
 use mc0::log::Level;
 use mc0::protocol::{SENDER, SENDER_KEY};
+use mc0d::logger::Logger;
+use mc0d::zap::{ZapHandler, ZAP_DOMAIN};
 use std::collections::HashMap;
 
 /// The header the raw loop names each MESSAGE's sender with, as mc0d does

@@ -144,9 +144,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::keys::{key_to_z85, Key, KeyPair};
-use crate::log::Level;
-use crate::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED, SENDER, SENDER_KEY};
+use mc0::keys::{key_to_z85, Key, KeyPair};
+use mc0::log::Level;
+use mc0::protocol::{self, Command, Limits, ProtocolError, Reply, NOT_CONNECTED, SENDER, SENDER_KEY};
 
 use acl::{Actor, Denial, Policy};
 use allowlist::{Allowlist, Entry, Fingerprint};
@@ -161,7 +161,7 @@ use zmsg::Msg;
 
 pub use clients::Conn;
 
-pub use crate::protocol::DEFAULT_PORT;
+pub use mc0::protocol::DEFAULT_PORT;
 /// Messages libzmq queues per client before mc0d buffers them (see module doc).
 pub const DEFAULT_SNDHWM: i32 = 10_000;
 pub use buffers::DEFAULT_CLIENT_BUFFER;
@@ -180,7 +180,7 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 64 * 1024 * 1024;
 pub const FRAME_SLACK: usize = 1024 * 1024;
 /// How often the allowlist on disk is checked for changes.
 pub const DEFAULT_KEYS_POLL: Duration = Duration::from_secs(5);
-pub use crate::protocol::{ACCESS_DENIED, IMPOSTOR};
+pub use mc0::protocol::{ACCESS_DENIED, IMPOSTOR};
 
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
 /// even when the signal lands on a libzmq thread rather than this one.
@@ -438,7 +438,7 @@ impl Broker {
         let log = Logger::new(config.log_level);
         let public_key = match &config.curve_secret_key {
             Some(secret) => {
-                crate::ensure_curve_support().map_err(BrokerError)?;
+                mc0::ensure_curve_support().map_err(BrokerError)?;
                 Some(KeyPair::from_secret(*secret).map_err(BrokerError)?.public)
             }
             None => None,
@@ -543,14 +543,14 @@ impl Broker {
         match &public_key {
             Some(k) => log.log(
                 Level::Info,
-                format_args!("mc0d {} listening on {endpoint} (CURVE, public key {})", crate::VERSION, key_to_z85(k)),
+                format_args!("mc0d {} listening on {endpoint} (CURVE, public key {})", mc0::VERSION, key_to_z85(k)),
             ),
             None => log.log(
                 Level::Warn,
                 format_args!(
                     "mc0d {} listening on {endpoint} WITHOUT CURVE (--no-curve): clients are neither \
                      authenticated nor encrypted, and any client can read any topic",
-                    crate::VERSION
+                    mc0::VERSION
                 ),
             ),
         }
@@ -1639,7 +1639,7 @@ mod tests {
     fn messages_carry_the_senders_stamp_and_never_a_forged_one() {
         let config = Config { log_level: Level::Error, ..Config::default() };
         let mut engine = Engine::new(Recorder::default(), &config);
-        let key = crate::keys::KeyPair::generate().unwrap().public;
+        let key = mc0::keys::KeyPair::generate().unwrap().public;
         let list = Allowlist::from_keys([(&key, Some("web1"), acl::Role::Any)]).unwrap();
         engine.set_allowlist(Some(Arc::new(list)), Instant::now());
         let z85 = key_to_z85(&key);

@@ -19,7 +19,7 @@ use super::allowlist::{Allowlist, Fingerprint};
 use super::logger::Logger;
 use super::zap::SharedAllowlist;
 use super::BrokerError;
-use crate::log::Level;
+use mc0::log::Level;
 
 /// A list that was loaded and is now in force for new handshakes.
 #[derive(Debug)]

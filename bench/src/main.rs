@@ -198,7 +198,7 @@ struct Case<'a> {
     run: Measure<'a>,
 }
 
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

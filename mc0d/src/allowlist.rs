@@ -10,7 +10,7 @@
 //! - a file: one `KEY [NAME [node|client]]` per line, `#` starting a
 //!   comment; blank lines are ignored.
 //!
-//! A name must be an MCollective identity ([`crate::topics::is_identity`])
+//! A name must be an MCollective identity ([`mc0::topics::is_identity`])
 //! to bind its key to that identity. Allowlists written before names meant
 //! anything held free-form names (`alice (admin)`); such a name is not an
 //! error, so those lists keep loading: its key is taken as listed without a
@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::acl::Role;
-use crate::keys::{key_to_z85, parse_key, read_key_file, Key};
-use crate::topics::is_identity;
+use mc0::keys::{key_to_z85, parse_key, read_key_file, Key};
+use mc0::topics::is_identity;
 
 /// How a key is listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,7 +315,7 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyPair;
+    use mc0::keys::KeyPair;
 
     fn z85(k: &Key) -> String {
         key_to_z85(k)

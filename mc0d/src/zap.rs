@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use super::allowlist::Allowlist;
 use super::logger::{Logger, RateLimit};
 use super::BrokerError;
-use crate::keys::{key_to_z85, Key};
-use crate::log::Level;
+use mc0::keys::{key_to_z85, Key};
+use mc0::log::Level;
 
 /// Where libzmq sends ZAP requests (fixed by RFC 27).
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -235,8 +235,8 @@ impl Reports {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::acl::Role;
-    use crate::keys::KeyPair;
+    use crate::acl::Role;
+    use mc0::keys::KeyPair;
 
     fn request(domain: &str, mechanism: &str, key: &[u8]) -> Vec<Vec<u8>> {
         [b"1.0".as_slice(), b"7", domain.as_bytes(), b"10.0.0.1", b"", mechanism.as_bytes(), key]

@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mc0::broker::acl::{self, Actor, Policy, Role};
-use mc0::broker::allowlist::Allowlist;
-use mc0::broker::{Config, Conn, Engine, IdentityCheck, Origin, Transport, ACCESS_DENIED, IMPOSTOR};
 use mc0::keys::{key_to_z85, Key};
 use mc0::log::Level;
 use mc0::protocol::{Command, Limits, Reply, NOT_CONNECTED};
+use mc0d::acl::{self, Actor, Policy, Role};
+use mc0d::allowlist::Allowlist;
+use mc0d::{Config, Conn, Engine, IdentityCheck, Origin, Transport, ACCESS_DENIED, IMPOSTOR};
 use proptest::prelude::*;
 
 /// Records every send (never drops) and reports the connections a test

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::log::Level;
+use mc0::log::Level;
 
 #[derive(Debug, Clone)]
 pub struct Logger {

@@ -1,4 +1,4 @@
-//! `mc0d`: the mc0 broker. A thin command line over [`mc0::broker::Broker`].
+//! `mc0d`: the mc0 broker. A thin command line over [`mc0d::Broker`].
 //!
 //! Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 on a runtime
 //! failure, 2 on a usage or startup error (one line on stderr naming it).
@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mc0::broker::{Broker, Config};
 use mc0::log::Level;
+use mc0d::{Broker, Config};
 
 const USAGE: &str = "\
 Usage: mc0d --curve-private-key FILE [OPTIONS]
@@ -318,17 +318,17 @@ mod tests {
         ]) else {
             panic!("should parse")
         };
-        assert_eq!((c.max_body_size, c.limits.max_frame_size), (1000, 1000 + mc0::broker::FRAME_SLACK));
+        assert_eq!((c.max_body_size, c.limits.max_frame_size), (1000, 1000 + mc0d::FRAME_SLACK));
         assert_eq!((c.limits.max_frames, c.limits.max_headers, c.limits.max_topic_len), (10, 3, 20));
         assert_eq!(c.max_subscriptions, 5);
         assert_eq!(c.authorized_keys_poll, None);
         assert_eq!(c.client_buffer, 4096);
         let Ok(Parsed::Run(c)) = parse(&["--no-curve"]) else { panic!("should parse") };
-        assert_eq!(c.identity_check, mc0::broker::IdentityCheck::Enforce);
+        assert_eq!(c.identity_check, mc0d::IdentityCheck::Enforce);
         assert!(c.node_publish_agents.is_empty());
-        assert_eq!(c.authorized_keys_poll, Some(mc0::broker::DEFAULT_KEYS_POLL));
-        assert_eq!(c.max_body_size, mc0::broker::DEFAULT_MAX_BODY_SIZE);
-        assert_eq!(c.client_buffer, mc0::broker::DEFAULT_CLIENT_BUFFER);
+        assert_eq!(c.authorized_keys_poll, Some(mc0d::DEFAULT_KEYS_POLL));
+        assert_eq!(c.max_body_size, mc0d::DEFAULT_MAX_BODY_SIZE);
+        assert_eq!(c.client_buffer, mc0d::DEFAULT_CLIENT_BUFFER);
     }
 
     #[test]
@@ -350,7 +350,7 @@ mod tests {
             panic!("should parse")
         };
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(c.identity_check, mc0::broker::IdentityCheck::Log);
+        assert_eq!(c.identity_check, mc0d::IdentityCheck::Log);
         assert_eq!(c.node_publish_agents, vec!["registration".to_string(), "inventory".to_string()]);
     }
 

@@ -27,7 +27,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::heartbeat;
+use mc0::protocol::heartbeat;
 
 /// A routing id or topic, shared between the tables without copying.
 pub type Bytes = Arc<[u8]>;

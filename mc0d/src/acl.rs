@@ -4,7 +4,7 @@
 //! Pure functions over one command each, constant time, no state: the
 //! engine asks them on every CONNECT, SUB and PUT of a listed key.
 //!
-//! The rules, on the topic shapes of [`crate::topics::shape`]:
+//! The rules, on the topic shapes of [`mc0::topics::shape`]:
 //! - CONNECT: the routing id is the identity, or starts with `"<identity> "`
 //!   (legacy connectors and ours use `"<identity> <pid> ..."`). A key listed
 //!   without a name has no identity and cannot connect.
@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use crate::topics::{shape, Shape};
+use mc0::topics::{shape, Shape};
 
 /// What a key is listed as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
