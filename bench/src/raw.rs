@@ -11,8 +11,8 @@
 use super::util::{self, Result};
 use mc0::log::Level;
 use mc0::protocol::{SENDER, SENDER_KEY};
+use mc0d::auth::zap::{ZapHandler, ZAP_DOMAIN};
 use mc0d::logger::Logger;
-use mc0d::zap::{ZapHandler, ZAP_DOMAIN};
 use std::collections::HashMap;
 
 /// The header the raw loop names each MESSAGE's sender with, as mc0d does

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use mc0::keys::{key_to_z85, Key};
 use mc0::log::Level;
 use mc0::protocol::{Command, Limits, Reply, NOT_CONNECTED};
-use mc0d::acl::{self, Actor, Policy, Role};
-use mc0d::allowlist::Allowlist;
+use mc0d::auth::allowlist::Allowlist;
+use mc0d::auth::allowlist::Role;
+use mc0d::engine::acl::{self, Actor, Policy};
 use mc0d::{Config, Conn, Engine, IdentityCheck, Origin, Transport, ACCESS_DENIED, IMPOSTOR};
 use proptest::prelude::*;
 

@@ -19,37 +19,7 @@ use std::fmt;
 
 use mc0::topics::{shape, Shape};
 
-/// What a key is listed as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Listed without a role (a flat list): node or client.
-    Any,
-    /// An MCollective server (`nodes/` or `node` in the file form).
-    Node,
-    /// An MCollective client such as `mco` (`clients/` or `client`).
-    Client,
-}
-
-impl Role {
-    /// The role a key listed both ways holds.
-    pub fn merge(self, other: Role) -> Role {
-        if self == other {
-            self
-        } else {
-            Role::Any
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Any => "node or client",
-            Role::Node => "node",
-            Role::Client => "client",
-        })
-    }
-}
+pub use crate::auth::allowlist::Role;
 
 /// The key a command comes from, as the allowlist has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

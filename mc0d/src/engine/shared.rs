@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::buffers::Frames;
-use super::zmsg::Msg;
+use crate::zmsg::Msg;
 
 /// A message to send to many clients. Transports that cannot share a
 /// buffer send [`frames`](Shared::frames); the ROUTER socket shares.
@@ -41,7 +41,7 @@ impl Shared {
 
     /// Sends the frames (after the routing-id frame the caller has sent with
     /// `SNDMORE`) as references to one copy.
-    pub(super) fn send_frames(&mut self, socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
+    pub(crate) fn send_frames(&mut self, socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
         if self.msgs.len() != self.frames.len() {
             self.msgs = self.frames.iter().map(|f| Msg::from_bytes(f)).collect::<Result<_, _>>()?;
         }

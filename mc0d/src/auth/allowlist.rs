@@ -28,9 +28,40 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::acl::Role;
 use mc0::keys::{key_to_z85, parse_key, read_key_file, Key};
 use mc0::topics::is_identity;
+
+/// What a key is listed as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Listed without a role (a flat list): node or client.
+    Any,
+    /// An MCollective server (`nodes/` or `node` in the file form).
+    Node,
+    /// An MCollective client such as `mco` (`clients/` or `client`).
+    Client,
+}
+
+impl Role {
+    /// The role a key listed both ways holds.
+    pub fn merge(self, other: Role) -> Role {
+        if self == other {
+            self
+        } else {
+            Role::Any
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Any => "node or client",
+            Role::Node => "node",
+            Role::Client => "client",
+        })
+    }
+}
 
 /// How a key is listed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,9 +27,6 @@ use super::clients::Bytes;
 /// fan-out that are buffered).
 pub type Frames = Arc<Vec<Vec<u8>>>;
 
-/// Default bound of one client's buffer: NATS's default per-client pending
-/// limit.
-pub const DEFAULT_CLIENT_BUFFER: usize = 64 * 1024 * 1024;
 const RETRY_MIN: Duration = Duration::from_millis(1);
 /// Longest wait between two tries of a buffered client.
 pub const RETRY_MAX: Duration = Duration::from_millis(50);

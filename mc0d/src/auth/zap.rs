@@ -27,8 +27,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::allowlist::Allowlist;
-use super::logger::{Logger, RateLimit};
-use super::BrokerError;
+use crate::error::BrokerError;
+use crate::logger::{Logger, RateLimit};
 use mc0::keys::{key_to_z85, Key};
 use mc0::log::Level;
 
@@ -235,7 +235,7 @@ impl Reports {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acl::Role;
+    use crate::auth::allowlist::Role;
     use mc0::keys::KeyPair;
 
     fn request(domain: &str, mechanism: &str, key: &[u8]) -> Vec<Vec<u8>> {

@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::allowlist::{Allowlist, Fingerprint};
-use super::logger::Logger;
 use super::zap::SharedAllowlist;
-use super::BrokerError;
+use crate::error::BrokerError;
+use crate::logger::Logger;
 use mc0::log::Level;
 
 /// A list that was loaded and is now in force for new handshakes.
