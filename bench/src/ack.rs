@@ -78,7 +78,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
                     Err(zmq::Error::EAGAIN) => break,
                     Err(e) => return Err(format!("recv: {e}")),
                 };
-                match util::classify(&frames[..n]) {
+                match util::classify(&util::views(&frames[..n])) {
                     Reply::Ok(id) if id == decimal(count[i], &mut buf) => {
                         latencies.push(sent_at[i].elapsed().as_secs_f64() * 1e3);
                         count[i] += 1;

@@ -232,7 +232,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
         ready.append(&mut rechecks);
         for &i in &ready {
             util::drain(&socks[i], &mut frames, |f| {
-                match util::classify(f) {
+                match util::classify(&util::views(f)) {
                     Reply::Message { topic, body, .. } => {
                         if topic != &node_topic(o.first + i)[..] || util::seq_of(body) != Some((o.first + i) as u64) {
                             wrong += 1;

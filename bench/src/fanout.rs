@@ -93,7 +93,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             }
             if publisher.poll(zmq::POLLIN, 50).map_err(|e| e.to_string())? > 0 {
                 let n = util::recv(&publisher, &mut frames, 0).map_err(|e| e.to_string())?;
-                if let Reply::Ok(b"flush") = util::classify(&frames[..n]) {
+                if let Reply::Ok(b"flush") = util::classify(&util::views(&frames[..n])) {
                     break;
                 }
             }
@@ -215,10 +215,10 @@ fn receive(subs: Vec<Sock>, messages: usize, received: &AtomicU64, stop: &Atomic
         for &i in &ready {
             let seen = &mut seen[i];
             util::drain(&subs[i], &mut frames, |f| {
-                match util::classify(f) {
-                    Reply::Message { body, frames, .. } => match util::seq_of(body) {
+                match util::classify(&util::views(f)) {
+                    Reply::Message { body, headers, .. } => match util::seq_of(body) {
                         Some(seq) => {
-                            stats.stamps[util::stamp_of(frames)] += 1;
+                            stats.stamps[util::stamp_of(&headers)] += 1;
                             let before = seen.distinct;
                             seen.mark(seq);
                             batch += seen.distinct - before;

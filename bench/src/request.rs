@@ -134,7 +134,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
                     Err(zmq::Error::EAGAIN) => break,
                     Err(e) => return Err(format!("recv: {e}")),
                 };
-                match util::classify(&frames[..n]) {
+                match util::classify(&util::views(&frames[..n])) {
                     Reply::Message { body, .. } if body.len() >= 12 => {
                         let rseq = util::seq_of(body).unwrap();
                         let node = u32::from_le_bytes(body[8..12].try_into().unwrap()) as u64;
@@ -242,16 +242,18 @@ fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &dyn Fn() -> bool) -> Res
         for &k in &ready {
             let (idx, s) = &nodes[k];
             util::drain(s, &mut frames, |f| {
-                match util::classify(f) {
-                    Reply::Message { body, frames: f, .. } if body.len() >= 8 => match util::header(f, b"X-REPLY-TO") {
-                        Some(rt) => {
-                            reply[..8].copy_from_slice(&body[..8]);
-                            reply[8..12].copy_from_slice(&idx.to_le_bytes());
-                            util::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
-                                .map_err(|e| format!("send reply: {e}"))?;
+                match util::classify(&util::views(f)) {
+                    Reply::Message { body, headers, .. } if body.len() >= 8 => {
+                        match util::header(&headers, "X-REPLY-TO") {
+                            Some(rt) => {
+                                reply[..8].copy_from_slice(&body[..8]);
+                                reply[8..12].copy_from_slice(&idx.to_le_bytes());
+                                util::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
+                                    .map_err(|e| format!("send reply: {e}"))?;
+                            }
+                            None => bad += 1,
                         }
-                        None => bad += 1,
-                    },
+                    }
                     Reply::Noop => {}
                     _ => bad += 1,
                 }

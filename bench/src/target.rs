@@ -9,6 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mc0::protocol;
+
+/// The TTL of a start-up probe's session (it disconnects at once).
+const PROBE_TTL_MS: u64 = 10_000;
+
 #[derive(Clone, Debug)]
 pub enum Kind {
     /// Spawn this mc0d binary on a free loopback port.
@@ -165,11 +170,11 @@ impl Running {
             // connection may still hold the last one.
             let rid = format!("{} {} {attempt}", util::PROBE, std::process::id());
             let s = util::dealer(&ctx, &self.endpoint, rid.as_bytes())?;
-            util::send(&s, &[b"", b"CONNECT", b"ID", b"probe", b"TTL", b"10000", b"VERSION", util::VERSION], 0)
-                .map_err(|e| e.to_string())?;
+            let probe = protocol::Command::Connect { version: util::VERSION, ttl_ms: PROBE_TTL_MS, id: Some(b"probe") };
+            util::send_command(&s, &probe).map_err(|e| e.to_string())?;
             if s.poll(zmq::POLLIN, 300).map_err(|e| e.to_string())? > 0 {
                 let n = util::recv(&s, &mut frames, 0).map_err(|e| e.to_string())?;
-                if let util::Reply::Ok(b"probe") = util::classify(&frames[..n]) {
+                if let util::Reply::Ok(b"probe") = util::classify(&util::views(&frames[..n])) {
                     let _ = util::send(&s, &[b"", b"DISCONNECT"], 0);
                     return Ok(());
                 }

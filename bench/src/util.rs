@@ -6,6 +6,8 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mc0::protocol::{self, Limits};
+
 pub type Result<T> = std::result::Result<T, String>;
 
 const ZMQ_IO_THREADS: i32 = 1;
@@ -206,6 +208,14 @@ pub fn dealer_with_keys(
     Ok(s)
 }
 
+/// Sends `command` with the frames [`protocol::Command::to_frames`] builds
+/// (the handshakes; the measured loops build theirs in place, without
+/// allocating).
+pub fn send_command(sock: &zmq::Socket, command: &protocol::Command<'_>) -> zmq::Result<()> {
+    let frames = command.to_frames();
+    send(sock, &frames.iter().map(Vec::as_slice).collect::<Vec<_>>(), 0)
+}
+
 /// Sends one multipart message. With DONTWAIT only the first frame can fail
 /// (libzmq accepts the rest of a message once its first frame is queued).
 pub fn send(sock: &zmq::Socket, frames: &[&[u8]], flags: i32) -> zmq::Result<()> {
@@ -232,29 +242,37 @@ pub fn recv(sock: &zmq::Socket, frames: &mut Vec<zmq::Message>, flags: i32) -> z
     }
 }
 
-/// What a broker-to-client message is, read without allocating. Frames start
-/// at the delimiter, as a DEALER receives them.
+/// What a broker-to-client message is, as [`protocol::Reply`] parses it.
+/// Frames start at the delimiter, as a DEALER receives them.
 pub enum Reply<'a> {
     Ok(&'a [u8]),
-    Message { topic: &'a [u8], body: &'a [u8], frames: &'a [zmq::Message] },
+    /// `body` is the first body frame (the bench sends one).
+    Message {
+        topic: &'a [u8],
+        body: &'a [u8],
+        headers: Vec<(&'a [u8], &'a [u8])>,
+    },
     Noop,
     Error(String),
+    /// Not a reply the protocol knows: what is wrong with it.
     Other(String),
 }
 
-pub fn classify(frames: &[zmq::Message]) -> Reply<'_> {
-    if frames.len() < 2 || !frames[0].is_empty() {
-        return Reply::Other(format!("malformed reply of {} frames", frames.len()));
-    }
-    match &frames[1][..] {
-        b"OK" => Reply::Ok(header(frames, b"ID").unwrap_or(b"")),
-        b"NOOP" => Reply::Noop,
-        b"MESSAGE" => {
-            let body = body_start(frames).and_then(|i| frames.get(i)).map(|m| &m[..]).unwrap_or(b"");
-            Reply::Message { topic: header(frames, b"TOPIC").unwrap_or(b""), body, frames }
+/// The frames of a received message as byte slices, for [`classify`].
+pub fn views(frames: &[zmq::Message]) -> Vec<&[u8]> {
+    frames.iter().map(|m| &m[..]).collect()
+}
+
+/// Parses a broker-to-client message with [`protocol::Reply::parse`].
+pub fn classify<'a>(frames: &'a [&'a [u8]]) -> Reply<'a> {
+    match protocol::Reply::parse(frames, &Limits::default()) {
+        Ok(protocol::Reply::Ok { id }) => Reply::Ok(id),
+        Ok(protocol::Reply::Noop) => Reply::Noop,
+        Ok(protocol::Reply::Message { topic, headers, body }) => {
+            Reply::Message { topic, body: body.first().copied().unwrap_or_default(), headers }
         }
-        b"ERROR" => Reply::Error(String::from_utf8_lossy(header(frames, b"MESSAGE").unwrap_or(b"?")).into_owned()),
-        other => Reply::Other(format!("unexpected verb {:?}", String::from_utf8_lossy(other))),
+        Ok(protocol::Reply::Error { message, .. }) => Reply::Error(String::from_utf8_lossy(message).into_owned()),
+        Err(e) => Reply::Other(format!("malformed reply: {e}")),
     }
 }
 
@@ -262,37 +280,21 @@ pub fn classify(frames: &[zmq::Message]) -> Reply<'_> {
 /// `--stamp`), indexed by [`stamp_of`].
 pub const STAMPS: [&str; 4] = ["no stamp", "stamp SENDER", "stamp SENDER-KEY", "stamp SENDER + SENDER-KEY"];
 
-/// Which sender stamp a MESSAGE carries, as an index into [`STAMPS`].
-pub fn stamp_of(frames: &[zmq::Message]) -> usize {
-    let has = |h: &str| usize::from(header(frames, h.as_bytes()).is_some());
-    has(mc0::protocol::SENDER) | has(mc0::protocol::SENDER_KEY) << 1
+/// Which sender stamp a MESSAGE (its headers but TOPIC) carries, as an
+/// index into [`STAMPS`].
+pub fn stamp_of(headers: &[(&[u8], &[u8])]) -> usize {
+    let has = |h: &str| usize::from(header(headers, h).is_some());
+    has(protocol::SENDER) | has(protocol::SENDER_KEY) << 1
 }
 
-/// Value of header `name` in a message starting at the delimiter.
-pub fn header<'a>(frames: &'a [zmq::Message], name: &[u8]) -> Option<&'a [u8]> {
-    let mut i = 2;
-    while i + 1 < frames.len() && !frames[i].is_empty() {
-        if &frames[i][..] == name {
-            return Some(&frames[i + 1][..]);
-        }
-        i += 2;
-    }
-    None
-}
-
-fn body_start(frames: &[zmq::Message]) -> Option<usize> {
-    let mut i = 2;
-    while i < frames.len() {
-        if frames[i].is_empty() {
-            return Some(i + 1);
-        }
-        i += 2;
-    }
-    None
+/// Value of header `name` among a MESSAGE's headers.
+pub fn header<'a>(headers: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| *v)
 }
 
 pub const COLLECTIVE: &str = "mcollective";
-pub const VERSION: &[u8] = mc0::protocol::PROTOCOL_VERSION.as_bytes();
+/// The protocol version the bench's clients announce.
+pub const VERSION: &[u8] = protocol::PROTOCOL_VERSION.as_bytes();
 
 /// Drives CONNECT (and SUB to one topic per client) with acknowledgements
 /// over many clients, at most `window` of them in flight, until every client
@@ -323,15 +325,15 @@ pub fn handshake(
     let mut next = 0;
     let mut done = 0;
     let mut frames = Vec::new();
-    let ttl = ttl_ms.to_string();
     while done < n {
         while in_flight.len() < window.max(1) && next < n {
             let s = make(next)?;
-            send(&s, &[b"", b"CONNECT", b"ID", b"c", b"TTL", ttl.as_bytes(), b"VERSION", VERSION], 0)
-                .map_err(|e| format!("send CONNECT: {e}"))?;
+            let connect = protocol::Command::Connect { version: VERSION, ttl_ms, id: Some(b"c") };
+            send_command(&s, &connect).map_err(|e| format!("send CONNECT: {e}"))?;
             pending[next] = 1;
             if let Some(t) = topic(next) {
-                send(&s, &[b"", b"SUB", b"ID", b"s", b"", &t], 0).map_err(|e| format!("send SUB: {e}"))?;
+                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), topics: vec![&t] })
+                    .map_err(|e| format!("send SUB: {e}"))?;
                 pending[next] = 2;
             }
             socks[next] = Some(s);
@@ -371,7 +373,7 @@ pub fn handshake(
             let s = socks[i].as_ref().unwrap();
             while pending[i] > 0 {
                 match recv(s, &mut frames, zmq::DONTWAIT) {
-                    Ok(n) => match classify(&frames[..n]) {
+                    Ok(n) => match classify(&views(&frames[..n])) {
                         Reply::Ok(_) => pending[i] -= 1,
                         Reply::Noop => {}
                         Reply::Error(m) => return Err(format!("client {i}: broker refused the handshake: {m}")),
