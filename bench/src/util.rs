@@ -479,7 +479,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn new(n: usize) -> Seen {
-        Seen { bits: vec![0; (n + 63) / 64], distinct: 0, dups: 0, out_of_range: 0 }
+        Seen { bits: vec![0; n.div_ceil(64)], distinct: 0, dups: 0, out_of_range: 0 }
     }
 
     pub fn mark(&mut self, seq: u64) {

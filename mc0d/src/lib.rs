@@ -141,6 +141,7 @@
 //!   the raw libzmq calls the `zmq` crate lacks.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;

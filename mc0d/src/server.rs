@@ -276,7 +276,7 @@ impl Server {
                 wake = wake.min(deadline);
             }
             // Round up so a deadline 0.3 ms away does not spin.
-            let timeout = ((wake.saturating_duration_since(now).as_micros() + 999) / 1000) as i64;
+            let timeout = wake.saturating_duration_since(now).as_micros().div_ceil(1000) as i64;
             match self.engine.transport_mut().poll(timeout) {
                 // Even after a timeout: the receive below finding nothing is
                 // what moves `drained` on.
