@@ -14,23 +14,24 @@ mod workers;
 use mc0::protocol::{self, heartbeat};
 use raw::Stamp;
 use report::{Judged, Row};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+use mc0d::cli::Early;
 use std::time::Duration;
 use target::{Keys, Kind, Running, Target};
 use util::Result;
 
-const USAGE: &str = "\
-usage: mc0-bench SCENARIO [OPTIONS]
-
+const ABOUT: &str = "\
 Measures a broker (mc0d by default) and the raw libzmq ROUTER loop built into
 this tool, one after the other in the same run, on 127.0.0.1 with CURVE on,
 and prints each figure with the broker's ratio to the raw loop (> 1 is better).
-Exits 1 if any delivery, reply or ack was lost, 2 on errors.
+Exits 1 if any delivery, reply or ack was lost, 2 on errors.";
 
-scenarios:
+const SCENARIOS: &str = "\
+Scenarios:
   ack       K clients, each its own socket and keypair, N sequential NOOP-with-ID
             round trips: acks/s, latency p50/p99/max
               --clients K (10)  --round-trips N (1000)
@@ -49,141 +50,200 @@ scenarios:
               --clients C (1000)  --procs P (2)  --ttl MS (5000)  --hold SECS (10)
               --window W (100 handshakes in flight)
               --heartbeat-fraction F (0.95: a client NOOPs after F x TTL of silence)
-
   allowlist --key-seed S [--clients N (1000)]
             prints the allowlist (mc0d --authorized-keys file form) of the
             keys --key-seed S gives up to N clients of each kind, for a
-            broker started by hand (--broker)
+            broker started by hand (--broker)";
 
-brokers (default: spawn the mc0d next to this binary, plus the raw loop):
-  --spawn-mc0d PATH     spawn this mc0d on a free loopback port
-  --broker HOST:PORT    measure an already running broker instead of mc0d
-  --broker-key FILE     its CURVE public key file (with --broker)
-  --broker-pid PID      its pid, for RSS and CPU figures (with --broker)
-  --label NAME          name of the measured broker in the output (mc0d / broker)
-  --no-raw              skip the raw libzmq loop
-  --raw-only            measure only the raw libzmq loop
-  --key-seed S          each client's CURVE key is derived from S and its
-                        identity, and a spawned mc0d runs with --authorized-keys
-                        listing them (identity = name): mc0d's allowlist mode.
-                        Default: fresh keys, open mode
-  --stamp MODE          the sender stamp the raw loop adds to each MESSAGE, as
-                        mc0d does: sender (SENDER, the identity; default with
-                        --key-seed), sender-key (SENDER-KEY, the Z85 key;
-                        default with CURVE) or none (default without CURVE;
-                        what mc0d did before it stamped)
-
-common:
-  --no-curve            NULL mechanism instead of CURVE (both sides)
-  --repeat R (1)        alternate the brokers R times; ratios use medians
-  --duration SECS (30)  stop issuing new work after this long
-  --timeout SECS (30)   bound on every setup and wait phase
-  --drain SECS (2)      give up on outstanding deliveries after this long without one
-  --threads T (1)       load-generator threads receiving (fanout, request)
-  --io-threads T (1)    libzmq I/O threads of the load generator
-  --json                JSON lines on stdout (human-readable lines go to stderr)
-";
-
-/// Parsed `--key value` options and flags.
-struct Args {
-    positional: Vec<String>,
-    values: HashMap<String, String>,
-    flags: Vec<String>,
+/// What to run: a scenario, or one of the modes this binary is spawned in.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Ack,
+    Fanout,
+    Request,
+    Conns,
+    Allowlist,
+    /// The raw libzmq loop, spawned as its own process.
+    #[value(hide = true)]
+    RawBroker,
+    /// A process of conns clients (`--procs`).
+    #[value(hide = true)]
+    ConnsWorker,
+    /// A process of request nodes (`--procs`).
+    #[value(hide = true)]
+    RequestWorker,
 }
 
-const FLAGS: &[&str] = &["--no-raw", "--raw-only", "--no-curve", "--json", "--help", "-h"];
-const VALUES: &[&str] = &[
-    "--spawn-mc0d",
-    "--broker",
-    "--broker-key",
-    "--broker-pid",
-    "--label",
-    "--repeat",
-    "--duration",
-    "--timeout",
-    "--drain",
-    "--threads",
-    "--io-threads",
-    "--clients",
-    "--round-trips",
-    "--subs",
-    "--messages",
-    "--size",
-    "--nodes",
-    "--requests",
-    "--procs",
-    "--ttl",
-    "--hold",
-    "--window",
-    "--heartbeat-fraction",
-    "--drop-every",
-    "--key-seed",
-    "--stamp",
-    // raw-broker, conns-worker and request-worker (internal modes)
-    "--bind",
-    "--port",
-    "--curve-private-key",
-    "--endpoint",
-    "--server-key",
-    "--first",
-    "--count",
-    "--agent",
-];
-
-impl Args {
-    fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
-        let mut a = Args { positional: Vec::new(), values: HashMap::new(), flags: Vec::new() };
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            if let Some((k, v)) = arg.split_once('=').filter(|(k, _)| k.starts_with("--")) {
-                if !VALUES.contains(&k) {
-                    return Err(format!("unknown option {k}"));
-                }
-                a.values.insert(k.to_string(), v.to_string());
-            } else if FLAGS.contains(&arg.as_str()) {
-                a.flags.push(arg);
-            } else if VALUES.contains(&arg.as_str()) {
-                let v = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                a.values.insert(arg, v);
-            } else if arg.starts_with('-') {
-                return Err(format!("unknown option {arg}"));
-            } else {
-                a.positional.push(arg);
-            }
-        }
-        Ok(a)
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.flags.iter().any(|f| f == name)
-    }
-
-    fn str(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(|s| s.as_str())
-    }
-
-    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
-        match self.str(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("{name}: {v:?} is not a valid number")),
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Ack => "ack",
+            Scenario::Fanout => "fanout",
+            Scenario::Request => "request",
+            Scenario::Conns => "conns",
+            Scenario::Allowlist => "allowlist",
+            Scenario::RawBroker => "raw-broker",
+            Scenario::ConnsWorker => "conns-worker",
+            Scenario::RequestWorker => "request-worker",
         }
     }
+}
 
-    fn secs(&self, name: &str, default: f64) -> Result<Duration> {
-        let s: f64 = self.num(name, default)?;
-        if !(s.is_finite() && s >= 0.0) {
-            return Err(format!("{name}: {s} is not a duration in seconds"));
-        }
-        Ok(Duration::from_secs_f64(s))
-    }
+const BROKERS: &str = "Brokers (default: spawn the mc0d next to this binary, plus the raw loop)";
+const COMMON: &str = "Common";
+const SCENARIO: &str = "Scenario options (defaults per scenario: see Scenarios below)";
 
-    fn list(&self, name: &str, default: &[usize]) -> Result<Vec<usize>> {
-        match self.str(name) {
-            None => Ok(default.to_vec()),
-            Some(v) => {
-                v.split(',').map(|x| x.trim().parse().map_err(|_| format!("{name}: {x:?} is not a number"))).collect()
-            }
-        }
+/// `mc0-bench`'s command line. Options a scenario does not use are ignored.
+#[derive(Parser, Debug)]
+#[command(
+    name = "mc0-bench",
+    version = mc0::VERSION,
+    about = ABOUT,
+    after_help = SCENARIOS,
+    override_usage = "mc0-bench SCENARIO [OPTIONS]",
+    max_term_width = 100,
+    // As before clap: a repeated option takes its last value.
+    args_override_self = true
+)]
+struct Args {
+    /// What to measure (see Scenarios below)
+    #[arg(value_enum, value_name = "SCENARIO")]
+    scenario: Option<Scenario>,
+
+    /// Spawn this mc0d on a free loopback port
+    #[arg(long, value_name = "PATH", help_heading = BROKERS)]
+    spawn_mc0d: Option<PathBuf>,
+    /// Measure an already running broker instead of mc0d
+    #[arg(long, value_name = "HOST:PORT", help_heading = BROKERS)]
+    broker: Option<String>,
+    /// Its CURVE public key file (with --broker)
+    #[arg(long, value_name = "FILE", help_heading = BROKERS)]
+    broker_key: Option<PathBuf>,
+    /// Its pid, for RSS and CPU figures (with --broker)
+    #[arg(long, value_name = "PID", help_heading = BROKERS)]
+    broker_pid: Option<u32>,
+    /// Name of the measured broker in the output [default: mc0d, or broker with --broker]
+    #[arg(long, value_name = "NAME", help_heading = BROKERS)]
+    label: Option<String>,
+    /// Skip the raw libzmq loop
+    #[arg(long, help_heading = BROKERS)]
+    no_raw: bool,
+    /// Measure only the raw libzmq loop
+    #[arg(long, help_heading = BROKERS)]
+    raw_only: bool,
+    /// Each client's CURVE key is derived from S and its identity, and a
+    /// spawned mc0d runs with --authorized-keys listing them (identity =
+    /// name): mc0d's allowlist mode. Default: fresh keys, open mode
+    #[arg(long, value_name = "S", help_heading = BROKERS)]
+    key_seed: Option<u64>,
+    /// The sender stamp the raw loop adds to each MESSAGE, as mc0d does:
+    /// sender (SENDER, the identity; default with --key-seed), sender-key
+    /// (SENDER-KEY, the Z85 key; default with CURVE) or none (default
+    /// without CURVE; what mc0d did before it stamped)
+    #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<Stamp>(), help_heading = BROKERS)]
+    stamp: Option<Stamp>,
+
+    /// NULL mechanism instead of CURVE (both sides)
+    #[arg(long, help_heading = COMMON)]
+    no_curve: bool,
+    /// Alternate the brokers R times; ratios use medians
+    #[arg(long, value_name = "R", default_value_t = 1, help_heading = COMMON)]
+    repeat: usize,
+    /// Stop issuing new work after this long
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds, help_heading = COMMON)]
+    duration: Duration,
+    /// Bound on every setup and wait phase
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds, help_heading = COMMON)]
+    timeout: Duration,
+    /// Give up on outstanding deliveries after this long without one
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds, help_heading = COMMON)]
+    drain: Duration,
+    /// Load-generator threads receiving (fanout, request)
+    #[arg(long, value_name = "T", default_value_t = 1, help_heading = COMMON)]
+    threads: usize,
+    /// libzmq I/O threads of the load generator
+    #[arg(long, value_name = "T", default_value_t = 1, help_heading = COMMON)]
+    io_threads: i32,
+    /// JSON lines on stdout (human-readable lines go to stderr)
+    #[arg(long, help_heading = COMMON)]
+    json: bool,
+
+    /// ack, conns, allowlist: clients
+    #[arg(long, value_name = "N", help_heading = SCENARIO)]
+    clients: Option<usize>,
+    /// ack: round trips per client
+    #[arg(long, value_name = "N", default_value_t = 1000, help_heading = SCENARIO)]
+    round_trips: usize,
+    /// fanout: subscriber counts, one case each
+    #[arg(long, value_name = "N[,N..]", value_parser = list, help_heading = SCENARIO)]
+    subs: Option<List>,
+    /// fanout: PUTs per case
+    #[arg(long, value_name = "M", help_heading = SCENARIO)]
+    messages: Option<usize>,
+    /// fanout, request: body bytes
+    #[arg(long, value_name = "S", default_value_t = 1024, help_heading = SCENARIO)]
+    size: usize,
+    /// request: node counts, one case each
+    #[arg(long, value_name = "N[,N..]", value_parser = list, help_heading = SCENARIO)]
+    nodes: Option<List>,
+    /// request: requests per case
+    #[arg(long, value_name = "R", help_heading = SCENARIO)]
+    requests: Option<usize>,
+    /// request, conns: worker processes
+    #[arg(long, value_name = "P", help_heading = SCENARIO)]
+    procs: Option<usize>,
+    /// conns: the clients' TTL
+    #[arg(long, value_name = "MS", help_heading = SCENARIO)]
+    ttl: Option<u64>,
+    /// conns: how long the clients hold
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, help_heading = SCENARIO)]
+    hold: Duration,
+    /// conns: handshakes in flight
+    #[arg(long, value_name = "W", help_heading = SCENARIO)]
+    window: Option<usize>,
+    /// conns: a client NOOPs after F x TTL of silence
+    #[arg(long, value_name = "F", default_value_t = heartbeat::NOOP_AFTER, help_heading = SCENARIO)]
+    heartbeat_fraction: f64,
+    /// The raw loop drops every Kth delivery (to see the loss check fail)
+    #[arg(long, value_name = "K", hide = true)]
+    drop_every: Option<u64>,
+
+    // The modes this binary spawns itself in (raw-broker, conns-worker,
+    // request-worker).
+    #[arg(long, hide = true)]
+    bind: Option<String>,
+    #[arg(long, hide = true)]
+    port: Option<u16>,
+    #[arg(long, hide = true)]
+    curve_private_key: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    endpoint: Option<String>,
+    #[arg(long, hide = true)]
+    server_key: Option<String>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    count: usize,
+    #[arg(long, hide = true)]
+    agent: Option<String>,
+}
+
+/// `--subs 10,100`.
+#[derive(Debug, Clone)]
+struct List(Vec<usize>);
+
+fn list(value: &str) -> Result<List> {
+    value
+        .split(',')
+        .map(|x| x.trim().parse().map_err(|_| format!("{x:?} is not a number")))
+        .collect::<Result<_>>()
+        .map(List)
+}
+
+fn seconds(value: &str) -> Result<Duration> {
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("{value:?} is not a duration in seconds")),
     }
 }
 
@@ -199,22 +259,22 @@ struct Case<'a> {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("mc0-bench: {e}\n\n{USAGE}");
+    let args: Args = match mc0d::cli::parse("mc0-bench", std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(Early::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Early::Usage(line)) => {
+            eprintln!("mc0-bench: {line}");
             return ExitCode::from(2);
         }
     };
-    if args.flag("--help") || args.flag("-h") || args.positional.is_empty() {
-        print!("{USAGE}");
-        return if args.positional.is_empty() && !args.flag("--help") && !args.flag("-h") {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        };
-    }
-    match run(&args) {
+    let Some(scenario) = args.scenario else {
+        print!("{}", Args::command().render_help());
+        return ExitCode::from(2);
+    };
+    match run(scenario, &args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -225,37 +285,29 @@ fn main() -> ExitCode {
 }
 
 /// Ok(false) when a measurement lost something.
-fn run(args: &Args) -> Result<bool> {
+fn run(scenario: Scenario, args: &Args) -> Result<bool> {
     if let Err(e) = mc0::ensure_curve_support() {
-        if !args.flag("--no-curve") {
+        if !args.no_curve {
             return Err(e);
         }
     }
     util::raise_fd_limit(1 << 20);
-    let scenario = args.positional[0].as_str();
-    if args.positional.len() > 1 {
-        return Err(format!("unexpected argument {:?}", args.positional[1]));
-    }
     match scenario {
-        "allowlist" => return print_allowlist(args).map(|_| true),
-        "raw-broker" => return raw_broker(args).map(|_| true),
-        "conns-worker" => return conns_worker(args).map(|_| true),
-        "request-worker" => return request_worker(args).map(|_| true),
+        Scenario::Allowlist => return print_allowlist(args).map(|_| true),
+        Scenario::RawBroker => return raw_broker(args).map(|_| true),
+        Scenario::ConnsWorker => return conns_worker(args).map(|_| true),
+        Scenario::RequestWorker => return request_worker(args).map(|_| true),
         _ => {}
     }
-    let duration = args.secs("--duration", 30.0)?;
-    let timeout = args.secs("--timeout", 30.0)?;
-    let drain = args.secs("--drain", 2.0)?;
-    let threads: usize = args.num("--threads", 1)?;
-    let io_threads: i32 = args.num("--io-threads", 1)?;
-    let size: usize = args.num("--size", 1024)?;
+    let (duration, timeout, drain) = (args.duration, args.timeout, args.drain);
+    let (threads, io_threads, size) = (args.threads, args.io_threads, args.size);
 
     let mut cases: Vec<Case> = Vec::new();
     match scenario {
-        "ack" => {
+        Scenario::Ack => {
             let p = ack::Params {
-                clients: args.num("--clients", 10)?,
-                round_trips: args.num("--round-trips", 1000)?,
+                clients: args.clients.unwrap_or(10),
+                round_trips: args.round_trips,
                 io_threads,
                 duration,
                 timeout,
@@ -271,10 +323,10 @@ fn run(args: &Args) -> Result<bool> {
                 run: Box::new(move |b| ack::run(b, &p)),
             });
         }
-        "fanout" => {
-            for subs in args.list("--subs", &[10, 100])? {
+        Scenario::Fanout => {
+            for subs in args.subs.clone().map_or(vec![10, 100], |l| l.0) {
                 // By default about 200,000 deliveries per case, whatever N.
-                let messages = args.num("--messages", (200_000 / subs.max(1)).max(1000))?;
+                let messages = args.messages.unwrap_or((200_000 / subs.max(1)).max(1000));
                 let p = fanout::Params { subs, messages, size, threads, io_threads, duration, timeout, drain };
                 cases.push(Case {
                     name: format!("{subs} subs, {messages} x {size} B"),
@@ -287,11 +339,11 @@ fn run(args: &Args) -> Result<bool> {
                 });
             }
         }
-        "request" => {
-            for nodes in args.list("--nodes", &[10, 100, 1000])? {
+        Scenario::Request => {
+            for nodes in args.nodes.clone().map_or(vec![10, 100, 1000], |l| l.0) {
                 // By default about 20,000 replies per case, whatever N.
-                let requests = args.num("--requests", (20_000 / nodes.max(1)).clamp(20, 2000))?;
-                let procs = args.num("--procs", 0)?;
+                let requests = args.requests.unwrap_or((20_000 / nodes.max(1)).clamp(20, 2000));
+                let procs = args.procs.unwrap_or(0);
                 let p = request::Params { nodes, requests, size, threads, io_threads, duration, timeout, drain, procs };
                 cases.push(Case {
                     name: format!("{nodes} nodes, {size} B"),
@@ -305,14 +357,14 @@ fn run(args: &Args) -> Result<bool> {
                 });
             }
         }
-        "conns" => {
+        Scenario::Conns => {
             let p = conns::Params {
-                clients: args.num("--clients", 1000)?,
-                procs: args.num("--procs", 2)?,
-                ttl_ms: args.num("--ttl", 5000)?,
-                heartbeat_fraction: args.num("--heartbeat-fraction", heartbeat::NOOP_AFTER)?,
-                hold: args.secs("--hold", 10.0)?,
-                window: args.num("--window", 100)?,
+                clients: args.clients.unwrap_or(1000),
+                procs: args.procs.unwrap_or(2),
+                ttl_ms: args.ttl.unwrap_or(5000),
+                heartbeat_fraction: args.heartbeat_fraction,
+                hold: args.hold,
+                window: args.window.unwrap_or(100),
                 io_threads,
                 timeout,
                 drain: drain.max(Duration::from_secs(5)),
@@ -331,21 +383,23 @@ fn run(args: &Args) -> Result<bool> {
                 run: Box::new(move |b| conns::run(b, &p)),
             });
         }
-        other => return Err(format!("unknown scenario {other:?} (ack, fanout, request, conns)")),
+        Scenario::Allowlist | Scenario::RawBroker | Scenario::ConnsWorker | Scenario::RequestWorker => {
+            unreachable!("handled above")
+        }
     }
+    let scenario = scenario.name();
 
     let targets = targets(args)?;
-    let curve = !args.flag("--no-curve");
-    let repeat: usize = args.num("--repeat", 1)?;
-    let drop_every: Option<u64> =
-        args.str("--drop-every").map(|v| v.parse()).transpose().map_err(|_| "--drop-every")?;
-    let json = args.flag("--json");
-    let key_seed = key_seed(args)?;
+    let curve = !args.no_curve;
+    let repeat = args.repeat;
+    let drop_every = args.drop_every;
+    let json = args.json;
+    let key_seed = args.key_seed;
     if key_seed.is_some() && !curve {
         return Err("--key-seed needs CURVE: without it clients have no keys".into());
     }
-    let stamp = match args.str("--stamp") {
-        Some(mode) => mode.parse()?,
+    let stamp = match args.stamp {
+        Some(mode) => mode,
         None if key_seed.is_some() => Stamp::Sender,
         None if curve => Stamp::SenderKey,
         None => Stamp::None,
@@ -414,21 +468,20 @@ fn failure(row: &Row) -> String {
 
 fn targets(args: &Args) -> Result<Vec<Target>> {
     let mut out = Vec::new();
-    if !args.flag("--no-raw") {
+    if !args.no_raw {
         out.push(Target { label: RAW.into(), kind: Kind::Raw });
     }
-    if args.flag("--raw-only") {
+    if args.raw_only {
         return Ok(out);
     }
-    if let Some(addr) = args.str("--broker") {
-        let pid = args.str("--broker-pid").map(|p| p.parse()).transpose().map_err(|_| "--broker-pid: not a pid")?;
+    if let Some(addr) = &args.broker {
         out.push(Target {
-            label: args.str("--label").unwrap_or("broker").into(),
-            kind: Kind::External { addr: addr.into(), key_file: args.str("--broker-key").map(PathBuf::from), pid },
+            label: args.label.as_deref().unwrap_or("broker").into(),
+            kind: Kind::External { addr: addr.clone(), key_file: args.broker_key.clone(), pid: args.broker_pid },
         });
     } else {
-        let path = match args.str("--spawn-mc0d") {
-            Some(p) => PathBuf::from(p),
+        let path = match &args.spawn_mc0d {
+            Some(p) => p.clone(),
             None => {
                 let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                 let sibling = exe.with_file_name("mc0d");
@@ -438,7 +491,7 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
                 sibling
             }
         };
-        out.push(Target { label: args.str("--label").unwrap_or("mc0d").into(), kind: Kind::Mc0d(path) });
+        out.push(Target { label: args.label.as_deref().unwrap_or("mc0d").into(), kind: Kind::Mc0d(path) });
     }
     if out.is_empty() {
         return Err("nothing to measure (--no-raw with --raw-only)".into());
@@ -462,62 +515,58 @@ fn machine() -> String {
 }
 
 fn raw_broker(args: &Args) -> Result<()> {
-    let private_key = match (args.flag("--no-curve"), args.str("--curve-private-key")) {
+    let private_key = match (args.no_curve, &args.curve_private_key) {
         (true, _) => None,
-        (false, Some(f)) => Some(PathBuf::from(f)),
+        (false, Some(f)) => Some(f.clone()),
         (false, None) => return Err("raw-broker needs --curve-private-key FILE or --no-curve".into()),
     };
     raw::serve(&raw::RawOptions {
-        bind: args.str("--bind").unwrap_or("127.0.0.1").into(),
-        port: args.num("--port", protocol::DEFAULT_PORT)?,
+        bind: args.bind.as_deref().unwrap_or("127.0.0.1").into(),
+        port: args.port.unwrap_or(protocol::DEFAULT_PORT),
         private_key,
-        stamp: args.str("--stamp").unwrap_or(Stamp::None.as_str()).parse()?,
-        drop_every: args.str("--drop-every").map(|v| v.parse()).transpose().map_err(|_| "--drop-every")?,
+        stamp: args.stamp.unwrap_or(Stamp::None),
+        drop_every: args.drop_every,
     })
 }
 
 /// The broker a worker process is told to use.
 fn worker_endpoint(args: &Args) -> Result<util::Endpoint> {
-    let server_key = match args.str("--server-key") {
+    let server_key = match args.server_key.as_deref() {
         Some(z) => Some(mc0::keys::parse_key(z)?),
         None => None,
     };
     Ok(util::Endpoint {
-        addr: args.str("--endpoint").ok_or("a worker needs --endpoint")?.into(),
+        addr: args.endpoint.clone().ok_or("a worker needs --endpoint")?,
         server_key,
-        key_seed: key_seed(args)?,
+        key_seed: args.key_seed,
     })
 }
 
-fn key_seed(args: &Args) -> Result<Option<u64>> {
-    args.str("--key-seed").map(|v| v.parse().map_err(|_| format!("--key-seed: {v:?} is not a number"))).transpose()
-}
-
 fn print_allowlist(args: &Args) -> Result<()> {
-    let seed = key_seed(args)?.ok_or("allowlist needs --key-seed S")?;
-    print!("{}", util::allowlist(seed, args.num("--clients", 1000)?)?);
+    let seed = args.key_seed.ok_or("allowlist needs --key-seed S")?;
+    print!("{}", util::allowlist(seed, args.clients.unwrap_or(1000))?);
     Ok(())
 }
 
 fn request_worker(args: &Args) -> Result<()> {
     request::worker(&request::WorkerOptions {
         endpoint: worker_endpoint(args)?,
-        first: args.num("--first", 0)?,
-        count: args.num("--count", 0)?,
-        agent: args.str("--agent").ok_or("request-worker needs --agent")?.into(),
-        size: args.num("--size", 1024)?,
-        io_threads: args.num("--io-threads", 1)?,
+        first: args.first,
+        count: args.count,
+        agent: args.agent.clone().ok_or("request-worker needs --agent")?,
+        size: args.size,
+        io_threads: args.io_threads,
     })
 }
 
 fn conns_worker(args: &Args) -> Result<()> {
     conns::worker(&conns::WorkerOptions {
         endpoint: worker_endpoint(args)?,
-        first: args.num("--first", 0)?,
-        count: args.num("--count", 0)?,
-        ttl_ms: args.num("--ttl", protocol::DEFAULT_TTL_MS)?,
-        heartbeat_fraction: args.num("--heartbeat-fraction", heartbeat::NOOP_AFTER)?,
-        window: args.num("--window", 50)?,
-        io_threads: args.num("--io-threads", 1)?,
+        first: args.first,
+        count: args.count,
+        ttl_ms: args.ttl.unwrap_or(protocol::DEFAULT_TTL_MS),
+        heartbeat_fraction: args.heartbeat_fraction,
+        window: args.window.unwrap_or(50),
+        io_threads: args.io_threads,
     })
 }

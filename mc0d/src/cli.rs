@@ -32,7 +32,9 @@ naming the culprit; 1: a failure while running.";
     override_usage = "mc0d --curve-private-key FILE [OPTIONS]\n       mc0d --no-curve [OPTIONS]",
     // `--status-interval -1` is a bad value for the option, not an unknown option.
     allow_negative_numbers = true,
-    max_term_width = 100
+    max_term_width = 100,
+    // As before clap: a repeated option takes its last value.
+    args_override_self = true
 )]
 pub struct Mc0dArgs {
     /// The broker's CURVE secret key (Z85, as written by mc0-keygen);
@@ -240,7 +242,9 @@ const KEYGEN_ABOUT: &str = "Writes a CURVE keypair as NAME.public and NAME.priva
     about = KEYGEN_ABOUT,
     override_usage = "mc0-keygen [--force] NAME\n       mc0-keygen --print",
     after_help = "Exit code 2: a usage error, or a key file that cannot be written (named).",
-    max_term_width = 100
+    max_term_width = 100,
+    // As before clap: a repeated option takes its last value.
+    args_override_self = true
 )]
 pub struct KeygenArgs {
     /// Overwrite existing key files
