@@ -3,6 +3,7 @@
 #   make demo      install prerequisites, build, run a broker + 3 MCollective servers, mco ping/rpc
 #   make test      install prerequisites, then every test (what CI runs)
 #   make install   PREFIX=/usr/local (DESTDIR honoured)
+#   make man       man pages and shell completions into target/man
 
 PREFIX    ?= /usr/local
 LIBDIR    ?= $(PREFIX)/lib
@@ -16,9 +17,9 @@ RELEASE   := target/release
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
-	valgrind python3 procps psmisc curl ca-certificates
+	valgrind python3 procps psmisc curl ca-certificates binutils
 
-.PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header install uninstall clean
+.PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header man install uninstall clean
 
 all: build
 
@@ -39,18 +40,18 @@ deps:
 	fi
 
 build: deps
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 
 test: deps lint build test-rust test-ruby test-e2e test-install
 	@echo "== all tests passed"
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets --locked -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --workspace
 
 test-rust: build
-	$(CARGO) test --release --locked
+	$(CARGO) test --release --locked --workspace
 
 test-ruby: build
 	@if [ -d ruby/test ]; then MC0_LIBRARY=$(CURDIR)/$(RELEASE)/libmc0.so ruby -Iruby/lib -e 'Dir["ruby/test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }'; fi
@@ -67,6 +68,12 @@ demo: build
 # Refreshes the committed header from what cbindgen generates (tests/header.rs checks they match).
 header: build
 	cp "$$(ls -t $(RELEASE)/build/mc0-*/out/mc0.h | head -1)" include/mc0.h
+
+# Man pages and bash/zsh/fish completions of mc0d and mc0-keygen, generated from
+# the clap definitions the binaries parse with (mc0d/src/cli.rs), into target/man
+# (mc0d.1, mc0-keygen.1, completions/) for a package build to install.
+man: deps
+	$(CARGO) run --release --locked -p mc0d --example man -- target/man
 
 mc0.pc: mc0.pc.in Cargo.toml
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \

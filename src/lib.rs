@@ -3,11 +3,14 @@
 //! - [`protocol`]: the wire protocol as pure values (no I/O), shared by both sides.
 //! - [`keys`]: Z85 CURVE key files.
 //! - [`topics`]: MCollective topic names.
-//! - [`broker`]: `mc0d`, the ROUTER broker.
 //! - [`connector`]: the DEALER client used by MCollective nodes and clients.
 //! - [`ffi`]: the C ABI (`include/mc0.h`) over the connector.
+//!
+//! This crate is libmc0 and holds only what a connector needs. The broker is
+//! the `mc0d` package (`mc0d/`), the benchmark `mc0-bench` (`bench/`): both
+//! build on [`protocol`], [`keys`] and [`topics`] from here, and nothing they
+//! depend on reaches a program that links libmc0.
 
-pub mod broker;
 pub mod config;
 pub mod connector;
 pub mod ffi;

@@ -2,6 +2,8 @@
 //! with CURVE on: every delivery, reply and ack must arrive. Speed is not
 //! asserted (CI machines are shared); the figures are in docs/BENCHMARKS.md.
 
+mod common;
+
 use serde_json::Value;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -16,8 +18,10 @@ struct Outcome {
 /// Runs mc0-bench with `--json`, killing it if it overruns; `args` may
 /// override the default `--timeout 30`.
 fn bench(args: &[&str]) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mc0-bench"))
-        .args(["--spawn-mc0d", env!("CARGO_BIN_EXE_mc0d"), "--json", "--timeout", "30"])
+    let mut child = Command::new(common::bin("mc0-bench"))
+        .arg("--spawn-mc0d")
+        .arg(common::bin("mc0d"))
+        .args(["--json", "--timeout", "30"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use common::TempDir;
 
 fn keygen(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mc0-keygen")).args(args).current_dir(dir).output().expect("run mc0-keygen")
+    Command::new(common::bin("mc0-keygen")).args(args).current_dir(dir).output().expect("run mc0-keygen")
 }
 
 #[test]

@@ -165,7 +165,7 @@ impl Mc0d {
     /// Starts mc0d on `self.port` and, with `wait_ready`, waits until it
     /// serves. False if the port was taken.
     fn spawn(&mut self) -> bool {
-        let mut cmd = Process::new(env!("CARGO_BIN_EXE_mc0d"));
+        let mut cmd = Process::new(super::bin("mc0d"));
         cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()]);
         match &self.server_private_file {
             Some(private) => cmd.arg("--curve-private-key").arg(private),

@@ -178,15 +178,37 @@ pub fn crate_dir() -> PathBuf {
 /// build, but copies it up to `target/<profile>/` only on `cargo build`, so
 /// the copy up there may be stale.
 pub fn libmc0() -> PathBuf {
+    library("libmc0.so")
+}
+
+/// A library this test binary was built with (`libmc0.so`, `libmc0.a`),
+/// found as [`libmc0`] finds the cdylib.
+pub fn library(file: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("deps dir");
-    let candidates = [deps.join("libmc0.so"), deps.parent().expect("profile dir").join("libmc0.so")];
+    let candidates = [deps.join(file), deps.parent().expect("profile dir").join(file)];
     for lib in &candidates {
         if lib.exists() {
             return lib.clone();
         }
     }
-    panic!("libmc0.so not found in {candidates:?} (cargo builds the cdylib with the tests)");
+    panic!("{file} not found in {candidates:?} (cargo builds the library with the tests)");
+}
+
+/// A binary of the workspace (`mc0d`, `mc0-keygen`, `mc0-bench`), from
+/// the target directory this test executable was built into. They belong
+/// to other packages than these tests, so cargo does not build them for
+/// the tests: `cargo build --release --workspace` (or `make test`) does.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let path = profile.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --release --workspace` (or `make test`) before these tests",
+        path.display()
+    );
+    path
 }
 
 /// Runs a child to completion, killing it after `timeout`; returns (exit
@@ -232,7 +254,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> (ExitStatus, String, String) 
 /// Runs `mc0d` with `args` to completion (killed after `timeout`); returns
 /// (exit status, stdout, stderr). For CLI tests of options that exit.
 pub fn run_mc0d(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mc0d"));
+    let mut cmd = Command::new(bin("mc0d"));
     cmd.args(args);
     run(cmd, timeout)
 }

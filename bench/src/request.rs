@@ -1,0 +1,267 @@
+//! `request`: the MCollective shape. One client subscribes to its reply
+//! topic and PUTs a request with `X-REPLY-TO` to an agent topic; N node
+//! clients subscribed to that agent each PUT one reply to the reply topic.
+//! Requests run one after another; the figure is the time from the request
+//! PUT to the N-th reply (reply collection time).
+//!
+//! The nodes live in this process (a thread per `--threads` group), or with
+//! `--procs P` in P worker processes (`mc0-bench request-worker`): a fleet
+//! of more than a few thousand nodes needs more file descriptors than one
+//! process may have.
+
+use super::report::Row;
+use super::target::Running;
+use super::util::{self, Ctx, Endpoint, Reply, Result, Seen, Sock};
+use super::workers::{self, Parent, Workers};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub struct Params {
+    pub nodes: usize,
+    pub requests: usize,
+    pub size: usize,
+    pub threads: usize,
+    pub io_threads: i32,
+    pub duration: Duration,
+    pub timeout: Duration,
+    /// Give up on a request after this long without a reply.
+    pub drain: Duration,
+    /// Worker processes holding the nodes; 0: this process.
+    pub procs: usize,
+}
+
+fn node_name(i: usize, pid: u32) -> String {
+    format!("{} {pid}", util::numbered(util::NODE, i))
+}
+
+/// The responding nodes, wherever they run.
+enum Nodes {
+    Threads { stop: Arc<AtomicBool>, responders: Vec<JoinHandle<Result<u64>>> },
+    Procs(Workers),
+}
+
+impl Nodes {
+    fn start(b: &Running, p: &Params, ctx: &Arc<Ctx>, agent: &[u8], deadline: Instant) -> Result<Nodes> {
+        let size = p.size.max(12);
+        if p.procs > 0 {
+            let agent = String::from_utf8_lossy(agent).into_owned();
+            let workers = Workers::spawn("request-worker", b, p.nodes, p.procs, |_| {
+                let args =
+                    [["--agent", &agent], ["--size", &size.to_string()], ["--io-threads", &p.io_threads.to_string()]];
+                args.concat().iter().map(|s| s.to_string()).collect()
+            })?;
+            workers.expect("CONNECTED", workers.len(), deadline)?;
+            return Ok(Nodes::Procs(workers));
+        }
+        let pid = std::process::id();
+        let nodes = util::clients(ctx, &b.endpoint, p.nodes, &|i| node_name(i, pid), Some(agent), deadline)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let groups = util::spread(nodes.into_iter().enumerate().map(|(i, s)| (i as u32, s)).collect(), p.threads);
+        let responders = groups
+            .into_iter()
+            .map(|group| {
+                let stop = stop.clone();
+                std::thread::spawn(move || respond(group, size, &|| stop.load(Ordering::Acquire)))
+            })
+            .collect();
+        Ok(Nodes::Threads { stop, responders })
+    }
+
+    /// Stops the nodes; returns how many unexpected messages they saw.
+    fn stop(self, timeout: Duration) -> Result<u64> {
+        match self {
+            Nodes::Threads { stop, responders } => {
+                stop.store(true, Ordering::Release);
+                let mut bad = 0;
+                for r in responders {
+                    bad += r.join().map_err(|_| "node thread panicked".to_string())??;
+                }
+                Ok(bad)
+            }
+            Nodes::Procs(mut workers) => {
+                workers.say("STOP")?;
+                let done = workers.expect("DONE", workers.len(), Instant::now() + timeout)?;
+                Ok(done.iter().flat_map(|(_, line)| workers::fields(line)).map(|(_, v)| v).sum())
+            }
+        }
+    }
+}
+
+pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
+    let in_process = if p.procs > 0 { 0 } else { p.nodes };
+    let ctx = Running::context(p.io_threads, in_process + 1)?;
+    let pid = std::process::id();
+    let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
+    let reply_to = mc0::topics::reply(util::COLLECTIVE, util::REQUEST_CLIENT, pid).into_bytes();
+    let deadline = Instant::now() + p.timeout;
+    let nodes = Nodes::start(b, p, &ctx, &agent, deadline)?;
+    let client =
+        util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::REQUEST_CLIENT), Some(&reply_to), deadline)?;
+    let size = p.size.max(12);
+
+    let mut body = vec![0x5au8; size];
+    let mut frames = Vec::new();
+    let mut times: Vec<f64> = Vec::with_capacity(p.requests);
+    let mut errors = Vec::new();
+    let (mut lost, mut late, mut dups, mut issued) = (0u64, 0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let hard = start + p.duration + p.timeout;
+    for seq in 0..p.requests as u64 {
+        if seq > 0 && start.elapsed() >= p.duration {
+            break;
+        }
+        body[..8].copy_from_slice(&seq.to_le_bytes());
+        let t0 = Instant::now();
+        util::send(&client, &[b"", b"PUT", b"TOPIC", &agent, b"X-REPLY-TO", &reply_to, b"", &body], 0)
+            .map_err(|e| format!("send request: {e}"))?;
+        issued += 1;
+        let mut seen = Seen::new(p.nodes);
+        let mut last_progress = Instant::now();
+        while (seen.distinct as usize) < p.nodes {
+            let now = Instant::now();
+            if now >= hard || now - last_progress >= p.drain {
+                break;
+            }
+            let wait = (p.drain - (now - last_progress)).min(hard - now);
+            if client.poll(zmq::POLLIN, wait.as_millis().max(1) as i64).map_err(|e| format!("poll: {e}"))? == 0 {
+                continue;
+            }
+            loop {
+                let n = match util::recv(&client, &mut frames, zmq::DONTWAIT) {
+                    Ok(n) => n,
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(format!("recv: {e}")),
+                };
+                match util::classify(&util::views(&frames[..n])) {
+                    Reply::Message { body, .. } if body.len() >= 12 => {
+                        let rseq = util::seq_of(body).unwrap();
+                        let node = u32::from_le_bytes(body[8..12].try_into().unwrap()) as u64;
+                        if rseq == seq {
+                            seen.mark(node);
+                            last_progress = Instant::now();
+                        } else {
+                            late += 1;
+                        }
+                    }
+                    Reply::Noop => {}
+                    Reply::Error(m) => errors.push(format!("client: ERROR {m}")),
+                    _ => errors.push("client: unexpected message".into()),
+                }
+            }
+        }
+        let complete = seen.distinct as usize == p.nodes;
+        if complete {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        lost += p.nodes as u64 - seen.distinct;
+        dups += seen.dups;
+        if !complete && Instant::now() >= hard {
+            errors.push("hard deadline reached".into());
+            break;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let node_errors = nodes.stop(p.timeout)?;
+    util::disconnect_all(std::slice::from_ref(&client));
+    b.check_alive()?;
+    if node_errors > 0 {
+        errors.push(format!("{node_errors} unexpected messages at the nodes"));
+    }
+    if dups > 0 {
+        errors.push(format!("{dups} duplicate replies"));
+    }
+    if late > 0 {
+        errors.push(format!("{late} replies arrived after their request was given up"));
+    }
+    let rate = times.len() as f64 / elapsed;
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99) = (util::percentile(&times, 50.0), util::percentile(&times, 99.0));
+    Ok(Row {
+        target: b.label.clone(),
+        summary: format!(
+            "{} requests to {} nodes: {:.0} requests/s, replies collected p50 {} p99 {}, {} replies lost",
+            times.len(),
+            p.nodes,
+            rate,
+            util::ms(p50),
+            util::ms(p99),
+            lost
+        ),
+        metrics: vec![
+            ("nodes", p.nodes as f64),
+            ("requests", issued as f64),
+            ("complete", times.len() as f64),
+            ("requests_per_s", rate),
+            ("p50_ms", p50),
+            ("p99_ms", p99),
+        ],
+        lost,
+        errors,
+    })
+}
+
+pub struct WorkerOptions {
+    pub endpoint: Endpoint,
+    pub first: usize,
+    pub count: usize,
+    pub agent: String,
+    pub size: usize,
+    pub io_threads: i32,
+}
+
+/// The `request-worker` process: `count` nodes (indices from `first`)
+/// subscribed to `agent`, answering every request until told to STOP.
+pub fn worker(o: &WorkerOptions) -> Result<()> {
+    Parent::serve(|parent| {
+        let ctx = Ctx::new(o.io_threads, o.count + 64)?;
+        let pid = std::process::id();
+        let name = |i| node_name(o.first + i, pid);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let nodes = util::clients(&ctx, &o.endpoint, o.count, &name, Some(o.agent.as_bytes()), deadline)?;
+        parent.say(&format!("CONNECTED {}", nodes.len()));
+        let nodes = nodes.into_iter().enumerate().map(|(i, s)| ((o.first + i) as u32, s)).collect();
+        let bad = respond(nodes, o.size, &|| parent.said("STOP"))?;
+        parent.say(&format!("DONE unexpected={bad}"));
+        Ok(())
+    })
+}
+
+/// A group of nodes: answers each request with one reply PUT carrying the
+/// request's sequence number and the node's index, until `stop()`. Returns
+/// the count of unexpected messages.
+fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &dyn Fn() -> bool) -> Result<u64> {
+    let mut frames = Vec::new();
+    let mut reply = vec![0x3cu8; size];
+    let mut bad = 0;
+    let mut waiter = util::Waiter::new(nodes.iter().map(|(_, s)| &**s))?;
+    let mut ready = Vec::new();
+    while !stop() {
+        waiter.wait(20, &mut ready)?;
+        for &k in &ready {
+            let (idx, s) = &nodes[k];
+            util::drain(s, &mut frames, |f| {
+                match util::classify(&util::views(f)) {
+                    Reply::Message { body, headers, .. } if body.len() >= 8 => {
+                        match util::header(&headers, "X-REPLY-TO") {
+                            Some(rt) => {
+                                reply[..8].copy_from_slice(&body[..8]);
+                                reply[8..12].copy_from_slice(&idx.to_le_bytes());
+                                util::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
+                                    .map_err(|e| format!("send reply: {e}"))?;
+                            }
+                            None => bad += 1,
+                        }
+                    }
+                    Reply::Noop => {}
+                    _ => bad += 1,
+                }
+                Ok(())
+            })?;
+        }
+    }
+    let socks: Vec<Sock> = nodes.into_iter().map(|(_, s)| s).collect();
+    util::disconnect_all(&socks);
+    Ok(bad)
+}

@@ -1,0 +1,622 @@
+//! Load-generator plumbing shared by the scenarios: a libzmq context that can
+//! hold thousands of sockets, DEALER clients, frame I/O without per-message
+//! allocations, the CONNECT/SUB handshake and latency statistics.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mc0::protocol::{self, Limits};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+const ZMQ_IO_THREADS: i32 = 1;
+const ZMQ_MAX_SOCKETS: i32 = 2;
+pub const ZMQ_DEALER: i32 = 5;
+
+extern "C" {
+    fn zmq_ctx_new() -> *mut c_void;
+    fn zmq_ctx_set(ctx: *mut c_void, option: i32, value: i32) -> i32;
+    fn zmq_ctx_term(ctx: *mut c_void) -> i32;
+    fn zmq_socket(ctx: *mut c_void, kind: i32) -> *mut c_void;
+}
+
+/// A libzmq context created through the C API, because the `zmq` crate
+/// cannot raise ZMQ_MAX_SOCKETS (1023 by default) and the `conns` scenario
+/// holds thousands of clients in one process.
+pub struct Ctx {
+    raw: *mut c_void,
+}
+
+// SAFETY: libzmq contexts are thread-safe; the pointer is only terminated in Drop.
+unsafe impl Send for Ctx {}
+unsafe impl Sync for Ctx {}
+
+impl Ctx {
+    pub fn new(io_threads: i32, max_sockets: usize) -> Result<Arc<Ctx>> {
+        // SAFETY: plain libzmq C calls on a context we own.
+        unsafe {
+            let raw = zmq_ctx_new();
+            if raw.is_null() {
+                return Err(format!("zmq_ctx_new failed: {}", zmq_err()));
+            }
+            let ctx = Ctx { raw };
+            if zmq_ctx_set(raw, ZMQ_IO_THREADS, io_threads.max(1)) != 0 {
+                return Err(format!("cannot set {io_threads} I/O threads: {}", zmq_err()));
+            }
+            let max = i32::try_from(max_sockets.max(64)).unwrap_or(i32::MAX);
+            if zmq_ctx_set(raw, ZMQ_MAX_SOCKETS, max) != 0 {
+                return Err(format!("cannot allow {max} sockets: {}", zmq_err()));
+            }
+            Ok(Arc::new(ctx))
+        }
+    }
+
+    pub fn socket(self: &Arc<Self>, kind: i32) -> Result<Sock> {
+        // SAFETY: the context outlives the socket (Sock holds an Arc and drops the socket first).
+        let raw = unsafe { zmq_socket(self.raw, kind) };
+        if raw.is_null() {
+            return Err(format!("cannot create a socket: {}", zmq_err()));
+        }
+        // SAFETY: `raw` is a fresh socket we own; zmq::Socket closes it on drop.
+        let sock = unsafe { zmq::Socket::from_raw(raw) };
+        sock.set_linger(0).map_err(|e| format!("linger: {e}"))?;
+        Ok(Sock { sock, _ctx: self.clone() })
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: every socket of this context is closed (each Sock holds an Arc to it).
+        unsafe { while zmq_ctx_term(self.raw) != 0 && zmq::Error::from_raw(errno()) == zmq::Error::EINTR {} }
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn zmq_err() -> zmq::Error {
+    zmq::Error::from_raw(errno())
+}
+
+/// A socket that keeps its context alive; field order closes the socket first.
+pub struct Sock {
+    sock: zmq::Socket,
+    _ctx: Arc<Ctx>,
+}
+
+impl std::ops::Deref for Sock {
+    type Target = zmq::Socket;
+    fn deref(&self) -> &zmq::Socket {
+        &self.sock
+    }
+}
+
+/// Where a broker listens and how to authenticate it.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `tcp://127.0.0.1:PORT`
+    pub addr: String,
+    /// The broker's CURVE public key; `None` for the NULL mechanism.
+    pub server_key: Option<[u8; 32]>,
+    /// `--key-seed`: each client's keypair is [`seeded_keys`] for its
+    /// identity, as `mc0-bench allowlist` lists them; `None`: fresh keys.
+    pub key_seed: Option<u64>,
+}
+
+impl Endpoint {
+    /// The CURVE keypair of the client with routing id `rid` (none without
+    /// CURVE).
+    pub fn client_keys(&self, rid: &[u8]) -> Result<Option<zmq::CurveKeyPair>> {
+        match (self.server_key, self.key_seed) {
+            (None, _) => Ok(None),
+            (Some(_), None) => zmq::CurveKeyPair::new().map(Some).map_err(|e| format!("keypair: {e}")),
+            (Some(_), Some(seed)) => seeded_keys(seed, identity_of(rid)).map(Some),
+        }
+    }
+}
+
+/// The identity a routing id stands for: its first word, as mc0d reads it.
+fn identity_of(rid: &[u8]) -> &str {
+    let first = rid.split(|b| *b == b' ').next().unwrap_or_default();
+    std::str::from_utf8(first).unwrap_or_default()
+}
+
+/// The keypair of `identity` in a run with `--key-seed seed`: derived, so
+/// that the tool, its worker processes and `mc0-bench allowlist` agree on
+/// it without exchanging keys. As secret as the seed, and meant for
+/// benchmarks only.
+pub fn seeded_keys(seed: u64, identity: &str) -> Result<zmq::CurveKeyPair> {
+    // FNV-1a over the identity, then SplitMix64 to fill the secret key.
+    let mut state =
+        identity.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut secret = [0u8; 32];
+    for chunk in secret.chunks_mut(8) {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    let pair = mc0::keys::KeyPair::from_secret(secret)?;
+    Ok(zmq::CurveKeyPair { public_key: pair.public, secret_key: pair.secret })
+}
+
+/// Identities (first word of the routing id) of the scenarios' clients:
+/// numbered ones are `<prefix>-<i>`.
+pub const ACK_CLIENT: &str = "bench-ack";
+pub const SUBSCRIBER: &str = "bench-sub";
+pub const NODE: &str = "bench-node";
+pub const PUBLISHER: &str = "bench-pub";
+pub const REQUEST_CLIENT: &str = "bench-client";
+pub const CONNS_PUBLISHER: &str = "bench-conns-pub";
+pub const PROBE: &str = "bench-probe";
+
+/// Identity `i` of a numbered kind.
+pub fn numbered(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i}")
+}
+
+/// Every identity a run with up to `n` clients of each kind uses: what an
+/// allowlist for `--key-seed` must list.
+pub fn identities(n: usize) -> Vec<String> {
+    let numbered = [ACK_CLIENT, SUBSCRIBER, NODE].into_iter().flat_map(|p| (0..n).map(move |i| numbered(p, i)));
+    numbered.chain([PUBLISHER, REQUEST_CLIENT, CONNS_PUBLISHER, PROBE].map(String::from)).collect()
+}
+
+/// The allowlist (`mc0d --authorized-keys` file form: `KEY IDENTITY`
+/// lines) of the keys `--key-seed seed` gives up to `n` clients of each
+/// kind.
+pub fn allowlist(seed: u64, n: usize) -> Result<String> {
+    let mut text = String::new();
+    for identity in identities(n) {
+        let keys = seeded_keys(seed, &identity)?;
+        text.push_str(&format!("{} {identity}\n", mc0::keys::key_to_z85(&keys.public_key)));
+    }
+    Ok(text)
+}
+
+/// A DEALER with its CURVE keypair ([`Endpoint::client_keys`]), connected to `ep`.
+pub fn dealer(ctx: &Arc<Ctx>, ep: &Endpoint, identity: &[u8]) -> Result<Sock> {
+    let keys = ep.client_keys(identity)?;
+    dealer_with_keys(ctx, ep, identity, keys.as_ref())
+}
+
+pub fn dealer_with_keys(
+    ctx: &Arc<Ctx>,
+    ep: &Endpoint,
+    identity: &[u8],
+    keys: Option<&zmq::CurveKeyPair>,
+) -> Result<Sock> {
+    let s = ctx.socket(ZMQ_DEALER)?;
+    let e = |what: &str, err: zmq::Error| format!("{what}: {err}");
+    if !identity.is_empty() {
+        s.set_identity(identity).map_err(|x| e("identity", x))?;
+    }
+    // An unbounded receive queue: a generator thread that falls behind must
+    // show up as time, never as back-pressure that makes a broker drop. Sends
+    // keep the default high-water mark so publishers block instead of
+    // buffering a whole run in memory.
+    s.set_rcvhwm(0).map_err(|x| e("rcvhwm", x))?;
+    if let (Some(server), Some(keys)) = (ep.server_key, keys) {
+        s.set_curve_serverkey(&server).map_err(|x| e("curve server key", x))?;
+        s.set_curve_publickey(&keys.public_key).map_err(|x| e("curve public key", x))?;
+        s.set_curve_secretkey(&keys.secret_key).map_err(|x| e("curve secret key", x))?;
+    }
+    s.connect(&ep.addr).map_err(|x| format!("connect {}: {x}", ep.addr))?;
+    Ok(s)
+}
+
+/// Sends `command` with the frames [`protocol::Command::to_frames`] builds
+/// (the handshakes; the measured loops build theirs in place, without
+/// allocating).
+pub fn send_command(sock: &zmq::Socket, command: &protocol::Command<'_>) -> zmq::Result<()> {
+    let frames = command.to_frames();
+    send(sock, &frames.iter().map(Vec::as_slice).collect::<Vec<_>>(), 0)
+}
+
+/// Sends one multipart message. With DONTWAIT only the first frame can fail
+/// (libzmq accepts the rest of a message once its first frame is queued).
+pub fn send(sock: &zmq::Socket, frames: &[&[u8]], flags: i32) -> zmq::Result<()> {
+    let last = frames.len() - 1;
+    for (i, f) in frames.iter().enumerate() {
+        sock.send(*f, if i < last { flags | zmq::SNDMORE } else { flags })?;
+    }
+    Ok(())
+}
+
+/// Receives one multipart message into reused `zmq::Message`s; returns the
+/// frame count.
+pub fn recv(sock: &zmq::Socket, frames: &mut Vec<zmq::Message>, flags: i32) -> zmq::Result<usize> {
+    let mut n = 0;
+    loop {
+        if frames.len() == n {
+            frames.push(zmq::Message::new());
+        }
+        sock.recv(&mut frames[n], if n == 0 { flags } else { 0 })?;
+        n += 1;
+        if !frames[n - 1].get_more() {
+            return Ok(n);
+        }
+    }
+}
+
+/// What a broker-to-client message is, as [`protocol::Reply`] parses it.
+/// Frames start at the delimiter, as a DEALER receives them.
+pub enum Reply<'a> {
+    Ok(&'a [u8]),
+    /// `body` is the first body frame (the bench sends one).
+    Message {
+        topic: &'a [u8],
+        body: &'a [u8],
+        headers: Vec<(&'a [u8], &'a [u8])>,
+    },
+    Noop,
+    Error(String),
+    /// Not a reply the protocol knows: what is wrong with it.
+    Other(String),
+}
+
+/// The frames of a received message as byte slices, for [`classify`].
+pub fn views(frames: &[zmq::Message]) -> Vec<&[u8]> {
+    frames.iter().map(|m| &m[..]).collect()
+}
+
+/// Parses a broker-to-client message with [`protocol::Reply::parse`].
+pub fn classify<'a>(frames: &'a [&'a [u8]]) -> Reply<'a> {
+    match protocol::Reply::parse(frames, &Limits::default()) {
+        Ok(protocol::Reply::Ok { id }) => Reply::Ok(id),
+        Ok(protocol::Reply::Noop) => Reply::Noop,
+        Ok(protocol::Reply::Message { topic, headers, body }) => {
+            Reply::Message { topic, body: body.first().copied().unwrap_or_default(), headers }
+        }
+        Ok(protocol::Reply::Error { message, .. }) => Reply::Error(String::from_utf8_lossy(message).into_owned()),
+        Err(e) => Reply::Other(format!("malformed reply: {e}")),
+    }
+}
+
+/// The sender stamps a MESSAGE can carry (mc0d's, the raw loop's
+/// `--stamp`), indexed by [`stamp_of`].
+pub const STAMPS: [&str; 4] = ["no stamp", "stamp SENDER", "stamp SENDER-KEY", "stamp SENDER + SENDER-KEY"];
+
+/// Which sender stamp a MESSAGE (its headers but TOPIC) carries, as an
+/// index into [`STAMPS`].
+pub fn stamp_of(headers: &[(&[u8], &[u8])]) -> usize {
+    let has = |h: &str| usize::from(header(headers, h).is_some());
+    has(protocol::SENDER) | has(protocol::SENDER_KEY) << 1
+}
+
+/// Value of header `name` among a MESSAGE's headers.
+pub fn header<'a>(headers: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| *v)
+}
+
+pub const COLLECTIVE: &str = "mcollective";
+/// The protocol version the bench's clients announce.
+pub const VERSION: &[u8] = protocol::PROTOCOL_VERSION.as_bytes();
+
+/// Drives CONNECT (and SUB to one topic per client) with acknowledgements
+/// over many clients, at most `window` of them in flight, until every client
+/// is registered or `deadline` passes. `make` creates client `i`'s socket
+/// (so socket creation and the TCP/CURVE handshakes count in the time).
+/// With `heartbeat`, registered clients send NOOP after that long of
+/// silence while the others are still connecting (a long connect phase
+/// must not let the first clients expire).
+/// Returns the sockets, when each last sent something (heartbeats are due
+/// from then) and the time it all took.
+pub fn handshake(
+    n: usize,
+    window: usize,
+    ttl_ms: u64,
+    topic: &dyn Fn(usize) -> Option<Vec<u8>>,
+    make: &mut dyn FnMut(usize) -> Result<Sock>,
+    deadline: Instant,
+    heartbeat: Option<Duration>,
+) -> Result<(Vec<Sock>, Vec<Instant>, Duration)> {
+    use std::cmp::Reverse;
+    let start = Instant::now();
+    let mut due: std::collections::BinaryHeap<Reverse<(Instant, usize)>> = std::collections::BinaryHeap::new();
+    let mut sent_at = vec![start; n];
+    let mut socks: Vec<Option<Sock>> = (0..n).map(|_| None).collect();
+    // Acks still expected per client: CONNECT, and SUB when it has a topic.
+    let mut pending: Vec<u8> = vec![0; n];
+    let mut in_flight: Vec<usize> = Vec::with_capacity(window);
+    let mut next = 0;
+    let mut done = 0;
+    let mut frames = Vec::new();
+    while done < n {
+        while in_flight.len() < window.max(1) && next < n {
+            let s = make(next)?;
+            let connect = protocol::Command::Connect { version: VERSION, ttl_ms, id: Some(b"c") };
+            send_command(&s, &connect).map_err(|e| format!("send CONNECT: {e}"))?;
+            pending[next] = 1;
+            if let Some(t) = topic(next) {
+                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), topics: vec![&t] })
+                    .map_err(|e| format!("send SUB: {e}"))?;
+                pending[next] = 2;
+            }
+            socks[next] = Some(s);
+            sent_at[next] = Instant::now();
+            in_flight.push(next);
+            next += 1;
+        }
+        if let Some(interval) = heartbeat {
+            while let Some(Reverse((when, i))) = due.peek().copied() {
+                if when > Instant::now() {
+                    break;
+                }
+                due.pop();
+                let s = socks[i].as_ref().unwrap();
+                send(s, &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
+                sent_at[i] = Instant::now();
+                due.push(Reverse((sent_at[i] + interval, i)));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!("handshake: only {done} of {n} clients registered before the deadline"));
+        }
+        let next_beat = due.peek().map(|Reverse((w, _))| w.saturating_duration_since(now)).unwrap_or(deadline - now);
+        let timeout = (deadline - now).min(next_beat).as_millis().min(1000) as i64;
+        let ready: Vec<bool> = {
+            let mut items: Vec<zmq::PollItem> =
+                in_flight.iter().map(|&i| socks[i].as_ref().unwrap().as_poll_item(zmq::POLLIN)).collect();
+            zmq::poll(&mut items, timeout).map_err(|e| format!("poll: {e}"))?;
+            items.iter().map(|it| it.is_readable()).collect()
+        };
+        let mut finished = Vec::new();
+        for (slot, &i) in in_flight.iter().enumerate() {
+            if !ready[slot] {
+                continue;
+            }
+            let s = socks[i].as_ref().unwrap();
+            while pending[i] > 0 {
+                match recv(s, &mut frames, zmq::DONTWAIT) {
+                    Ok(n) => match classify(&views(&frames[..n])) {
+                        Reply::Ok(_) => pending[i] -= 1,
+                        Reply::Noop => {}
+                        Reply::Error(m) => return Err(format!("client {i}: broker refused the handshake: {m}")),
+                        Reply::Message { .. } => {}
+                        Reply::Other(m) => return Err(format!("client {i}: {m}")),
+                    },
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(format!("recv: {e}")),
+                }
+            }
+            if pending[i] == 0 {
+                finished.push(slot);
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            let i = in_flight.swap_remove(slot);
+            if let Some(interval) = heartbeat {
+                due.push(Reverse((sent_at[i] + interval, i)));
+            }
+            done += 1;
+        }
+    }
+    Ok((socks.into_iter().map(|s| s.unwrap()).collect(), sent_at, start.elapsed()))
+}
+
+/// The TTL of clients that never heartbeat (ack, fanout, request): long
+/// enough that the broker neither expires them while thousands of others
+/// are still connecting on a loaded machine, nor heartbeats them during a
+/// run (which would add traffic the measurement is not about).
+const SILENT_CLIENT_TTL_MS: u64 = 600_000;
+
+/// `n` clients with fresh keys and identity `name(i)`, each CONNECTed with
+/// [`SILENT_CLIENT_TTL_MS`] and, given `topic`, SUBscribed to it; at most
+/// 200 handshakes in flight.
+pub fn clients(
+    ctx: &Arc<Ctx>,
+    ep: &Endpoint,
+    n: usize,
+    name: &dyn Fn(usize) -> String,
+    topic: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<Vec<Sock>> {
+    let make = &mut |i| dealer(ctx, ep, name(i).as_bytes());
+    let ttl = SILENT_CLIENT_TTL_MS;
+    let (socks, _, _) = handshake(n, n.min(200), ttl, &|_| topic.map(<[u8]>::to_vec), make, deadline, None)?;
+    Ok(socks)
+}
+
+/// One client, as [`clients`].
+pub fn client(ctx: &Arc<Ctx>, ep: &Endpoint, name: &str, topic: Option<&[u8]>, deadline: Instant) -> Result<Sock> {
+    let mut socks = clients(ctx, ep, 1, &|_| name.to_string(), topic, deadline)?;
+    Ok(socks.pop().expect("handshake returns every client"))
+}
+
+/// Deals `items` round-robin into one group per thread: at most `threads`
+/// groups, none empty unless `items` is.
+pub fn spread<T>(items: Vec<T>, threads: usize) -> Vec<Vec<T>> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let mut groups: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        groups[i % threads].push(item);
+    }
+    groups
+}
+
+/// Sends DISCONNECT on each socket without waiting, so brokers can drop state.
+pub fn disconnect_all(socks: &[Sock]) {
+    for s in socks {
+        let _ = send(s, &[b"", b"DISCONNECT"], zmq::DONTWAIT);
+    }
+}
+
+/// Percentile `p` (0..=100) of sorted samples, nearest-rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Per-sequence-number receipt record, to count losses and duplicates exactly.
+pub struct Seen {
+    bits: Vec<u64>,
+    pub distinct: u64,
+    pub dups: u64,
+    pub out_of_range: u64,
+}
+
+impl Seen {
+    pub fn new(n: usize) -> Seen {
+        Seen { bits: vec![0; n.div_ceil(64)], distinct: 0, dups: 0, out_of_range: 0 }
+    }
+
+    pub fn mark(&mut self, seq: u64) {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        match self.bits.get_mut(w) {
+            None => self.out_of_range += 1,
+            Some(word) if *word & (1 << b) != 0 => self.dups += 1,
+            Some(word) => {
+                *word |= 1 << b;
+                self.distinct += 1;
+            }
+        }
+    }
+}
+
+pub fn seq_of(body: &[u8]) -> Option<u64> {
+    body.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// Milliseconds as a short human string.
+pub fn ms(d: f64) -> String {
+    if d < 10.0 {
+        format!("{d:.2} ms")
+    } else {
+        format!("{d:.1} ms")
+    }
+}
+
+/// Raises RLIMIT_NOFILE as far as allowed (children inherit it), so the
+/// load processes and the spawned brokers can hold 10,000 connections.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur >= want {
+            return lim.rlim_cur;
+        }
+        let raised = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return want;
+        }
+        // Not privileged: the hard limit is as far as we may go.
+        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return lim.rlim_max;
+        }
+        lim.rlim_cur
+    }
+}
+
+/// Waits on many sockets at once in O(ready) instead of zmq_poll's O(all):
+/// each socket's ZMQ_FD in one epoll set. ZMQ_FD only says "the socket's
+/// state may have changed", so whoever is woken must drain the socket with
+/// [`drain`] (which re-checks ZMQ_EVENTS after every EAGAIN).
+pub struct Waiter {
+    epfd: i32,
+    events: Vec<libc::epoll_event>,
+    count: usize,
+    first: bool,
+}
+
+impl Waiter {
+    pub fn new<'a>(socks: impl Iterator<Item = &'a zmq::Socket>) -> Result<Waiter> {
+        // SAFETY: plain syscalls; the epoll fd is closed in Drop.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(format!("epoll_create1: {}", std::io::Error::last_os_error()));
+        }
+        let mut w = Waiter { epfd, events: Vec::new(), count: 0, first: true };
+        for (i, s) in socks.enumerate() {
+            let fd = s.get_fd().map_err(|e| format!("ZMQ_FD: {e}"))?;
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+            // SAFETY: valid epoll fd and event struct.
+            if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+            }
+            w.count += 1;
+        }
+        w.events = vec![libc::epoll_event { events: 0, u64: 0 }; w.count.clamp(1, 1024)];
+        Ok(w)
+    }
+
+    /// Fills `ready` with the indices of sockets that may have input; the
+    /// first call returns all of them (input may have arrived before they
+    /// were registered).
+    pub fn wait(&mut self, timeout_ms: i32, ready: &mut Vec<usize>) -> Result<()> {
+        ready.clear();
+        if self.first {
+            self.first = false;
+            ready.extend(0..self.count);
+            return Ok(());
+        }
+        // SAFETY: the buffer holds events.len() entries.
+        let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            return if err.kind() == std::io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(format!("epoll_wait: {err}"))
+            };
+        }
+        ready.extend(self.events[..n as usize].iter().map(|e| e.u64 as usize));
+        Ok(())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+/// Receives every message waiting on `sock`, calling `f` with each one's
+/// frames, until the socket reports no more input (so its ZMQ_FD re-arms).
+/// `f` may send on the same socket.
+pub fn drain(
+    sock: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+    mut f: impl FnMut(&[zmq::Message]) -> Result<()>,
+) -> Result<()> {
+    loop {
+        match recv(sock, frames, zmq::DONTWAIT) {
+            Ok(n) => f(&frames[..n])?,
+            Err(zmq::Error::EAGAIN) => {
+                // A send inside `f` may have consumed the wake-up of input
+                // that arrived meanwhile: only stop when ZMQ_EVENTS agrees.
+                let events = sock.get_events().map_err(|e| format!("ZMQ_EVENTS: {e}"))?;
+                if !events.contains(zmq::POLLIN) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+}

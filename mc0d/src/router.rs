@@ -1,0 +1,145 @@
+//! The broker's ROUTER socket: its options (see the crate doc for why
+//! each), its socket monitor, and the [`Transport`] the engine sends
+//! through.
+
+use mc0::log::Level;
+
+use crate::auth::zap;
+use crate::config::Config;
+use crate::engine::{Conn, Shared, Transport};
+use crate::error::BrokerError;
+use crate::logger::Logger;
+use crate::sockopt::enforce_zap;
+
+const LINGER_MS: i32 = 500;
+/// Where the ROUTER's socket monitor publishes (inproc, on its context).
+const MONITOR_ENDPOINT: &str = "inproc://mc0d-monitor";
+/// TCP keepalive: probes after this many idle seconds...
+const KEEPALIVE_IDLE_SECS: i32 = 60;
+/// ...this many seconds apart...
+const KEEPALIVE_INTERVAL_SECS: i32 = 10;
+/// ...and gives up after this many unanswered ones.
+const KEEPALIVE_PROBES: i32 = 3;
+
+/// The broker's ROUTER socket and, with CURVE, its monitor.
+pub struct Router {
+    socket: zmq::Socket,
+    /// Reports each closed connection (`ZMQ_EVENT_DISCONNECTED`, with its
+    /// file descriptor).
+    monitor: Option<zmq::Socket>,
+}
+
+impl Router {
+    /// Creates the ROUTER socket on `ctx` with the options the crate doc
+    /// explains (and, with CURVE, its monitor), and binds it; returns it
+    /// with its endpoint. With CURVE, the ZAP handler must already run.
+    pub(crate) fn bind(ctx: &zmq::Context, config: &Config, log: &Logger) -> Result<(Router, String), BrokerError> {
+        let err = |what: &str, e: zmq::Error| BrokerError(format!("cannot {what}: {e}"));
+        let curve = config.curve_secret_key.is_some();
+        let mut socket = ctx.socket(zmq::ROUTER).map_err(|e| err("create the ROUTER socket", e))?;
+        socket.set_backlog(config.backlog).map_err(|e| err("set ZMQ_BACKLOG", e))?;
+        // See the module doc: with CURVE a routing id stays with its
+        // connection.
+        socket.set_router_handover(!curve).map_err(|e| err("set ZMQ_ROUTER_HANDOVER", e))?;
+        socket.set_router_mandatory(true).map_err(|e| err("set ZMQ_ROUTER_MANDATORY", e))?;
+        socket.set_sndhwm(config.sndhwm).map_err(|e| err("set ZMQ_SNDHWM", e))?;
+        socket.set_rcvhwm(config.rcvhwm).map_err(|e| err("set ZMQ_RCVHWM", e))?;
+        let max_frame = i64::try_from(config.limits.max_frame_size).unwrap_or(i64::MAX);
+        socket.set_maxmsgsize(max_frame).map_err(|e| err("set ZMQ_MAXMSGSIZE", e))?;
+        socket.set_linger(LINGER_MS).map_err(|e| err("set ZMQ_LINGER", e))?;
+        socket.set_tcp_keepalive(1).map_err(|e| err("set ZMQ_TCP_KEEPALIVE", e))?;
+        socket.set_tcp_keepalive_idle(KEEPALIVE_IDLE_SECS).map_err(|e| err("set ZMQ_TCP_KEEPALIVE_IDLE", e))?;
+        socket.set_tcp_keepalive_intvl(KEEPALIVE_INTERVAL_SECS).map_err(|e| err("set ZMQ_TCP_KEEPALIVE_INTVL", e))?;
+        socket.set_tcp_keepalive_cnt(KEEPALIVE_PROBES).map_err(|e| err("set ZMQ_TCP_KEEPALIVE_CNT", e))?;
+        let mut monitor = None;
+        if let Some(secret) = &config.curve_secret_key {
+            socket.set_curve_secretkey(secret).map_err(|e| err("set the CURVE secret key", e))?;
+            socket.set_curve_server(true).map_err(|e| err("enable CURVE", e))?;
+            socket.set_zap_domain(zap::ZAP_DOMAIN).map_err(|e| err("set ZMQ_ZAP_DOMAIN", e))?;
+            if let Err(e) = enforce_zap(&mut socket) {
+                // Still closed: messages without an authorized User-Id are
+                // refused by the loop (see the module doc).
+                log.log(
+                    Level::Warn,
+                    format_args!(
+                        "this libzmq does not support ZMQ_ZAP_ENFORCE_DOMAIN ({e}); \
+                         unauthorized messages are refused by the broker itself"
+                    ),
+                );
+            }
+            // Before binding, so that no connection's end goes unreported.
+            let events = zmq::SocketEvent::DISCONNECTED.to_raw();
+            socket.monitor(MONITOR_ENDPOINT, i32::from(events)).map_err(|e| err("start the socket monitor", e))?;
+            let pair = ctx.socket(zmq::PAIR).map_err(|e| err("create the monitor socket", e))?;
+            // Unbounded: libzmq's I/O thread waits on a full monitor pipe.
+            pair.set_rcvhwm(0).map_err(|e| err("set the monitor's ZMQ_RCVHWM", e))?;
+            pair.set_linger(0).map_err(|e| err("set the monitor's ZMQ_LINGER", e))?;
+            pair.connect(MONITOR_ENDPOINT).map_err(|e| err("connect the socket monitor", e))?;
+            monitor = Some(pair);
+        }
+        let host = if config.bind.contains(':') && !config.bind.starts_with('[') {
+            format!("[{}]", config.bind)
+        } else {
+            config.bind.clone()
+        };
+        if host.starts_with('[') {
+            socket.set_ipv6(true).map_err(|e| err("enable IPv6", e))?;
+        }
+        let endpoint = format!("tcp://{host}:{}", config.port);
+        socket.bind(&endpoint).map_err(|e| BrokerError(format!("cannot bind {endpoint}: {e}")))?;
+        Ok((Router { socket, monitor }, endpoint))
+    }
+
+    /// The ROUTER itself, for the server loop's receive.
+    pub(crate) fn socket_mut(&mut self) -> &mut zmq::Socket {
+        &mut self.socket
+    }
+
+    /// Waits up to `timeout_ms` for input on the ROUTER. (The monitor is
+    /// read on every wake-up and whenever it matters, see
+    /// [`Engine::connections_lost`]; polling it too would cost a system call
+    /// per wake-up.)
+    pub(crate) fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
+        self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
+    }
+}
+
+impl Transport for Router {
+    fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
+        // With ROUTER_MANDATORY only the routing-id frame can fail (unknown
+        // peer or full pipe); once it is accepted the rest is queued.
+        self.socket.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
+        let last = frames.len().saturating_sub(1);
+        for (i, frame) in frames.iter().enumerate() {
+            let more = if i < last { zmq::SNDMORE } else { 0 };
+            self.socket.send(&frame[..], more | zmq::DONTWAIT)?;
+        }
+        Ok(())
+    }
+
+    fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
+        self.socket.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
+        message.send_frames(&mut self.socket)
+    }
+
+    fn lost_connections(&mut self, lost: &mut Vec<Conn>, all: bool) {
+        let Some(monitor) = &self.monitor else { return };
+        // Reading ZMQ_EVENTS makes libzmq take in the monitor pipe's pending
+        // wake-ups at once (a system call; a receive alone looks at them at
+        // most a millisecond late): an event emitted before this call is
+        // seen.
+        if all && !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
+            return;
+        }
+        // Each event is two frames: event id (u16) and value (u32), then the
+        // endpoint.
+        while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+            let Some(head) = frames.first().filter(|f| f.len() >= 6) else { continue };
+            let event = u16::from_ne_bytes([head[0], head[1]]);
+            if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                let fd = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+                lost.push(fd as Conn);
+            }
+        }
+    }
+}
