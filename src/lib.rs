@@ -4,11 +4,11 @@
 //! - [`keys`]: Z85 CURVE key files.
 //! - [`topics`]: MCollective topic names.
 //! - [`broker`]: `mc0d`, the ROUTER broker.
-//! - [`connector`]: the DEALER client used by MCollective nodes and clients.
+//! - [`connector`]: the DEALER client used by MCollective nodes and clients,
+//!   with its configuration ([`connector::config`]).
 //! - [`ffi`]: the C ABI (`include/mc0.h`) over the connector.
 
 pub mod broker;
-pub mod config;
 pub mod connector;
 pub mod ffi;
 pub mod keys;

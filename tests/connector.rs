@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, write_keys, Mc0d, Mc0dOptions, TempDir, CONNECTOR_WAIT as WAIT};
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind, Message};
 
 fn connect(broker: &Mc0d, name: &str, extra: &[(&str, &str)]) -> Connector {

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, write_keys, Mc0d, TempDir, CONNECTOR_WAIT as WAIT};
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::protocol::{Command, Limits, Reply};
 

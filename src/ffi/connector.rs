@@ -5,8 +5,7 @@ use std::os::raw::c_char;
 use std::time::Duration;
 
 use super::{arg_str, guard, guard_ptr, invalid, mc0_status, new_c_string, set_last_error};
-use crate::config::Config;
-use crate::connector::{Connector, Error, Message};
+use crate::connector::{Config, Connector, Error, Message};
 
 /// Connector settings being built (opaque). Not thread-safe: use one config
 /// from one thread at a time.
