@@ -2,9 +2,8 @@
 
 use std::ffi::CString;
 use std::os::raw::c_char;
-use std::time::Duration;
 
-use super::{arg_str, guard, guard_ptr, invalid, mc0_status, new_c_string, set_last_error};
+use super::{arg_str, boundary, guard, invalid, mc0_status, new_c_string, set_last_error, timeout_from_ms};
 use crate::connector::{Config, Connector, Error, Message};
 
 /// Connector settings being built (opaque). Not thread-safe: use one config
@@ -15,7 +14,10 @@ pub struct mc0_config {
 
 /// A connection to the broker (opaque). Thread-safe: any number of threads
 /// may call mc0_connector_* on it concurrently (one blocked in receive while
-/// others publish), except mc0_connector_free.
+/// others publish). Calls that share the handle take `const mc0_connector *`
+/// (the connector's state changes, but only behind its own locks, so they
+/// never conflict); only mc0_connector_free, which ends its life, takes a
+/// non-const pointer.
 pub struct mc0_connector {
     inner: Connector,
 }
@@ -78,7 +80,7 @@ unsafe fn write_len(len: *mut usize, value: usize) {
 /// Free it with mc0_config_free. Returns NULL only if memory is exhausted.
 #[no_mangle]
 pub extern "C" fn mc0_config_new() -> *mut mc0_config {
-    guard_ptr(|| Ok(Box::into_raw(Box::new(mc0_config { inner: Config::new() }))))
+    boundary(|| Ok(Box::into_raw(Box::new(mc0_config { inner: Config::new() }))))
 }
 
 /// Sets one key, named as in MCollective's config without the
@@ -100,9 +102,12 @@ pub unsafe extern "C" fn mc0_config_set(cfg: *mut mc0_config, key: *const c_char
 /// Frees a config. NULL is ignored. Connectors made from it are unaffected.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
-    if !cfg.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(cfg))));
-    }
+    boundary(|| {
+        if !cfg.is_null() {
+            drop(Box::from_raw(cfg));
+        }
+        Ok(())
+    })
 }
 
 // ---- connector ----
@@ -138,7 +143,7 @@ pub unsafe extern "C" fn mc0_connector_new(cfg: *const mc0_config, out: *mut *mu
 /// Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_BROKER,
 /// MC0_ERR_CLOSED. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_subscribe(c: *mut mc0_connector, topic: *const c_char) -> mc0_status {
+pub unsafe extern "C" fn mc0_connector_subscribe(c: *const mc0_connector, topic: *const c_char) -> mc0_status {
     guard(|| {
         let c = connector_ref(c)?;
         c.subscribe(arg_str(topic, "topic")?)
@@ -149,7 +154,7 @@ pub unsafe extern "C" fn mc0_connector_subscribe(c: *mut mc0_connector, topic: *
 /// most connect_timeout; immediate while the link is down). Errors and
 /// thread-safety as mc0_connector_subscribe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *mut mc0_connector, topic: *const c_char) -> mc0_status {
+pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *const mc0_connector, topic: *const c_char) -> mc0_status {
     guard(|| {
         let c = connector_ref(c)?;
         c.unsubscribe(arg_str(topic, "topic")?)
@@ -173,7 +178,7 @@ pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *mut mc0_connector, topic:
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn mc0_connector_publish(
-    c: *mut mc0_connector,
+    c: *const mc0_connector,
     topic: *const c_char,
     header_names: *const *const c_char,
     header_values: *const *const u8,
@@ -206,14 +211,13 @@ pub unsafe extern "C" fn mc0_connector_publish(
 
 /// Waits until every message this process published on c before the call
 /// has been acknowledged by the broker (or dropped, see mc0_connector_publish),
-/// at most timeout_ms milliseconds. Errors: MC0_ERR_INVALID_ARGUMENT,
+/// at most timeout_ms milliseconds (0: only what is already settled;
+/// negative: no limit, until done or the connector is closed, as for
+/// mc0_connector_receive; libmc0 0.1.0 treated a negative value as 0 here). Errors: MC0_ERR_INVALID_ARGUMENT,
 /// MC0_ERR_TIMEOUT, MC0_ERR_CLOSED. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_flush(c: *mut mc0_connector, timeout_ms: i32) -> mc0_status {
-    guard(|| {
-        let c = connector_ref(c)?;
-        c.flush(Duration::from_millis(timeout_ms.max(0) as u64))
-    })
+pub unsafe extern "C" fn mc0_connector_flush(c: *const mc0_connector, timeout_ms: i32) -> mc0_status {
+    guard(|| connector_ref(c)?.flush(timeout_from_ms(timeout_ms)))
 }
 
 /// Waits for the next message on any subscribed topic, at most timeout_ms
@@ -225,7 +229,7 @@ pub unsafe extern "C" fn mc0_connector_flush(c: *mut mc0_connector, timeout_ms: 
 /// threads may receive, each message goes to one of them.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_receive(
-    c: *mut mc0_connector,
+    c: *const mc0_connector,
     timeout_ms: i32,
     out: *mut *mut mc0_message,
 ) -> mc0_status {
@@ -235,8 +239,7 @@ pub unsafe extern "C" fn mc0_connector_receive(
         }
         *out = std::ptr::null_mut();
         let c = connector_ref(c)?;
-        let timeout = if timeout_ms < 0 { Duration::MAX } else { Duration::from_millis(timeout_ms as u64) };
-        let message = c.receive(timeout)?;
+        let message = c.receive(timeout_from_ms(timeout_ms))?;
         *out = Box::into_raw(Box::new(mc0_message::from(message)));
         Ok(())
     })
@@ -248,7 +251,7 @@ pub unsafe extern "C" fn mc0_connector_receive(
 /// stops. Idempotent; thread-safe; later calls on c fail with MC0_ERR_CLOSED.
 /// c must still be freed with mc0_connector_free.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_close(c: *mut mc0_connector) -> mc0_status {
+pub unsafe extern "C" fn mc0_connector_close(c: *const mc0_connector) -> mc0_status {
     guard(|| connector_ref(c)?.close())
 }
 
@@ -256,9 +259,12 @@ pub unsafe extern "C" fn mc0_connector_close(c: *mut mc0_connector) -> mc0_statu
 /// ignored. No other thread may be using c or use it afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_free(c: *mut mc0_connector) {
-    if !c.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(c))));
-    }
+    boundary(|| {
+        if !c.is_null() {
+            drop(Box::from_raw(c));
+        }
+        Ok(())
+    })
 }
 
 // ---- message ----
@@ -266,7 +272,7 @@ pub unsafe extern "C" fn mc0_connector_free(c: *mut mc0_connector) {
 /// The message's topic (NUL-terminated), owned by m. NULL if m is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_topic(m: *const mc0_message) -> *const c_char {
-    guard_ptr(|| Ok(message_ref(m)?.topic.as_ptr() as *mut c_char))
+    boundary(|| Ok(message_ref(m)?.topic.as_ptr() as *mut c_char))
 }
 
 /// The publisher's authenticated identity (NUL-terminated), owned by m: the
@@ -277,7 +283,7 @@ pub unsafe extern "C" fn mc0_message_topic(m: *const mc0_message) -> *const c_ch
 /// of m.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_sender(m: *const mc0_message) -> *const c_char {
-    guard_ptr(|| Ok(message_ref(m)?.sender.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
+    boundary(|| Ok(message_ref(m)?.sender.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
 }
 
 /// The publisher's CURVE public key as 40 Z85 characters (NUL-terminated),
@@ -286,27 +292,21 @@ pub unsafe extern "C" fn mc0_message_sender(m: *const mc0_message) -> *const c_c
 /// Thread-safe for concurrent readers of m.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_sender_key(m: *const mc0_message) -> *const c_char {
-    guard_ptr(|| Ok(message_ref(m)?.sender_key.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
+    boundary(|| Ok(message_ref(m)?.sender_key.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
 }
 
 /// Number of headers (the publisher's "X-" headers; not SENDER and
 /// SENDER-KEY, see mc0_message_sender). 0 if m is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_header_count(m: *const mc0_message) -> usize {
-    match message_ref(m) {
-        Ok(m) => m.headers.len(),
-        Err(e) => {
-            set_last_error(e.message());
-            0
-        }
-    }
+    boundary(|| Ok(message_ref(m)?.headers.len()))
 }
 
 /// The name of header i (NUL-terminated), owned by m; NULL if m is NULL or i
 /// is out of range.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_header_name(m: *const mc0_message, i: usize) -> *const c_char {
-    guard_ptr(|| {
+    boundary(|| {
         let m = message_ref(m)?;
         let (name, _) = m.headers.get(i).ok_or_else(|| invalid(format!("header index {i} out of range")))?;
         Ok(name.as_ptr() as *mut c_char)
@@ -317,8 +317,8 @@ pub unsafe extern "C" fn mc0_message_header_name(m: *const mc0_message, i: usize
 /// may be NULL). NULL (and *len = 0) if m is NULL or i is out of range.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_header_value(m: *const mc0_message, i: usize, len: *mut usize) -> *const u8 {
-    write_len(len, 0);
-    guard_ptr(|| {
+    boundary(|| {
+        write_len(len, 0);
         let m = message_ref(m)?;
         let (_, value) = m.headers.get(i).ok_or_else(|| invalid(format!("header index {i} out of range")))?;
         write_len(len, value.len());
@@ -327,22 +327,61 @@ pub unsafe extern "C" fn mc0_message_header_value(m: *const mc0_message, i: usiz
 }
 
 /// The binary value of the first header called name, owned by m, its length
-/// stored in *len (len may be NULL). NULL (and *len = 0) if the header is
-/// absent or an argument is NULL.
+/// stored in *len (len may be NULL). NULL (and *len = 0) both if the header
+/// is absent and if an argument is NULL: kept for compatibility; use
+/// mc0_message_header_find, which tells the two apart.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_header(m: *const mc0_message, name: *const c_char, len: *mut usize) -> *const u8 {
-    write_len(len, 0);
-    guard_ptr(|| {
-        let m = message_ref(m)?;
-        let name = arg_str(name, "name")?;
-        match m.headers.iter().find(|(k, _)| k.to_bytes() == name.as_bytes()) {
-            Some((_, value)) => {
+    boundary(|| {
+        write_len(len, 0);
+        Ok(match find_header(m, name)? {
+            Some(value) => {
                 write_len(len, value.len());
-                Ok(value.as_ptr() as *mut u8)
+                value.as_ptr()
             }
-            None => Ok(std::ptr::null_mut()),
+            None => std::ptr::null(),
+        })
+    })
+}
+
+/// Looks up the first header called name (NUL-terminated UTF-8). Found:
+/// MC0_OK, *value points to its binary value (owned by m, valid until
+/// mc0_message_free) and *len holds its length. Absent: MC0_ERR_NOT_FOUND,
+/// with *value = NULL and *len = 0 (mc0_last_error names the header).
+/// Errors: MC0_ERR_INVALID_ARGUMENT (m, name, value or len NULL; name not
+/// UTF-8). Thread-safe for concurrent readers of m.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_message_header_find(
+    m: *const mc0_message,
+    name: *const c_char,
+    value: *mut *const u8,
+    len: *mut usize,
+) -> mc0_status {
+    boundary(|| {
+        if value.is_null() || len.is_null() {
+            return Err(invalid("value and len must not be NULL"));
+        }
+        *value = std::ptr::null();
+        *len = 0;
+        match find_header(m, name)? {
+            Some(found) => {
+                *value = found.as_ptr();
+                *len = found.len();
+                Ok(mc0_status::MC0_OK)
+            }
+            None => {
+                set_last_error(&format!("no header {:?}", arg_str(name, "name")?));
+                Ok(mc0_status::MC0_ERR_NOT_FOUND)
+            }
         }
     })
+}
+
+/// The value of the first header called `name`, None when absent.
+unsafe fn find_header<'a>(m: *const mc0_message, name: *const c_char) -> Result<Option<&'a [u8]>, Error> {
+    let m = message_ref(m)?;
+    let name = arg_str(name, "name")?;
+    Ok(m.headers.iter().find(|(k, _)| k.to_bytes() == name.as_bytes()).map(|(_, v)| &v[..]))
 }
 
 /// The headers as a JSON object mapping each name to its value as a string
@@ -351,7 +390,7 @@ pub unsafe extern "C" fn mc0_message_header(m: *const mc0_message, name: *const 
 /// NULL.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_headers_json(m: *const mc0_message) -> *mut c_char {
-    guard_ptr(|| {
+    boundary(|| {
         let m = message_ref(m)?;
         let mut map = serde_json::Map::new();
         for (k, v) in &m.headers {
@@ -366,8 +405,8 @@ pub unsafe extern "C" fn mc0_message_headers_json(m: *const mc0_message) -> *mut
 /// NULL for a valid m (an empty body has length 0); NULL if m is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_body(m: *const mc0_message, len: *mut usize) -> *const u8 {
-    write_len(len, 0);
-    guard_ptr(|| {
+    boundary(|| {
+        write_len(len, 0);
         let m = message_ref(m)?;
         write_len(len, m.body.len());
         Ok(m.body.as_ptr() as *mut u8)
@@ -377,9 +416,12 @@ pub unsafe extern "C" fn mc0_message_body(m: *const mc0_message, len: *mut usize
 /// Frees a message and everything read from it. NULL is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_free(m: *mut mc0_message) {
-    if !m.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(m))));
-    }
+    boundary(|| {
+        if !m.is_null() {
+            drop(Box::from_raw(m));
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -447,6 +489,24 @@ mod tests {
             let v = mc0_message_header(m, cs(b"X-B").as_ptr(), &mut len);
             assert_eq!(std::slice::from_raw_parts(v, len), b"b");
             assert!(mc0_message_header(m, cs(b"X-C").as_ptr(), &mut len).is_null());
+            // find tells "absent" from "bad argument".
+            let mut value = std::ptr::null();
+            assert_eq!(mc0_message_header_find(m, cs(b"X-B").as_ptr(), &mut value, &mut len), mc0_status::MC0_OK);
+            assert_eq!(std::slice::from_raw_parts(value, len), b"b");
+            assert_eq!(
+                mc0_message_header_find(m, cs(b"X-C").as_ptr(), &mut value, &mut len),
+                mc0_status::MC0_ERR_NOT_FOUND
+            );
+            assert!(value.is_null() && len == 0);
+            assert!(last_error().contains("X-C"));
+            assert_eq!(
+                mc0_message_header_find(std::ptr::null(), cs(b"X-B").as_ptr(), &mut value, &mut len),
+                mc0_status::MC0_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                mc0_message_header_find(m, cs(b"X-B").as_ptr(), std::ptr::null_mut(), &mut len),
+                mc0_status::MC0_ERR_INVALID_ARGUMENT
+            );
             let body = mc0_message_body(m, &mut len);
             assert_eq!(std::slice::from_raw_parts(body, len), b"\x00body");
             let json = mc0_message_headers_json(m);
