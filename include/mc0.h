@@ -105,7 +105,8 @@ typedef struct mc0_config mc0_config;
  * others publish). Calls that share the handle take `const mc0_connector *`
  * (the connector's state changes, but only behind its own locks, so they
  * never conflict); only mc0_connector_free, which ends its life, takes a
- * non-const pointer.
+ * non-const pointer, and may be called while other calls are still in
+ * progress (see there).
  */
 typedef struct mc0_connector mc0_connector;
 
@@ -252,7 +253,11 @@ void mc0_config_free(struct mc0_config *cfg);
 
 /**
  * Connects to the broker and completes the CONNECT handshake, waiting at
- * most connect_timeout (default 10 s). On success stores a new connector in
+ * most connect_timeout (default 10 s). With connect_retry = true (for
+ * daemons) it returns as soon as the configuration and key files are
+ * valid, and the connector keeps connecting in the background with its
+ * backoff, logging each failure; subscriptions wait to be made and
+ * publishes are queued meanwhile. On success stores a new connector in
  * *out (free it with mc0_connector_free); on failure stores NULL.
  * The config is only read (it may be freed afterwards).
  * Errors: MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CONFIG (missing
@@ -266,17 +271,24 @@ mc0_status mc0_connector_new(const struct mc0_config *cfg, struct mc0_connector 
 
 /**
  * Subscribes to a topic (NUL-terminated UTF-8) and waits for the broker's
- * acknowledgement, at most connect_timeout. The subscription is re-made by
- * the library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
- * still held and is made once the broker answers.
+ * acknowledgement, at most connect_timeout. Topics are counted by holder:
+ * subscribing to a topic already held only counts (several agents may
+ * share one reply topic), and it stays subscribed until as many
+ * mc0_connector_unsubscribe calls. The subscription is re-made by the
+ * library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
+ * still held and is made once the broker answers. With connect_retry,
+ * before the first session with the broker, it returns MC0_OK at once and
+ * the topic is subscribed as soon as there is one.
  * Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_BROKER,
  * MC0_ERR_CLOSED. Thread-safe.
  */
 mc0_status mc0_connector_subscribe(const struct mc0_connector *c, const char *topic);
 
 /**
- * Unsubscribes from a topic and waits for the broker's acknowledgement (at
- * most connect_timeout; immediate while the link is down). Errors and
+ * Gives up one hold on a topic (see mc0_connector_subscribe); the last
+ * holder's call unsubscribes and waits for the broker's acknowledgement
+ * (at most connect_timeout; immediate while the link is down). A topic not
+ * held is MC0_OK. Errors and
  * thread-safety as mc0_connector_subscribe.
  */
 mc0_status mc0_connector_unsubscribe(const struct mc0_connector *c, const char *topic);
@@ -341,7 +353,11 @@ mc0_status mc0_connector_close(const struct mc0_connector *c);
 
 /**
  * Closes c if needed (as mc0_connector_close, bounded) and frees it. NULL is
- * ignored. No other thread may be using c or use it afterwards.
+ * ignored. Calls still in progress on c in other threads are woken by the
+ * close (they return MC0_ERR_CLOSED) and free waits for them to leave
+ * (bounded: after 10 s it logs an error and leaks c rather than free
+ * memory still in use), so a binding needs no count of its own. No call
+ * may start on c once free has been called.
  */
 void mc0_connector_free(struct mc0_connector *c);
 

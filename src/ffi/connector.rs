@@ -1,10 +1,15 @@
 //! `mc0_config_*`, `mc0_connector_*` and `mc0_message_*`.
 
 use std::ffi::CString;
+use std::ops::Deref;
 use std::os::raw::c_char;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use super::{arg_str, boundary, guard, invalid, mc0_status, new_c_string, set_last_error, timeout_from_ms};
+use crate::connector::logging::clog;
 use crate::connector::{Config, Connector, Error, Message};
+use crate::log::Level;
 
 /// Connector settings being built (opaque). Not thread-safe: use one config
 /// from one thread at a time.
@@ -17,9 +22,54 @@ pub struct mc0_config {
 /// others publish). Calls that share the handle take `const mc0_connector *`
 /// (the connector's state changes, but only behind its own locks, so they
 /// never conflict); only mc0_connector_free, which ends its life, takes a
-/// non-const pointer.
+/// non-const pointer, and may be called while other calls are still in
+/// progress (see there).
 pub struct mc0_connector {
     inner: Connector,
+    /// Calls in progress on this handle: mc0_connector_free waits for them
+    /// to leave before releasing the memory they use.
+    calls: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// Longest mc0_connector_free waits for calls still in progress once
+/// close has woken them (they return within close_timeout unless a log
+/// callback blocks them); past it the handle is leaked, not freed under them.
+const FREE_WAIT: Duration = Duration::from_secs(10);
+
+/// One call in progress on a connector, counted until it is dropped (also
+/// when the call panics).
+struct Call<'a>(&'a mc0_connector);
+
+impl Deref for Call<'_> {
+    type Target = Connector;
+    fn deref(&self) -> &Connector {
+        &self.0.inner
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.0.calls.lock().unwrap_or_else(|e| e.into_inner());
+        *calls -= 1;
+        if *calls == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+impl mc0_connector {
+    fn enter(&self) -> Call<'_> {
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Call(self)
+    }
+
+    /// Waits, at most `bound`, until no call is in progress.
+    fn wait_idle(&self, bound: Duration) -> bool {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let (calls, _) = self.idle.wait_timeout_while(calls, bound, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+        *calls == 0
+    }
 }
 
 /// A received message (opaque). Owned by the caller until mc0_message_free;
@@ -49,8 +99,9 @@ unsafe fn config_ref<'a>(cfg: *const mc0_config) -> Result<&'a Config, Error> {
     cfg.as_ref().map(|c| &c.inner).ok_or_else(|| invalid("config is NULL"))
 }
 
-unsafe fn connector_ref<'a>(c: *const mc0_connector) -> Result<&'a Connector, Error> {
-    c.as_ref().map(|c| &c.inner).ok_or_else(|| invalid("connector is NULL"))
+/// The connector behind `c`, counted as in use until the result is dropped.
+unsafe fn connector_ref<'a>(c: *const mc0_connector) -> Result<Call<'a>, Error> {
+    c.as_ref().map(mc0_connector::enter).ok_or_else(|| invalid("connector is NULL"))
 }
 
 unsafe fn message_ref<'a>(m: *const mc0_message) -> Result<&'a mc0_message, Error> {
@@ -113,7 +164,11 @@ pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
 // ---- connector ----
 
 /// Connects to the broker and completes the CONNECT handshake, waiting at
-/// most connect_timeout (default 10 s). On success stores a new connector in
+/// most connect_timeout (default 10 s). With connect_retry = true (for
+/// daemons) it returns as soon as the configuration and key files are
+/// valid, and the connector keeps connecting in the background with its
+/// backoff, logging each failure; subscriptions wait to be made and
+/// publishes are queued meanwhile. On success stores a new connector in
 /// *out (free it with mc0_connector_free); on failure stores NULL.
 /// The config is only read (it may be freed afterwards).
 /// Errors: MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CONFIG (missing
@@ -131,15 +186,21 @@ pub unsafe extern "C" fn mc0_connector_new(cfg: *const mc0_config, out: *mut *mu
         *out = std::ptr::null_mut();
         let config = config_ref(cfg)?;
         let connector = Connector::connect(config)?;
-        *out = Box::into_raw(Box::new(mc0_connector { inner: connector }));
+        let handle = mc0_connector { inner: connector, calls: Mutex::new(0), idle: Condvar::new() };
+        *out = Box::into_raw(Box::new(handle));
         Ok(())
     })
 }
 
 /// Subscribes to a topic (NUL-terminated UTF-8) and waits for the broker's
-/// acknowledgement, at most connect_timeout. The subscription is re-made by
-/// the library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
-/// still held and is made once the broker answers.
+/// acknowledgement, at most connect_timeout. Topics are counted by holder:
+/// subscribing to a topic already held only counts (several agents may
+/// share one reply topic), and it stays subscribed until as many
+/// mc0_connector_unsubscribe calls. The subscription is re-made by the
+/// library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
+/// still held and is made once the broker answers. With connect_retry,
+/// before the first session with the broker, it returns MC0_OK at once and
+/// the topic is subscribed as soon as there is one.
 /// Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_BROKER,
 /// MC0_ERR_CLOSED. Thread-safe.
 #[no_mangle]
@@ -150,8 +211,10 @@ pub unsafe extern "C" fn mc0_connector_subscribe(c: *const mc0_connector, topic:
     })
 }
 
-/// Unsubscribes from a topic and waits for the broker's acknowledgement (at
-/// most connect_timeout; immediate while the link is down). Errors and
+/// Gives up one hold on a topic (see mc0_connector_subscribe); the last
+/// holder's call unsubscribes and waits for the broker's acknowledgement
+/// (at most connect_timeout; immediate while the link is down). A topic not
+/// held is MC0_OK. Errors and
 /// thread-safety as mc0_connector_subscribe.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *const mc0_connector, topic: *const c_char) -> mc0_status {
@@ -256,12 +319,25 @@ pub unsafe extern "C" fn mc0_connector_close(c: *const mc0_connector) -> mc0_sta
 }
 
 /// Closes c if needed (as mc0_connector_close, bounded) and frees it. NULL is
-/// ignored. No other thread may be using c or use it afterwards.
+/// ignored. Calls still in progress on c in other threads are woken by the
+/// close (they return MC0_ERR_CLOSED) and free waits for them to leave
+/// (bounded: after 10 s it logs an error and leaks c rather than free
+/// memory still in use), so a binding needs no count of its own. No call
+/// may start on c once free has been called.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_free(c: *mut mc0_connector) {
     boundary(|| {
-        if !c.is_null() {
+        let Some(handle) = c.as_ref() else { return Ok(()) };
+        let _ = handle.inner.close();
+        if handle.wait_idle(FREE_WAIT) {
             drop(Box::from_raw(c));
+        } else {
+            clog!(
+                Level::Error,
+                "mc0 connector {}: calls still in progress {} after close; not freeing the handle under them",
+                handle.inner.routing_id(),
+                crate::connector::secs(FREE_WAIT)
+            );
         }
         Ok(())
     })

@@ -214,7 +214,6 @@ int main(int argc, char **argv) {
     REQUIRE(mc0_config_set(cfg, "connect_timeout", timeout) == MC0_OK);
     REQUIRE(mc0_connector_new(cfg, &c) == MC0_OK);
     REQUIRE(c != NULL);
-    mc0_config_free(cfg);
 
     key_file = fopen(public_key, "r");
     REQUIRE(key_file != NULL && fgets(own_key, sizeof own_key, key_file) != NULL);
@@ -295,6 +294,19 @@ int main(int argc, char **argv) {
     CHECK(mc0_connector_publish(c, reply_topic, NULL, NULL, NULL, 0, NULL, 0) == MC0_ERR_CLOSED);
     mc0_connector_free(c);
     mc0_string_free(reply_topic);
+
+    /* free() while another thread is blocked in receive: it wakes that
+     * thread and waits for it to leave before releasing the handle (under
+     * valgrind, a use after free would fail the test). */
+    REQUIRE(mc0_connector_new(cfg, &c) == MC0_OK);
+    mc0_config_free(cfg);
+    r.c = c;
+    r.status = MC0_OK;
+    REQUIRE(pthread_create(&thread, NULL, blocked_receive, &r) == 0);
+    sleep_ms(100);
+    mc0_connector_free(c);
+    pthread_join(thread, NULL);
+    CHECK(r.status == MC0_ERR_CLOSED);
 
     mc0_set_log_callback(NULL, NULL, 0);
     pthread_mutex_lock(&log_lock);
