@@ -3,24 +3,40 @@
 # binaries run alternately: the reliable before/after measure on a shared
 # machine, where throughput ratios swing by ±30 %.
 #
-#   benches/mc0d_cpu.sh [--rounds N] LABEL=MC0D LABEL=MC0D...
+#   benches/mc0d_cpu.sh [--rounds N] [--allowlist] LABEL=MC0D LABEL=MC0D...
 #   e.g. benches/mc0d_cpu.sh main=/tmp/mc0-main/target/release/mc0d new=target/release/mc0d
 #
 # Each run starts a fresh broker in open mode (CURVE, no allowlist) on a free
 # loopback port, drives one mc0-bench scenario against it (--broker ...
 # --no-raw), and reads utime+stime of the whole process and of its main
 # thread from /proc before and after. Prints one line per run and the
-# medians. Needs target/release/mc0-bench and mc0-keygen (cargo build
-# --release) and ruby (to pick free ports).
+# medians. With --allowlist every broker runs with --authorized-keys listing
+# each load-generator client under its identity (mc0-bench allowlist,
+# --key-seed), as a site with an allowlist does. Needs
+# target/release/mc0-bench and mc0-keygen (cargo build --release) and ruby
+# (to pick free ports).
 set -u
 cd "$(dirname "$0")/.."
-rounds=5
-if [ "${1:-}" = --rounds ]; then rounds=$2; shift 2; fi
-[ $# -ge 1 ] || { sed -n '2,15p' "$0"; exit 2; }
+rounds=5 allowlist=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) rounds=$2; shift 2 ;;
+        --allowlist) allowlist=1; shift ;;
+        *) break ;;
+    esac
+done
+[ $# -ge 1 ] || { sed -n '2,18p' "$0"; exit 2; }
 bench=target/release/mc0-bench
 keys=$(mktemp -d "${TMPDIR:-/tmp}/mc0d-cpu.XXXXXX")
 trap 'rm -rf "$keys"' EXIT
 target/release/mc0-keygen "$keys/broker" >/dev/null
+broker_args=() bench_args=()
+if [ -n "$allowlist" ]; then
+    seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+    $bench allowlist --key-seed "$seed" --clients 100 >"$keys/authorized"
+    broker_args=(--authorized-keys "$keys/authorized")
+    bench_args=(--key-seed "$seed")
+fi
 tick=$(getconf CLK_TCK)
 scenarios=(
     "ack --clients 10 --round-trips 5000"
@@ -39,13 +55,13 @@ for round in $(seq 1 "$rounds"); do
         for scenario in "${scenarios[@]}"; do
             port=$(free_port)
             "$binary" --bind 127.0.0.1 --port "$port" --curve-private-key "$keys/broker.private" \
-                --log-level warn 2>/dev/null &
+                --log-level warn "${broker_args[@]}" 2>/dev/null &
             pid=$!
             sleep 0.5
             total0=$(cpu /proc/$pid/stat) main0=$(cpu /proc/$pid/task/$pid/stat)
             # shellcheck disable=SC2086 # the scenario is several words
             $bench $scenario --broker "127.0.0.1:$port" --broker-key "$keys/broker.public" --no-raw \
-                >/dev/null 2>&1 || echo "# $label $scenario: mc0-bench failed" >&2
+                "${bench_args[@]}" >/dev/null 2>&1 || echo "# $label $scenario: mc0-bench failed" >&2
             total1=$(cpu /proc/$pid/stat) main1=$(cpu /proc/$pid/task/$pid/stat)
             kill -TERM "$pid" && wait "$pid" 2>/dev/null
             line="$label|$scenario|$(awk -v a="$total1" -v b="$total0" -v c="$main1" -v d="$main0" \

@@ -28,6 +28,8 @@ run() {
 run $B ack --clients 10 --round-trips 1000 --repeat 7
 run $B ack --clients 10 --round-trips 10000 --repeat 5
 run $B fanout --subs 10,100 --size 1024 --repeat 7
+# The same with mc0d's allowlist (--authorized-keys; SENDER stamp on both brokers).
+run $B fanout --subs 10,100 --size 1024 --repeat 5 --key-seed $RANDOM
 run $B request --nodes 10,100 --repeat 5
 run $B request --nodes 1000 --requests 100 --repeat 5
 # A reply burst larger than libzmq's queue to the client (10,000 messages).

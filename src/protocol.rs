@@ -59,13 +59,15 @@ pub const ACCESS_DENIED: &str = "access denied: key not authorized";
 /// is left as it was.
 pub const IMPOSTOR: &str = "routing id refused: it belongs to the live session of another key";
 
-/// MESSAGE header mc0d sets to the name the publisher's key is listed
-/// under in its allowlist: the publisher's authenticated MCollective
+/// MESSAGE header mc0d sets, with an allowlist, to the name the publisher's
+/// key is listed under: the publisher's authenticated MCollective
 /// identity. Reserved (no `X-`): a copy in a PUT is removed, not forwarded.
 pub const SENDER: &str = "SENDER";
 
-/// MESSAGE header mc0d sets to the publisher's CURVE public key (Z85),
-/// whenever CURVE is on. Reserved like [`SENDER`].
+/// MESSAGE header mc0d sets to the publisher's CURVE public key (Z85) when
+/// it has no name for it (no allowlist, or a key listed without a name):
+/// a MESSAGE carries `SENDER` or `SENDER-KEY`, never both. Reserved like
+/// [`SENDER`].
 pub const SENDER_KEY: &str = "SENDER-KEY";
 
 /// Upper bounds on what a single message may contain. A message over any of

@@ -91,6 +91,20 @@ fn fanout_delivers_everything() {
         let subs = if r["case"].as_str().unwrap().starts_with("5 ") { 5.0 } else { 20.0 };
         assert_eq!(num(r, "published"), 400.0, "{r}");
         assert_eq!(num(r, "delivered"), 400.0 * subs, "{r}");
+        // Open mode: mc0d stamps the key, and the raw loop does the same work.
+        assert_eq!((num(r, "with_sender_key"), num(r, "with_sender")), (400.0 * subs, 0.0), "{r}");
+    }
+}
+
+/// `--key-seed`: mc0d runs with an allowlist of the clients' keys, and it
+/// and the raw loop stamp the identity alone.
+#[test]
+fn fanout_with_an_allowlist_stamps_the_identity_on_both_brokers() {
+    let o = bench(&["fanout", "--subs", "3", "--messages", "200", "--key-seed", "12345"]);
+    assert_clean(&o, 1);
+    for r in runs(&o) {
+        assert_eq!(num(r, "delivered"), 600.0, "{r}");
+        assert_eq!((num(r, "with_sender"), num(r, "with_sender_key")), (600.0, 0.0), "{r}");
     }
 }
 
@@ -113,9 +127,11 @@ fn request_collects_every_reply() {
     }
 }
 
+/// The worker processes derive their nodes' keys from `--key-seed` too:
+/// mc0d's allowlist admits them.
 #[test]
 fn request_collects_every_reply_with_the_nodes_in_worker_processes() {
-    let o = bench(&["request", "--nodes", "30", "--requests", "5", "--procs", "3"]);
+    let o = bench(&["request", "--nodes", "30", "--requests", "5", "--procs", "3", "--key-seed", "777"]);
     assert_clean(&o, 1);
     for r in runs(&o) {
         assert_eq!(num(r, "complete"), 5.0, "{r}");

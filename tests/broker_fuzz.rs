@@ -446,13 +446,13 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
                                         let to: BTreeSet<Vec<u8>> =
                                             to.into_iter().map(|(sub, _)| sub.clone()).collect();
                                         model.drops += lost.len() as u64;
-                                        let mut stamped: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-                                        if let Some(n) = &identity {
-                                            stamped.push((b"SENDER".to_vec(), n.as_bytes().to_vec()));
-                                        }
-                                        if let Some(k) = &key {
-                                            stamped.push((b"SENDER-KEY".to_vec(), k.as_bytes().to_vec()));
-                                        }
+                                        // One header: the name if the key has one, else the key.
+                                        let stamp = match (&identity, &key) {
+                                            (Some(n), _) => Some((b"SENDER".to_vec(), n.as_bytes().to_vec())),
+                                            (None, Some(k)) => Some((b"SENDER-KEY".to_vec(), k.as_bytes().to_vec())),
+                                            (None, None) => None,
+                                        };
+                                        let mut stamped: Vec<(Vec<u8>, Vec<u8>)> = stamp.into_iter().collect();
                                         stamped.extend(
                                             headers
                                                 .iter()

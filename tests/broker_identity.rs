@@ -3,8 +3,9 @@
 //! (also without an allowlist), and with `--authorized-keys` the name a key
 //! is listed under is the only MCollective identity it may use: as routing
 //! id, for node and reply topics, in the `SENDER` stamp every MESSAGE
-//! carries. Roles (`nodes/`, `clients/`) limit what a key may publish.
-//! Every scenario checks that the legitimate parties still get everything.
+//! carries (`SENDER-KEY` instead in open mode, never both). Roles
+//! (`nodes/`, `clients/`) limit what a key may publish. Every scenario
+//! checks that the legitimate parties still get everything.
 
 mod common;
 
@@ -104,7 +105,7 @@ fn handshaken(broker: &Mc0d, ctx: &zmq::Context, pair: &KeyPair, id: &str) -> Cl
 
 /// The admin sends `REQUESTS` directed requests to `node`, each
 /// acknowledged; `node` must receive every one, in order, stamped with the
-/// admin's key and (with an allowlist) name.
+/// admin's name (with an allowlist) or else its key.
 fn requests_reach(admin: &Client, admin_key: &KeyPair, node: &Client, topic: &str) {
     requests_reach_as(admin, admin_key, Some("admin"), node, topic)
 }
@@ -119,8 +120,8 @@ fn requests_reach_as(admin: &Client, admin_key: &KeyPair, name: Option<&str>, no
             (topic.as_bytes(), &[body.into_bytes()][..]),
             "{i} of {REQUESTS}"
         );
-        assert_eq!(m.sender.as_deref(), name);
-        assert_eq!(m.sender_key, Some(key_to_z85(&admin_key.public)));
+        let key = name.is_none().then(|| key_to_z85(&admin_key.public));
+        assert_eq!((m.sender.as_deref(), m.sender_key), (name, key), "one stamp");
     }
 }
 
@@ -269,8 +270,7 @@ fn a_forged_reply_carries_its_real_sender_and_with_roles_clients_send_none() {
         forger.call(&put("mcollective reply admin 4242", "f", claims, b"forged reply"));
         let m: Message = admin.expect_message();
         assert_eq!(m.body, vec![b"forged reply".to_vec()]);
-        assert_eq!(m.sender.as_deref(), Some("nodeA"), "the real sender");
-        assert_eq!(m.sender_key, Some(key_to_z85(&f.node_a.public)));
+        assert_eq!((m.sender.as_deref(), m.sender_key), (Some("nodeA"), None), "the real sender, by name only");
         assert_eq!(m.headers, vec![(b"X-A".to_vec(), b"1".to_vec())], "no copy of the forged stamp");
 
         // A client key publishing to a reply topic.
@@ -359,7 +359,7 @@ fn connecting_as_another_identity_is_refused_with_both_names() {
     let admin = connected(&f.broker, &ctx, &f.admin, &routing_id("admin"));
     admin.call(&put("mcollective nodes nodeA", "r", vec![(b"SENDER", b"nodeB")], b"to nodeA"));
     let m = c.receive(WAIT).unwrap();
-    assert_eq!((m.sender.as_deref(), m.sender_key), (Some("admin"), Some(key_to_z85(&f.admin.public))));
+    assert_eq!((m.sender.as_deref(), m.sender_key), (Some("admin"), None));
     assert!(m.headers.is_empty(), "{:?}", m.headers);
     requests_reach(&admin, &f.admin, &node, "mcollective nodes nodeB");
 }
@@ -420,20 +420,83 @@ fn legacy_clients_work_with_a_flat_allowlist_whose_names_match() {
     assert!(replies.iter().all(|m| m.sender.as_deref() == Some("n1")));
 }
 
-/// A key listed without a name (file form) cannot act as anybody: warned
-/// about at load, its CONNECT refused with a clear text.
+/// A key listed without a name (file form), or under one that is not an
+/// MCollective identity (as allowlists written before names had to be
+/// identities have: `alice (admin)`), cannot act as anybody. The list still
+/// loads; every load warns about each such name, naming the file and line;
+/// their CONNECT is refused with a clear text.
 #[test]
-fn a_key_listed_without_a_name_cannot_connect() {
+fn a_key_without_a_name_or_with_a_name_that_is_not_an_identity_cannot_connect() {
     let tmp = TempDir::new("identity-unnamed");
-    let (probe, nameless) = (pair(), pair());
+    let (probe, nameless, legacy, web1) = (pair(), pair(), pair(), pair());
     let file = tmp.path().join("authorized_keys");
-    std::fs::write(&file, format!("{} {PROBE}\n{}\n", key_to_z85(&probe.public), key_to_z85(&nameless.public)))
-        .unwrap();
-    let broker = Mc0d::start_allowlist(&file, &probe, &[]);
-    assert!(broker.log.text().contains("1 authorized keys are listed without a name"), "{}", broker.log.text());
+    let lines = [
+        format!("{} {PROBE}", key_to_z85(&probe.public)),
+        key_to_z85(&nameless.public),
+        format!("{} alice (admin)   # from before mc0 checked names", key_to_z85(&legacy.public)),
+        format!("{} web1", key_to_z85(&web1.public)),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let broker = Mc0d::start_allowlist(&file, &probe, &["--authorized-keys-poll", "0"]);
+    let warning = format!(
+        "authorized keys file {}: line 3: name \"alice (admin)\" is not an MCollective identity",
+        file.display()
+    );
+    let text = broker.log.text();
+    assert!(text.contains(&warning) && text.contains(&key_to_z85(&legacy.public)), "{text}");
+    assert!(text.contains("2 authorized keys are listed without a name"), "{text}");
+
     let ctx = zmq::Context::new();
-    let c = broker.client_as(&ctx, &nameless, Some(routing_id("web01").as_bytes()));
-    c.send_command(&Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"c") });
-    let (text, _) = c.expect_error();
-    assert!(text.contains("listed without a name"), "{text}");
+    for (who, key, rid) in [("nameless", &nameless, "web01"), ("alice (admin)", &legacy, "alice")] {
+        let c = broker.client_as(&ctx, key, Some(routing_id(rid).as_bytes()));
+        c.send_command(&Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"c") });
+        let (text, _) = c.expect_error();
+        assert!(text.contains("listed without a name"), "{who}: {text}");
+    }
+    // The named key of the same file is served.
+    let node = connected(&broker, &ctx, &web1, &routing_id("web1"));
+    node.call(&sub("s", &["mcollective nodes web1"]));
+
+    // Every load says it again.
+    let from = broker.log.len();
+    broker.signal(libc::SIGHUP);
+    let reloaded = broker.log.wait_for_after(from, WAIT, |l| l.contains("authorized keys reloaded (SIGHUP)"));
+    assert!(reloaded.is_some(), "{}", broker.log.text());
+    let again = broker.log.wait_for_after(from, WAIT, |l| l.contains(&warning));
+    assert!(again.is_some(), "not warned at the reload:\n{}", broker.log.text());
+}
+
+/// With `--identity-check log` such a key is served, and every command the
+/// rules would refuse is logged and counted; its messages carry its key,
+/// since the broker has no name for it.
+#[test]
+fn with_identity_check_log_a_key_with_a_name_that_is_not_an_identity_is_served_and_logged() {
+    let tmp = TempDir::new("identity-legacy-log");
+    let (probe, legacy, web1) = (pair(), pair(), pair());
+    let file = tmp.path().join("authorized_keys");
+    let lines = [(PROBE, &probe), ("alice (admin)", &legacy), ("web1", &web1)]
+        .map(|(name, k)| format!("{} {name}\n", key_to_z85(&k.public)));
+    std::fs::write(&file, lines.concat()).unwrap();
+    let broker = Mc0d::start_allowlist(&file, &probe, &["--identity-check", "log", "--status-interval", "1"]);
+    assert!(broker.log.text().contains("line 2: name \"alice (admin)\""), "{}", broker.log.text());
+
+    let ctx = zmq::Context::new();
+    let node = connected(&broker, &ctx, &web1, &routing_id("web1"));
+    node.call(&sub("s", &["mcollective nodes web1"]));
+    let admin = connected(&broker, &ctx, &legacy, &routing_id("alice"));
+    admin.call(&sub("s", &["mcollective reply alice 4242"]));
+    let line = broker.log.wait_for(WAIT, |l| l.contains("allowed (--identity-check log) CONNECT"));
+    let line = line.unwrap_or_else(|| panic!("not logged:\n{}", broker.log.text()));
+    assert!(line.contains("listed without a name") && line.contains(&key_to_z85(&legacy.public)), "{line}");
+
+    for i in 0..REQUESTS {
+        admin.call(&put("mcollective nodes web1", &format!("r{i}"), vec![], b"request"));
+        let m = node.expect_message();
+        assert_eq!((m.sender, m.sender_key), (None, Some(key_to_z85(&legacy.public))), "stamped with its key");
+    }
+    node.call(&put("mcollective reply alice 4242", "p", vec![], b"reply"));
+    let reply = admin.expect_message();
+    assert_eq!((reply.body, reply.sender.as_deref(), reply.sender_key), (vec![b"reply".to_vec()], Some("web1"), None));
+    // CONNECT, and SUB to a reply topic it does not own.
+    counter(&broker, "violations", 2);
 }

@@ -282,9 +282,9 @@ module Mc0
   # A message as received: topic (String), headers ({name => binary String},
   # the publisher's X- headers), body (binary String), sender and sender_key
   # (String or nil): the publisher's identity as mc0d's allowlist names its
-  # key, and its CURVE public key (Z85), both set by mc0d itself (SENDER and
-  # SENDER-KEY; nil from a broker that sets none). Plain Ruby values: nothing
-  # native is kept.
+  # key (SENDER, with an allowlist), or else its CURVE public key (Z85,
+  # SENDER-KEY, in open mode); mc0d sets one of them itself, a broker that
+  # sets none leaves both nil. Plain Ruby values: nothing native is kept.
   Message = Struct.new(:topic, :headers, :body, :sender, :sender_key)
 
   # mc0_config as a short-lived native object.

@@ -36,7 +36,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         p.clients,
         mc0::protocol::DEFAULT_TTL_MS,
         &|_| None,
-        &mut |i| util::dealer(&ctx, &b.endpoint, format!("bench-ack-{i} {pid}").as_bytes()),
+        &mut |i| util::dealer(&ctx, &b.endpoint, format!("{} {pid}", util::numbered(util::ACK_CLIENT, i)).as_bytes()),
         Instant::now() + p.timeout,
         None,
     )?;

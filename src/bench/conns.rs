@@ -26,7 +26,7 @@ pub struct Params {
 }
 
 fn node_identity(i: usize) -> String {
-    format!("bench-node-{i}")
+    util::numbered(util::NODE, i)
 }
 
 fn node_topic(i: usize) -> Vec<u8> {
@@ -78,7 +78,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
 
     // One directed PUT to every client.
     let ctx = Ctx::new(1, 64)?;
-    let name = format!("bench-conns-pub {}", std::process::id());
+    let name = format!("{} {}", util::CONNS_PUBLISHER, std::process::id());
     let publisher = util::client(&ctx, &b.endpoint, &name, None, Instant::now() + p.timeout)?;
     let put0 = Instant::now();
     for i in 0..p.clients {
@@ -182,12 +182,9 @@ pub fn worker(o: &WorkerOptions) -> Result<()> {
 
 fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
     let ctx = Ctx::new(o.io_threads, o.count + 16)?;
-    let keys: Vec<Option<zmq::CurveKeyPair>> = (0..o.count)
-        .map(|_| match o.endpoint.server_key {
-            Some(_) => zmq::CurveKeyPair::new().map(Some).map_err(|e| format!("keypair: {e}")),
-            None => Ok(None),
-        })
-        .collect::<Result<_>>()?;
+    let rid = |i| format!("{} {}", node_identity(o.first + i), std::process::id());
+    let keys: Vec<Option<zmq::CurveKeyPair>> =
+        (0..o.count).map(|i| o.endpoint.client_keys(rid(i).as_bytes())).collect::<Result<_>>()?;
     // Each client sends NOOP when it has been silent for (by default, as the
     // protocol says) 0.95 x TTL.
     let interval = Duration::from_secs_f64(o.ttl_ms as f64 / 1000.0 * o.heartbeat_fraction);
@@ -198,14 +195,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
         o.window,
         o.ttl_ms,
         &|i| Some(node_topic(o.first + i)),
-        &mut |i| {
-            util::dealer_with_keys(
-                &ctx,
-                &o.endpoint,
-                format!("{} {}", node_identity(o.first + i), std::process::id()).as_bytes(),
-                keys[i].as_ref(),
-            )
-        },
+        &mut |i| util::dealer_with_keys(&ctx, &o.endpoint, rid(i).as_bytes(), keys[i].as_ref()),
         Instant::now() + Duration::from_secs(600),
         Some(interval),
     )?;

@@ -26,6 +26,9 @@ struct RecvStats {
     dups: u64,
     bad: u64,
     last: Option<Instant>,
+    /// Deliveries per sender stamp ([`util::STAMPS`]): the raw loop must
+    /// send what mc0d does.
+    stamps: [u64; 4],
 }
 
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
@@ -33,8 +36,15 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let pid = std::process::id();
     let topic = format!("{} bench-fanout-{pid}", util::COLLECTIVE).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let subs = util::clients(&ctx, &b.endpoint, p.subs, &|i| format!("bench-sub-{i} {pid}"), Some(&topic), deadline)?;
-    let publisher = util::client(&ctx, &b.endpoint, &format!("bench-pub {pid}"), None, deadline)?;
+    let subs = util::clients(
+        &ctx,
+        &b.endpoint,
+        p.subs,
+        &|i| format!("{} {pid}", util::numbered(util::SUBSCRIBER, i)),
+        Some(&topic),
+        deadline,
+    )?;
+    let publisher = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::PUBLISHER), None, deadline)?;
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -135,13 +145,16 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         // Only reachable at the hard deadline: the publisher gives up on its next send timeout.
         let _ = handle.join();
     }
-    let mut total = RecvStats { distinct: 0, dups: 0, bad: 0, last: None };
+    let mut total = RecvStats { distinct: 0, dups: 0, bad: 0, last: None, stamps: [0; 4] };
     for r in receivers {
         let s = r.join().map_err(|_| "receiver thread panicked".to_string())??;
         total.distinct += s.distinct;
         total.dups += s.dups;
         total.bad += s.bad;
         total.last = total.last.max(s.last);
+        for (sum, n) in total.stamps.iter_mut().zip(s.stamps) {
+            *sum += n;
+        }
     }
     b.check_alive()?;
     let sent = sent.load(Ordering::Acquire);
@@ -155,11 +168,17 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     if total.bad > 0 {
         errors.push(format!("{} malformed or unexpected messages", total.bad));
     }
+    let stamps: Vec<(&str, u64)> = util::STAMPS.into_iter().zip(total.stamps).filter(|(_, n)| *n > 0).collect();
+    if stamps.len() > 1 {
+        let each: Vec<String> = stamps.iter().map(|(stamp, n)| format!("{n} {stamp}")).collect();
+        errors.push(format!("deliveries with different stamps: {}", each.join(", ")));
+    }
+    let stamp = stamps.first().map_or(String::new(), |(stamp, _)| format!(", {stamp}"));
     let publish_s = publish_time.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
     Ok(Row {
         target: b.label.clone(),
         summary: format!(
-            "{} x {} B to {} subs: {:.0} deliveries/s, {} lost of {}, last delivery after {}",
+            "{} x {} B to {} subs: {:.0} deliveries/s, {} lost of {}, last delivery after {}{stamp}",
             sent,
             p.size,
             p.subs,
@@ -175,6 +194,9 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             ("deliveries_per_s", rate),
             ("time_to_last_ms", to_last * 1e3),
             ("publish_ms", publish_s * 1e3),
+            // Deliveries carrying each header (indices of util::STAMPS).
+            ("with_sender", (total.stamps[1] + total.stamps[3]) as f64),
+            ("with_sender_key", (total.stamps[2] + total.stamps[3]) as f64),
         ],
         lost,
         errors,
@@ -184,7 +206,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
 fn receive(subs: Vec<Sock>, messages: usize, received: &AtomicU64, stop: &AtomicBool) -> Result<RecvStats> {
     let mut seen: Vec<Seen> = subs.iter().map(|_| Seen::new(messages)).collect();
     let mut frames = Vec::new();
-    let mut stats = RecvStats { distinct: 0, dups: 0, bad: 0, last: None };
+    let mut stats = RecvStats { distinct: 0, dups: 0, bad: 0, last: None, stamps: [0; 4] };
     let mut waiter = util::Waiter::new(subs.iter().map(|s| &**s))?;
     let mut ready = Vec::new();
     while !stop.load(Ordering::Acquire) {
@@ -194,8 +216,9 @@ fn receive(subs: Vec<Sock>, messages: usize, received: &AtomicU64, stop: &Atomic
             let seen = &mut seen[i];
             util::drain(&subs[i], &mut frames, |f| {
                 match util::classify(f) {
-                    Reply::Message { body, .. } => match util::seq_of(body) {
+                    Reply::Message { body, frames, .. } => match util::seq_of(body) {
                         Some(seq) => {
+                            stats.stamps[util::stamp_of(frames)] += 1;
                             let before = seen.distinct;
                             seen.mark(seq);
                             batch += seen.distinct - before;

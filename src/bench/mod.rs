@@ -12,6 +12,7 @@ mod util;
 mod workers;
 
 use mc0::protocol::{self, heartbeat};
+use raw::Stamp;
 use report::{Judged, Row};
 use std::collections::HashMap;
 use std::io::Write;
@@ -49,6 +50,11 @@ scenarios:
               --window W (100 handshakes in flight)
               --heartbeat-fraction F (0.95: a client NOOPs after F x TTL of silence)
 
+  allowlist --key-seed S [--clients N (1000)]
+            prints the allowlist (mc0d --authorized-keys file form) of the
+            keys --key-seed S gives up to N clients of each kind, for a
+            broker started by hand (--broker)
+
 brokers (default: spawn the mc0d next to this binary, plus the raw loop):
   --spawn-mc0d PATH     spawn this mc0d on a free loopback port
   --broker HOST:PORT    measure an already running broker instead of mc0d
@@ -57,6 +63,15 @@ brokers (default: spawn the mc0d next to this binary, plus the raw loop):
   --label NAME          name of the measured broker in the output (mc0d / broker)
   --no-raw              skip the raw libzmq loop
   --raw-only            measure only the raw libzmq loop
+  --key-seed S          each client's CURVE key is derived from S and its
+                        identity, and a spawned mc0d runs with --authorized-keys
+                        listing them (identity = name): mc0d's allowlist mode.
+                        Default: fresh keys, open mode
+  --stamp MODE          the sender stamp the raw loop adds to each MESSAGE, as
+                        mc0d does: sender (SENDER, the identity; default with
+                        --key-seed), sender-key (SENDER-KEY, the Z85 key;
+                        default with CURVE) or none (default without CURVE;
+                        what mc0d did before it stamped)
 
 common:
   --no-curve            NULL mechanism instead of CURVE (both sides)
@@ -102,6 +117,8 @@ const VALUES: &[&str] = &[
     "--window",
     "--heartbeat-fraction",
     "--drop-every",
+    "--key-seed",
+    "--stamp",
     // raw-broker, conns-worker and request-worker (internal modes)
     "--bind",
     "--port",
@@ -175,6 +192,8 @@ type Measure<'a> = Box<dyn Fn(&mut Running) -> Result<Row> + 'a>;
 /// A named measurement run against every target.
 struct Case<'a> {
     name: String,
+    /// The most clients of one kind it uses (for the `--key-seed` allowlist).
+    clients: usize,
     judged: Vec<Judged>,
     run: Measure<'a>,
 }
@@ -218,6 +237,7 @@ fn run(args: &Args) -> Result<bool> {
         return Err(format!("unexpected argument {:?}", args.positional[1]));
     }
     match scenario {
+        "allowlist" => return print_allowlist(args).map(|_| true),
         "raw-broker" => return raw_broker(args).map(|_| true),
         "conns-worker" => return conns_worker(args).map(|_| true),
         "request-worker" => return request_worker(args).map(|_| true),
@@ -242,6 +262,7 @@ fn run(args: &Args) -> Result<bool> {
             };
             cases.push(Case {
                 name: format!("{} clients x {} round trips", p.clients, p.round_trips),
+                clients: p.clients,
                 judged: vec![
                     Judged { metric: "acks_per_s", unit: "/s", higher_is_better: true },
                     Judged { metric: "p50_ms", unit: "ms", higher_is_better: false },
@@ -257,6 +278,7 @@ fn run(args: &Args) -> Result<bool> {
                 let p = fanout::Params { subs, messages, size, threads, io_threads, duration, timeout, drain };
                 cases.push(Case {
                     name: format!("{subs} subs, {messages} x {size} B"),
+                    clients: subs,
                     judged: vec![
                         Judged { metric: "deliveries_per_s", unit: "/s", higher_is_better: true },
                         Judged { metric: "time_to_last_ms", unit: "ms", higher_is_better: false },
@@ -273,6 +295,7 @@ fn run(args: &Args) -> Result<bool> {
                 let p = request::Params { nodes, requests, size, threads, io_threads, duration, timeout, drain, procs };
                 cases.push(Case {
                     name: format!("{nodes} nodes, {size} B"),
+                    clients: nodes,
                     judged: vec![
                         Judged { metric: "p50_ms", unit: "ms", higher_is_better: false },
                         Judged { metric: "p99_ms", unit: "ms", higher_is_better: false },
@@ -299,6 +322,7 @@ fn run(args: &Args) -> Result<bool> {
             }
             cases.push(Case {
                 name: format!("{} clients, TTL {} ms, hold {:?}", p.clients, p.ttl_ms, p.hold),
+                clients: p.clients,
                 judged: vec![
                     Judged { metric: "connects_per_s", unit: "/s", higher_is_better: true },
                     Judged { metric: "rss_kib_per_client", unit: "KiB", higher_is_better: false },
@@ -316,7 +340,17 @@ fn run(args: &Args) -> Result<bool> {
     let drop_every: Option<u64> =
         args.str("--drop-every").map(|v| v.parse()).transpose().map_err(|_| "--drop-every")?;
     let json = args.flag("--json");
-    let keys = Keys::create()?;
+    let key_seed = key_seed(args)?;
+    if key_seed.is_some() && !curve {
+        return Err("--key-seed needs CURVE: without it clients have no keys".into());
+    }
+    let stamp = match args.str("--stamp") {
+        Some(mode) => mode.parse()?,
+        None if key_seed.is_some() => Stamp::Sender,
+        None if curve => Stamp::SenderKey,
+        None => Stamp::None,
+    };
+    let keys = Keys::create(key_seed, cases.iter().map(|c| c.clients).max().unwrap_or(0))?;
     let mut all_ok = true;
     let say = |line: &str| {
         if json {
@@ -326,9 +360,11 @@ fn run(args: &Args) -> Result<bool> {
         }
     };
     say(&format!(
-        "mc0-bench {scenario}: {} (CURVE {}), {} x {}",
+        "mc0-bench {scenario}: {} (CURVE {}, {}, raw stamp {}), {} x {}",
         targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>().join(" vs "),
         if curve { "on" } else { "off" },
+        if key_seed.is_some() { "allowlist" } else { "no allowlist" },
+        stamp.as_str(),
         repeat,
         machine()
     ));
@@ -337,8 +373,8 @@ fn run(args: &Args) -> Result<bool> {
         let mut rows: Vec<(String, Vec<Row>)> = targets.iter().map(|t| (t.label.clone(), Vec::new())).collect();
         for rep in 0..repeat.max(1) {
             for (t, target) in targets.iter().enumerate() {
-                let mut running =
-                    target.start(curve, &keys, drop_every.filter(|_| matches!(target.kind, Kind::Raw)))?;
+                let drop_every = drop_every.filter(|_| matches!(target.kind, Kind::Raw));
+                let mut running = target.start(curve, &keys, stamp, drop_every)?;
                 let row = (case.run)(&mut running)
                     .map_err(|e| format!("{} [{}] on {}: {e}", scenario, case.name, target.label))?;
                 drop(running);
@@ -435,6 +471,7 @@ fn raw_broker(args: &Args) -> Result<()> {
         bind: args.str("--bind").unwrap_or("127.0.0.1").into(),
         port: args.num("--port", protocol::DEFAULT_PORT)?,
         private_key,
+        stamp: args.str("--stamp").unwrap_or(Stamp::None.as_str()).parse()?,
         drop_every: args.str("--drop-every").map(|v| v.parse()).transpose().map_err(|_| "--drop-every")?,
     })
 }
@@ -445,7 +482,21 @@ fn worker_endpoint(args: &Args) -> Result<util::Endpoint> {
         Some(z) => Some(mc0::keys::parse_key(z)?),
         None => None,
     };
-    Ok(util::Endpoint { addr: args.str("--endpoint").ok_or("a worker needs --endpoint")?.into(), server_key })
+    Ok(util::Endpoint {
+        addr: args.str("--endpoint").ok_or("a worker needs --endpoint")?.into(),
+        server_key,
+        key_seed: key_seed(args)?,
+    })
+}
+
+fn key_seed(args: &Args) -> Result<Option<u64>> {
+    args.str("--key-seed").map(|v| v.parse().map_err(|_| format!("--key-seed: {v:?} is not a number"))).transpose()
+}
+
+fn print_allowlist(args: &Args) -> Result<()> {
+    let seed = key_seed(args)?.ok_or("allowlist needs --key-seed S")?;
+    print!("{}", util::allowlist(seed, args.num("--clients", 1000)?)?);
+    Ok(())
 }
 
 fn request_worker(args: &Args) -> Result<()> {

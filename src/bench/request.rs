@@ -33,7 +33,7 @@ pub struct Params {
 }
 
 fn node_name(i: usize, pid: u32) -> String {
-    format!("bench-node-{i} {pid}")
+    format!("{} {pid}", util::numbered(util::NODE, i))
 }
 
 /// The responding nodes, wherever they run.
@@ -94,10 +94,11 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let ctx = Running::context(p.io_threads, in_process + 1)?;
     let pid = std::process::id();
     let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
-    let reply_to = mc0::topics::reply(util::COLLECTIVE, "bench-client", pid).into_bytes();
+    let reply_to = mc0::topics::reply(util::COLLECTIVE, util::REQUEST_CLIENT, pid).into_bytes();
     let deadline = Instant::now() + p.timeout;
     let nodes = Nodes::start(b, p, &ctx, &agent, deadline)?;
-    let client = util::client(&ctx, &b.endpoint, &format!("bench-client {pid}"), Some(&reply_to), deadline)?;
+    let client =
+        util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::REQUEST_CLIENT), Some(&reply_to), deadline)?;
     let size = p.size.max(12);
 
     let mut body = vec![0x5au8; size];

@@ -2,6 +2,7 @@
 //! libzmq loop (this binary's `raw-broker` mode, spawned as its own process
 //! so that its CPU, RSS and threads compare like for like with mc0d's).
 
+use super::raw::Stamp;
 use super::util::{self, Ctx, Endpoint, Result};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,21 +25,35 @@ pub struct Target {
     pub kind: Kind,
 }
 
-/// Files the spawned brokers share: one CURVE keypair per bench run.
+/// Files the spawned brokers share: one CURVE keypair per bench run and,
+/// with `--key-seed`, the allowlist of the clients' keys.
 pub struct Keys {
     pub dir: PathBuf,
     pub private_file: PathBuf,
     pub public: [u8; 32],
+    /// `--key-seed`, and the allowlist file listing the keys it gives.
+    pub seeded: Option<(u64, PathBuf)>,
 }
 
 impl Keys {
-    pub fn create() -> Result<Keys> {
+    /// With `seed`, also writes the allowlist of up to `clients` clients of
+    /// each kind (see [`util::allowlist`]).
+    pub fn create(seed: Option<u64>, clients: usize) -> Result<Keys> {
         let dir = std::env::temp_dir().join(format!("mc0-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let pair = mc0::keys::KeyPair::generate()?;
         let (_, private_file) =
             mc0::keys::write_keypair(dir.join("broker"), &pair, true).map_err(|e| format!("broker keys: {e}"))?;
-        Ok(Keys { dir, private_file, public: pair.public })
+        let seeded = match seed {
+            Some(seed) => {
+                let file = dir.join("authorized_keys");
+                std::fs::write(&file, util::allowlist(seed, clients)?)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                Some((seed, file))
+            }
+            None => None,
+        };
+        Ok(Keys { dir, private_file, public: pair.public, seeded })
     }
 }
 
@@ -62,7 +77,10 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Target {
-    pub fn start(&self, curve: bool, keys: &Keys, drop_every: Option<u64>) -> Result<Running> {
+    /// Starts (or, for an external broker, reaches) the broker: a spawned
+    /// mc0d with `keys`' allowlist when there is one, the raw loop with
+    /// `stamp`.
+    pub fn start(&self, curve: bool, keys: &Keys, stamp: Stamp, drop_every: Option<u64>) -> Result<Running> {
         let (child, addr, server_key, pid) = match &self.kind {
             Kind::External { addr, key_file, pid } => {
                 let key = match (curve, key_file) {
@@ -78,7 +96,7 @@ impl Target {
                     Kind::Mc0d(path) => Command::new(path),
                     _ => {
                         let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-                        c.arg("raw-broker");
+                        c.args(["raw-broker", "--stamp", stamp.as_str()]);
                         if let Some(k) = drop_every {
                             c.args(["--drop-every", &k.to_string()]);
                         }
@@ -93,6 +111,9 @@ impl Target {
                 }
                 if matches!(self.kind, Kind::Mc0d(_)) {
                     cmd.args(["--log-level", "warn"]);
+                    if let Some((_, allowlist)) = &keys.seeded {
+                        cmd.arg("--authorized-keys").arg(allowlist);
+                    }
                 }
                 cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
                 let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.describe()))?;
@@ -102,7 +123,11 @@ impl Target {
         };
         let mut running = Running {
             label: self.label.clone(),
-            endpoint: Endpoint { addr: format!("tcp://{addr}"), server_key },
+            endpoint: Endpoint {
+                addr: format!("tcp://{addr}"),
+                server_key,
+                key_seed: keys.seeded.as_ref().map(|(seed, _)| *seed),
+            },
             pid,
             child,
         };
@@ -128,13 +153,18 @@ impl Running {
         let deadline = Instant::now() + limit;
         let ctx = Ctx::new(1, 64)?;
         let mut frames = Vec::new();
+        let mut attempt = 0u64;
         loop {
+            attempt += 1;
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(format!("{} exited during start-up: {status}", self.label));
                 }
             }
-            let s = util::dealer(&ctx, &self.endpoint, b"")?;
+            // A routing id of its own per attempt: an earlier attempt's
+            // connection may still hold the last one.
+            let rid = format!("{} {} {attempt}", util::PROBE, std::process::id());
+            let s = util::dealer(&ctx, &self.endpoint, rid.as_bytes())?;
             util::send(&s, &[b"", b"CONNECT", b"ID", b"probe", b"TTL", b"10000", b"VERSION", util::VERSION], 0)
                 .map_err(|e| e.to_string())?;
             if s.poll(zmq::POLLIN, 300).map_err(|e| e.to_string())? > 0 {

@@ -11,7 +11,6 @@ pub type Result<T> = std::result::Result<T, String>;
 const ZMQ_IO_THREADS: i32 = 1;
 const ZMQ_MAX_SOCKETS: i32 = 2;
 pub const ZMQ_DEALER: i32 = 5;
-pub const ZMQ_ROUTER: i32 = 6;
 
 extern "C" {
     fn zmq_ctx_new() -> *mut c_void;
@@ -99,14 +98,86 @@ pub struct Endpoint {
     pub addr: String,
     /// The broker's CURVE public key; `None` for the NULL mechanism.
     pub server_key: Option<[u8; 32]>,
+    /// `--key-seed`: each client's keypair is [`seeded_keys`] for its
+    /// identity, as `mc0-bench allowlist` lists them; `None`: fresh keys.
+    pub key_seed: Option<u64>,
 }
 
-/// A DEALER with its own fresh CURVE keypair, connected to `ep`.
+impl Endpoint {
+    /// The CURVE keypair of the client with routing id `rid` (none without
+    /// CURVE).
+    pub fn client_keys(&self, rid: &[u8]) -> Result<Option<zmq::CurveKeyPair>> {
+        match (self.server_key, self.key_seed) {
+            (None, _) => Ok(None),
+            (Some(_), None) => zmq::CurveKeyPair::new().map(Some).map_err(|e| format!("keypair: {e}")),
+            (Some(_), Some(seed)) => seeded_keys(seed, identity_of(rid)).map(Some),
+        }
+    }
+}
+
+/// The identity a routing id stands for: its first word, as mc0d reads it.
+fn identity_of(rid: &[u8]) -> &str {
+    let first = rid.split(|b| *b == b' ').next().unwrap_or_default();
+    std::str::from_utf8(first).unwrap_or_default()
+}
+
+/// The keypair of `identity` in a run with `--key-seed seed`: derived, so
+/// that the tool, its worker processes and `mc0-bench allowlist` agree on
+/// it without exchanging keys. As secret as the seed, and meant for
+/// benchmarks only.
+pub fn seeded_keys(seed: u64, identity: &str) -> Result<zmq::CurveKeyPair> {
+    // FNV-1a over the identity, then SplitMix64 to fill the secret key.
+    let mut state =
+        identity.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut secret = [0u8; 32];
+    for chunk in secret.chunks_mut(8) {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    let pair = mc0::keys::KeyPair::from_secret(secret)?;
+    Ok(zmq::CurveKeyPair { public_key: pair.public, secret_key: pair.secret })
+}
+
+/// Identities (first word of the routing id) of the scenarios' clients:
+/// numbered ones are `<prefix>-<i>`.
+pub const ACK_CLIENT: &str = "bench-ack";
+pub const SUBSCRIBER: &str = "bench-sub";
+pub const NODE: &str = "bench-node";
+pub const PUBLISHER: &str = "bench-pub";
+pub const REQUEST_CLIENT: &str = "bench-client";
+pub const CONNS_PUBLISHER: &str = "bench-conns-pub";
+pub const PROBE: &str = "bench-probe";
+
+/// Identity `i` of a numbered kind.
+pub fn numbered(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i}")
+}
+
+/// Every identity a run with up to `n` clients of each kind uses: what an
+/// allowlist for `--key-seed` must list.
+pub fn identities(n: usize) -> Vec<String> {
+    let numbered = [ACK_CLIENT, SUBSCRIBER, NODE].into_iter().flat_map(|p| (0..n).map(move |i| numbered(p, i)));
+    numbered.chain([PUBLISHER, REQUEST_CLIENT, CONNS_PUBLISHER, PROBE].map(String::from)).collect()
+}
+
+/// The allowlist (`mc0d --authorized-keys` file form: `KEY IDENTITY`
+/// lines) of the keys `--key-seed seed` gives up to `n` clients of each
+/// kind.
+pub fn allowlist(seed: u64, n: usize) -> Result<String> {
+    let mut text = String::new();
+    for identity in identities(n) {
+        let keys = seeded_keys(seed, &identity)?;
+        text.push_str(&format!("{} {identity}\n", mc0::keys::key_to_z85(&keys.public_key)));
+    }
+    Ok(text)
+}
+
+/// A DEALER with its CURVE keypair ([`Endpoint::client_keys`]), connected to `ep`.
 pub fn dealer(ctx: &Arc<Ctx>, ep: &Endpoint, identity: &[u8]) -> Result<Sock> {
-    let keys = match ep.server_key {
-        Some(_) => Some(zmq::CurveKeyPair::new().map_err(|e| format!("keypair: {e}"))?),
-        None => None,
-    };
+    let keys = ep.client_keys(identity)?;
     dealer_with_keys(ctx, ep, identity, keys.as_ref())
 }
 
@@ -185,6 +256,16 @@ pub fn classify(frames: &[zmq::Message]) -> Reply<'_> {
         b"ERROR" => Reply::Error(String::from_utf8_lossy(header(frames, b"MESSAGE").unwrap_or(b"?")).into_owned()),
         other => Reply::Other(format!("unexpected verb {:?}", String::from_utf8_lossy(other))),
     }
+}
+
+/// The sender stamps a MESSAGE can carry (mc0d's, the raw loop's
+/// `--stamp`), indexed by [`stamp_of`].
+pub const STAMPS: [&str; 4] = ["no stamp", "stamp SENDER", "stamp SENDER-KEY", "stamp SENDER + SENDER-KEY"];
+
+/// Which sender stamp a MESSAGE carries, as an index into [`STAMPS`].
+pub fn stamp_of(frames: &[zmq::Message]) -> usize {
+    let has = |h: &str| usize::from(header(frames, h.as_bytes()).is_some());
+    has(mc0::protocol::SENDER) | has(mc0::protocol::SENDER_KEY) << 1
 }
 
 /// Value of header `name` in a message starting at the delimiter.

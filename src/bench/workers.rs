@@ -37,7 +37,7 @@ pub struct Workers {
 impl Workers {
     /// Starts up to `procs` workers in `mode` for `b`'s broker, splitting
     /// `total` clients between them; each gets `--first`/`--count` and the
-    /// broker's address and key, plus `extra(count)`.
+    /// broker's address and key (and `--key-seed`), plus `extra(count)`.
     pub fn spawn(
         mode: &str,
         b: &Running,
@@ -59,6 +59,9 @@ impl Workers {
                 .args(extra(count));
             if let Some(k) = &b.endpoint.server_key {
                 cmd.args(["--server-key", &mc0::keys::key_to_z85(k)]);
+            }
+            if let Some(seed) = b.endpoint.key_seed {
+                cmd.args(["--key-seed", &seed.to_string()]);
             }
             let mut child = cmd
                 .stdin(Stdio::piped())

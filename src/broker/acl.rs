@@ -108,9 +108,9 @@ fn claimed(rid: &[u8]) -> &[u8] {
 pub fn check_connect(actor: Actor<'_>, rid: &[u8]) -> Result<(), Denial> {
     let Some(identity) = actor.identity else {
         return Err(Denial(format!(
-            "identity check failed: this key is listed without a name in the broker's authorized keys, so it \
-             cannot act as any MCollective identity (routing id {}); list it as \"<key> <identity>\" or as \
-             <identity>.public",
+            "identity check failed: this key is listed without a name in the broker's authorized keys (or under \
+             one that is not an MCollective identity, which the broker logs), so it cannot act as any MCollective \
+             identity (routing id {}); list it as \"<key> <identity>\" or as <identity>.public",
             quoted(rid)
         )));
     };

@@ -10,8 +10,13 @@
 //! - a file: one `KEY [NAME [node|client]]` per line, `#` starting a
 //!   comment; blank lines are ignored.
 //!
-//! A name must be an MCollective identity ([`crate::topics::is_identity`]);
-//! a key listed twice under different names is an error naming both places.
+//! A name must be an MCollective identity ([`crate::topics::is_identity`])
+//! to bind its key to that identity. Allowlists written before names meant
+//! anything held free-form names (`alice (admin)`); such a name is not an
+//! error, so those lists keep loading: its key is taken as listed without a
+//! name, and every load says so, naming the place ([`Allowlist::warnings`]).
+//! A malformed key or role, and a key listed twice under different names,
+//! are errors naming the place.
 //! Keys are kept as their canonical Z85 text, which is also the `User-Id`
 //! the ZAP handler gives each admitted connection, so a message's metadata
 //! can be checked against the list without decoding.
@@ -42,6 +47,8 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowlist {
     keys: HashMap<Arc<str>, Entry>,
+    /// What the operator must hear at every load, one text per place.
+    warnings: Vec<String>,
 }
 
 /// Why an allowlist could not be loaded; names the file (and line).
@@ -59,6 +66,12 @@ impl std::error::Error for AllowlistError {}
 /// The role directories of the directory form.
 const ROLE_DIRS: [(&str, Role); 2] = [("nodes", Role::Node), ("clients", Role::Client)];
 
+/// Words that can only be meant as the role column of the file form: a line
+/// with one past its name must be exactly `KEY IDENTITY node|client`.
+fn is_role_word(word: &str) -> bool {
+    ["node", "nodes", "client", "clients"].iter().any(|r| word.eq_ignore_ascii_case(r))
+}
+
 impl Allowlist {
     /// Loads a directory of `*.public` files (with optional `nodes/` and
     /// `clients/`) or a key-per-line file.
@@ -72,7 +85,10 @@ impl Allowlist {
                 fs::read(path).map_err(|e| AllowlistError(format!("authorized keys file {}: {e}", path.display())))?;
             let text = String::from_utf8(text)
                 .map_err(|_| AllowlistError(format!("authorized keys file {}: not UTF-8 text", path.display())))?;
-            Self::parse(&text).map_err(|e| AllowlistError(format!("authorized keys file {}: {e}", path.display())))
+            let at = format!("authorized keys file {}", path.display());
+            let mut list = Self::parse(&text).map_err(|e| AllowlistError(format!("{at}: {e}")))?;
+            list.warnings.iter_mut().for_each(|w| *w = format!("{at}: {w}"));
+            Ok(list)
         }
     }
 
@@ -82,13 +98,15 @@ impl Allowlist {
             let key = read_key_file(&path).map_err(|e| AllowlistError(format!("authorized keys: {e}")))?;
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let source = path.display().to_string();
-            list.insert(&key, Some(&stem), role, source)
+            let warning = list.identity_or_warn(&key, &stem, &source).map(|w| format!("authorized keys: {w}"));
+            list.insert(&key, warning.is_none().then_some(stem.as_str()), role, source)
                 .map_err(|e| AllowlistError(format!("authorized keys: {e}")))?;
+            list.warnings.extend(warning);
         }
         Ok(list)
     }
 
-    /// Parses the key-per-line format; errors name the line.
+    /// Parses the key-per-line format; errors and warnings name the line.
     pub fn parse(text: &str) -> Result<Allowlist, String> {
         let mut list = Allowlist::default();
         for (n, line) in text.lines().enumerate() {
@@ -98,21 +116,50 @@ impl Allowlist {
             // Z85 has '#' in its alphabet: comments start only after the key.
             let rest: Vec<&str> = words.take_while(|w| !w.starts_with('#')).collect();
             let key = parse_key(key).map_err(|e| format!("{at}: {e}"))?;
-            let role = match rest.get(1) {
-                None => Role::Any,
-                Some(&"node") => Role::Node,
-                Some(&"client") => Role::Client,
-                Some(other) => return Err(format!("{at}: unknown role {other:?} (expected node or client)")),
+            let (name, role) = match rest.as_slice() {
+                [] => (None, Role::Any),
+                // A role column makes it a line of the roles format, which
+                // must be exactly that.
+                [name, role] if is_role_word(role) => match *role {
+                    "node" => (Some(name.to_string()), Role::Node),
+                    "client" => (Some(name.to_string()), Role::Client),
+                    other => return Err(format!("{at}: unknown role {other:?} (expected node or client)")),
+                },
+                [_, more @ ..] if more.iter().any(|w| is_role_word(w)) => {
+                    return Err(format!(
+                        "{at}: expected \"<key> [<identity> [node|client]]\", found {:?} (remarks go after '#')",
+                        rest.join(" ")
+                    ))
+                }
+                // A name alone, which lists written before roles may have
+                // given in several words.
+                words => {
+                    let name = words.join(" ");
+                    match list.identity_or_warn(&key, &name, &at) {
+                        None => (Some(name), Role::Any),
+                        Some(warning) => {
+                            list.warnings.push(warning);
+                            (None, Role::Any)
+                        }
+                    }
+                }
             };
-            if rest.len() > 2 {
-                return Err(format!(
-                    "{at}: expected \"<key> [<identity> [node|client]]\", found more after {:?} (remarks go after '#')",
-                    rest[1]
-                ));
-            }
-            list.insert(&key, rest.first().copied(), role, at)?;
+            list.insert(&key, name.as_deref(), role, at)?;
         }
         Ok(list)
+    }
+
+    /// `None` if `name` is an MCollective identity; otherwise the warning
+    /// that `key` at `source` is taken as listed without a name.
+    fn identity_or_warn(&self, key: &Key, name: &str, source: &str) -> Option<String> {
+        (!is_identity(name)).then(|| {
+            format!(
+                "{source}: name {name:?} is not an MCollective identity (letters, digits, '_', '.' and '-' only): \
+                 key {} is taken as listed without a name, so its CONNECT is refused (allowed and logged with \
+                 --identity-check log); list it under the identity its node or client uses",
+                key_to_z85(key)
+            )
+        })
     }
 
     /// An allowlist of the given keys, checked like a loaded one (for tests
@@ -195,6 +242,13 @@ impl Allowlist {
     /// Keys listed without a name: they cannot open a session.
     pub fn unnamed(&self) -> usize {
         self.keys.values().filter(|e| e.name.is_none()).count()
+    }
+
+    /// What loading found wrong but not fatal, one text per place (file and
+    /// line, or key file): names that are not MCollective identities. To be
+    /// said at every load.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Keys listed with a role (node or client only), per role.
@@ -302,18 +356,64 @@ mod tests {
     }
 
     #[test]
-    fn bad_lines_are_named() {
+    fn bad_keys_and_roles_are_errors_naming_the_line() {
         let a = key();
         let bad = |line: String| Allowlist::parse(&format!("{}\n{line}\n", z85(&a))).unwrap_err();
         let err = bad("not-a-key name".into());
         assert!(err.starts_with("line 2:"), "{err}");
-        let err = bad(format!("{} alice (admin)", z85(&key())));
-        assert!(err.starts_with("line 2:") && err.contains("\"(admin)\""), "{err}");
+        for role in ["nodes", "Node", "CLIENTS"] {
+            let err = bad(format!("{} web01 {role}", z85(&key())));
+            assert!(err.starts_with("line 2:") && err.contains("unknown role") && err.contains(role), "{err}");
+        }
         let err = bad(format!("{} web01 node extra", z85(&key())));
         assert!(err.starts_with("line 2:") && err.contains("remarks go after '#'"), "{err}");
-        let err = bad(format!("{} web/01", z85(&key())));
+        let err = bad(format!("{} alice (admin) client", z85(&key())));
+        assert!(err.starts_with("line 2:") && err.contains("remarks go after '#'"), "{err}");
+        // With a role, the name must be an identity.
+        let err = bad(format!("{} web/01 node", z85(&key())));
         assert!(err.starts_with("line 2:") && err.contains("not an MCollective identity"), "{err}");
         assert!(Allowlist::parse("").unwrap().is_empty());
+    }
+
+    /// Lists written before names had to be identities held free-form
+    /// names: they load, each such key without a name, with a warning
+    /// naming the line.
+    #[test]
+    fn names_that_are_not_identities_load_as_unnamed_with_a_warning() {
+        let (a, b, c, d) = (key(), key(), key(), key());
+        let text = format!(
+            "{} alice (admin)\n{} web/01\n{}   Bob   Smith  # laptop\n{} web02\n",
+            z85(&a),
+            z85(&b),
+            z85(&c),
+            z85(&d)
+        );
+        let list = Allowlist::parse(&text).unwrap();
+        assert_eq!(list.len(), 4);
+        for k in [&a, &b, &c] {
+            assert_eq!(name_of(&list, k), (None, Role::Any));
+        }
+        assert_eq!(name_of(&list, &d), (Some("web02"), Role::Any));
+        assert_eq!(list.unnamed(), 3);
+        let warnings = list.warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        for (w, (line, name, k)) in
+            warnings.iter().zip([(1, "alice (admin)", &a), (2, "web/01", &b), (3, "Bob Smith", &c)])
+        {
+            assert!(w.starts_with(&format!("line {line}: name {name:?} is not an MCollective identity")), "{w}");
+            assert!(w.contains(&z85(k)) && w.contains("taken as listed without a name"), "{w}");
+        }
+        // The same key under a legacy name and an identity: the identity.
+        let list = Allowlist::parse(&format!("{k} alice (admin)\n{k} alice\n", k = z85(&a))).unwrap();
+        assert_eq!(name_of(&list, &a), (Some("alice"), Role::Any));
+
+        // load() names the file.
+        let file = std::env::temp_dir().join(format!("mc0-allowlist-legacy-{}", std::process::id()));
+        fs::write(&file, &text).unwrap();
+        let list = Allowlist::load(&file).unwrap();
+        let at = format!("authorized keys file {}: line 1: name \"alice (admin)\"", file.display());
+        assert!(list.warnings()[0].starts_with(&at), "{:?}", list.warnings());
+        fs::remove_file(&file).unwrap();
     }
 
     #[test]
@@ -356,9 +456,13 @@ mod tests {
         let err = Allowlist::load(&dir).unwrap_err().0;
         assert!(err.contains("nodes/web01.public") && err.contains("clients/bob.public"), "{err}");
         fs::remove_file(dir.join("clients/bob.public")).unwrap();
-        write(dir.join("clients/bad name.public"), &key());
-        let err = Allowlist::load(&dir).unwrap_err().0;
-        assert!(err.contains("bad name.public") && err.contains("not an MCollective identity"), "{err}");
+        // A file name that is not an identity: loaded, unnamed, warned about.
+        let odd = key();
+        write(dir.join("clients/bad name.public"), &odd);
+        let list = Allowlist::load(&dir).unwrap();
+        assert_eq!(name_of(&list, &odd), (None, Role::Client));
+        let [warning] = list.warnings() else { panic!("{:?}", list.warnings()) };
+        assert!(warning.contains("bad name.public") && warning.contains("not an MCollective identity"), "{warning}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -119,12 +119,14 @@
 //!
 //! # The sender stamp
 //!
-//! Every MESSAGE carries [`SENDER_KEY`] (the publisher's Z85 key, whenever
-//! CURVE is on) and, with an allowlist, [`SENDER`] (the name its key is
-//! listed under), set by the broker; copies a client put in its PUT are
-//! removed. They are added once per PUT to the frames every recipient
-//! shares; each recipient still gets (and CURVE encrypts) two or four more
-//! frames, the cost docs/BENCHMARKS.md measures.
+//! Every MESSAGE names its publisher in one header the broker sets: with an
+//! allowlist [`SENDER`] (the name its key is listed under), otherwise, with
+//! CURVE, [`SENDER_KEY`] (its Z85 key; also for a key listed without a
+//! name); without CURVE none. Copies of either a client put in its PUT are
+//! removed. The stamp is added once per PUT to the frames every recipient
+//! shares, but each recipient still gets (and CURVE encrypts) two more
+//! frames: one header rather than both halves that cost, which
+//! docs/BENCHMARKS.md measures.
 
 pub mod acl;
 pub mod allowlist;
@@ -602,15 +604,34 @@ fn roles(list: &Allowlist) -> String {
     format!("{nodes} node keys, {clients} client keys, {} of either role", list.len() - nodes - clients)
 }
 
-/// Keys listed without a name cannot connect; say so whenever a list loads.
+/// Names that are not MCollective identities, one warning each, at most
+/// this many per load (the rest are counted).
+const MAX_NAME_WARNINGS: usize = 20;
+
+/// Keys listed without a name (or under one that is not an identity) cannot
+/// connect; say so, naming the places, whenever a list loads.
 fn warn_unnamed(log: &Logger, list: &Allowlist) {
+    let warnings = list.warnings();
+    for warning in warnings.iter().take(MAX_NAME_WARNINGS) {
+        log.log(Level::Warn, format_args!("{warning}"));
+    }
+    if warnings.len() > MAX_NAME_WARNINGS {
+        log.log(
+            Level::Warn,
+            format_args!(
+                "{} more authorized keys are listed under a name that is not an MCollective identity",
+                warnings.len() - MAX_NAME_WARNINGS
+            ),
+        );
+    }
     let n = list.unnamed();
     if n > 0 {
         log.log(
             Level::Warn,
             format_args!(
-                "{n} authorized keys are listed without a name: they cannot be bound to an MCollective identity, \
-                 so their CONNECT is refused (give each the name its node or client uses as identity)"
+                "{n} authorized keys are listed without a name (or one that is not an MCollective identity): they \
+                 cannot be bound to an MCollective identity, so their CONNECT is refused (allowed and logged with \
+                 --identity-check log; give each the name its node or client uses as identity)"
             ),
         );
     }
@@ -985,6 +1006,18 @@ struct Sender<'a> {
 impl Sender<'_> {
     fn actor(&self) -> Option<Actor<'_>> {
         self.listed.map(|(_, entry)| Actor { identity: entry.name.as_deref(), role: entry.role })
+    }
+
+    /// The one header that names this sender on its MESSAGEs: the name its
+    /// key is listed under, else (open mode, or a key listed without a name)
+    /// the key; none without CURVE. One header, not both: each is two more
+    /// frames every recipient gets and CURVE encrypts (docs/BENCHMARKS.md).
+    fn stamp(&self) -> Option<(&'static str, &str)> {
+        match (self.listed.and_then(|(_, entry)| entry.name.as_deref()), self.key) {
+            (Some(name), _) => Some((SENDER, name)),
+            (None, Some(key)) => Some((SENDER_KEY, key)),
+            (None, None) => None,
+        }
     }
 }
 
@@ -1528,11 +1561,8 @@ impl<T: Transport> Engine<T> {
                     self.connections_lost(true, now);
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
-                    let name = sender.listed.and_then(|(_, entry)| entry.name.as_deref());
-                    let stamp = [(SENDER, name), (SENDER_KEY, sender.key)];
-                    let stamp =
-                        stamp.into_iter().filter_map(|(header, value)| Some((header.as_bytes(), value?.as_bytes())));
-                    let headers = stamp.chain(headers).collect();
+                    let stamp = sender.stamp().map(|(header, value)| (header.as_bytes(), value.as_bytes()));
+                    let headers = stamp.into_iter().chain(headers).collect();
                     // Built once; recipients share it (see `shared`).
                     let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
                     for sub in self.subs.subscribers(topic) {
@@ -1622,8 +1652,21 @@ mod tests {
         engine.handle(&message(b"web1 1 1", put), from, now);
         let (_, frames) = engine.transport().0.last().expect("delivered");
         let Reply::Message { headers, .. } = parse(frames) else { panic!("not a MESSAGE") };
-        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"web1"), (b"SENDER-KEY", z85.as_bytes()), (b"X-A", b"1")];
-        assert_eq!(headers, want);
+        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"web1"), (b"X-A", b"1")];
+        assert_eq!(headers, want, "with an allowlist, the name alone");
+
+        // Open mode: the key alone.
+        engine.set_allowlist(None, now);
+        let forged: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"admin"), (b"X-A", b"1")];
+        engine.handle(
+            &message(b"web1 1 1", Command::Put { topic: b"t", headers: forged, id: None, body: vec![b"x"] }),
+            from,
+            now,
+        );
+        let (_, frames) = engine.transport().0.last().expect("delivered");
+        let Reply::Message { headers, .. } = parse(frames) else { panic!("not a MESSAGE") };
+        let want: Vec<(&[u8], &[u8])> = vec![(b"SENDER-KEY", z85.as_bytes()), (b"X-A", b"1")];
+        assert_eq!(headers, want, "in open mode, the key alone");
     }
 
     #[test]

@@ -13,12 +13,14 @@ pub struct Message {
     /// concatenated.
     pub body: Vec<u8>,
     /// The publisher's authenticated identity: the name its key is listed
-    /// under in mc0d's allowlist (the `SENDER` header mc0d sets). `None`
-    /// from a broker without an allowlist. Only mc0d sets it: a legacy
-    /// broker forwards whatever a client put there.
+    /// under in mc0d's allowlist (the `SENDER` header mc0d sets with
+    /// `--authorized-keys`). `None` from a broker without an allowlist. Only
+    /// mc0d sets it: a legacy broker forwards whatever a client put there.
     pub sender: Option<String>,
     /// The publisher's CURVE public key, Z85 (the `SENDER-KEY` header mc0d
-    /// sets whenever CURVE is on). Trust it as [`sender`](Message::sender).
+    /// sets instead of `SENDER` when it has no name for the key: in open
+    /// mode, or for a key listed without one). At most one of the two is
+    /// set. Trust it as [`sender`](Message::sender).
     pub sender_key: Option<String>,
 }
 

@@ -354,18 +354,20 @@ pub unsafe extern "C" fn mc0_message_topic(m: *const mc0_message) -> *const c_ch
 /// The publisher's authenticated identity (NUL-terminated), owned by m: the
 /// name its key is listed under in mc0d's allowlist, set by mc0d (the
 /// SENDER header; a copy the publisher sent is never passed on). NULL when
-/// the broker set none (no allowlist, or a legacy broker, which would also
-/// pass a forged one on) or m is NULL. Thread-safe for concurrent readers
-/// of m.
+/// the broker set none (no allowlist: see mc0_message_sender_key; or a
+/// legacy broker, which would also pass a forged one on) or m is NULL.
+/// Thread-safe for concurrent readers of m.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_sender(m: *const mc0_message) -> *const c_char {
     boundary(|| Ok(message_ref(m)?.sender.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
 }
 
 /// The publisher's CURVE public key as 40 Z85 characters (NUL-terminated),
-/// owned by m: set by mc0d whenever CURVE is on (the SENDER-KEY header),
-/// trustworthy as mc0_message_sender. NULL when absent or m is NULL.
-/// Thread-safe for concurrent readers of m.
+/// owned by m: set by mc0d (the SENDER-KEY header) instead of the sender
+/// when it has no name for the key (CURVE without an allowlist, or a key
+/// listed without a name), trustworthy as mc0_message_sender; at most one
+/// of the two is set. NULL when absent or m is NULL. Thread-safe for
+/// concurrent readers of m.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_sender_key(m: *const mc0_message) -> *const c_char {
     boundary(|| Ok(message_ref(m)?.sender_key.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))

@@ -152,8 +152,9 @@ module MCollective
 
           @backoff = ERROR_PAUSE
           # raw.sender / raw.sender_key: who mc0d authenticated as the
-          # publisher (its allowlist name, its CURVE key), nil if it did not
-          # say; kept with the message as its `message` object.
+          # publisher (its allowlist name, or else its CURVE key: one of the
+          # two), nil if it did not say; kept with the message as its
+          # `message` object.
           Log.debug("Received a message on '#{raw.topic}' from #{raw.sender || raw.sender_key || 'an unnamed sender'} " \
                     "with headers #{raw.headers.keys.inspect}")
           return Message.new(raw.body, raw, :base64 => false, :headers => raw.headers)
