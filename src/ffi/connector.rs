@@ -313,18 +313,7 @@ pub unsafe extern "C" fn mc0_connector_free(c: *mut mc0_connector) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CString;
-
-    /// A C string for the duration of the statement (cbindgen's parser
-    /// predates `c""` literals).
-    fn cs(bytes: &[u8]) -> CString {
-        CString::new(bytes).unwrap()
-    }
-    use std::ffi::CStr;
-
-    fn last_error() -> String {
-        unsafe { CStr::from_ptr(super::super::mc0_last_error()) }.to_string_lossy().into_owned()
-    }
+    use crate::ffi::test_util::{cs, last_error};
 
     #[test]
     fn config_errors_through_the_abi() {

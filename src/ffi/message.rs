@@ -199,17 +199,8 @@ pub unsafe extern "C" fn mc0_message_free(m: *mut mc0_message) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::test_util::{cs, last_error};
     use std::ffi::CStr;
-
-    /// A C string for the duration of the statement (cbindgen's parser
-    /// predates `c""` literals).
-    fn cs(bytes: &[u8]) -> CString {
-        CString::new(bytes).unwrap()
-    }
-
-    fn last_error() -> String {
-        unsafe { CStr::from_ptr(super::super::mc0_last_error()) }.to_string_lossy().into_owned()
-    }
 
     #[test]
     fn message_accessors() {

@@ -416,15 +416,26 @@ impl CSink {
     }
 }
 
+/// What the tests of every ffi file use.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_util {
+    use std::ffi::{CStr, CString};
 
     /// A C string for the duration of the statement (cbindgen's parser
     /// predates `c""` literals).
-    fn cs(bytes: &[u8]) -> CString {
+    pub fn cs(bytes: &[u8]) -> CString {
         CString::new(bytes).unwrap()
     }
+
+    pub fn last_error() -> String {
+        unsafe { CStr::from_ptr(super::mc0_last_error()) }.to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::cs;
+    use super::*;
 
     #[test]
     fn resolve_failures_have_their_own_status_appended_at_the_end() {
