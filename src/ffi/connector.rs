@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::message::mc0_message;
-use super::{arg_str, boundary, guard, invalid, mc0_status, timeout_from_ms};
+use super::{arg_str, boundary, free_box, guard, invalid, mc0_status, timeout_from_ms};
 use crate::connector::logging::clog;
 use crate::connector::{Config, Connector, Error};
 use crate::log::Level;
@@ -120,12 +120,7 @@ pub unsafe extern "C" fn mc0_config_set(cfg: *mut mc0_config, key: *const c_char
 /// Frees a config. NULL is ignored. Connectors made from it are unaffected.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
-    boundary(|| {
-        if !cfg.is_null() {
-            drop(Box::from_raw(cfg));
-        }
-        Ok(())
-    })
+    boundary(|| free_box(cfg))
 }
 
 // ---- connector ----

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::os::raw::c_char;
 
-use super::{arg_str, boundary, invalid, mc0_status, new_c_string, set_last_error};
+use super::{arg_str, boundary, free_box, invalid, mc0_status, new_c_string, set_last_error};
 use crate::connector::{Error, Message};
 
 /// A received message (opaque). Owned by the caller until mc0_message_free;
@@ -188,12 +188,7 @@ pub unsafe extern "C" fn mc0_message_body(m: *const mc0_message, len: *mut usize
 /// Frees a message and everything read from it. NULL is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_message_free(m: *mut mc0_message) {
-    boundary(|| {
-        if !m.is_null() {
-            drop(Box::from_raw(m));
-        }
-        Ok(())
-    })
+    boundary(|| free_box(m))
 }
 
 #[cfg(test)]

@@ -188,6 +188,14 @@ pub(crate) fn timeout_from_ms(timeout_ms: i32) -> Duration {
     u64::try_from(timeout_ms).map_or(Duration::MAX, Duration::from_millis)
 }
 
+/// Frees what an export handed out with `Box::into_raw`; NULL is ignored.
+pub(crate) unsafe fn free_box<T>(p: *mut T) -> Result<(), Error> {
+    if !p.is_null() {
+        drop(Box::from_raw(p));
+    }
+    Ok(())
+}
+
 pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
