@@ -2,7 +2,7 @@
 //! thin `extern "C"` wrappers over the Rust API, holding no logic of their
 //! own.
 //!
-//! Every export's body is one call of [`boundary`] (or [`guard`], its
+//! Every export's body is one call of `boundary` (or `guard`, its
 //! form for status-returning calls), which catches panics (reported as
 //! `MC0_ERR_PANIC`) so that nothing unwinds into C, turns an error into the
 //! export's failure value (a status, NULL, 0) and stores its text and
