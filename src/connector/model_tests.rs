@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::config::{Config, Settings};
+use super::config::Settings;
 use super::message::Counters;
 use super::oneshot::{oneshot, Waiter};
 use super::session::{Link, Session};
@@ -36,91 +36,9 @@ use super::transport::Event;
 use super::{Error, ErrorKind};
 use crate::protocol::{self, heartbeat, Command, Limits, Reply};
 
-/// The last one the broker never lets us have (like a role rule).
-const TOPICS: [&[u8]; 4] = [b"t0", b"t1", b"t2", b"forbidden"];
-const FORBIDDEN: &[u8] = b"forbidden";
-const SEND_QUEUE: usize = 3;
+mod ops;
 
-#[derive(Debug, Clone, Copy)]
-enum Verdict {
-    Ok,
-    /// An ERROR that is not "not connected" (refused PUT or UNSUB, CONNECT
-    /// refused by the identity check).
-    Error,
-    /// Executed, but the answer is lost on the way.
-    Drop,
-    AccessDenied,
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Subscribe(usize),
-    Unsubscribe(usize),
-    Publish(usize),
-    Flush,
-    Close,
-    /// A ZMTP session with the broker starts on the socket.
-    Up,
-    /// The connection closes (broker stopped, crashed, restarted).
-    Down,
-    /// The handshake is refused: our key is not listed.
-    KeyRefused,
-    /// The socket takes no more frames (high-water mark), or does again.
-    Block(bool),
-    /// The next socket the session opens fails (its name does not resolve).
-    ResolveFails,
-    /// The broker handles the oldest command it has received.
-    Answer(Verdict),
-    /// The broker forgets us (expiry), keeping the connection.
-    Forget,
-    /// The broker delivers a MESSAGE on one of the topics it has for us.
-    Message(usize),
-    Noop,
-    Advance(u64),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let topic = 0..TOPICS.len();
-    let verdict = prop_oneof![
-        6 => Just(Verdict::Ok),
-        1 => Just(Verdict::Error),
-        2 => Just(Verdict::Drop),
-        1 => Just(Verdict::AccessDenied)
-    ];
-    prop_oneof![
-        3 => topic.clone().prop_map(Op::Subscribe),
-        2 => topic.clone().prop_map(Op::Unsubscribe),
-        4 => topic.clone().prop_map(Op::Publish),
-        1 => Just(Op::Flush),
-        1 => Just(Op::Close),
-        3 => Just(Op::Up),
-        1 => Just(Op::Down),
-        1 => Just(Op::KeyRefused),
-        1 => any::<bool>().prop_map(Op::Block),
-        1 => Just(Op::ResolveFails),
-        10 => verdict.prop_map(Op::Answer),
-        2 => Just(Op::Forget),
-        2 => any::<usize>().prop_map(Op::Message),
-        1 => Just(Op::Noop),
-        3 => prop_oneof![1u64..300, 300u64..1500, 1500u64..5000].prop_map(Op::Advance),
-    ]
-}
-
-fn settings(retry: bool) -> Arc<Settings> {
-    let config = Config::from_pairs([
-        ("broker.host", "127.0.0.1"),
-        ("curve", "false"),
-        ("identity", "model"),
-        ("heartbeat", "1"),
-        ("connect_timeout", "2"),
-        ("close_timeout", "0.5"),
-        ("send_queue", &SEND_QUEUE.to_string()),
-        ("reconnect_max", "1"),
-        ("connect_retry", if retry { "true" } else { "false" }),
-    ])
-    .unwrap();
-    Arc::new(config.resolve().unwrap())
-}
+use ops::{op, settings, Op, Verdict, FORBIDDEN, SEND_QUEUE, TOPICS};
 
 /// The broker's side of our connection, by mc0d's rules.
 #[derive(Default)]
