@@ -59,6 +59,10 @@ impl Drop for Call<'_> {
 }
 
 impl mc0_connector {
+    fn new(inner: Connector) -> mc0_connector {
+        mc0_connector { inner, calls: Mutex::new(0), idle: Condvar::new() }
+    }
+
     fn enter(&self) -> Call<'_> {
         *self.calls.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         Call(self)
@@ -148,8 +152,7 @@ pub unsafe extern "C" fn mc0_connector_new(cfg: *const mc0_config, out: *mut *mu
         *out = std::ptr::null_mut();
         let config = config_ref(cfg)?;
         let connector = Connector::connect(config)?;
-        let handle = mc0_connector { inner: connector, calls: Mutex::new(0), idle: Condvar::new() };
-        *out = Box::into_raw(Box::new(handle));
+        *out = Box::into_raw(Box::new(mc0_connector::new(connector)));
         Ok(())
     })
 }
@@ -360,5 +363,37 @@ mod tests {
             assert_eq!(mc0_connector_close(null), mc0_status::MC0_ERR_INVALID_ARGUMENT);
             mc0_connector_free(null);
         }
+    }
+
+    #[test]
+    fn free_waits_for_calls_in_progress() {
+        // connect_retry: a connector without a broker.
+        let config = Config::from_pairs([
+            ("broker.host", "127.0.0.1"),
+            ("broker.port", "1"),
+            ("curve", "false"),
+            ("connect_retry", "true"),
+        ])
+        .unwrap();
+        let handle = Box::into_raw(Box::new(mc0_connector::new(Connector::connect(&config).unwrap())));
+        let address = handle as usize;
+        let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (entered, entered_rx) = std::sync::mpsc::channel();
+        let call = std::thread::spawn({
+            let left = left.clone();
+            move || {
+                // SAFETY: free waits for this call (what the test checks).
+                let call = unsafe { &*(address as *const mc0_connector) }.enter();
+                entered.send(()).unwrap();
+                // A call that takes its time to return after close woke it.
+                std::thread::sleep(Duration::from_millis(300));
+                left.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(call);
+            }
+        });
+        entered_rx.recv().unwrap();
+        unsafe { mc0_connector_free(handle) };
+        assert!(left.load(std::sync::atomic::Ordering::SeqCst), "freed while a call was in progress");
+        call.join().unwrap();
     }
 }
