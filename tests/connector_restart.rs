@@ -22,7 +22,7 @@ use mc0::protocol::{Command, Limits, Reply};
 
 /// The bound the issue sets: subscribed again this soon after the broker is
 /// back (libmc0's TCP retry interval is at most 1 s, plus jitter and the
-/// handshake; see TCP_RETRY_MAX in src/connector/engine.rs).
+/// handshake; see TCP_RETRY_MAX in src/connector/transport.rs).
 const BACK_WITHIN: Duration = Duration::from_secs(2);
 const SUBSCRIBERS: usize = 5;
 /// How long the broker stays down: long enough for libzmq's reconnect
