@@ -9,6 +9,12 @@
  *  - Everything the library hands out is freed with the matching _free function.
  *  - Strings (const char *) are NUL-terminated UTF-8 text; binary data is
  *    passed as pointer + length.
+ *  - timeout_ms arguments: 0 does not wait, a negative value waits without
+ *    limit (until done, or the connector is closed by another thread).
+ *  - A const pointer to a handle means the call may run concurrently with
+ *    other calls on it (mc0_connector is thread-safe); the only calls taking
+ *    a non-const handle are those that change a config (not thread-safe) or
+ *    end a handle's life (the _free functions).
  */
 
 #ifndef MC0_H
@@ -22,9 +28,15 @@
 
 /**
  * Result of every mc0 call that can fail. On anything but MC0_OK,
- * mc0_last_error() on the same thread describes the failure.
+ * mc0_last_error() on the same thread describes the failure, and
+ * mc0_status_str() names the code. A 32-bit unsigned value (so `enum
+ * mc0_status` and `mc0_status` both work); codes are only ever appended.
  */
-typedef enum mc0_status {
+enum mc0_status
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
   /**
    * Success.
    */
@@ -71,7 +83,15 @@ typedef enum mc0_status {
    * mc0_last_error() names the host. May heal: daemons retry it.
    */
   MC0_ERR_RESOLVE = 10,
-} mc0_status;
+  /**
+   * A lookup found nothing, e.g. mc0_message_header_find() for a header
+   * the message does not have. Not a failure of the call.
+   */
+  MC0_ERR_NOT_FOUND = 11,
+};
+#ifndef __cplusplus
+typedef uint32_t mc0_status;
+#endif // __cplusplus
 
 /**
  * Connector settings being built (opaque). Not thread-safe: use one config
@@ -82,7 +102,11 @@ typedef struct mc0_config mc0_config;
 /**
  * A connection to the broker (opaque). Thread-safe: any number of threads
  * may call mc0_connector_* on it concurrently (one blocked in receive while
- * others publish), except mc0_connector_free.
+ * others publish). Calls that share the handle take `const mc0_connector *`
+ * (the connector's state changes, but only behind its own locks, so they
+ * never conflict); only mc0_connector_free, which ends its life, takes a
+ * non-const pointer, and may be called while other calls are still in
+ * progress (see there).
  */
 typedef struct mc0_connector mc0_connector;
 
@@ -114,12 +138,36 @@ extern "C" {
 const char *mc0_version(void);
 
 /**
+ * A short description of a status code, e.g. "timeout" for
+ * MC0_ERR_TIMEOUT; "unknown status" for a value this library does not
+ * define (status is taken as a plain number for that reason). Returns a
+ * static string: never free it. Thread-safe.
+ */
+const char *mc0_status_str(uint32_t status);
+
+/**
+ * The port libmc0 connects to when broker.port is not set (the
+ * protocol's default, see docs/PROTOCOL.md). Thread-safe.
+ */
+uint16_t mc0_default_port(void);
+
+/**
  * Describes the last failed mc0 call on the calling thread; "" if none has
  * failed yet. The string is owned by the library and stays valid until the
  * next mc0 call on the same thread: copy it if needed, never free it.
  * Thread-safe (each thread has its own).
  */
 const char *mc0_last_error(void);
+
+/**
+ * The configuration key (e.g. "broker.port", "private_key") the last
+ * failed mc0 call on the calling thread was about, without the
+ * "plugin.zeromq." prefix; NULL when that failure named no key (or none
+ * has failed). Set by mc0_config_set and mc0_connector_new for
+ * MC0_ERR_CONFIG and MC0_ERR_KEY (a key file is named by the key that
+ * points to it). Ownership and lifetime as mc0_last_error. Thread-safe.
+ */
+const char *mc0_last_error_key(void);
 
 /**
  * Frees a string returned by mc0_topic_* or mc0_message_headers_json.
@@ -149,12 +197,28 @@ char *mc0_topic_node(const char *collective, const char *identity);
 char *mc0_topic_reply(const char *collective, const char *identity, uint32_t pid);
 
 /**
+ * The topic a connector subscribes to for MCollective's subscription of
+ * type kind ("broadcast", "directed" or "reply") to agent in collective,
+ * for a node or client called identity with process id pid: the one
+ * mapping every binding uses (see mc0_topic_agent, mc0_topic_node,
+ * mc0_topic_reply). Returns a new string the caller frees with
+ * mc0_string_free, or NULL with MC0_ERR_INVALID_ARGUMENT in
+ * mc0_last_error if an argument is NULL, not UTF-8, or kind is another
+ * type (this transport has no topic for it). Thread-safe.
+ */
+char *mc0_topic_for_subscription(const char *kind,
+                                 const char *agent,
+                                 const char *collective,
+                                 const char *identity,
+                                 uint32_t pid);
+
+/**
  * Generates a CURVE keypair. Writes the 40-character Z85 public and secret
  * keys, each NUL-terminated, into caller-owned buffers of at least 41 bytes.
  * Errors: MC0_ERR_INVALID_ARGUMENT (a NULL buffer), MC0_ERR_ZMQ (libzmq has
  * no CURVE). Thread-safe.
  */
-enum mc0_status mc0_curve_keypair(char *public_z85, char *secret_z85);
+mc0_status mc0_curve_keypair(char *public_z85, char *secret_z85);
 
 /**
  * Installs the process-wide log sink; the library itself never prints.
@@ -180,7 +244,7 @@ struct mc0_config *mc0_config_new(void);
  * (unknown key or bad value; the message names the key). Files named by
  * key settings are read by mc0_connector_new, not here.
  */
-enum mc0_status mc0_config_set(struct mc0_config *cfg, const char *key, const char *value);
+mc0_status mc0_config_set(struct mc0_config *cfg, const char *key, const char *value);
 
 /**
  * Frees a config. NULL is ignored. Connectors made from it are unaffected.
@@ -189,7 +253,11 @@ void mc0_config_free(struct mc0_config *cfg);
 
 /**
  * Connects to the broker and completes the CONNECT handshake, waiting at
- * most connect_timeout (default 10 s). On success stores a new connector in
+ * most connect_timeout (default 10 s). With connect_retry = true (for
+ * daemons) it returns as soon as the configuration and key files are
+ * valid, and the connector keeps connecting in the background with its
+ * backoff, logging each failure; subscriptions wait to be made and
+ * publishes are queued meanwhile. On success stores a new connector in
  * *out (free it with mc0_connector_free); on failure stores NULL.
  * The config is only read (it may be freed afterwards).
  * Errors: MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CONFIG (missing
@@ -199,24 +267,31 @@ void mc0_config_free(struct mc0_config *cfg);
  * the configured broker.public_key), MC0_ERR_BROKER (CONNECT refused),
  * MC0_ERR_ZMQ. Thread-safe.
  */
-enum mc0_status mc0_connector_new(const struct mc0_config *cfg, struct mc0_connector **out);
+mc0_status mc0_connector_new(const struct mc0_config *cfg, struct mc0_connector **out);
 
 /**
  * Subscribes to a topic (NUL-terminated UTF-8) and waits for the broker's
- * acknowledgement, at most connect_timeout. The subscription is re-made by
- * the library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
- * still held and is made once the broker answers.
+ * acknowledgement, at most connect_timeout. Topics are counted by holder:
+ * subscribing to a topic already held only counts (several agents may
+ * share one reply topic), and it stays subscribed until as many
+ * mc0_connector_unsubscribe calls. The subscription is re-made by the
+ * library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
+ * still held and is made once the broker answers. With connect_retry,
+ * before the first session with the broker, it returns MC0_OK at once and
+ * the topic is subscribed as soon as there is one.
  * Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_BROKER,
  * MC0_ERR_CLOSED. Thread-safe.
  */
-enum mc0_status mc0_connector_subscribe(struct mc0_connector *c, const char *topic);
+mc0_status mc0_connector_subscribe(const struct mc0_connector *c, const char *topic);
 
 /**
- * Unsubscribes from a topic and waits for the broker's acknowledgement (at
- * most connect_timeout; immediate while the link is down). Errors and
+ * Gives up one hold on a topic (see mc0_connector_subscribe); the last
+ * holder's call unsubscribes and waits for the broker's acknowledgement
+ * (at most connect_timeout; immediate while the link is down). A topic not
+ * held is MC0_OK. Errors and
  * thread-safety as mc0_connector_subscribe.
  */
-enum mc0_status mc0_connector_unsubscribe(struct mc0_connector *c, const char *topic);
+mc0_status mc0_connector_unsubscribe(const struct mc0_connector *c, const char *topic);
 
 /**
  * Queues a message for a topic and returns without waiting for the broker.
@@ -234,22 +309,25 @@ enum mc0_status mc0_connector_unsubscribe(struct mc0_connector *c, const char *t
  * topic, reserved header name), MC0_ERR_QUEUE_FULL, MC0_ERR_CLOSED.
  * Thread-safe.
  */
-enum mc0_status mc0_connector_publish(struct mc0_connector *c,
-                                      const char *topic,
-                                      const char *const *header_names,
-                                      const uint8_t *const *header_values,
-                                      const size_t *header_value_lens,
-                                      size_t header_count,
-                                      const uint8_t *body,
-                                      size_t body_len);
+mc0_status mc0_connector_publish(const struct mc0_connector *c,
+                                 const char *topic,
+                                 const char *const *header_names,
+                                 const uint8_t *const *header_values,
+                                 const size_t *header_value_lens,
+                                 size_t header_count,
+                                 const uint8_t *body,
+                                 size_t body_len);
 
 /**
  * Waits until every message this process published on c before the call
  * has been acknowledged by the broker (or dropped, see mc0_connector_publish),
- * at most timeout_ms milliseconds. Errors: MC0_ERR_INVALID_ARGUMENT,
+ * at most timeout_ms milliseconds (0: only what is already settled;
+ * negative: no limit, until done or the connector is closed, as for
+ * mc0_connector_receive; libmc0 0.1.0 treated a negative value as 0 here). Errors: MC0_ERR_INVALID_ARGUMENT,
  * MC0_ERR_TIMEOUT, MC0_ERR_CLOSED. Thread-safe.
  */
-enum mc0_status mc0_connector_flush(struct mc0_connector *c, int32_t timeout_ms);
+mc0_status mc0_connector_flush(const struct mc0_connector *c,
+                               int32_t timeout_ms);
 
 /**
  * Waits for the next message on any subscribed topic, at most timeout_ms
@@ -260,9 +338,9 @@ enum mc0_status mc0_connector_flush(struct mc0_connector *c, int32_t timeout_ms)
  * when another thread closes c during the wait). Thread-safe; several
  * threads may receive, each message goes to one of them.
  */
-enum mc0_status mc0_connector_receive(struct mc0_connector *c,
-                                      int32_t timeout_ms,
-                                      struct mc0_message **out);
+mc0_status mc0_connector_receive(const struct mc0_connector *c,
+                                 int32_t timeout_ms,
+                                 struct mc0_message **out);
 
 /**
  * Closes the connection: threads blocked in mc0_connector_receive return
@@ -271,11 +349,15 @@ enum mc0_status mc0_connector_receive(struct mc0_connector *c,
  * stops. Idempotent; thread-safe; later calls on c fail with MC0_ERR_CLOSED.
  * c must still be freed with mc0_connector_free.
  */
-enum mc0_status mc0_connector_close(struct mc0_connector *c);
+mc0_status mc0_connector_close(const struct mc0_connector *c);
 
 /**
  * Closes c if needed (as mc0_connector_close, bounded) and frees it. NULL is
- * ignored. No other thread may be using c or use it afterwards.
+ * ignored. Calls still in progress on c in other threads are woken by the
+ * close (they return MC0_ERR_CLOSED) and free waits for them to leave
+ * (bounded: after 10 s it logs an error and leaks c rather than free
+ * memory still in use), so a binding needs no count of its own. No call
+ * may start on c once free has been called.
  */
 void mc0_connector_free(struct mc0_connector *c);
 
@@ -324,10 +406,24 @@ const uint8_t *mc0_message_header_value(const struct mc0_message *m, size_t i, s
 
 /**
  * The binary value of the first header called name, owned by m, its length
- * stored in *len (len may be NULL). NULL (and *len = 0) if the header is
- * absent or an argument is NULL.
+ * stored in *len (len may be NULL). NULL (and *len = 0) both if the header
+ * is absent and if an argument is NULL: kept for compatibility; use
+ * mc0_message_header_find, which tells the two apart.
  */
 const uint8_t *mc0_message_header(const struct mc0_message *m, const char *name, size_t *len);
+
+/**
+ * Looks up the first header called name (NUL-terminated UTF-8). Found:
+ * MC0_OK, *value points to its binary value (owned by m, valid until
+ * mc0_message_free) and *len holds its length. Absent: MC0_ERR_NOT_FOUND,
+ * with *value = NULL and *len = 0 (mc0_last_error names the header).
+ * Errors: MC0_ERR_INVALID_ARGUMENT (m, name, value or len NULL; name not
+ * UTF-8). Thread-safe for concurrent readers of m.
+ */
+mc0_status mc0_message_header_find(const struct mc0_message *m,
+                                   const char *name,
+                                   const uint8_t **value,
+                                   size_t *len);
 
 /**
  * The headers as a JSON object mapping each name to its value as a string

@@ -3,7 +3,8 @@
 //! - [`protocol`]: the wire protocol as pure values (no I/O), shared by both sides.
 //! - [`keys`]: Z85 CURVE key files.
 //! - [`topics`]: MCollective topic names.
-//! - [`connector`]: the DEALER client used by MCollective nodes and clients.
+//! - [`connector`]: the DEALER client used by MCollective nodes and clients,
+//!   with its configuration ([`connector::config`]).
 //! - [`ffi`]: the C ABI (`include/mc0.h`) over the connector.
 //!
 //! This crate is libmc0 and holds only what a connector needs. The broker is
@@ -11,7 +12,6 @@
 //! build on [`protocol`], [`keys`] and [`topics`] from here, and nothing they
 //! depend on reaches a program that links libmc0.
 
-pub mod config;
 pub mod connector;
 pub mod ffi;
 pub mod keys;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{authorize, routing_id, Client, Mc0d, Mc0dOptions, Message, Monitor, TempDir, PROBE, WAIT};
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::keys::{key_to_z85, KeyPair};
 use mc0::protocol::IMPOSTOR;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, write_keys, Mc0d, Mc0dOptions, TempDir, CONNECTOR_WAIT as WAIT};
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind, Message};
 
 fn connect(broker: &Mc0d, name: &str, extra: &[(&str, &str)]) -> Connector {
@@ -513,4 +513,40 @@ fn publishing_hard_while_subscribed_to_itself_loses_nothing() {
     assert_eq!(seen.len(), THREADS * EACH, "{stats:?}; broker: {last}");
     assert!(last.contains(" drops=0"), "the broker dropped messages: {last}");
     assert_eq!((stats.published, stats.publishes_dropped, stats.messages_dropped), ((THREADS * EACH) as u64, 0, 0));
+}
+
+#[test]
+fn connect_retry_returns_at_once_and_connects_when_the_broker_comes() {
+    let mut broker = Mc0d::start_debug();
+    broker.kill();
+    let mut config = broker.config("daemon");
+    config.set("connect_retry", "true").unwrap();
+    config.set("reconnect_max", "0.5").unwrap();
+    let started = Instant::now();
+    let daemon = Connector::connect(&config).expect("connect_retry: valid config is enough");
+    // Held, made once there is a session; counted by holder like any other.
+    daemon.subscribe("jobs").unwrap();
+    daemon.subscribe("jobs").unwrap();
+    daemon.unsubscribe("jobs").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "did not wait for the broker: {:?}", started.elapsed());
+    assert_eq!(daemon.stats().handshakes, 0);
+
+    broker.restart();
+    let client = connect(&broker, "client", &[]);
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        client.publish("jobs", &[], b"work").unwrap();
+        match daemon.receive(Duration::from_millis(300)) {
+            Ok(m) => break m,
+            Err(e) if e.kind() == ErrorKind::Timeout && Instant::now() < deadline => {}
+            Err(e) => panic!("the daemon never subscribed: {e}; stats {:?}", daemon.stats()),
+        }
+    };
+    assert_eq!((got.topic.as_str(), got.body.as_slice()), ("jobs", &b"work"[..]));
+    assert!(daemon.stats().handshakes >= 1);
+    // Config errors still fail at once.
+    let mut bad = broker.config("daemon2");
+    bad.set("connect_retry", "true").unwrap();
+    bad.set("private_key", "/nonexistent/mc0-test.private").unwrap();
+    assert_eq!(Connector::connect(&bad).unwrap_err().key(), Some("private_key"));
 }

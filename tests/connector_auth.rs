@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{authorize, wait_until, Mc0d, TempDir, WAIT};
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::keys::{key_to_z85, KeyPair};
 use mc0::log::Level;

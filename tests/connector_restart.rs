@@ -16,13 +16,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, write_keys, Mc0d, TempDir, CONNECTOR_WAIT as WAIT};
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind};
 use mc0::protocol::{Command, Limits, Reply};
 
 /// The bound the issue sets: subscribed again this soon after the broker is
 /// back (libmc0's TCP retry interval is at most 1 s, plus jitter and the
-/// handshake; see TCP_RETRY_MAX in src/connector/engine.rs).
+/// handshake; see TCP_RETRY_MAX in src/connector/transport.rs).
 const BACK_WITHIN: Duration = Duration::from_secs(2);
 const SUBSCRIBERS: usize = 5;
 /// How long the broker stays down: long enough for libzmq's reconnect

@@ -47,7 +47,15 @@ fn header_is_clean_c99_and_cxx() {
     let dir = std::env::temp_dir().join(format!("mc0-header-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = dir.join("use.c");
-    std::fs::write(&source, "#include \"mc0.h\"\nint main(void) { return mc0_version() == 0; }\n").unwrap();
+    // Code written against the header before mc0_status became a uint32_t
+    // (`enum mc0_status`) must still compile, in C and C++.
+    let program = "#include \"mc0.h\"\n\
+                   int main(void) {\n\
+                   \x20 enum mc0_status old_style = MC0_ERR_TIMEOUT;\n\
+                   \x20 mc0_status new_style = old_style;\n\
+                   \x20 return mc0_version() == 0 || mc0_status_str(new_style) == 0;\n\
+                   }\n";
+    std::fs::write(&source, program).unwrap();
     let include = committed().parent().unwrap().to_path_buf();
     for (compiler, flags) in [
         ("cc", &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"][..]),

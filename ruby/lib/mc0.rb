@@ -12,10 +12,12 @@
 #   on the engine thread while it logs would deadlock.
 # - mc0_last_error() is thread-local, so it is read right after the failing
 #   call on the same thread (Ruby threads are native threads).
-# - Native memory is freed in `ensure` blocks; no handle outlives its owner.
-#   Connectors still open at exit are closed by an at_exit hook, while the
-#   callback dispatcher thread is still alive (finalizers run after Ruby has
-#   killed it, when a log line from the engine could no longer be delivered).
+# - Native memory is freed in `ensure` blocks; a connector handle is freed
+#   when its Connector is garbage (FFI::AutoPointer), so no Ruby thread can
+#   still be starting a call on it. Connectors still open at exit are closed
+#   by an at_exit hook, while the callback dispatcher thread is still alive
+#   (finalizers run after Ruby has killed it, when a log line from the
+#   engine could no longer be delivered).
 
 require 'ffi'
 require 'json'
@@ -23,13 +25,16 @@ require 'json'
 module Mc0
   # Every libmc0 failure. `status` is the mc0_status name (e.g. :timeout).
   class Error < StandardError
-    # mc0_status name (e.g. :timeout) and mc0_last_error()'s text alone.
-    attr_reader :status, :detail
+    # mc0_status name (e.g. :timeout), mc0_last_error()'s text alone, and
+    # the configuration key it is about (mc0_last_error_key(), e.g.
+    # "broker.port"; nil if none).
+    attr_reader :status, :detail, :key
 
-    def initialize(message, status = nil, detail = nil)
+    def initialize(message, status = nil, detail = nil, key = nil)
       super(message)
       @status = status
       @detail = detail || message
+      @key = key
     end
   end
 
@@ -45,8 +50,11 @@ module Mc0
   # The broker's host name does not resolve. May heal (DNS), so mcollectived
   # retries it like an unreachable broker; mco reports it at once.
   class ResolveError < Error; end
+  # A lookup found nothing (MC0_ERR_NOT_FOUND).
+  class NotFoundError < Error; end
 
-  # mc0_status codes, in header order.
+  # mc0_status codes as include/mc0.h defines them (MC0_OK, MC0_ERR_<NAME>);
+  # ruby/test/mc0_test.rb checks this table against the header.
   STATUS = {
     0 => [:ok, nil],
     1 => [:invalid_argument, InvalidArgumentError],
@@ -58,8 +66,11 @@ module Mc0
     7 => [:queue_full, QueueFullError],
     8 => [:zmq, ZmqError],
     9 => [:panic, PanicError],
-    10 => [:resolve, ResolveError]
+    10 => [:resolve, ResolveError],
+    11 => [:not_found, NotFoundError]
   }.freeze
+  # mc0_status name => code, e.g. CODES[:timeout].
+  CODES = STATUS.to_h { |code, (name, _)| [name, code] }.freeze
 
   # Log levels of the callback (src/log.rs): 1=error .. 4=debug.
   LEVELS = { 1 => :error, 2 => :warn, 3 => :info, 4 => :debug }.freeze
@@ -79,6 +90,9 @@ module Mc0
     FUNCTIONS = [
       [:mc0_version, [], :string, false],
       [:mc0_last_error, [], :string, false],
+      [:mc0_last_error_key, [], :string, false],
+      [:mc0_status_str, [:uint32], :string, false],
+      [:mc0_default_port, [], :uint16, false],
       [:mc0_config_new, [], :pointer, false],
       [:mc0_config_set, %i[pointer string string], :int, false],
       [:mc0_config_free, [:pointer], :void, false],
@@ -103,6 +117,7 @@ module Mc0
       [:mc0_topic_agent, %i[string string], :pointer, false],
       [:mc0_topic_node, %i[string string], :pointer, false],
       [:mc0_topic_reply, %i[string string uint32], :pointer, false],
+      [:mc0_topic_for_subscription, %i[string string string string uint32], :pointer, false],
       [:mc0_string_free, [:pointer], :void, false],
       [:mc0_curve_keypair, %i[pointer pointer], :int, false],
       # May wait for a log call in flight on the engine thread (see the top).
@@ -186,8 +201,22 @@ module Mc0
 
       name, klass = STATUS.fetch(status, [:unknown, Error])
       detail = Native.mc0_last_error.to_s
-      detail = name.to_s.tr('_', ' ') if detail.empty?
-      raise (klass || Error).new("#{what}: #{detail}", name, detail)
+      key = Native.mc0_last_error_key
+      detail = Native.mc0_status_str(status) if detail.empty?
+      raise (klass || Error).new("#{what}: #{detail}", name, detail, key)
+    end
+
+    # The port libmc0 uses when broker.port is not set.
+    def default_port
+      Native.mc0_default_port
+    end
+
+    # The topic for MCollective's subscribe(agent, type, collective) as
+    # identity with process id pid: libmc0's one mapping. Raises
+    # InvalidArgumentError for a type it has no topic for.
+    def topic_for_subscription(type, agent, collective, identity, pid)
+      take_string(Native.mc0_topic_for_subscription(type.to_s, agent.to_s, collective.to_s, identity.to_s,
+                                                    Integer(pid)), 'mc0_topic_for_subscription')
     end
 
     # Calls mc0_topic_* and frees the returned string.
@@ -278,13 +307,11 @@ module Mc0
   # A connection to the broker. Thread-safe: any number of threads may
   # publish while others receive; #close wakes them all.
   #
-  # The native handle is freed only once no call is in flight, so a thread
-  # still inside mc0_connector_receive never touches freed memory.
+  # #close only closes the native handle (later calls fail with ClosedError);
+  # it is freed with this object (FFI::AutoPointer), when no Ruby thread can
+  # be inside or about to enter a call on it. mc0_connector_free would also
+  # wait for calls in progress, but not for one a thread is about to start.
   class Connector
-    # Longest #close waits for calls in flight before leaking the handle
-    # rather than freeing it under a running call.
-    CLOSE_WAIT = 30
-
     @open = {}
     @open_lock = Mutex.new
 
@@ -310,8 +337,6 @@ module Mc0
     # `settings` are libmc0 config keys (broker.host, curve, ...).
     def initialize(settings)
       @lock = Mutex.new
-      @idle = ConditionVariable.new
-      @inflight = 0
       @closed = false
       @ptr = nil
       # The engine thread exists only in this process; a forked child must
@@ -325,7 +350,7 @@ module Mc0
         Config.with(settings) do |cfg|
           Mc0.check(Native.mc0_connector_new(cfg, out), 'connecting to the broker')
         end
-        @ptr = out.read_pointer
+        @ptr = FFI::AutoPointer.new(out.read_pointer, Native.method(:mc0_connector_free))
         self.class.track(self)
       end
     rescue Exception # rubocop:disable Lint/RescueException
@@ -388,7 +413,7 @@ module Mc0
         # then dropped, as whoever interrupted no longer wants it).
         Thread.handle_interrupt(Object => :never) do
           status = Native.mc0_connector_receive(c, Integer(timeout_ms), out)
-          next nil if status == 4 # MC0_ERR_TIMEOUT: the normal "nothing yet"
+          next nil if status == CODES[:timeout] # the normal "nothing yet"
 
           Mc0.check(status, 'receive')
           msg = out.read_pointer
@@ -403,59 +428,35 @@ module Mc0
       out&.free
     end
 
-    # Closes the connection (DISCONNECT), wakes blocked receivers, and frees
-    # the handle once they have returned. Idempotent.
+    # Closes the connection (DISCONNECT) and wakes blocked receivers (they
+    # raise ClosedError). Idempotent. The handle is freed with this object.
     def close
-      Thread.handle_interrupt(Object => :never) { close_and_free }
+      Thread.handle_interrupt(Object => :never) { close_handle }
     end
 
     private
 
-    def close_and_free
-      unless Process.pid == @owner_pid
-        @closed = true
-        self.class.untrack(self)
-        return nil
-      end
-      ptr = nil
-      @lock.synchronize do
+    def close_handle
+      ptr = @lock.synchronize do
         return nil if @closed || @ptr.nil?
 
         @closed = true
-        ptr = @ptr
+        @ptr
       end
-      Native.mc0_connector_close(ptr)
-      deadline = monotonic + CLOSE_WAIT
-      freed = @lock.synchronize do
-        while @inflight.positive?
-          left = deadline - monotonic
-          break if left <= 0
-
-          @idle.wait(@lock, left)
-        end
-        @inflight.zero?
+      if Process.pid == @owner_pid
+        Native.mc0_connector_close(ptr)
+      else
+        # The engine thread is the parent's: leave the handle alone here.
+        ptr.autorelease = false
       end
-      # A call still in flight after CLOSE_WAIT: leak the handle rather than
-      # free memory under it.
-      Native.mc0_connector_free(ptr) if freed
       self.class.untrack(self)
       nil
     end
 
     def call(what)
-      @lock.synchronize do
-        raise ClosedError.new("#{what}: connector is closed", :closed) if @closed
+      raise ClosedError.new("#{what}: connector is closed", :closed) if @closed
 
-        @inflight += 1
-      end
-      begin
-        yield @ptr
-      ensure
-        @lock.synchronize do
-          @inflight -= 1
-          @idle.broadcast if @inflight.zero?
-        end
-      end
+      yield @ptr
     end
 
     def bytes_pointer(str)
@@ -491,10 +492,6 @@ module Mc0
 
       n = len_ptr.read(:size_t)
       n.zero? ? ''.b : ptr.read_bytes(n)
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 

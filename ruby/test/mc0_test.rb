@@ -15,6 +15,46 @@ class Mc0BindingsTest < Minitest::Test
     assert_equal 'c reply me 4294967295', Mc0.topic_reply('c', 'me', 0xffff_ffff)
   end
 
+  def test_subscription_topics_are_libmc0s_one_mapping
+    assert_equal 'c rpcutil', Mc0.topic_for_subscription(:broadcast, 'rpcutil', 'c', 'me', 1)
+    assert_equal 'c nodes me', Mc0.topic_for_subscription('directed', 'rpcutil', 'c', 'me', 1)
+    assert_equal 'c reply me 7', Mc0.topic_for_subscription(:reply, 'rpcutil', 'c', 'me', 7)
+    err = assert_raises(Mc0::InvalidArgumentError) { Mc0.topic_for_subscription(:queue, 'a', 'c', 'me', 1) }
+    assert_match(/queue/, err.message)
+  end
+
+  def test_default_port_comes_from_libmc0
+    assert_operator Mc0.default_port, :>, 0
+  end
+
+  # The hand-written table must say what include/mc0.h says.
+  def test_status_table_matches_the_header
+    header = File.read(File.expand_path('../../include/mc0.h', __dir__))
+    declared = header.scan(/^\s*MC0_(?:ERR_)?([A-Z_]+) = (\d+),/).to_h { |name, code| [code.to_i, name.downcase.to_sym] }
+    refute_empty declared
+    assert_equal declared, Mc0::STATUS.transform_values(&:first)
+    Mc0::STATUS.each do |code, (name, klass)|
+      assert_equal name, Mc0::STATUS[Mc0::CODES[name]].first
+      assert(code.zero? || klass <= Mc0::Error, "#{name}: #{klass}")
+      refute_equal 'unknown status', Mc0::Native.mc0_status_str(code), name
+    end
+  end
+
+  def test_config_errors_carry_the_key
+    err = assert_raises(Mc0::ConfigError) { Mc0::Config.with('broker.port' => 'lots') { flunk 'accepted it' } }
+    assert_equal 'broker.port', err.key
+    err = assert_raises(Mc0::KeyFileError) do
+      Mc0::Connector.new('broker.host' => '127.0.0.1', 'broker.public_key' => '/nonexistent/b.public',
+                         'public_key' => '/nonexistent/c.public', 'private_key' => '/nonexistent/c.private')
+    end
+    assert_equal 'broker.public_key', err.key
+    err = assert_raises(Mc0::TimeoutError) do
+      Mc0::Connector.new('broker.host' => '127.0.0.1', 'broker.port' => '1', 'curve' => 'false',
+                         'connect_timeout' => '0.2')
+    end
+    assert_nil err.key
+  end
+
   def test_curve_keypair_is_two_z85_keys
     pub, sec = Mc0.curve_keypair
     assert_match(/\A[0-9a-zA-Z.\-:+=^!\/*?&<>()\[\]{}@%$#]{40}\z/, pub)

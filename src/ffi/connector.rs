@@ -1,12 +1,15 @@
-//! `mc0_config_*`, `mc0_connector_*` and `mc0_message_*`.
+//! `mc0_config_*` and `mc0_connector_*`.
 
-use std::ffi::CString;
+use std::ops::Deref;
 use std::os::raw::c_char;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::{arg_str, guard, guard_ptr, invalid, mc0_status, new_c_string, set_last_error};
-use crate::config::Config;
-use crate::connector::{Connector, Error, Message};
+use super::message::mc0_message;
+use super::{arg_str, boundary, free_box, guard, invalid, mc0_status, timeout_from_ms};
+use crate::connector::logging::clog;
+use crate::connector::{Config, Connector, Error};
+use crate::log::Level;
 
 /// Connector settings being built (opaque). Not thread-safe: use one config
 /// from one thread at a time.
@@ -16,31 +19,60 @@ pub struct mc0_config {
 
 /// A connection to the broker (opaque). Thread-safe: any number of threads
 /// may call mc0_connector_* on it concurrently (one blocked in receive while
-/// others publish), except mc0_connector_free.
+/// others publish). Calls that share the handle take `const mc0_connector *`
+/// (the connector's state changes, but only behind its own locks, so they
+/// never conflict); only mc0_connector_free, which ends its life, takes a
+/// non-const pointer, and may be called while other calls are still in
+/// progress (see there).
 pub struct mc0_connector {
     inner: Connector,
+    /// Calls in progress on this handle: mc0_connector_free waits for them
+    /// to leave before releasing the memory they use.
+    calls: Mutex<usize>,
+    idle: Condvar,
 }
 
-/// A received message (opaque). Owned by the caller until mc0_message_free;
-/// every pointer read from it is owned by it and valid until then.
-pub struct mc0_message {
-    topic: CString,
-    headers: Vec<(CString, Vec<u8>)>,
-    body: Vec<u8>,
-    sender: Option<CString>,
-    sender_key: Option<CString>,
+/// Longest mc0_connector_free waits for calls still in progress once
+/// close has woken them (they return within close_timeout unless a log
+/// callback blocks them); past it the handle is leaked, not freed under them.
+const FREE_WAIT: Duration = Duration::from_secs(10);
+
+/// One call in progress on a connector, counted until it is dropped (also
+/// when the call panics).
+struct Call<'a>(&'a mc0_connector);
+
+impl Deref for Call<'_> {
+    type Target = Connector;
+    fn deref(&self) -> &Connector {
+        &self.0.inner
+    }
 }
 
-impl From<Message> for mc0_message {
-    fn from(m: Message) -> Self {
-        let c = |s: String| CString::new(s.replace('\0', "\\0")).unwrap_or_default();
-        mc0_message {
-            topic: c(m.topic),
-            headers: m.headers.into_iter().map(|(k, v)| (c(k), v)).collect(),
-            body: m.body,
-            sender: m.sender.map(c),
-            sender_key: m.sender_key.map(c),
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.0.calls.lock().unwrap_or_else(|e| e.into_inner());
+        *calls -= 1;
+        if *calls == 0 {
+            self.0.idle.notify_all();
         }
+    }
+}
+
+impl mc0_connector {
+    fn new(inner: Connector) -> mc0_connector {
+        mc0_connector { inner, calls: Mutex::new(0), idle: Condvar::new() }
+    }
+
+    fn enter(&self) -> Call<'_> {
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Call(self)
+    }
+
+    /// Waits, at most `bound`, until no call is in progress.
+    fn wait_idle(&self, bound: Duration) -> bool {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let (calls, _) = self.idle.wait_timeout_while(calls, bound, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+        *calls == 0
     }
 }
 
@@ -48,12 +80,9 @@ unsafe fn config_ref<'a>(cfg: *const mc0_config) -> Result<&'a Config, Error> {
     cfg.as_ref().map(|c| &c.inner).ok_or_else(|| invalid("config is NULL"))
 }
 
-unsafe fn connector_ref<'a>(c: *const mc0_connector) -> Result<&'a Connector, Error> {
-    c.as_ref().map(|c| &c.inner).ok_or_else(|| invalid("connector is NULL"))
-}
-
-unsafe fn message_ref<'a>(m: *const mc0_message) -> Result<&'a mc0_message, Error> {
-    m.as_ref().ok_or_else(|| invalid("message is NULL"))
+/// The connector behind `c`, counted as in use until the result is dropped.
+unsafe fn connector_ref<'a>(c: *const mc0_connector) -> Result<Call<'a>, Error> {
+    c.as_ref().map(mc0_connector::enter).ok_or_else(|| invalid("connector is NULL"))
 }
 
 /// A slice from a C pointer and length; NULL is fine for length 0.
@@ -67,19 +96,13 @@ unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Er
     }
 }
 
-unsafe fn write_len(len: *mut usize, value: usize) {
-    if !len.is_null() {
-        *len = value;
-    }
-}
-
 // ---- config ----
 
 /// A new config with every key at its default (see docs/CONNECTOR.md).
 /// Free it with mc0_config_free. Returns NULL only if memory is exhausted.
 #[no_mangle]
 pub extern "C" fn mc0_config_new() -> *mut mc0_config {
-    guard_ptr(|| Ok(Box::into_raw(Box::new(mc0_config { inner: Config::new() }))))
+    boundary(|| Ok(Box::into_raw(Box::new(mc0_config { inner: Config::new() }))))
 }
 
 /// Sets one key, named as in MCollective's config without the
@@ -101,15 +124,17 @@ pub unsafe extern "C" fn mc0_config_set(cfg: *mut mc0_config, key: *const c_char
 /// Frees a config. NULL is ignored. Connectors made from it are unaffected.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
-    if !cfg.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(cfg))));
-    }
+    boundary(|| free_box(cfg))
 }
 
 // ---- connector ----
 
 /// Connects to the broker and completes the CONNECT handshake, waiting at
-/// most connect_timeout (default 10 s). On success stores a new connector in
+/// most connect_timeout (default 10 s). With connect_retry = true (for
+/// daemons) it returns as soon as the configuration and key files are
+/// valid, and the connector keeps connecting in the background with its
+/// backoff, logging each failure; subscriptions wait to be made and
+/// publishes are queued meanwhile. On success stores a new connector in
 /// *out (free it with mc0_connector_free); on failure stores NULL.
 /// The config is only read (it may be freed afterwards).
 /// Errors: MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CONFIG (missing
@@ -127,30 +152,37 @@ pub unsafe extern "C" fn mc0_connector_new(cfg: *const mc0_config, out: *mut *mu
         *out = std::ptr::null_mut();
         let config = config_ref(cfg)?;
         let connector = Connector::connect(config)?;
-        *out = Box::into_raw(Box::new(mc0_connector { inner: connector }));
+        *out = Box::into_raw(Box::new(mc0_connector::new(connector)));
         Ok(())
     })
 }
 
 /// Subscribes to a topic (NUL-terminated UTF-8) and waits for the broker's
-/// acknowledgement, at most connect_timeout. The subscription is re-made by
-/// the library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
-/// still held and is made once the broker answers.
+/// acknowledgement, at most connect_timeout. Topics are counted by holder:
+/// subscribing to a topic already held only counts (several agents may
+/// share one reply topic), and it stays subscribed until as many
+/// mc0_connector_unsubscribe calls. The subscription is re-made by the
+/// library after every reconnect; after MC0_ERR_TIMEOUT (link down) it is
+/// still held and is made once the broker answers. With connect_retry,
+/// before the first session with the broker, it returns MC0_OK at once and
+/// the topic is subscribed as soon as there is one.
 /// Errors: MC0_ERR_INVALID_ARGUMENT, MC0_ERR_TIMEOUT, MC0_ERR_BROKER,
 /// MC0_ERR_CLOSED. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_subscribe(c: *mut mc0_connector, topic: *const c_char) -> mc0_status {
+pub unsafe extern "C" fn mc0_connector_subscribe(c: *const mc0_connector, topic: *const c_char) -> mc0_status {
     guard(|| {
         let c = connector_ref(c)?;
         c.subscribe(arg_str(topic, "topic")?)
     })
 }
 
-/// Unsubscribes from a topic and waits for the broker's acknowledgement (at
-/// most connect_timeout; immediate while the link is down). Errors and
+/// Gives up one hold on a topic (see mc0_connector_subscribe); the last
+/// holder's call unsubscribes and waits for the broker's acknowledgement
+/// (at most connect_timeout; immediate while the link is down). A topic not
+/// held is MC0_OK. Errors and
 /// thread-safety as mc0_connector_subscribe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *mut mc0_connector, topic: *const c_char) -> mc0_status {
+pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *const mc0_connector, topic: *const c_char) -> mc0_status {
     guard(|| {
         let c = connector_ref(c)?;
         c.unsubscribe(arg_str(topic, "topic")?)
@@ -174,7 +206,7 @@ pub unsafe extern "C" fn mc0_connector_unsubscribe(c: *mut mc0_connector, topic:
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn mc0_connector_publish(
-    c: *mut mc0_connector,
+    c: *const mc0_connector,
     topic: *const c_char,
     header_names: *const *const c_char,
     header_values: *const *const u8,
@@ -207,14 +239,13 @@ pub unsafe extern "C" fn mc0_connector_publish(
 
 /// Waits until every message this process published on c before the call
 /// has been acknowledged by the broker (or dropped, see mc0_connector_publish),
-/// at most timeout_ms milliseconds. Errors: MC0_ERR_INVALID_ARGUMENT,
+/// at most timeout_ms milliseconds (0: only what is already settled;
+/// negative: no limit, until done or the connector is closed, as for
+/// mc0_connector_receive; libmc0 0.1.0 treated a negative value as 0 here). Errors: MC0_ERR_INVALID_ARGUMENT,
 /// MC0_ERR_TIMEOUT, MC0_ERR_CLOSED. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_flush(c: *mut mc0_connector, timeout_ms: i32) -> mc0_status {
-    guard(|| {
-        let c = connector_ref(c)?;
-        c.flush(Duration::from_millis(timeout_ms.max(0) as u64))
-    })
+pub unsafe extern "C" fn mc0_connector_flush(c: *const mc0_connector, timeout_ms: i32) -> mc0_status {
+    guard(|| connector_ref(c)?.flush(timeout_from_ms(timeout_ms)))
 }
 
 /// Waits for the next message on any subscribed topic, at most timeout_ms
@@ -226,7 +257,7 @@ pub unsafe extern "C" fn mc0_connector_flush(c: *mut mc0_connector, timeout_ms: 
 /// threads may receive, each message goes to one of them.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_receive(
-    c: *mut mc0_connector,
+    c: *const mc0_connector,
     timeout_ms: i32,
     out: *mut *mut mc0_message,
 ) -> mc0_status {
@@ -236,8 +267,7 @@ pub unsafe extern "C" fn mc0_connector_receive(
         }
         *out = std::ptr::null_mut();
         let c = connector_ref(c)?;
-        let timeout = if timeout_ms < 0 { Duration::MAX } else { Duration::from_millis(timeout_ms as u64) };
-        let message = c.receive(timeout)?;
+        let message = c.receive(timeout_from_ms(timeout_ms))?;
         *out = Box::into_raw(Box::new(mc0_message::from(message)));
         Ok(())
     })
@@ -249,156 +279,39 @@ pub unsafe extern "C" fn mc0_connector_receive(
 /// stops. Idempotent; thread-safe; later calls on c fail with MC0_ERR_CLOSED.
 /// c must still be freed with mc0_connector_free.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_close(c: *mut mc0_connector) -> mc0_status {
+pub unsafe extern "C" fn mc0_connector_close(c: *const mc0_connector) -> mc0_status {
     guard(|| connector_ref(c)?.close())
 }
 
 /// Closes c if needed (as mc0_connector_close, bounded) and frees it. NULL is
-/// ignored. No other thread may be using c or use it afterwards.
+/// ignored. Calls still in progress on c in other threads are woken by the
+/// close (they return MC0_ERR_CLOSED) and free waits for them to leave
+/// (bounded: after 10 s it logs an error and leaks c rather than free
+/// memory still in use), so a binding needs no count of its own. No call
+/// may start on c once free has been called.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_free(c: *mut mc0_connector) {
-    if !c.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(c))));
-    }
-}
-
-// ---- message ----
-
-/// The message's topic (NUL-terminated), owned by m. NULL if m is NULL.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_topic(m: *const mc0_message) -> *const c_char {
-    guard_ptr(|| Ok(message_ref(m)?.topic.as_ptr() as *mut c_char))
-}
-
-/// The publisher's authenticated identity (NUL-terminated), owned by m: the
-/// name its key is listed under in mc0d's allowlist, set by mc0d (the
-/// SENDER header; a copy the publisher sent is never passed on). NULL when
-/// the broker set none (no allowlist: see mc0_message_sender_key; or a
-/// legacy broker, which would also pass a forged one on) or m is NULL.
-/// Thread-safe for concurrent readers of m.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_sender(m: *const mc0_message) -> *const c_char {
-    guard_ptr(|| Ok(message_ref(m)?.sender.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
-}
-
-/// The publisher's CURVE public key as 40 Z85 characters (NUL-terminated),
-/// owned by m: set by mc0d (the SENDER-KEY header) instead of the sender
-/// when it has no name for the key (CURVE without an allowlist, or a key
-/// listed without a name), trustworthy as mc0_message_sender; at most one
-/// of the two is set. NULL when absent or m is NULL. Thread-safe for
-/// concurrent readers of m.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_sender_key(m: *const mc0_message) -> *const c_char {
-    guard_ptr(|| Ok(message_ref(m)?.sender_key.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr() as *mut c_char)))
-}
-
-/// Number of headers (the publisher's "X-" headers; not SENDER and
-/// SENDER-KEY, see mc0_message_sender). 0 if m is NULL.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_header_count(m: *const mc0_message) -> usize {
-    match message_ref(m) {
-        Ok(m) => m.headers.len(),
-        Err(e) => {
-            set_last_error(e.message());
-            0
+    boundary(|| {
+        let Some(handle) = c.as_ref() else { return Ok(()) };
+        let _ = handle.inner.close();
+        if handle.wait_idle(FREE_WAIT) {
+            drop(Box::from_raw(c));
+        } else {
+            clog!(
+                Level::Error,
+                "mc0 connector {}: calls still in progress {} after close; not freeing the handle under them",
+                handle.inner.routing_id(),
+                crate::connector::secs(FREE_WAIT)
+            );
         }
-    }
-}
-
-/// The name of header i (NUL-terminated), owned by m; NULL if m is NULL or i
-/// is out of range.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_header_name(m: *const mc0_message, i: usize) -> *const c_char {
-    guard_ptr(|| {
-        let m = message_ref(m)?;
-        let (name, _) = m.headers.get(i).ok_or_else(|| invalid(format!("header index {i} out of range")))?;
-        Ok(name.as_ptr() as *mut c_char)
+        Ok(())
     })
-}
-
-/// The binary value of header i, owned by m, its length stored in *len (len
-/// may be NULL). NULL (and *len = 0) if m is NULL or i is out of range.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_header_value(m: *const mc0_message, i: usize, len: *mut usize) -> *const u8 {
-    write_len(len, 0);
-    guard_ptr(|| {
-        let m = message_ref(m)?;
-        let (_, value) = m.headers.get(i).ok_or_else(|| invalid(format!("header index {i} out of range")))?;
-        write_len(len, value.len());
-        Ok(value.as_ptr() as *mut u8)
-    })
-}
-
-/// The binary value of the first header called name, owned by m, its length
-/// stored in *len (len may be NULL). NULL (and *len = 0) if the header is
-/// absent or an argument is NULL.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_header(m: *const mc0_message, name: *const c_char, len: *mut usize) -> *const u8 {
-    write_len(len, 0);
-    guard_ptr(|| {
-        let m = message_ref(m)?;
-        let name = arg_str(name, "name")?;
-        match m.headers.iter().find(|(k, _)| k.to_bytes() == name.as_bytes()) {
-            Some((_, value)) => {
-                write_len(len, value.len());
-                Ok(value.as_ptr() as *mut u8)
-            }
-            None => Ok(std::ptr::null_mut()),
-        }
-    })
-}
-
-/// The headers as a JSON object mapping each name to its value as a string
-/// (invalid UTF-8 replaced by U+FFFD; for a repeated name the first value).
-/// Returns a new string the caller frees with mc0_string_free; NULL if m is
-/// NULL.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_headers_json(m: *const mc0_message) -> *mut c_char {
-    guard_ptr(|| {
-        let m = message_ref(m)?;
-        let mut map = serde_json::Map::new();
-        for (k, v) in &m.headers {
-            map.entry(k.to_string_lossy().into_owned())
-                .or_insert_with(|| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()));
-        }
-        Ok(new_c_string(serde_json::Value::Object(map).to_string()))
-    })
-}
-
-/// The body, owned by m, its length stored in *len (len may be NULL). Never
-/// NULL for a valid m (an empty body has length 0); NULL if m is NULL.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_body(m: *const mc0_message, len: *mut usize) -> *const u8 {
-    write_len(len, 0);
-    guard_ptr(|| {
-        let m = message_ref(m)?;
-        write_len(len, m.body.len());
-        Ok(m.body.as_ptr() as *mut u8)
-    })
-}
-
-/// Frees a message and everything read from it. NULL is ignored.
-#[no_mangle]
-pub unsafe extern "C" fn mc0_message_free(m: *mut mc0_message) {
-    if !m.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(m))));
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A C string for the duration of the statement (cbindgen's parser
-    /// predates `c""` literals).
-    fn cs(bytes: &[u8]) -> CString {
-        CString::new(bytes).unwrap()
-    }
-    use std::ffi::CStr;
-
-    fn last_error() -> String {
-        unsafe { CStr::from_ptr(super::super::mc0_last_error()) }.to_string_lossy().into_owned()
-    }
+    use crate::ffi::test_util::{cs, last_error};
 
     #[test]
     fn config_errors_through_the_abi() {
@@ -422,45 +335,6 @@ mod tests {
             assert_eq!(mc0_connector_new(cfg, std::ptr::null_mut()), mc0_status::MC0_ERR_INVALID_ARGUMENT);
             mc0_config_free(cfg);
             mc0_config_free(std::ptr::null_mut());
-        }
-    }
-
-    #[test]
-    fn message_accessors() {
-        let m = Box::into_raw(Box::new(mc0_message::from(Message {
-            topic: "c reply me 1".into(),
-            headers: vec![("X-A".into(), b"\x00\xff".to_vec()), ("X-B".into(), b"b".to_vec())],
-            body: b"\x00body".to_vec(),
-            sender: Some("web1".into()),
-            sender_key: None,
-        })));
-        unsafe {
-            assert_eq!(CStr::from_ptr(mc0_message_sender(m)).to_str().unwrap(), "web1");
-            assert!(mc0_message_sender_key(m).is_null());
-            assert!(mc0_message_sender(std::ptr::null()).is_null());
-            assert_eq!(CStr::from_ptr(mc0_message_topic(m)).to_str().unwrap(), "c reply me 1");
-            assert_eq!(mc0_message_header_count(m), 2);
-            assert_eq!(CStr::from_ptr(mc0_message_header_name(m, 1)).to_str().unwrap(), "X-B");
-            assert!(mc0_message_header_name(m, 2).is_null());
-            let mut len = 99;
-            let v = mc0_message_header_value(m, 0, &mut len);
-            assert_eq!(std::slice::from_raw_parts(v, len), b"\x00\xff");
-            assert!(mc0_message_header_value(m, 5, &mut len).is_null());
-            assert_eq!(len, 0);
-            let v = mc0_message_header(m, cs(b"X-B").as_ptr(), &mut len);
-            assert_eq!(std::slice::from_raw_parts(v, len), b"b");
-            assert!(mc0_message_header(m, cs(b"X-C").as_ptr(), &mut len).is_null());
-            let body = mc0_message_body(m, &mut len);
-            assert_eq!(std::slice::from_raw_parts(body, len), b"\x00body");
-            let json = mc0_message_headers_json(m);
-            let parsed: serde_json::Value = serde_json::from_str(CStr::from_ptr(json).to_str().unwrap()).unwrap();
-            assert_eq!(parsed["X-B"], "b");
-            assert_eq!(parsed["X-A"], "\u{0}\u{fffd}");
-            super::super::mc0_string_free(json);
-            assert!(mc0_message_topic(std::ptr::null()).is_null());
-            assert_eq!(mc0_message_header_count(std::ptr::null()), 0);
-            mc0_message_free(m);
-            mc0_message_free(std::ptr::null_mut());
         }
     }
 
@@ -489,5 +363,37 @@ mod tests {
             assert_eq!(mc0_connector_close(null), mc0_status::MC0_ERR_INVALID_ARGUMENT);
             mc0_connector_free(null);
         }
+    }
+
+    #[test]
+    fn free_waits_for_calls_in_progress() {
+        // connect_retry: a connector without a broker.
+        let config = Config::from_pairs([
+            ("broker.host", "127.0.0.1"),
+            ("broker.port", "1"),
+            ("curve", "false"),
+            ("connect_retry", "true"),
+        ])
+        .unwrap();
+        let handle = Box::into_raw(Box::new(mc0_connector::new(Connector::connect(&config).unwrap())));
+        let address = handle as usize;
+        let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (entered, entered_rx) = std::sync::mpsc::channel();
+        let call = std::thread::spawn({
+            let left = left.clone();
+            move || {
+                // SAFETY: free waits for this call (what the test checks).
+                let call = unsafe { &*(address as *const mc0_connector) }.enter();
+                entered.send(()).unwrap();
+                // A call that takes its time to return after close woke it.
+                std::thread::sleep(Duration::from_millis(300));
+                left.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(call);
+            }
+        });
+        entered_rx.recv().unwrap();
+        unsafe { mc0_connector_free(handle) };
+        assert!(left.load(std::sync::atomic::Ordering::SeqCst), "freed while a call was in progress");
+        call.join().unwrap();
     }
 }

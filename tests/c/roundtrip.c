@@ -101,6 +101,20 @@ static void no_broker_needed(const char *missing_key_file) {
     s = mc0_topic_reply("mcollective", "admin", 4242);
     CHECK(s != NULL && strcmp(s, "mcollective reply admin 4242") == 0);
     mc0_string_free(s);
+    s = mc0_topic_for_subscription("directed", "rpcutil", "mcollective", "web1", 1);
+    CHECK(s != NULL && strcmp(s, "mcollective nodes web1") == 0);
+    mc0_string_free(s);
+    CHECK(mc0_topic_for_subscription("queue", "rpcutil", "mcollective", "web1", 1) == NULL);
+    CHECK(contains(mc0_last_error(), "queue"));
+    CHECK(mc0_default_port() > 0);
+
+    /* Status codes: names, and the old spelling of the type still works. */
+    {
+        enum mc0_status old_style = MC0_ERR_TIMEOUT;
+        CHECK(strcmp(mc0_status_str(old_style), "timeout") == 0);
+        CHECK(strcmp(mc0_status_str(MC0_ERR_NOT_FOUND), "not found") == 0);
+        CHECK(strcmp(mc0_status_str(9999), "unknown status") == 0);
+    }
 
     /* Keypairs. */
     CHECK(mc0_curve_keypair(pub, sec) == MC0_OK);
@@ -115,6 +129,7 @@ static void no_broker_needed(const char *missing_key_file) {
     CHECK(contains(mc0_last_error(), "heartbeat"));
     CHECK(mc0_config_set(cfg, "broker.port", "99999") == MC0_ERR_CONFIG);
     CHECK(contains(mc0_last_error(), "broker.port"));
+    CHECK(mc0_last_error_key() != NULL && strcmp(mc0_last_error_key(), "broker.port") == 0);
     CHECK(mc0_connector_new(cfg, &c) == MC0_ERR_CONFIG);
     CHECK(contains(mc0_last_error(), "broker.host"));
     CHECK(mc0_config_set(cfg, "broker.host", "127.0.0.1") == MC0_OK);
@@ -122,6 +137,7 @@ static void no_broker_needed(const char *missing_key_file) {
     CHECK(mc0_config_set(cfg, "private_key", missing_key_file) == MC0_OK);
     CHECK(mc0_connector_new(cfg, &c) == MC0_ERR_KEY);
     CHECK(contains(mc0_last_error(), missing_key_file));
+    CHECK(mc0_last_error_key() != NULL && strcmp(mc0_last_error_key(), "broker.public_key") == 0);
     CHECK(c == NULL);
     mc0_config_free(cfg);
 
@@ -198,7 +214,6 @@ int main(int argc, char **argv) {
     REQUIRE(mc0_config_set(cfg, "connect_timeout", timeout) == MC0_OK);
     REQUIRE(mc0_connector_new(cfg, &c) == MC0_OK);
     REQUIRE(c != NULL);
-    mc0_config_free(cfg);
 
     key_file = fopen(public_key, "r");
     REQUIRE(key_file != NULL && fgets(own_key, sizeof own_key, key_file) != NULL);
@@ -227,6 +242,10 @@ int main(int argc, char **argv) {
     p = mc0_message_header_value(m, 0, &len);
     CHECK(p != NULL && len == strlen(reply_topic) && memcmp(p, reply_topic, len) == 0);
     CHECK(mc0_message_header(m, "X-NONE", &len) == NULL && len == 0);
+    CHECK(mc0_message_header_find(m, "X-BIN", &p, &len) == MC0_OK);
+    CHECK(p != NULL && len == sizeof bin && memcmp(p, bin, len) == 0);
+    CHECK(mc0_message_header_find(m, "X-NONE", &p, &len) == MC0_ERR_NOT_FOUND && p == NULL && len == 0);
+    CHECK(mc0_message_header_find(NULL, "X-NONE", &p, &len) == MC0_ERR_INVALID_ARGUMENT);
     p = mc0_message_body(m, &len);
     CHECK(p != NULL && len == sizeof body && memcmp(p, body, len) == 0);
     json = mc0_message_headers_json(m);
@@ -259,6 +278,8 @@ int main(int argc, char **argv) {
     CHECK(mc0_connector_publish(c, reply_topic, NULL, NULL, NULL, 0, NULL, 5) == MC0_ERR_INVALID_ARGUMENT);
     CHECK(mc0_connector_receive(c, 0, NULL) == MC0_ERR_INVALID_ARGUMENT);
     CHECK(mc0_connector_flush(c, wait_ms) == MC0_OK);
+    /* Negative: no limit, as for receive (nothing is pending here). */
+    CHECK(mc0_connector_flush(c, -1) == MC0_OK);
     CHECK(mc0_connector_unsubscribe(c, reply_topic) == MC0_OK);
 
     /* close() from this thread wakes a receive blocked in another one. */
@@ -273,6 +294,19 @@ int main(int argc, char **argv) {
     CHECK(mc0_connector_publish(c, reply_topic, NULL, NULL, NULL, 0, NULL, 0) == MC0_ERR_CLOSED);
     mc0_connector_free(c);
     mc0_string_free(reply_topic);
+
+    /* free() while another thread is blocked in receive: it wakes that
+     * thread and waits for it to leave before releasing the handle (the
+     * waiting itself is proven by a unit test in src/ffi/connector.rs). */
+    REQUIRE(mc0_connector_new(cfg, &c) == MC0_OK);
+    mc0_config_free(cfg);
+    r.c = c;
+    r.status = MC0_OK;
+    REQUIRE(pthread_create(&thread, NULL, blocked_receive, &r) == 0);
+    sleep_ms(100);
+    mc0_connector_free(c);
+    pthread_join(thread, NULL);
+    CHECK(r.status == MC0_ERR_CLOSED);
 
     mc0_set_log_callback(NULL, NULL, 0);
     pthread_mutex_lock(&log_lock);

@@ -6,7 +6,7 @@ use std::process::{Child, Command as Process, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mc0::config::Config;
+use mc0::connector::Config;
 use mc0::keys::{Key, KeyPair};
 use mc0::protocol::{Command, Limits, Reply};
 

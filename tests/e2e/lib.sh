@@ -195,8 +195,11 @@ stop_broker() {
 
 # A server is ready once our connector's receive loop has started, i.e.
 # after it connected and every agent subscribed.
+# mcollectived connects in the background (libmc0's connect_retry), so its
+# own log says it waits before the broker has its subscriptions: ask both.
 server_ready() {
-    grep -q 'Waiting for a message from the mc0 broker' "$WORK/$1.log" 2>/dev/null
+    grep -q 'Waiting for a message from the mc0 broker' "$WORK/$1.log" 2>/dev/null &&
+        grep -q "client \"$1 [^\"]*\" subscribed to" "$WORK/mc0d.log" 2>/dev/null
 }
 
 # start_server ID: writes its config and starts mcollectived in the foreground.

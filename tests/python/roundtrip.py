@@ -14,6 +14,7 @@ import threading
 import time
 
 MC0_OK, MC0_ERR_INVALID_ARGUMENT, MC0_ERR_CONFIG, MC0_ERR_KEY, MC0_ERR_TIMEOUT, MC0_ERR_CLOSED = 0, 1, 2, 3, 4, 5
+MC0_ERR_NOT_FOUND = 11
 
 LOG_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_int32, C.c_char_p)
 
@@ -23,6 +24,9 @@ def load(path):
     sig = {
         "mc0_version": ([], C.c_char_p),
         "mc0_last_error": ([], C.c_char_p),
+        "mc0_last_error_key": ([], C.c_char_p),
+        "mc0_status_str": ([C.c_uint32], C.c_char_p),
+        "mc0_default_port": ([], C.c_uint16),
         "mc0_config_new": ([], C.c_void_p),
         "mc0_config_set": ([C.c_void_p, C.c_char_p, C.c_char_p], C.c_int),
         "mc0_config_free": ([C.c_void_p], None),
@@ -53,11 +57,16 @@ def load(path):
         "mc0_message_header_name": ([C.c_void_p, C.c_size_t], C.c_char_p),
         "mc0_message_header_value": ([C.c_void_p, C.c_size_t, C.POINTER(C.c_size_t)], C.c_void_p),
         "mc0_message_header": ([C.c_void_p, C.c_char_p, C.POINTER(C.c_size_t)], C.c_void_p),
+        "mc0_message_header_find": (
+            [C.c_void_p, C.c_char_p, C.POINTER(C.c_void_p), C.POINTER(C.c_size_t)],
+            C.c_int,
+        ),
         "mc0_message_headers_json": ([C.c_void_p], C.c_void_p),
         "mc0_message_body": ([C.c_void_p, C.POINTER(C.c_size_t)], C.c_void_p),
         "mc0_message_free": ([C.c_void_p], None),
         "mc0_topic_agent": ([C.c_char_p, C.c_char_p], C.c_void_p),
         "mc0_topic_reply": ([C.c_char_p, C.c_char_p, C.c_uint32], C.c_void_p),
+        "mc0_topic_for_subscription": ([C.c_char_p] * 4 + [C.c_uint32], C.c_void_p),
         "mc0_string_free": ([C.c_void_p], None),
         "mc0_curve_keypair": ([C.c_char_p, C.c_char_p], C.c_int),
         "mc0_set_log_callback": ([LOG_FN, C.c_void_p, C.c_int32], None),
@@ -108,6 +117,12 @@ def receive(lib, c, timeout_ms):
             name = lib.mc0_message_header_name(m, i).decode()
             ptr = lib.mc0_message_header_value(m, i, C.byref(n))
             headers[name] = C.string_at(ptr, n.value)
+            found = C.c_void_p()
+            check(lib.mc0_message_header_find(m, name.encode(), C.byref(found), C.byref(n)) == MC0_OK, "find")
+            check(C.string_at(found, n.value) == headers[name], "find's value")
+        found = C.c_void_p()
+        status = lib.mc0_message_header_find(m, b"X-NONE", C.byref(found), C.byref(n))
+        check(status == MC0_ERR_NOT_FOUND and not found and n.value == 0, f"an absent header: {status}")
         as_json = json.loads(take_string(lib, lib.mc0_message_headers_json(m)))
         sender = (lib.mc0_message_sender(m), lib.mc0_message_sender_key(m))
         return MC0_OK, (lib.mc0_message_topic(m).decode(), headers, body, as_json, sender)
@@ -134,6 +149,10 @@ def main():
     check(take_string(lib, lib.mc0_topic_agent(b"mcollective", b"rpcutil")) == "mcollective rpcutil", "agent topic")
     reply_topic = take_string(lib, lib.mc0_topic_reply(b"mcollective", b"py", os.getpid()))
     check(reply_topic == f"mcollective reply py {os.getpid()}", "reply topic")
+    topic = lib.mc0_topic_for_subscription(b"broadcast", b"rpcutil", b"mcollective", b"py", 1)
+    check(take_string(lib, topic) == "mcollective rpcutil", "the subscription mapping")
+    check(lib.mc0_default_port() > 0, "default port")
+    check(lib.mc0_status_str(MC0_ERR_TIMEOUT) == b"timeout", "status names")
     pub, sec = C.create_string_buffer(41), C.create_string_buffer(41)
     check(lib.mc0_curve_keypair(pub, sec) == MC0_OK and len(pub.value) == 40, "keypair")
 
@@ -141,6 +160,7 @@ def main():
     cfg = lib.mc0_config_new()
     check(lib.mc0_config_set(cfg, b"broker.hots", b"x") == MC0_ERR_CONFIG, "unknown key")
     check(b"broker.hots" in lib.mc0_last_error(), "error names the key")
+    check(lib.mc0_last_error_key() == b"broker.hots", "the key as data")
     check(lib.mc0_config_set(None, b"broker.host", b"x") == MC0_ERR_INVALID_ARGUMENT, "NULL config")
     for key, value in [
         ("broker.host", host),

@@ -5,7 +5,7 @@
 #
 # Settings (server.cfg / client.cfg):
 #   plugin.zeromq.broker.host        broker address (required)
-#   plugin.zeromq.broker.port        61616
+#   plugin.zeromq.broker.port        libmc0's default (61616)
 #   plugin.zeromq.broker.public_key  file with the broker's Z85 public key
 #   plugin.zeromq.public_key         this node's public key file
 #   plugin.zeromq.private_key        this node's private key file
@@ -16,6 +16,11 @@
 # Every other plugin.zeromq.* key is handed to libmc0 with the prefix
 # stripped, so libmc0's tuning keys work here too and a typo is an error
 # that names the key.
+#
+# mcollectived connects with libmc0's connect_retry: connect returns once the
+# configuration is valid and libmc0 keeps trying (with its backoff, logging
+# each failure) until the broker answers; mco makes one bounded attempt.
+# Subscriptions are counted by holder in libmc0 (agents share a reply topic).
 #
 # Topics (computed by libmc0 so every language agrees, see PROTOCOL.md):
 #   broadcast requests   "<collective> <agent>"
@@ -58,10 +63,6 @@ module MCollective
         @config = Config.instance
         @connection = nil
         @connect_lock = Mutex.new
-        # topic => how many subscribe calls hold it. Several agents share one
-        # reply topic, so unsubscribing one must not drop the others.
-        @subscriptions = Hash.new(0)
-        @sub_lock = Mutex.new
         @backoff = ERROR_PAUSE
       end
 
@@ -85,8 +86,13 @@ module MCollective
           Mc0.set_logger(level) { |lvl, text| libmc0_log(lvl, text) }
           Log.info("mc0 connector: libmc0 #{Mc0.version} from #{path}")
 
-          @connection = open_connection(libmc0_settings)
-          Log.info("Connected to the mc0 broker at #{broker_description}")
+          settings = libmc0_settings
+          @connection = open_connection(settings)
+          if %w[true yes 1].include?(settings['connect_retry'].to_s.downcase)
+            Log.info("Connecting to the mc0 broker at #{broker_description} (libmc0 retries until it answers)")
+          else
+            Log.info("Connected to the mc0 broker at #{broker_description}")
+          end
         end
       end
 
@@ -96,46 +102,30 @@ module MCollective
           conn = @connection
           @connection = nil
         end
-        @sub_lock.synchronize { @subscriptions.clear }
         return unless conn
 
         Log.debug("Disconnecting from the mc0 broker at #{broker_description}")
         conn.close
       end
 
+      # libmc0 counts holders: a topic several agents share stays subscribed
+      # until the last of them unsubscribes.
       def subscribe(agent, type, collective)
         topic = subscription_topic(agent, type, collective)
-        @sub_lock.synchronize do
-          if @subscriptions[topic].zero?
-            Log.debug("Subscribing to '#{topic}'")
-            begin
-              live_connection.subscribe(topic)
-            rescue Mc0::TimeoutError => e
-              # libmc0 keeps the subscription and makes it once the broker answers.
-              Log.warn("#{e.message}; the subscription is made when the broker is back")
-            end
-          end
-          @subscriptions[topic] += 1
-        end
+        Log.debug("Subscribing to '#{topic}'")
+        live_connection.subscribe(topic)
+      rescue Mc0::TimeoutError => e
+        # libmc0 keeps the subscription and makes it once the broker answers.
+        Log.warn("#{e.message}; the subscription is made when the broker is back")
       end
 
       def unsubscribe(agent, type, collective)
         topic = subscription_topic(agent, type, collective)
-        @sub_lock.synchronize do
-          return unless @subscriptions.key?(topic)
-
-          @subscriptions[topic] -= 1
-          next if @subscriptions[topic].positive?
-
-          @subscriptions.delete(topic)
-          Log.debug("Unsubscribing from '#{topic}'")
-          begin
-            live_connection.unsubscribe(topic)
-          rescue Mc0::TimeoutError => e
-            # Already forgotten locally; a restarted broker never hears of it.
-            Log.warn(e.message)
-          end
-        end
+        Log.debug("Unsubscribing from '#{topic}'")
+        live_connection.unsubscribe(topic)
+      rescue Mc0::TimeoutError => e
+        # Already forgotten by libmc0; a restarted broker never hears of it.
+        Log.warn(e.message)
       end
 
       def publish(msg)
@@ -174,12 +164,9 @@ module MCollective
       # The topic subscribe/unsubscribe use for (agent, type, collective).
       def subscription_topic(agent, type, collective)
         load_library
-        case type.to_sym
-        when :broadcast then Mc0.topic_agent(collective, agent)
-        when :directed then Mc0.topic_node(collective, @config.identity)
-        when :reply then reply_topic(collective)
-        else raise("Unknown subscription type '#{type}' for the zeromq connector")
-        end
+        Mc0.topic_for_subscription(type, agent, collective, @config.identity, Process.pid)
+      rescue Mc0::InvalidArgumentError => e
+        raise("Unknown subscription type '#{type}' for the zeromq connector (#{e.detail})")
       end
 
       # Where this process receives replies in `collective`.
@@ -231,6 +218,10 @@ module MCollective
         if !settings.key?('connect_timeout') && @config.connection_timeout
           settings['connect_timeout'] = @config.connection_timeout.to_s
         end
+        # A node keeps trying until the broker answers (as the Stomp
+        # connectors do), also while its host name does not resolve (DNS may
+        # be down or late at boot); libmc0 does it in the background.
+        settings['connect_retry'] ||= 'true' if @config.mode == :server
         settings
       end
 
@@ -245,39 +236,32 @@ module MCollective
         @connection || raise('Not connected to the mc0 broker (connect first)')
       end
 
-      # A node keeps trying until the broker answers (as the Stomp connectors
-      # do), also while its host name does not resolve (DNS may be down or
-      # late at boot); a client gives up after one bounded attempt so mco
-      # reports it. Configuration and key file errors never heal by retrying.
+      # With connect_retry (mcollectived) libmc0 connects in the background;
+      # otherwise (mco) this is one bounded attempt. Configuration and key
+      # file errors fail at once either way: they never heal by retrying.
       def open_connection(settings)
-        delay = 1
-        begin
-          Mc0::Connector.new(settings)
-        rescue Mc0::ConfigError, Mc0::KeyFileError, Mc0::InvalidArgumentError => e
-          raise("zeromq connector configuration: #{plugin_key_hint(e.message)}")
-        rescue Mc0::Error => e
-          message = "Could not connect to the mc0 broker at #{broker_description}: #{e.detail}"
-          if e.status == :timeout && !e.detail.include?('public_key')
-            message += ' (is mc0d running there, and is plugin.zeromq.broker.public_key its public key?)'
-          end
-          raise(message) unless @config.mode == :server
-
-          Log.error("#{message}; retrying in #{delay}s")
-          sleep(delay)
-          delay = [delay * 2, 30].min
-          retry
+        Mc0::Connector.new(settings)
+      rescue Mc0::ConfigError, Mc0::KeyFileError, Mc0::InvalidArgumentError => e
+        raise("zeromq connector configuration: #{plugin_setting_error(e)}")
+      rescue Mc0::Error => e
+        message = "Could not connect to the mc0 broker at #{broker_description}: #{e.detail}"
+        if e.status == :timeout && !e.detail.include?('public_key')
+          message += ' (is mc0d running there, and is plugin.zeromq.broker.public_key its public key?)'
         end
+        raise(message)
       end
 
-      # Mc0::Config says "setting broker.host: ..."; name the MCollective setting.
-      # Errors from connecting already carry libmc0's own wording.
-      def plugin_key_hint(message)
-        message.sub(/\Asetting (\S+):/, 'plugin.zeromq.\1:').sub(/\Aconnecting to the broker: /, '')
+      # libmc0's error names the setting at fault (Mc0::Error#key); say it
+      # the way server.cfg/client.cfg spell it.
+      def plugin_setting_error(error)
+        return error.detail unless error.key
+
+        "plugin.zeromq.#{error.key}: #{error.detail.delete_prefix("#{error.key}: ")}"
       end
 
       def broker_description
         host = @config.pluginconf['zeromq.broker.host'] || '(plugin.zeromq.broker.host unset)'
-        port = @config.pluginconf['zeromq.broker.port'] || 61616
+        port = @config.pluginconf['zeromq.broker.port'] || Mc0.default_port
         "#{host}:#{port}"
       end
 

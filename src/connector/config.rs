@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::connector::{Error, ErrorKind};
+use super::{Error, ErrorKind};
 use crate::keys::{self, Key};
 use crate::protocol;
 
@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "send_queue",
     "receive_queue",
     "reconnect_max",
+    "connect_retry",
 ];
 
 /// What the user configured, unvalidated where validation needs the file
@@ -67,6 +68,15 @@ pub struct Config {
     /// refused). libzmq's own TCP reconnects are capped at 1 s, or at this
     /// if smaller.
     pub reconnect_max: Duration,
+    /// Connect in the background: [`Connector::connect`] returns once the
+    /// configuration and key files are valid, and the connector keeps
+    /// trying (with the backoff above, logging each failure) until the
+    /// broker answers; meanwhile subscriptions are held and publishes
+    /// queued. For daemons (mcollectived) that must start whether or not
+    /// the broker is up.
+    ///
+    /// [`Connector::connect`]: super::Connector::connect
+    pub connect_retry: bool,
 }
 
 impl Default for Config {
@@ -85,6 +95,7 @@ impl Default for Config {
             send_queue: DEFAULT_SEND_QUEUE,
             receive_queue: DEFAULT_RECEIVE_QUEUE,
             reconnect_max: Duration::from_secs_f64(DEFAULT_RECONNECT_MAX_SECS),
+            connect_retry: false,
         }
     }
 }
@@ -123,10 +134,13 @@ pub struct Settings {
     pub send_queue: usize,
     pub receive_queue: usize,
     pub reconnect_max: Duration,
+    /// See [`Config::connect_retry`].
+    pub connect_retry: bool,
 }
 
-fn config_error(message: String) -> Error {
-    Error::new(ErrorKind::Config, message)
+/// A Config error about `key`, which it names as data too.
+fn config_error(key: &str, message: String) -> Error {
+    Error::new(ErrorKind::Config, message).with_key(key)
 }
 
 /// Longest identity accepted: a ZeroMQ routing id is at most 255 bytes and
@@ -157,16 +171,15 @@ impl Config {
         match key {
             "broker.host" => {
                 if value.is_empty() {
-                    return Err(config_error("broker.host: empty host name".into()));
+                    return Err(config_error(key, "broker.host: empty host name".into()));
                 }
                 self.broker_host = Some(value.to_string());
             }
             "broker.port" => {
-                self.broker_port = value
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| config_error(format!("broker.port: {value:?} is not a TCP port (1-65535)")))?;
+                self.broker_port =
+                    value.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                        config_error(key, format!("broker.port: {value:?} is not a TCP port (1-65535)"))
+                    })?;
             }
             "curve" => self.curve = parse_bool(key, value)?,
             "broker.public_key" => self.broker_public_key = Some(parse_path(key, value)?),
@@ -179,10 +192,13 @@ impl Config {
             }
             "identity" => {
                 if !crate::topics::is_identity(value) || value.len() > MAX_IDENTITY_LEN {
-                    return Err(config_error(format!(
-                        "identity: {value:?} is not an MCollective identity: 1 to {MAX_IDENTITY_LEN} letters, \
+                    return Err(config_error(
+                        key,
+                        format!(
+                            "identity: {value:?} is not an MCollective identity: 1 to {MAX_IDENTITY_LEN} letters, \
                          digits, '_', '.' or '-' (it is the first word of the routing id and names the node's topic)"
-                    )));
+                        ),
+                    ));
                 }
                 self.identity = Some(value.to_string());
             }
@@ -191,8 +207,9 @@ impl Config {
             "send_queue" => self.send_queue = parse_count(key, value)?,
             "receive_queue" => self.receive_queue = parse_count(key, value)?,
             "reconnect_max" => self.reconnect_max = parse_seconds(key, value, 0.01, 86_400.0)?,
+            "connect_retry" => self.connect_retry = parse_bool(key, value)?,
             _ => {
-                return Err(config_error(format!("unknown key {key:?} (known keys: {})", KEYS.join(", "))));
+                return Err(config_error(key, format!("unknown key {key:?} (known keys: {})", KEYS.join(", "))));
             }
         }
         Ok(())
@@ -210,20 +227,24 @@ impl Config {
         let host = self
             .broker_host
             .clone()
-            .ok_or_else(|| config_error("broker.host is required (plugin.zeromq.broker.host)".into()))?;
+            .ok_or_else(|| config_error("broker.host", "broker.host is required (plugin.zeromq.broker.host)".into()))?;
         let curve = if self.curve {
             let required = |key: &str, path: &Option<PathBuf>| -> Result<PathBuf, Error> {
                 path.clone().ok_or_else(|| {
-                    config_error(format!(
-                        "{key} is required when curve is on (plugin.zeromq.{key}; or set plugin.zeromq.curve = false)"
-                    ))
+                    config_error(
+                        key,
+                        format!(
+                            "{key} is required when curve is on (plugin.zeromq.{key}; or set plugin.zeromq.curve = false)"
+                        ),
+                    )
                 })
             };
             let server_path = required("broker.public_key", &self.broker_public_key)?;
             let secret_path = required("private_key", &self.private_key)?;
             let server = read_key("broker.public_key", &server_path)?;
             let secret = read_key("private_key", &secret_path)?;
-            let pair = keys::KeyPair::from_secret(secret).map_err(|e| Error::new(ErrorKind::Zmq, e))?;
+            let pair = keys::KeyPair::from_secret(secret)
+                .map_err(|e| Error::new(ErrorKind::Zmq, e).with_key("private_key"))?;
             if let Some(public_path) = &self.public_key {
                 let public = read_key("public_key", public_path)?;
                 if public != pair.public {
@@ -234,7 +255,8 @@ impl Config {
                             public_path.display(),
                             secret_path.display()
                         ),
-                    ));
+                    )
+                    .with_key("public_key"));
                 }
             }
             Some(CurveKeys { server, public: pair.public, secret })
@@ -265,6 +287,7 @@ impl Config {
             send_queue: self.send_queue,
             receive_queue: self.receive_queue,
             reconnect_max: self.reconnect_max,
+            connect_retry: self.connect_retry,
         })
     }
 }
@@ -284,25 +307,26 @@ impl Settings {
         }
         .map_err(|why| {
             Error::new(ErrorKind::Resolve, format!("cannot resolve the broker host name {host:?} (broker.host): {why}"))
+                .with_key("broker.host")
         })
     }
 }
 
 fn read_key(key: &str, path: &Path) -> Result<Key, Error> {
-    keys::read_key_file(path).map_err(|e| Error::new(ErrorKind::Key, format!("{key}: {e}")))
+    keys::read_key_file(path).map_err(|e| Error::new(ErrorKind::Key, format!("{key}: {e}")).with_key(key))
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, Error> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "yes" | "1" | "on" => Ok(true),
         "false" | "no" | "0" | "off" => Ok(false),
-        _ => Err(config_error(format!("{key}: {value:?} is not a boolean (true/false/yes/no/1/0)"))),
+        _ => Err(config_error(key, format!("{key}: {value:?} is not a boolean (true/false/yes/no/1/0)"))),
     }
 }
 
 fn parse_path(key: &str, value: &str) -> Result<PathBuf, Error> {
     if value.is_empty() {
-        return Err(config_error(format!("{key}: empty file name")));
+        return Err(config_error(key, format!("{key}: empty file name")));
     }
     Ok(PathBuf::from(value))
 }
@@ -310,7 +334,7 @@ fn parse_path(key: &str, value: &str) -> Result<PathBuf, Error> {
 fn parse_seconds(key: &str, value: &str, min: f64, max: f64) -> Result<Duration, Error> {
     match value.parse::<f64>() {
         Ok(secs) if secs.is_finite() && (min..=max).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(config_error(format!("{key}: {value:?} is not a number of seconds between {min} and {max}"))),
+        _ => Err(config_error(key, format!("{key}: {value:?} is not a number of seconds between {min} and {max}"))),
     }
 }
 
@@ -319,7 +343,7 @@ fn parse_count(key: &str, value: &str) -> Result<usize, Error> {
         .parse::<usize>()
         .ok()
         .filter(|n| (1..=100_000_000).contains(n))
-        .ok_or_else(|| config_error(format!("{key}: {value:?} is not a whole number between 1 and 100000000")))
+        .ok_or_else(|| config_error(key, format!("{key}: {value:?} is not a whole number between 1 and 100000000")))
 }
 
 /// The host name, as MCollective's default identity uses it.
@@ -439,6 +463,29 @@ mod tests {
         assert!(err("identity", &long).message().contains("identity"));
         let e = err("identity", "web 01");
         assert!(e.message().contains("\"web 01\""), "names the value: {e}");
+    }
+
+    #[test]
+    fn errors_carry_the_key_as_data() {
+        assert_eq!(err("broker.port", "x").key(), Some("broker.port"));
+        assert_eq!(err("plugin.zeromq.heartbeat", "x").key(), Some("heartbeat"), "without the prefix");
+        assert_eq!(err("brokr.host", "x").key(), Some("brokr.host"), "an unknown key is the key at fault");
+        assert_eq!(Config::new().resolve().unwrap_err().key(), Some("broker.host"));
+        let mut c = Config::new();
+        c.set("broker.host", "h").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key(), Some("broker.public_key"));
+        c.set("broker.public_key", "/nonexistent/mc0-test/b.public").unwrap();
+        c.set("private_key", "/nonexistent/mc0-test/c.private").unwrap();
+        let e = c.resolve().unwrap_err();
+        assert_eq!((e.kind(), e.key()), (ErrorKind::Key, Some("broker.public_key")));
+    }
+
+    #[test]
+    fn connect_retry_is_off_unless_asked_for() {
+        assert!(!Config::new().connect_retry);
+        let c = Config::from_pairs([("connect_retry", "yes"), ("broker.host", "h"), ("curve", "no")]).unwrap();
+        assert!(c.connect_retry && c.resolve().unwrap().connect_retry);
+        assert_eq!(err("connect_retry", "sometimes").key(), Some("connect_retry"));
     }
 
     #[test]
