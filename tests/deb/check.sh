@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 DEBS=("$ROOT"/target/debian/*.deb)
-PACKAGES=(mc0d libmc0-0 libmc0-dev mcollective-plugin-mc0 python3-mc0)
+PACKAGES=(mc0d mc0-keygen libmc0-0 libmc0-dev mcollective-plugin-mc0 python3-mc0)
 MULTIARCH=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
 # The multiarch libdir, as the loader names it (/lib is /usr/lib on merged-/usr).
 LIBDIR_RE="(/usr)?/lib/$MULTIARCH"
