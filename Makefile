@@ -74,7 +74,7 @@ deb: build
 	debian/rules binary
 
 test-deb: deb
-	timeout 600 tests/deb/check.sh
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) timeout 600 tests/deb/check.sh
 
 demo: build
 	tests/e2e/demo.sh
