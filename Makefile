@@ -4,6 +4,7 @@
 #   make test      install prerequisites, then every test (what CI runs)
 #   make install   PREFIX=/usr/local (DESTDIR honoured)
 #   make man       man pages and shell completions into target/man
+#   make deb       Debian packages into target/debian (debian/; make test-deb installs, tests, purges them)
 
 PREFIX    ?= /usr/local
 LIBDIR    ?= $(PREFIX)/lib
@@ -17,9 +18,10 @@ RELEASE   := target/release
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
-	valgrind python3 procps psmisc curl ca-certificates binutils
+	valgrind python3 procps psmisc curl ca-certificates binutils \
+	debhelper dh-python lintian
 
-.PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header man install uninstall clean
+.PHONY: all deps build test test-rust test-ruby test-python test-e2e test-install test-deb deb lint demo header man install uninstall clean
 
 all: build
 
@@ -42,7 +44,9 @@ deps:
 build: deps
 	$(CARGO) build --release --locked --workspace
 
-test: deps lint build test-rust test-ruby test-e2e test-install
+# test-deb installs and purges system packages: last, so that no installed
+# libmc0 is on the loader path while the other tests run.
+test: deps lint build test-rust test-ruby test-python test-e2e test-install test-deb
 	@echo "== all tests passed"
 
 lint:
@@ -61,6 +65,16 @@ test-e2e: build
 
 test-install: build
 	tests/install/check.sh
+
+test-python: build
+	cd python && MC0_LIBRARY=$(CURDIR)/$(RELEASE)/libmc0.so MC0_BIN_DIR=$(CURDIR)/$(RELEASE) python3 -m unittest discover -v -s tests 2>&1
+
+# Debian 12 packages (debian/: debhelper, version from Cargo.toml) into target/debian.
+deb: build
+	debian/rules binary
+
+test-deb: deb
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) timeout 600 tests/deb/check.sh
 
 demo: build
 	tests/e2e/demo.sh

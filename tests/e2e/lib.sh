@@ -11,10 +11,20 @@
 set -euo pipefail
 
 E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN_DIR=${MC0_BIN_DIR:-$E2E_ROOT/target/release}
+if [ -n "${E2E_INSTALLED:-}" ]; then
+    # The installed packages only (tests/deb/check.sh): binaries in /usr/bin,
+    # the plugin in Debian's plugin directory, libmc0 found by the plugin on
+    # the system loader path (no plugin.zeromq.library).
+    BIN_DIR=/usr/bin
+    PLUGIN_LIBDIR=/usr/share/mcollective/plugins
+    LIBMC0=
+else
+    BIN_DIR=${MC0_BIN_DIR:-$E2E_ROOT/target/release}
+    PLUGIN_LIBDIR=$E2E_ROOT/ruby/lib:/usr/share/mcollective/plugins
+    LIBMC0=${MC0_LIBRARY:-$BIN_DIR/libmc0.so}
+fi
 MC0D=$BIN_DIR/mc0d
 KEYGEN=$BIN_DIR/mc0-keygen
-LIBMC0=${MC0_LIBRARY:-$BIN_DIR/libmc0.so}
 # The legacy and libmc0 default: a broker restart must not wait for it.
 HEARTBEAT=${E2E_HEARTBEAT:-30}
 SERVERS=${E2E_SERVERS:-3}
@@ -109,7 +119,7 @@ common_cfg() {
     cat <<CFG
 main_collective = mcollective
 collectives = mcollective,other
-libdir = $E2E_ROOT/ruby/lib:/usr/share/mcollective/plugins
+libdir = $PLUGIN_LIBDIR
 logger_type = file
 logfile = $2
 loglevel = debug
@@ -119,13 +129,13 @@ plugin.psk = e2e-$(basename "$WORK")
 factsource = yaml
 plugin.yaml = $WORK/facts-$1.yaml
 connector = zeromq
-plugin.zeromq.library = $LIBMC0
 plugin.zeromq.broker.host = 127.0.0.1
 plugin.zeromq.broker.port = $PORT
 plugin.zeromq.broker.public_key = $WORK/keys/broker.public
 plugin.zeromq.heartbeat = $HEARTBEAT
 plugin.zeromq.connect_timeout = $CONNECT_TIMEOUT
 CFG
+    [ -z "$LIBMC0" ] || echo "plugin.zeromq.library = $LIBMC0"
 }
 
 # client_cfg NAME [BROKER_KEY [CLIENT_KEY]]: writes $WORK/NAME.cfg for mco.
@@ -231,7 +241,7 @@ mco_ping_nodes() {
 }
 
 setup() {
-    need "$MC0D" "$KEYGEN" "$LIBMC0"
+    need "$MC0D" "$KEYGEN" ${LIBMC0:+"$LIBMC0"}
     local i ids=()
     for i in $(seq 1 "$SERVERS"); do ids+=("node-$i"); done
     make_keys "${ids[@]}" rogue
