@@ -52,6 +52,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         },
         identity_check: args.identity_check.map(Into::into).unwrap_or_default(),
         node_publish_agents: args.node_publish_agents.map(|a| a.0).unwrap_or_default(),
+        metrics: args.metrics,
         ..Config::default()
     };
     config.set_max_body_size(args.max_body_size);
