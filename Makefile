@@ -17,7 +17,7 @@ RELEASE   := target/release
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
-	valgrind python3 procps psmisc curl ca-certificates binutils
+	valgrind python3 procps psmisc curl ca-certificates binutils prometheus
 
 .PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header man install uninstall clean
 
