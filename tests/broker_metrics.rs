@@ -252,3 +252,17 @@ fn status_page_and_unknown_paths() {
     assert!(body.contains("<table id=\"sessions\"") && !body.contains("http://") && !body.contains("https://"));
     assert_eq!(get(addr, "/nope").0, 404);
 }
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let root = common::crate_dir();
+    let mut check = Process::new("promtool");
+    check.args(["check", "rules"]).arg(root.join("docs/prometheus-alerts.yml"));
+    let (status, out, err) = common::run(check, WAIT);
+    assert!(status.success(), "promtool check rules:\n{out}{err}");
+    // The fleet alert fires on a 15 % drop and not on 7.5 %.
+    let mut test = Process::new("promtool");
+    test.args(["test", "rules", "alerts_test.yml"]).current_dir(root.join("tests/prometheus"));
+    let (status, out, err) = common::run(test, WAIT);
+    assert!(status.success(), "promtool test rules:\n{out}{err}");
+}

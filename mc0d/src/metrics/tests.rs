@@ -80,3 +80,48 @@ fn the_parser_catches_malformed_lines() {
     assert!(parse_exposition("# TYPE a counter\na one\n").is_err());
     assert!(parse_exposition("# TYPE a counter\na{b=1} 1\n").is_err());
 }
+
+/// Every `mc0d_*` and `process_*` name in `text`.
+fn names_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for prefix in ["mc0d_", "process_"] {
+        for (i, _) in text.match_indices(prefix) {
+            if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let end = text[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(text.len(), |e| i + e);
+            names.push(text[i..end].to_string());
+        }
+    }
+    names
+}
+
+fn exported() -> Vec<String> {
+    let text = encode(&Snapshot::default());
+    parse_exposition(&text).unwrap().into_iter().map(|(s, _)| s.split('{').next().unwrap().to_string()).collect()
+}
+
+/// The dashboard and alert rules in docs/, and README's list, use exactly
+/// the names `/metrics` exports.
+#[test]
+fn docs_name_only_exported_metrics_and_readme_lists_them_all() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let exported = exported();
+    for file in ["grafana-mc0d.json", "prometheus-alerts.yml"] {
+        let text = std::fs::read_to_string(docs.join(file)).unwrap();
+        let names = names_in(&text);
+        assert!(names.len() > 5, "{file}: no metric names found");
+        for name in names {
+            assert!(exported.contains(&name), "{file} uses {name}, which /metrics does not export");
+        }
+    }
+    let readme = std::fs::read_to_string(docs.join("../README.md")).unwrap();
+    let section = readme.split("## Monitoring").nth(1).unwrap().split("\n## ").next().unwrap();
+    let listed = names_in(section);
+    for name in &exported {
+        assert!(listed.contains(name), "README's Monitoring section does not list {name}");
+    }
+    for name in &listed {
+        assert!(exported.contains(name), "README's Monitoring section lists {name}, which is not exported");
+    }
+}
