@@ -266,3 +266,47 @@ fn alert_rules_pass_promtool() {
     let (status, out, err) = common::run(test, WAIT);
     assert!(status.success(), "promtool test rules:\n{out}{err}");
 }
+
+/// The page's DOM after its scripts ran, in Debian's headless chromium.
+fn rendered(url: &str) -> String {
+    let profile = TempDir::new("chromium");
+    let mut cmd = Process::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        // Runs the page's fetches and rendering before the DOM is dumped.
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(url);
+    let (status, out, err) = common::run(cmd, Duration::from_secs(60));
+    assert!(status.success(), "chromium (Debian package chromium) failed:\n{err}");
+    out
+}
+
+#[test]
+fn status_page_in_a_browser_lists_sessions_and_filters_them() {
+    let (broker, addr) = broker();
+    let ctx = zmq::Context::new();
+    let clients: Vec<Client> =
+        ["web-1", "web-2", "db-1"].iter().map(|id| broker.client_with_id(&ctx, id.as_bytes())).collect();
+    for c in &clients {
+        c.handshake(60_000);
+    }
+    wait_metric(addr, "mc0d_connections", 3.0);
+    let rows = |dom: &str| dom.matches("<tr class=\"session\">").count();
+    let dom = rendered(&format!("http://{addr}/"));
+    assert!(dom.contains("data-ready=\"1\""), "the page's scripts did not finish:\n{dom}");
+    assert_eq!(rows(&dom), 3, "{dom}");
+    assert!(dom.contains("web-1") && dom.contains("db-1") && dom.contains("127.0.0.1"), "{dom}");
+    assert!(dom.contains("(3 of 3)"), "{dom}");
+    let dom = rendered(&format!("http://{addr}/?filter=web"));
+    assert_eq!(rows(&dom), 2, "{dom}");
+    assert!(!dom.contains("db-1") && dom.contains("(2 of 3)"), "{dom}");
+}
