@@ -393,9 +393,9 @@ impl Server {
                 received.conn = msg.source_fd();
                 if let (Some(peers), Some(conn)) = (&mut peers, received.conn) {
                     // Once per connection, not per message.
-                    if !peers.contains_key(&conn) {
+                    if let std::collections::hash_map::Entry::Vacant(entry) = peers.entry(conn) {
                         if let Some(address) = msg.property(b"Peer-Address\0") {
-                            peers.insert(conn, Arc::from(address));
+                            entry.insert(Arc::from(address));
                         }
                     }
                 }

@@ -33,7 +33,7 @@ pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
                 let labels = labels.strip_suffix('}').ok_or_else(|| bad("unclosed labels"))?;
                 for pair in labels.split(',') {
                     let (l, v) = pair.split_once('=').ok_or_else(|| bad("label without value"))?;
-                    if !valid_name(l) || !(v.len() >= 2 && v.starts_with('"') && v.ends_with('"')) {
+                    if !(valid_name(l) && v.len() >= 2 && v.starts_with('"') && v.ends_with('"')) {
                         return Err(bad("bad label"));
                     }
                 }
