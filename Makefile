@@ -19,7 +19,7 @@ RELEASE   := target/release
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
 	valgrind python3 procps psmisc curl ca-certificates binutils \
-	debhelper dh-python lintian
+	debhelper dh-python lintian prometheus chromium
 
 .PHONY: all deps build test test-rust test-ruby test-python test-e2e test-install test-deb deb lint demo header man install uninstall clean
 
@@ -96,7 +96,7 @@ mc0.pc: mc0.pc.in Cargo.toml
 install: mc0.pc
 	@test -f $(RELEASE)/libmc0.so || { echo "run 'make build' first"; exit 1; }
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) \
-		$(DESTDIR)$(RUBYDIR)/mcollective/connector
+		$(DESTDIR)$(RUBYDIR)/mcollective/connector $(DESTDIR)$(RUBYDIR)/mcollective/agent
 	install -m 0755 $(RELEASE)/libmc0.so $(DESTDIR)$(LIBDIR)/libmc0.so.$(VERSION)
 	ln -sf libmc0.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmc0.so.0
 	ln -sf libmc0.so.0 $(DESTDIR)$(LIBDIR)/libmc0.so
@@ -107,11 +107,14 @@ install: mc0.pc
 	install -m 0644 ruby/lib/mc0.rb $(DESTDIR)$(RUBYDIR)/mc0.rb
 	install -m 0644 ruby/lib/mcollective/connector/zeromq.rb ruby/lib/mcollective/connector/zeromq.ddl \
 		$(DESTDIR)$(RUBYDIR)/mcollective/connector/
+	install -m 0644 ruby/lib/mcollective/agent/mc0.rb ruby/lib/mcollective/agent/mc0.ddl \
+		$(DESTDIR)$(RUBYDIR)/mcollective/agent/
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libmc0.so* $(DESTDIR)$(LIBDIR)/libmc0.a $(DESTDIR)$(INCLUDEDIR)/mc0.h \
 		$(DESTDIR)$(LIBDIR)/pkgconfig/mc0.pc $(DESTDIR)$(BINDIR)/mc0d $(DESTDIR)$(BINDIR)/mc0-keygen \
-		$(DESTDIR)$(RUBYDIR)/mc0.rb $(DESTDIR)$(RUBYDIR)/mcollective/connector/zeromq.*
+		$(DESTDIR)$(RUBYDIR)/mc0.rb $(DESTDIR)$(RUBYDIR)/mcollective/connector/zeromq.* \
+		$(DESTDIR)$(RUBYDIR)/mcollective/agent/mc0.*
 
 clean:
 	$(CARGO) clean

@@ -170,7 +170,8 @@ const char *mc0_last_error(void);
 const char *mc0_last_error_key(void);
 
 /**
- * Frees a string returned by mc0_topic_* or mc0_message_headers_json.
+ * Frees a string returned by mc0_topic_*, mc0_message_headers_json or
+ * mc0_connector_stats_json.
  * NULL is ignored. Each string must be freed exactly once, by this function.
  */
 void mc0_string_free(char *s);
@@ -341,6 +342,17 @@ mc0_status mc0_connector_flush(const struct mc0_connector *c,
 mc0_status mc0_connector_receive(const struct mc0_connector *c,
                                  int32_t timeout_ms,
                                  struct mc0_message **out);
+
+/**
+ * The connector's counters and last error as a JSON object: handshakes,
+ * reconnects, sent (PUTs handed to the socket), acknowledged (by the
+ * broker), publishes_dropped, received, messages_dropped (receive queue
+ * full), last_error (text or null) and last_error_at (Unix seconds or
+ * null). Keys are only ever added. Returns a new string the caller frees
+ * with mc0_string_free; NULL if c is NULL (MC0_ERR_INVALID_ARGUMENT). Also
+ * after close. Thread-safe.
+ */
+char *mc0_connector_stats_json(const struct mc0_connector *c);
 
 /**
  * Closes the connection: threads blocked in mc0_connector_receive return

@@ -110,6 +110,12 @@ pub struct Mc0dArgs {
     #[arg(long, value_name = "LIST", value_parser = agents, help_heading = "Access control (CURVE only)")]
     pub node_publish_agents: Option<Agents>,
 
+    /// Serve Prometheus metrics (/metrics), the sessions as JSON (/connz)
+    /// and a status page (/) over HTTP on ADDR:PORT, e.g. 127.0.0.1:9616.
+    /// Keep it on loopback or behind a proxy: it lists every session
+    #[arg(long, value_name = "ADDR:PORT", value_parser = socket_addr, help_heading = "Monitoring")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Largest PUT body (64 MiB); a frame over this plus 1 MiB drops the
     /// connection
     #[arg(
@@ -189,6 +195,10 @@ fn agents(value: &str) -> Result<Agents, String> {
         Some(bad) => Err(format!("{bad:?} is not an agent name")),
         None => Ok(Agents(agents)),
     }
+}
+
+fn socket_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    value.trim().parse().map_err(|_| "expected ADDR:PORT, e.g. 127.0.0.1:9616 or [::1]:9616".to_string())
 }
 
 fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {

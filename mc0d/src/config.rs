@@ -67,6 +67,9 @@ pub struct Config {
     /// Agents node keys may publish requests to, with roles
     /// (`--node-publish-agents`).
     pub node_publish_agents: Vec<String>,
+    /// Where to serve `/metrics`, `/connz` and the status page
+    /// (`--metrics`); `None`: not at all.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -121,6 +124,7 @@ impl Default for Config {
             authorized_keys_poll: Some(DEFAULT_KEYS_POLL),
             identity_check: IdentityCheck::Enforce,
             node_publish_agents: Vec::new(),
+            metrics: None,
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config

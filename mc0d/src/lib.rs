@@ -146,6 +146,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod sockopt;

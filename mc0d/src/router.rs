@@ -2,6 +2,9 @@
 //! each), its socket monitor, and the [`Transport`] the engine sends
 //! through.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use mc0::log::Level;
 
 use crate::auth::zap;
@@ -12,6 +15,9 @@ use crate::logger::Logger;
 use crate::sockopt::enforce_zap;
 
 const LINGER_MS: i32 = 500;
+/// libzmq's `ZMQ_EVENT_HANDSHAKE_FAILED_*` events (no detail, protocol,
+/// auth), counted for the metrics.
+const HANDSHAKE_FAILED: u16 = 0x0800 | 0x2000 | 0x4000;
 /// Where the ROUTER's socket monitor publishes (inproc, on its context).
 const MONITOR_ENDPOINT: &str = "inproc://mc0d-monitor";
 /// TCP keepalive: probes after this many idle seconds...
@@ -23,10 +29,16 @@ const KEEPALIVE_PROBES: i32 = 3;
 
 /// The broker's ROUTER socket and, with CURVE, its monitor.
 pub struct Router {
-    socket: zmq::Socket,
+    pub(crate) socket: zmq::Socket,
     /// Reports each closed connection (`ZMQ_EVENT_DISCONNECTED`, with its
     /// file descriptor).
     monitor: Option<zmq::Socket>,
+    /// With `--metrics`: each connection's peer address (libzmq's
+    /// `Peer-Address`), read once per connection, forgotten when the monitor
+    /// reports it closed.
+    pub(crate) peers: Option<HashMap<Conn, Arc<str>>>,
+    /// CURVE handshakes that failed, as the monitor reports them.
+    pub(crate) handshake_failures: u64,
 }
 
 impl Router {
@@ -68,7 +80,7 @@ impl Router {
                 );
             }
             // Before binding, so that no connection's end goes unreported.
-            let events = zmq::SocketEvent::DISCONNECTED.to_raw();
+            let events = zmq::SocketEvent::DISCONNECTED.to_raw() | HANDSHAKE_FAILED;
             socket.monitor(MONITOR_ENDPOINT, i32::from(events)).map_err(|e| err("start the socket monitor", e))?;
             let pair = ctx.socket(zmq::PAIR).map_err(|e| err("create the monitor socket", e))?;
             // Unbounded: libzmq's I/O thread waits on a full monitor pipe.
@@ -87,12 +99,8 @@ impl Router {
         }
         let endpoint = format!("tcp://{host}:{}", config.port);
         socket.bind(&endpoint).map_err(|e| BrokerError(format!("cannot bind {endpoint}: {e}")))?;
-        Ok((Router { socket, monitor }, endpoint))
-    }
-
-    /// The ROUTER itself, for the server loop's receive.
-    pub(crate) fn socket_mut(&mut self) -> &mut zmq::Socket {
-        &mut self.socket
+        let peers = config.metrics.map(|_| HashMap::new());
+        Ok((Router { socket, monitor, peers, handshake_failures: 0 }, endpoint))
     }
 
     /// Waits up to `timeout_ms` for input on the ROUTER. (The monitor is
@@ -139,6 +147,11 @@ impl Transport for Router {
             if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
                 let fd = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
                 lost.push(fd as Conn);
+                if let Some(peers) = &mut self.peers {
+                    peers.remove(&(fd as Conn));
+                }
+            } else if event & HANDSHAKE_FAILED != 0 {
+                self.handshake_failures += 1;
             }
         }
     }

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::engine::{Conn, Engine, Origin};
 use crate::error::BrokerError;
 use crate::logger::Logger;
+use crate::metrics::{Hub, MetricsServer, Publisher};
 use crate::router::Router;
 use crate::stats::Stats;
 use crate::zmsg::Msg;
@@ -53,6 +54,8 @@ pub struct Broker {
     zap: Option<ZapHandler>,
     /// With `--authorized-keys`.
     keys: Option<Keys>,
+    /// With `--metrics`: the listener and what the loop publishes to it.
+    metrics: Option<(MetricsServer, Publisher)>,
 }
 
 impl Broker {
@@ -99,12 +102,27 @@ impl Broker {
             None
         };
         let (router, endpoint) = Router::bind(&ctx, &config, &log)?;
-        Ok(Broker { config, router, endpoint, public_key, log, zap, keys })
+        let metrics = match config.metrics {
+            None => None,
+            Some(addr) => {
+                let hub = Arc::new(Hub::default());
+                if let Some(zap) = &zap {
+                    hub.set_key_refusals(zap.refusals());
+                }
+                Some((MetricsServer::start(addr, hub.clone())?, Publisher::new(hub)))
+            }
+        };
+        Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics })
     }
 
     /// The endpoint the socket is bound to, e.g. `tcp://*:61616`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Where `--metrics` listens (the port chosen when given 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|(server, _)| server.addr())
     }
 
     /// The CURVE public key clients must use, when CURVE is on.
@@ -115,7 +133,7 @@ impl Broker {
     /// Serves until `stop` becomes true; reloads the allowlist whenever
     /// `reload` is set (and clears it). Returns the final counters.
     pub fn run(self, stop: &AtomicBool, reload: &AtomicBool) -> Result<Stats, BrokerError> {
-        let Broker { config, router, endpoint, public_key, log, zap, keys } = self;
+        let Broker { config, router, endpoint, public_key, log, zap, keys, metrics } = self;
         match &public_key {
             Some(k) => log.log(
                 Level::Info,
@@ -129,6 +147,16 @@ impl Broker {
                     mc0::VERSION
                 ),
             ),
+        }
+        if let Some((server, _)) = &metrics {
+            log.log(
+                Level::Info,
+                format_args!(
+                    "metrics on http://{}/metrics, sessions on /connz, status page on / (keep it on loopback or \
+                     behind a proxy)",
+                    server.addr()
+                ),
+            );
         }
         let mut engine = Engine::new(router, &config);
         if let Some(keys) = &keys {
@@ -162,7 +190,12 @@ impl Broker {
                 ),
             );
         }
-        let mut server = Server { engine, zap, keys, frames: Vec::new(), user: String::new(), log: log.clone() };
+        let (_listener, mut publisher) = metrics.unzip();
+        if let (Some(publisher), Some(keys)) = (&mut publisher, &keys) {
+            publisher.allowlist_keys = keys.current().len();
+        }
+        let mut server =
+            Server { engine, zap, keys, frames: Vec::new(), user: String::new(), log: log.clone(), publisher };
         let result = server.serve(stop, reload, config.status_interval);
         let stats = server.engine.stats();
         server.engine.flush_suppressed();
@@ -224,6 +257,7 @@ struct Server {
     /// The current message's `User-Id` (with CURVE only).
     user: String,
     log: Logger,
+    publisher: Option<Publisher>,
 }
 
 /// What [`Server::receive`] read besides the frames.
@@ -262,6 +296,11 @@ impl Server {
                 self.apply(reloaded, now);
             }
             self.engine.tick_drained(now, drained);
+            if let Some(publisher) = &mut self.publisher {
+                let router = self.engine.transport();
+                let peers = router.peers.as_ref().expect("kept with --metrics");
+                publisher.publish(&self.engine, peers, router.handshake_failures, now);
+            }
             if now >= next_status {
                 self.engine.flush_suppressed();
                 let stats = self.engine.stats();
@@ -318,6 +357,10 @@ impl Server {
             ),
         );
         warn_unnamed(&self.log, &list);
+        if let Some(publisher) = &mut self.publisher {
+            publisher.allowlist_keys = list.len();
+            publisher.allowlist_reloads += 1;
+        }
     }
 
     /// Reads one whole message into `self.frames` (and its `User-Id` into
@@ -328,7 +371,8 @@ impl Server {
         self.frames.clear();
         let keep = self.engine.limits().max_frames.saturating_add(1);
         let curve = self.zap.is_some();
-        let socket = self.engine.transport_mut().socket_mut();
+        let router = self.engine.transport_mut();
+        let (socket, mut peers) = (&mut router.socket, router.peers.as_mut());
         let mut received = Received { extra: 0, has_user: false, conn: None };
         loop {
             let first = self.frames.is_empty() && received.extra == 0;
@@ -347,6 +391,14 @@ impl Server {
             // routing-id frame the ROUTER puts in front.
             if self.frames.len() == 1 && received.extra == 0 {
                 received.conn = msg.source_fd();
+                if let (Some(peers), Some(conn)) = (&mut peers, received.conn) {
+                    // Once per connection, not per message.
+                    if let std::collections::hash_map::Entry::Vacant(entry) = peers.entry(conn) {
+                        if let Some(address) = msg.property(b"Peer-Address\0") {
+                            entry.insert(Arc::from(address));
+                        }
+                    }
+                }
                 if curve {
                     self.user.clear();
                     if let Some(user) = msg.property(b"User-Id\0") {

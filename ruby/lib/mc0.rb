@@ -101,6 +101,7 @@ module Mc0
       [:mc0_connector_unsubscribe, %i[pointer string], :int, true],
       [:mc0_connector_publish, %i[pointer string pointer pointer pointer size_t pointer size_t], :int, true],
       [:mc0_connector_flush, %i[pointer int32], :int, true],
+      [:mc0_connector_stats_json, [:pointer], :pointer, false],
       [:mc0_connector_receive, %i[pointer int32 pointer], :int, true],
       [:mc0_connector_close, [:pointer], :int, true],
       [:mc0_connector_free, [:pointer], :void, true],
@@ -261,6 +262,15 @@ module Mc0
       end
     end
 
+    # A string libmc0 allocated, as UTF-8 Ruby text; frees it.
+    def take_string(ptr, what)
+      raise InvalidArgumentError.new("#{what}: #{Native.mc0_last_error}", :invalid_argument) if ptr.null?
+
+      ptr.read_string.force_encoding(Encoding::UTF_8)
+    ensure
+      Native.mc0_string_free(ptr) if ptr && !ptr.null?
+    end
+
     private
 
     def dispatch_log(_user_data, level, message)
@@ -268,14 +278,6 @@ module Mc0
       handler&.call(LEVELS.fetch(level, :debug), message.to_s)
     rescue Exception # rubocop:disable Lint/RescueException
       nil
-    end
-
-    def take_string(ptr, what)
-      raise InvalidArgumentError.new("#{what}: #{Native.mc0_last_error}", :invalid_argument) if ptr.null?
-
-      ptr.read_string.force_encoding(Encoding::UTF_8)
-    ensure
-      Native.mc0_string_free(ptr) if ptr && !ptr.null?
     end
   end
 
@@ -401,6 +403,18 @@ module Mc0
     # at most timeout_ms. Raises TimeoutError when that takes longer.
     def flush(timeout_ms)
       call('flush') { |c| Mc0.check(Native.mc0_connector_flush(c, Integer(timeout_ms)), 'flush') }
+    end
+
+    # The connector's counters and last error as a Hash with String keys
+    # (handshakes, reconnects, sent, acknowledged, publishes_dropped,
+    # received, messages_dropped, last_error, last_error_at; see
+    # mc0_connector_stats_json in mc0.h: keys are only ever added). Also
+    # after close.
+    def stats
+      ptr = @lock.synchronize { @ptr }
+      raise ClosedError.new('stats: connector is gone', :closed) if ptr.nil?
+
+      JSON.parse(Mc0.take_string(Native.mc0_connector_stats_json(ptr), 'mc0_connector_stats_json'))
     end
 
     # Waits up to timeout_ms for a message. Returns a Mc0::Message, or nil on

@@ -45,6 +45,20 @@ class BrokerRoundtripTest < Minitest::Test
     assert_equal %w[X-BIN X-REPLY-TO], msg.headers.keys.sort
   end
 
+  def test_stats_count_sent_acknowledged_and_received_and_survive_close
+    a = connect('identity' => 'stats-a')
+    b = connect('identity' => 'stats-b')
+    a.subscribe('mcollective stats')
+    3.times { b.publish('mcollective stats', 'x') }
+    b.flush(10_000)
+    3.times { receive_one(a) }
+    sent = b.stats
+    assert_equal [1, 3, 3, 0, nil], sent.values_at('handshakes', 'sent', 'acknowledged', 'publishes_dropped', 'last_error')
+    assert_equal 3, a.stats['received']
+    b.close
+    assert_equal 3, b.stats['acknowledged'], 'stats stay readable after close'
+  end
+
   def test_receive_times_out_with_nil
     a = connect
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)

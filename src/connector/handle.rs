@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::config::{Config, Settings};
 use super::engine::Engine;
 use super::logging::clog;
-use super::message::{Message, Stats};
+use super::message::{LastError, Message, Stats};
 use super::oneshot::{oneshot, Answer};
 use super::session::Session;
 use super::shared::{Publish, Request, Shared};
@@ -273,6 +273,18 @@ impl Connector {
     /// Counters since connect.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// The last connection-level error (failed connect, lost link, refused
+    /// key, failed handshake), if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.shared.counters.last_error()
+    }
+
+    /// [`stats`](Connector::stats) and [`last_error`](Connector::last_error)
+    /// as one JSON object (see [`Stats::to_json`]).
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.stats().to_json(self.last_error().as_ref())
     }
 
     /// Closes the connection: wakes every thread blocked in receive (they get

@@ -1,6 +1,8 @@
 //! What the connector hands out: received messages and counters.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A message received from the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub struct Stats {
     /// reconnecting: the broker closed the connection, or it was silent for
     /// 1.05 × TTL (then a new socket is opened).
     pub reconnects: u64,
+    /// PUTs handed to the socket (a publish sent again after a reconnect
+    /// counts again).
+    pub sent: u64,
     /// Publishes acknowledged by the broker.
     pub published: u64,
     /// Publishes dropped: sent on a link that died before the broker
@@ -51,11 +56,39 @@ pub struct Stats {
     pub messages_dropped: u64,
 }
 
+/// The connector's last error: what and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    pub message: String,
+    pub at: SystemTime,
+}
+
+impl Stats {
+    /// The counters and the last error as one JSON object, the form the C
+    /// ABI (`mc0_connector_stats_json`), Ruby and the `mc0` agent hand on:
+    /// a new figure is one more key here, and every layer passes it along.
+    pub fn to_json(&self, last_error: Option<&LastError>) -> serde_json::Value {
+        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        serde_json::json!({
+            "handshakes": self.handshakes,
+            "reconnects": self.reconnects,
+            "sent": self.sent,
+            "acknowledged": self.published,
+            "publishes_dropped": self.publishes_dropped,
+            "received": self.received,
+            "messages_dropped": self.messages_dropped,
+            "last_error": last_error.map(|e| e.message.as_str()),
+            "last_error_at": last_error.map(|e| unix(e.at)),
+        })
+    }
+}
+
 /// The live counters behind [`Stats`], shared by the handle and the engine.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub handshakes: AtomicU64,
     pub reconnects: AtomicU64,
+    pub sent: AtomicU64,
     pub published: AtomicU64,
     pub publishes_dropped: AtomicU64,
     pub received: AtomicU64,
@@ -64,6 +97,7 @@ pub(crate) struct Counters {
     /// `publish` reserves a slot here first, so that concurrent publishers
     /// cannot overshoot `send_queue`.
     pub queued_publishes: AtomicUsize,
+    pub last_error: Mutex<Option<LastError>>,
 }
 
 impl Counters {
@@ -71,6 +105,7 @@ impl Counters {
         Stats {
             handshakes: self.handshakes.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             publishes_dropped: self.publishes_dropped.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
@@ -86,6 +121,16 @@ impl Counters {
     /// Gives back `n` slots: those publishes left the queue (sent or dropped).
     pub fn release_publishes(&self, n: usize) {
         self.queued_publishes.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// Remembers `message` as the last error (for stats).
+    pub fn note_error(&self, message: impl Into<String>) {
+        let error = LastError { message: message.into(), at: SystemTime::now() };
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

@@ -51,7 +51,7 @@ pub use config::{Config, Settings};
 pub use error::{Error, ErrorKind};
 pub use handle::Connector;
 pub use logging::{set_logger, LogFn};
-pub use message::{Message, Stats};
+pub use message::{LastError, Message, Stats};
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)

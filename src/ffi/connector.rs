@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::message::mc0_message;
-use super::{arg_str, boundary, free_box, guard, invalid, mc0_status, timeout_from_ms};
+use super::{arg_str, boundary, free_box, guard, invalid, mc0_status, new_c_string, timeout_from_ms};
 use crate::connector::logging::clog;
 use crate::connector::{Config, Connector, Error};
 use crate::log::Level;
@@ -273,6 +273,18 @@ pub unsafe extern "C" fn mc0_connector_receive(
     })
 }
 
+/// The connector's counters and last error as a JSON object: handshakes,
+/// reconnects, sent (PUTs handed to the socket), acknowledged (by the
+/// broker), publishes_dropped, received, messages_dropped (receive queue
+/// full), last_error (text or null) and last_error_at (Unix seconds or
+/// null). Keys are only ever added. Returns a new string the caller frees
+/// with mc0_string_free; NULL if c is NULL (MC0_ERR_INVALID_ARGUMENT). Also
+/// after close. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_stats_json(c: *const mc0_connector) -> *mut c_char {
+    boundary(|| Ok(new_c_string(connector_ref(c)?.stats_json().to_string())))
+}
+
 /// Closes the connection: threads blocked in mc0_connector_receive return
 /// MC0_ERR_CLOSED at once; queued publishes and DISCONNECT are sent and
 /// acknowledged within close_timeout (default 1 s); the background thread
@@ -360,6 +372,7 @@ mod tests {
             let mut out = std::ptr::null_mut();
             assert_eq!(mc0_connector_receive(null, 0, &mut out), mc0_status::MC0_ERR_INVALID_ARGUMENT);
             assert_eq!(mc0_connector_flush(null, 0), mc0_status::MC0_ERR_INVALID_ARGUMENT);
+            assert!(mc0_connector_stats_json(null).is_null());
             assert_eq!(mc0_connector_close(null), mc0_status::MC0_ERR_INVALID_ARGUMENT);
             mc0_connector_free(null);
         }

@@ -280,6 +280,12 @@ int main(int argc, char **argv) {
     CHECK(mc0_connector_flush(c, wait_ms) == MC0_OK);
     /* Negative: no limit, as for receive (nothing is pending here). */
     CHECK(mc0_connector_flush(c, -1) == MC0_OK);
+    /* Counters as JSON: the PUTs above were sent and acknowledged. */
+    char *s = mc0_connector_stats_json(c);
+    CHECK(s != NULL && contains(s, "\"handshakes\":1") && contains(s, "\"acknowledged\":")
+          && contains(s, "\"last_error\":null"));
+    mc0_string_free(s);
+    CHECK(mc0_connector_stats_json(NULL) == NULL);
     CHECK(mc0_connector_unsubscribe(c, reply_topic) == MC0_OK);
 
     /* close() from this thread wakes a receive blocked in another one. */

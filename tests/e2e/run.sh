@@ -59,6 +59,21 @@ t_inventory_one() {
         fail "no directed publish to 'mcollective nodes node-2' in client.log"
 }
 
+# The node's connector health through MCollective itself: the mc0 agent.
+t_mc0_counters() {
+    local out
+    out=$(timeout 90 mco rpc --config "$WORK/client.cfg" --json --np mc0 counters -I node-2 -t 5 2>>"$WORK/mco.err")
+    echo "$out" | ruby -rjson -e '
+        r = JSON.parse(STDIN.read)
+        abort "#{r.size} replies" unless r.size == 1 && r[0]["sender"] == "node-2"
+        abort "status #{r[0]["statuscode"]}: #{r[0]["statusmsg"]}" unless r[0]["statuscode"] == 0
+        d = r[0]["data"]
+        %w[handshakes sent acknowledged received].each { |k| abort "#{k} = #{d[k].inspect}" unless d[k].is_a?(Integer) && d[k] > 0 }
+        abort "publishes_dropped = #{d["publishes_dropped"].inspect}" unless d["publishes_dropped"] == 0
+        abort "broker = #{d["broker"].inspect}" unless d["broker"].to_s.include?("127.0.0.1")' ||
+        fail "mco rpc mc0 counters -I node-2: $out"
+}
+
 t_direct_nodes_file() {
     echo node-3 >"$WORK/one.txt"
     expect_eq "mco rpc rpcutil ping --nodes [node-3]" "node-3 0" \
@@ -213,7 +228,7 @@ log "mc0d on 127.0.0.1:$PORT, $SERVERS servers ready"
 # From here a failing command is an assertion to report, not a reason to stop.
 set +e
 
-for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_direct_nodes_file \
+for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_mc0_counters t_direct_nodes_file \
     t_missing_node_times_out t_broker_restart t_wrong_broker_key t_unlisted_client_refused t_other_identity_refused \
     t_identities_and_roles t_servers_healthy; do
     CURRENT=${t#t_}

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use super::allowlist::Allowlist;
 use crate::error::BrokerError;
 use crate::logger::{Logger, RateLimit};
+use crate::metrics::snapshot::{KeyRefusal, KeyRefusals};
 use mc0::keys::{key_to_z85, Key};
 use mc0::log::Level;
 
@@ -53,6 +54,8 @@ const MAX_TRACKED: usize = 4096;
 
 /// The running handler thread; stopped and joined on drop.
 pub struct ZapHandler {
+    /// Refusals by reason, for the metrics.
+    refusals: Arc<KeyRefusals>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -68,11 +71,15 @@ impl ZapHandler {
         socket.bind(ZAP_ENDPOINT).map_err(|e| err(&format!("bind {ZAP_ENDPOINT}"), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let refusals = Arc::new(KeyRefusals::default());
         let thread = std::thread::Builder::new()
             .name("mc0d-zap".into())
-            .spawn(move || serve(socket, keys.as_ref(), &log, &flag))
+            .spawn({
+                let refusals = refusals.clone();
+                move || serve(socket, keys.as_ref(), &log, &flag, &refusals)
+            })
             .map_err(|e| BrokerError(format!("ZAP handler: cannot start its thread: {e}")))?;
-        Ok(ZapHandler { stop, thread: Some(thread) })
+        Ok(ZapHandler { refusals, stop, thread: Some(thread) })
     }
 
     /// Sends the handler one request the way libzmq would and checks the
@@ -99,6 +106,11 @@ impl ZapHandler {
 
     /// False once the thread has ended (it only ends when told to, or on a
     /// socket failure, which the broker treats as fatal).
+    /// Its refusals by reason, counted as they happen.
+    pub fn refusals(&self) -> Arc<KeyRefusals> {
+        self.refusals.clone()
+    }
+
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
@@ -113,7 +125,11 @@ impl Drop for ZapHandler {
     }
 }
 
-fn serve(socket: zmq::Socket, keys: Option<&SharedAllowlist>, log: &Logger, stop: &AtomicBool) {
+/// Status texts of the refusals counted by reason.
+const NOT_AUTHORIZED: &str = "key not authorized";
+const CURVE_REQUIRED: &str = "CURVE required";
+
+fn serve(socket: zmq::Socket, keys: Option<&SharedAllowlist>, log: &Logger, stop: &AtomicBool, refusals: &KeyRefusals) {
     let mut reports = Reports::default();
     while !stop.load(Ordering::SeqCst) {
         match socket.poll(zmq::POLLIN, POLL_MS) {
@@ -134,6 +150,16 @@ fn serve(socket: zmq::Socket, keys: Option<&SharedAllowlist>, log: &Logger, stop
         };
         let list = keys.map(|k| k.read().unwrap_or_else(|p| p.into_inner()).clone());
         let reply = answer(&request, list.as_deref(), log, &mut reports, Instant::now());
+        if reply[2] != b"200" && request.get(2).is_none_or(|d| d != SELF_TEST_DOMAIN.as_bytes()) {
+            let text = reply[3].as_slice();
+            refusals.count(if text == NOT_AUTHORIZED.as_bytes() {
+                KeyRefusal::NotAuthorized
+            } else if text == CURVE_REQUIRED.as_bytes() {
+                KeyRefusal::NotCurve
+            } else {
+                KeyRefusal::BadRequest
+            });
+        }
         if let Err(e) = socket.send_multipart(reply, 0) {
             // A REP that failed to answer cannot take the next request.
             log.log(Level::Error, format_args!("ZAP handler: send failed: {e}"));
@@ -184,7 +210,7 @@ fn answer(
                 mechanism.escape_ascii()
             ),
         );
-        return reply(id, "400", "CURVE required", "");
+        return reply(id, "400", CURVE_REQUIRED, "");
     };
     let z85 = key_to_z85(&key);
     let Some(list) = list else {
@@ -199,7 +225,7 @@ fn answer(
         let more = if more > 0 { format!(" ({more} more attempts since the last report)") } else { String::new() };
         log.log(Level::Warn, format_args!("refused key {z85} from {address}: not in the authorized keys{more}"));
     }
-    reply(id, "400", "key not authorized", "")
+    reply(id, "400", NOT_AUTHORIZED, "")
 }
 
 /// Rate limit for refusal lines: one per key per [`REPORT_EVERY`], so every

@@ -43,6 +43,8 @@ struct Buffer {
 pub struct Retried {
     /// Messages that went to libzmq.
     pub sent: usize,
+    /// Their bytes.
+    pub bytes: usize,
     /// A send failed for good (peer gone): the error, and how many messages
     /// (the failed one included) were dropped with the buffer.
     pub failed: Option<(zmq::Error, usize)>,
@@ -139,6 +141,7 @@ impl Buffers {
                     buffer.bytes -= size;
                     self.bytes -= size;
                     self.messages -= 1;
+                    done.bytes += size;
                     buffer.queue.pop_front();
                     done.sent += 1;
                 }
@@ -155,6 +158,11 @@ impl Buffers {
         }
         self.clients.remove(rid);
         done
+    }
+
+    /// Messages waiting for `rid`.
+    pub fn queued(&self, rid: &[u8]) -> usize {
+        self.clients.get(rid).map_or(0, |b| b.queue.len())
     }
 
     /// Drops `rid`'s buffer; returns how many messages it held.
@@ -197,7 +205,7 @@ mod tests {
             sent.push(f[1][0]);
             Ok(())
         });
-        assert_eq!(r, Retried { sent: 2, failed: None });
+        assert_eq!(r, Retried { sent: 2, bytes: 100, failed: None });
         assert_eq!(sent, vec![1, 2]);
         assert!(!b.holds(b"a"), "an emptied buffer is gone");
         assert_eq!((b.messages(), b.bytes()), (1, 500));
@@ -234,7 +242,7 @@ mod tests {
         let mut b = holding(3, t0);
         b.push(b"b", msg(9, 10), t0);
         let r = b.retry(b"a", t0, |_| Err(zmq::Error::EHOSTUNREACH));
-        assert_eq!(r, Retried { sent: 0, failed: Some((zmq::Error::EHOSTUNREACH, 3)) });
+        assert_eq!(r, Retried { sent: 0, bytes: 0, failed: Some((zmq::Error::EHOSTUNREACH, 3)) });
         assert!(!b.holds(b"a"));
         assert_eq!((b.messages(), b.bytes()), (1, 10));
         assert_eq!(b.discard(b"b"), 1);

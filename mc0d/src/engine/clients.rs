@@ -56,6 +56,12 @@ pub struct Client {
     pub last_heard: Instant,
     pub last_sent: Instant,
     pub topics: HashSet<Bytes>,
+    /// When the session opened (its last CONNECT).
+    pub since: Instant,
+    /// Messages received from it in this session.
+    pub msgs_in: u64,
+    /// Messages sent to it (or buffered for it) in this session.
+    pub msgs_out: u64,
 }
 
 impl Client {
@@ -165,6 +171,9 @@ impl Clients {
             last_heard: now,
             last_sent: now,
             topics: HashSet::new(),
+            since: now,
+            msgs_in: 0,
+            msgs_out: 0,
         };
         let entry = |at| Reverse(Entry { at, generation: client.generation, id: client.id.clone() });
         self.noops.push(entry(now + client.noop_after()));
@@ -203,6 +212,7 @@ impl Clients {
             Some(c) if c.user.as_deref() != user => Heard::OtherKey(c.user.clone()),
             Some(c) => {
                 c.last_heard = now;
+                c.msgs_in += 1;
                 if c.conn == conn && !c.lost {
                     Heard::Known
                 } else {
@@ -251,6 +261,7 @@ impl Clients {
     pub fn sent(&mut self, id: &[u8], now: Instant) {
         if let Some(c) = self.map.get_mut(id) {
             c.last_sent = now;
+            c.msgs_out += 1;
         }
     }
 

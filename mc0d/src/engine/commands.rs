@@ -11,6 +11,7 @@ use super::clients::Session;
 use super::shared::Shared;
 use super::transport::Transport;
 use super::{show, Engine, Sender, LOST};
+use crate::stats::{DropReason, RefusalReason};
 
 impl<T: Transport> Engine<T> {
     /// Runs a parsed command from a known client (or a CONNECT); an error is
@@ -43,6 +44,7 @@ impl<T: Transport> Engine<T> {
                 // connection number is not this connection's.
                 self.connections_lost(true, now);
                 let old = self.clients.connect(rid, session, Duration::from_millis(ttl_ms), now);
+                self.out.stats.connects += 1;
                 let version = String::from_utf8_lossy(version);
                 match old {
                     Some(old) => {
@@ -65,6 +67,7 @@ impl<T: Transport> Engine<T> {
             Command::Disconnect { .. } => {
                 if let Some(client) = self.clients.remove(rid) {
                     self.subs.forget(&client);
+                    self.out.stats.disconnects += 1;
                 }
                 self.out.log.log(Level::Info, format_args!("client {} disconnected", show(rid)));
             }
@@ -74,6 +77,7 @@ impl<T: Transport> Engine<T> {
                 new.sort_unstable();
                 new.dedup();
                 if client.topics.len() + new.len() > self.max_subscriptions {
+                    self.out.stats.refused.add(RefusalReason::LimitExceeded, 1);
                     return Err(format!(
                         "too many subscriptions: {} held + {} new, over the limit of {} per client",
                         client.topics.len(),
@@ -113,6 +117,7 @@ impl<T: Transport> Engine<T> {
             Command::Put { topic, mut headers, body, .. } => {
                 let size: usize = body.iter().map(|b| b.len()).sum();
                 if size > self.max_body_size {
+                    self.out.stats.refused.add(RefusalReason::LimitExceeded, 1);
                     return Err(format!("body is {size} bytes, over the limit of {}", self.max_body_size));
                 }
                 if let Some(actor) = sender.actor() {
@@ -133,13 +138,14 @@ impl<T: Transport> Engine<T> {
                     for sub in self.subs.subscribers(topic) {
                         let Some(client) = self.clients.get_mut(sub) else { continue };
                         let sent = if client.lost {
-                            self.out.dropped(sub, 1, LOST, now);
+                            self.out.dropped(sub, 1, DropReason::ConnectionLost, LOST, now);
                             false
                         } else {
                             self.out.send_shared(sub, &mut message, now)
                         };
                         if sent {
                             client.last_sent = now;
+                            client.msgs_out += 1;
                             delivered += 1;
                         }
                     }

@@ -28,7 +28,7 @@ use mc0::protocol::{self, Command, Limits, ProtocolError, Reply, ACCESS_DENIED, 
 use crate::auth::allowlist::{Allowlist, Entry};
 use crate::config::{Config, IdentityCheck};
 use crate::logger::{Logger, RateLimit};
-use crate::stats::Stats;
+use crate::stats::{DropReason, RefusalReason, Stats};
 use acl::{Actor, Policy};
 use buffers::Buffers;
 use clients::{Bytes, Clients, Heard};
@@ -150,8 +150,16 @@ impl<T: Transport> Engine<T> {
             clients: self.clients.len(),
             topics: self.subs.topic_count(),
             buffered: self.out.buffers.messages(),
+            buffered_bytes: self.out.buffers.bytes(),
+            subscriptions: self.subs.count(),
             ..self.out.stats.clone()
         }
+    }
+
+    /// Every session with the number of messages waiting in its buffer, for
+    /// the metrics' session table (O(sessions): built only when asked).
+    pub fn sessions(&self) -> impl Iterator<Item = (&clients::Client, usize)> {
+        self.clients.iter().map(|c| (c, self.out.buffers.queued(&c.id)))
     }
 
     /// Installs (or, with `None`, removes) the allowlist. Every session whose
@@ -179,7 +187,8 @@ impl<T: Transport> Engine<T> {
         for (rid, why) in &stale {
             let Some(client) = self.clients.remove(rid) else { continue };
             self.subs.forget(&client);
-            self.out.discard(rid, why, now);
+            self.out.discard(rid, DropReason::SessionEnded, why, now);
+            self.out.stats.revocations += 1;
             self.out.log.log(
                 Level::Warn,
                 format_args!("client {} dropped: {why} ({} subscriptions dropped)", show(rid), client.topics.len()),
@@ -206,7 +215,7 @@ impl<T: Transport> Engine<T> {
         for conn in lost.drain(..) {
             if let Some(rid) = self.clients.connection_lost(conn) {
                 // What waits in its buffer would go to whoever takes the id.
-                self.out.discard(&rid, LOST, now);
+                self.out.discard(&rid, DropReason::ConnectionLost, LOST, now);
                 if self.out.log.enabled(Level::Debug) {
                     self.out.log.log(
                         Level::Debug,
@@ -239,11 +248,17 @@ impl<T: Transport> Engine<T> {
         self.connections_lost(retries, now);
         self.out.retry_buffered(now);
         while let Some(rid) = self.clients.pop_noop(now) {
-            self.out.send(&rid, &Reply::Noop.to_frames(), now);
+            if self.out.send(&rid, &Reply::Noop.to_frames(), now) {
+                self.out.stats.noops_sent += 1;
+                if let Some(client) = self.clients.get_mut(&rid) {
+                    client.msgs_out += 1;
+                }
+            }
         }
         while let Some(client) = self.clients.pop_expired(drained) {
             self.subs.forget(&client);
-            self.out.discard(&client.id, "it expired", now);
+            self.out.discard(&client.id, DropReason::SessionEnded, "it expired", now);
+            self.out.stats.expiries += 1;
             let silent = now.saturating_duration_since(client.last_heard);
             self.out.log.log(
                 Level::Info,
@@ -341,6 +356,7 @@ impl<T: Transport> Engine<T> {
     }
 
     fn reply_error(&mut self, rid: &[u8], message: &str, id: Option<&[u8]>, now: Instant) {
+        self.out.stats.errors_sent += 1;
         self.reply(rid, Reply::Error { message: message.as_bytes(), id }, now);
     }
 
@@ -355,6 +371,7 @@ impl<T: Transport> Engine<T> {
     ) {
         self.out.stats.msgs_in += 1;
         let Some((rid, rest)) = frames.split_first() else { return };
+        self.out.stats.bytes_in += rest.iter().map(|f| f.as_ref().len() as u64).sum::<u64>();
         let rid: &[u8] = rid.as_ref();
         if rest.is_empty() {
             self.out.log.log(Level::Debug, format_args!("ignoring an empty message from {}", show(rid)));
@@ -403,6 +420,7 @@ impl<T: Transport> Engine<T> {
                     format_args!("{} from unknown client {}: answering not connected", verb(&command), show(rid)),
                 );
             }
+            self.out.stats.refused.add(RefusalReason::NotConnected, 1);
             return self.reply_error(rid, NOT_CONNECTED, id, now);
         }
         match self.execute(rid, &sender, command, now) {

@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use mc0::log::Level;
 
-use super::buffers::{Buffers, Frames};
+use super::buffers::{self, Buffers, Frames};
 use super::shared::Shared;
 use super::transport::Transport;
 use super::{more_since, show};
 use crate::logger::{Logger, RateLimit};
-use crate::stats::Stats;
+use crate::stats::{DropReason, Stats};
 
 /// The sending half of the engine state, split off so a fan-out can iterate
 /// the subscription table while sending.
@@ -31,7 +31,7 @@ impl<T: Transport> Out<T> {
             return self.buffer(rid, Arc::new(frames.to_vec()), now);
         }
         let result = self.transport.deliver(rid, frames);
-        self.sent(rid, result, || Arc::new(frames.to_vec()), now)
+        self.sent(rid, result, buffers::size(frames), || Arc::new(frames.to_vec()), now)
     }
 
     /// [`send`](Out::send) for one recipient of a fan-out.
@@ -40,25 +40,27 @@ impl<T: Transport> Out<T> {
             return self.buffer(rid, message.share(), now);
         }
         let result = self.transport.deliver_shared(rid, message);
-        self.sent(rid, result, || message.share(), now)
+        self.sent(rid, result, message.size(), || message.share(), now)
     }
 
     pub(super) fn sent(
         &mut self,
         rid: &[u8],
         result: Result<(), zmq::Error>,
+        bytes: usize,
         frames: impl FnOnce() -> Frames,
         now: Instant,
     ) -> bool {
         match result {
             Ok(()) => {
                 self.stats.msgs_out += 1;
+                self.stats.bytes_out += bytes as u64;
                 true
             }
             // libzmq's queue to it is full: later, in order.
             Err(zmq::Error::EAGAIN) => self.buffer(rid, frames(), now),
             Err(e) => {
-                self.dropped(rid, 1, &failure(e), now);
+                self.dropped(rid, 1, DropReason::PeerGone, &failure(e), now);
                 false
             }
         }
@@ -71,7 +73,7 @@ impl<T: Transport> Out<T> {
         self.stats.full_drops += 1;
         let why =
             format!("it is not reading: its buffer in mc0d is full ({} bytes, --client-buffer)", self.buffers.limit());
-        self.dropped(rid, 1, &why, now);
+        self.dropped(rid, 1, DropReason::BufferFull, &why, now);
         false
     }
 
@@ -81,22 +83,24 @@ impl<T: Transport> Out<T> {
             let transport = &mut self.transport;
             let retried = self.buffers.retry(&rid, now, |frames| transport.deliver(&rid, frames));
             self.stats.msgs_out += retried.sent as u64;
+            self.stats.bytes_out += retried.bytes as u64;
             if let Some((e, dropped)) = retried.failed {
-                self.dropped(&rid, dropped as u64, &failure(e), now);
+                self.dropped(&rid, dropped as u64, DropReason::PeerGone, &failure(e), now);
             }
         }
     }
 
     /// Drops what waits for a client the broker forgets.
-    pub(super) fn discard(&mut self, rid: &[u8], why: &str, now: Instant) {
+    pub(super) fn discard(&mut self, rid: &[u8], reason: DropReason, why: &str, now: Instant) {
         let dropped = self.buffers.discard(rid);
         if dropped > 0 {
-            self.dropped(rid, dropped as u64, why, now);
+            self.dropped(rid, dropped as u64, reason, why, now);
         }
     }
 
-    pub(super) fn dropped(&mut self, rid: &[u8], count: u64, why: &str, now: Instant) {
+    pub(super) fn dropped(&mut self, rid: &[u8], count: u64, reason: DropReason, why: &str, now: Instant) {
         self.stats.drops += count;
+        self.stats.drops_by.add(reason, count);
         if let Some(suppressed) = self.drop_warn.allow(now) {
             let what = if count == 1 { "a message".to_string() } else { format!("{count} messages") };
             self.log.log(

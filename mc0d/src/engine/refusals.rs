@@ -10,9 +10,11 @@ use super::acl::Denial;
 use super::transport::Transport;
 use super::{more_since, show, Engine, Sender};
 use crate::config::IdentityCheck;
+use crate::stats::RefusalReason;
 
 impl<T: Transport> Engine<T> {
     pub(super) fn malformed(&mut self, rid: &[u8], error: &ProtocolError, id: Option<&[u8]>, now: Instant) {
+        self.out.stats.refused.add(RefusalReason::Malformed, 1);
         if let Some(suppressed) = self.malformed_warn.allow(now) {
             self.out.log.log(
                 Level::Warn,
@@ -39,6 +41,7 @@ impl<T: Transport> Engine<T> {
 
     /// Refuses a message whose connection has no authorized key.
     pub(super) fn deny<F: AsRef<[u8]>>(&mut self, rid: &[u8], rest: &[F], user: Option<&str>, now: Instant) {
+        self.out.stats.refused.add(RefusalReason::AccessDenied, 1);
         let id = self.lenient_id(rest);
         if let Some(suppressed) = self.denied_warn.allow(now) {
             let key = match user {
@@ -64,6 +67,7 @@ impl<T: Transport> Engine<T> {
         now: Instant,
     ) {
         self.out.stats.impostors += 1;
+        self.out.stats.refused.add(RefusalReason::Impostor, 1);
         let id = self.lenient_id(rest);
         if let Some(suppressed) = self.impostor_warn.allow(now) {
             self.out.log.log(
@@ -110,6 +114,7 @@ impl<T: Transport> Engine<T> {
             );
         }
         if enforce {
+            self.out.stats.refused.add(RefusalReason::Identity, 1);
             Err(denial.0)
         } else {
             Ok(())

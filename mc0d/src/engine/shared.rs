@@ -33,6 +33,11 @@ impl Shared {
         &self.frames
     }
 
+    /// The bytes of one copy.
+    pub fn size(&self) -> usize {
+        super::buffers::size(&self.frames)
+    }
+
     /// Another reference to the frames, for a recipient whose copy must
     /// wait in its buffer.
     pub fn share(&self) -> Frames {

@@ -11,6 +11,8 @@ use super::clients::{Bytes, Client};
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     by_topic: HashMap<Bytes, HashSet<Bytes>>,
+    /// (client, topic) pairs, kept so the metrics need no scan.
+    pairs: usize,
 }
 
 impl Subscriptions {
@@ -23,6 +25,11 @@ impl Subscriptions {
         self.by_topic.len()
     }
 
+    /// Number of (client, topic) subscriptions.
+    pub fn count(&self) -> usize {
+        self.pairs
+    }
+
     /// Adds `client` to `topic`; returns the shared topic key (for the
     /// client's own set) and whether it was new.
     pub fn subscribe(&mut self, topic: &[u8], client: &Bytes) -> (Bytes, bool) {
@@ -31,11 +38,13 @@ impl Subscriptions {
             let set_has = set.contains(client);
             if !set_has {
                 self.by_topic.get_mut(topic).expect("present").insert(client.clone());
+                self.pairs += 1;
             }
             return (key, !set_has);
         }
         let key: Bytes = Arc::from(topic);
         self.by_topic.insert(key.clone(), HashSet::from([client.clone()]));
+        self.pairs += 1;
         (key, true)
     }
 
@@ -43,6 +52,7 @@ impl Subscriptions {
     pub fn unsubscribe(&mut self, topic: &[u8], client: &[u8]) -> bool {
         let Some(set) = self.by_topic.get_mut(topic) else { return false };
         let removed = set.remove(client);
+        self.pairs -= usize::from(removed);
         if set.is_empty() {
             self.by_topic.remove(topic);
         }

@@ -25,6 +25,7 @@ impl Session {
     /// The transport could not open a socket (the broker's name does not
     /// resolve, libzmq failed).
     pub fn on_open_failed(&mut self, error: Error, now: Instant) {
+        self.counters.note_error(error.to_string());
         if let Some(answer) = self.first.as_mut().and_then(|f| f.answer.take()) {
             answer.send(Err(error));
             self.exit = true;
@@ -40,6 +41,7 @@ impl Session {
 
     /// Sending or receiving failed for good on this socket.
     pub fn on_failure(&mut self, error: Error, now: Instant) {
+        self.counters.note_error(error.to_string());
         clog!(Level::Error, "mc0 connector {}: {error}", self.rid);
         self.reset_link(now);
     }
@@ -63,6 +65,10 @@ impl Session {
                 self.key_refused(&format!("handshake refused, ZAP status {zap_status}"), now)
             }
             Event::HandshakeFailed { code } => {
+                self.counters.note_error(format!(
+                    "handshake with {} failed: ZMTP protocol error {code:#x}",
+                    self.settings.endpoint
+                ));
                 clog!(
                     Level::Warn,
                     "mc0 connector {}: handshake with {} failed: ZMTP protocol error {code:#x} \

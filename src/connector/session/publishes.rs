@@ -42,6 +42,7 @@ impl Session {
                 self.inflight_puts += 1;
                 self.pending.insert(id, Pending::Put(q));
                 self.send(id, frames);
+                Counters::add(&self.counters.sent, 1);
             }
         }
         let disconnect_due = matches!(&self.closing, Some(c) if c.disconnect_id.is_none()) && self.publishes.is_empty();

@@ -205,6 +205,7 @@ impl Session {
              ask its operator to add our public key",
             self.settings.endpoint
         );
+        self.counters.note_error(message.clone());
         if let Some(answer) = self.first.as_mut().and_then(|f| f.answer.take()) {
             answer.send(Err(Error::new(ErrorKind::Broker, message)));
             self.exit = true;

@@ -108,6 +108,16 @@ module MCollective
         conn.close
       end
 
+      # libmc0's counters and last error for this daemon's connection (a
+      # Hash, see Mc0::Connector#stats), plus the broker it is configured
+      # for; nil before connect. The `mc0` agent's `counters` action reports it.
+      def stats
+        conn = @connection
+        return nil unless conn
+
+        conn.stats.merge('broker' => broker_description)
+      end
+
       # libmc0 counts holders: a topic several agents share stays subscribed
       # until the last of them unsubscribes.
       def subscribe(agent, type, collective)

@@ -1,0 +1,118 @@
+//! The exported metric families, as one table: name (without the `mc0d_`
+//! prefix and, for counters, without `_total`, which the encoder adds),
+//! help, type and how to read the value off a [`Snapshot`]. A new figure
+//! (a cluster link, a queue) is one field in the snapshot and one row
+//! here; README's "Monitoring" list, the Grafana dashboard and the tests
+//! are checked against this table.
+
+use crate::stats::{DropReason, RefusalReason};
+
+use super::snapshot::{KeyRefusal, Snapshot};
+
+/// Counter or gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// What a family's samples are.
+pub enum Values {
+    One(f64),
+    /// One sample per value of the label.
+    Labelled(&'static str, Vec<(String, f64)>),
+}
+
+/// One metric family.
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub read: fn(&Snapshot) -> Values,
+}
+
+impl Family {
+    /// The name as scraped: `mc0d_` prefix, `_total` for counters.
+    pub fn exported_name(&self) -> String {
+        match self.kind {
+            Kind::Counter => format!("mc0d_{}_total", self.name),
+            Kind::Gauge => format!("mc0d_{}", self.name),
+        }
+    }
+}
+
+fn n(v: impl TryInto<u64>) -> Values {
+    Values::One(v.try_into().unwrap_or(u64::MAX) as f64)
+}
+
+fn drops(s: &Snapshot) -> Values {
+    let v = DropReason::ALL.iter().map(|r| (r.label().to_string(), s.stats.drops_by.get(*r) as f64)).collect();
+    Values::Labelled("reason", v)
+}
+
+fn refused(s: &Snapshot) -> Values {
+    let v = RefusalReason::ALL.iter().map(|r| (r.label().to_string(), s.stats.refused.get(*r) as f64)).collect();
+    Values::Labelled("reason", v)
+}
+
+fn keys_refused(s: &Snapshot) -> Values {
+    let v = KeyRefusal::ALL.iter().map(|r| (r.label().to_string(), s.keys_refused[*r as usize] as f64)).collect();
+    Values::Labelled("reason", v)
+}
+
+const fn family(name: &'static str, help: &'static str, kind: Kind, read: fn(&Snapshot) -> Values) -> Family {
+    Family { name, help, kind, read }
+}
+
+use Kind::{Counter, Gauge};
+
+/// Every family `/metrics` exports (the process ones follow from
+/// [`super::process`]).
+pub const FAMILIES: &[Family] = &[
+    family("connections", "Client sessions open now (connected by CONNECT, not yet ended).", Gauge, |s| {
+        n(s.stats.clients)
+    }),
+    family("connects", "Sessions opened by a CONNECT (re-CONNECTs included).", Counter, |s| n(s.stats.connects)),
+    family("disconnects", "Sessions ended by the client's DISCONNECT.", Counter, |s| n(s.stats.disconnects)),
+    family("expiries", "Sessions ended because the client was silent past 1.05 x its TTL.", Counter, |s| {
+        n(s.stats.expiries)
+    }),
+    family(
+        "revocations",
+        "Sessions dropped because their key left the allowlist or is listed under another name.",
+        Counter,
+        |s| n(s.stats.revocations),
+    ),
+    family(
+        "handshake_failures",
+        "CURVE handshakes that failed (bad key, refused by ZAP, protocol error).",
+        Counter,
+        |s| n(s.handshake_failures),
+    ),
+    family("keys_refused", "Connections the ZAP handler refused, by reason.", Counter, keys_refused),
+    family("subscriptions", "Subscriptions (session, topic pairs) now.", Gauge, |s| n(s.stats.subscriptions)),
+    family("topics", "Topics with at least one subscriber now.", Gauge, |s| n(s.stats.topics)),
+    family("messages_in", "Messages received (any verb, malformed included).", Counter, |s| n(s.stats.msgs_in)),
+    family("messages_out", "Messages sent (MESSAGE, OK, ERROR, NOOP).", Counter, |s| n(s.stats.msgs_out)),
+    family("bytes_in", "Bytes received (every frame after the routing id).", Counter, |s| n(s.stats.bytes_in)),
+    family("bytes_out", "Bytes sent (every frame after the routing id).", Counter, |s| n(s.stats.bytes_out)),
+    family("puts", "PUTs accepted for routing.", Counter, |s| n(s.stats.puts)),
+    family("deliveries", "MESSAGEs handed to a subscriber (sent or buffered for it).", Counter, |s| {
+        n(s.stats.delivered)
+    }),
+    family("drops", "Messages to clients dropped, by reason.", Counter, drops),
+    family("refused", "Commands refused with an ERROR, by reason.", Counter, refused),
+    family("errors_sent", "ERROR replies sent.", Counter, |s| n(s.stats.errors_sent)),
+    family("noops_sent", "Heartbeat NOOPs sent.", Counter, |s| n(s.stats.noops_sent)),
+    family("buffered_messages", "Messages waiting in mc0d's per-client buffers now.", Gauge, |s| n(s.stats.buffered)),
+    family("buffered_bytes", "Bytes waiting in mc0d's per-client buffers now.", Gauge, |s| n(s.stats.buffered_bytes)),
+    family(
+        "allowlist_keys",
+        "Keys in the allowlist now (0 without --authorized-keys).",
+        Gauge,
+        |s| n(s.allowlist_keys),
+    ),
+    family("allowlist_reloads", "Times the allowlist was reloaded (SIGHUP or a change on disk).", Counter, |s| {
+        n(s.allowlist_reloads)
+    }),
+];
