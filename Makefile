@@ -17,7 +17,8 @@ RELEASE   := target/release
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
-	valgrind python3 procps psmisc curl ca-certificates binutils
+	valgrind python3 procps psmisc curl ca-certificates binutils \
+	nats-server
 
 .PHONY: all deps build test test-rust test-ruby test-e2e test-install lint demo header man install uninstall clean
 
@@ -58,6 +59,7 @@ test-ruby: build
 
 test-e2e: build
 	@if [ -x tests/e2e/run.sh ]; then timeout 600 tests/e2e/run.sh; fi
+	@if [ -x tests/e2e/cluster.sh ]; then timeout 300 tests/e2e/cluster.sh; fi
 
 test-install: build
 	tests/install/check.sh

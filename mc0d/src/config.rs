@@ -67,6 +67,8 @@ pub struct Config {
     /// Agents node keys may publish requests to, with roles
     /// (`--node-publish-agents`).
     pub node_publish_agents: Vec<String>,
+    /// `--cluster` and its options: join other brokers through NATS.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -121,6 +123,7 @@ impl Default for Config {
             authorized_keys_poll: Some(DEFAULT_KEYS_POLL),
             identity_check: IdentityCheck::Enforce,
             node_publish_agents: Vec::new(),
+            cluster: None,
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config
