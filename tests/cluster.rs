@@ -351,3 +351,40 @@ fn brokers_survive_nats_faults() {
     wait_routes(&nats);
     until_delivered(&publisher, BROADCAST, &[&local, &remote], WAIT);
 }
+
+#[test]
+fn bad_cluster_options_stop_mc0d_naming_them() {
+    for (args, culprit) in [
+        (&["--cluster-name", "a.b"][..], "--cluster-name"),
+        (&["--cluster-creds", "/nonexistent/mc0d.creds"], "/nonexistent/mc0d.creds"),
+        (&["--cluster-tls-ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
+    ] {
+        let output = Process::new(common::bin("mc0d"))
+            .args(["--no-curve", "--bind", "127.0.0.1", "--port", &free_port().to_string()])
+            .args(["--cluster", "nats://127.0.0.1:1"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mc0d");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(culprit), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unreachable_nats_at_start_still_serves_local_clients() {
+    // Nothing listens there: mc0d serves, says so, and keeps trying.
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let broker = Mc0d::start_args(&["--cluster", &dead, "--status-interval", "1"]);
+    let ctx = zmq::Context::new();
+    let local = subscriber(&ctx, &broker, &[BROADCAST]);
+    let publisher = broker.client(&ctx);
+    publisher.handshake(60_000);
+    put(&publisher, BROADCAST, b"local");
+    assert_eq!(next_body(&local, WAIT).as_deref(), Some(&b"local"[..]));
+    broker
+        .log
+        .wait_for(WAIT, |l| l.contains("cluster=down") && l.contains("unforwarded=1"))
+        .unwrap_or_else(|| panic!("no status line counting the unforwarded message:\n{}", broker.log.text()));
+}

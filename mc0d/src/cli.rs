@@ -144,48 +144,51 @@ pub struct Mc0dArgs {
     /// Join a cluster of brokers through these NATS servers (comma-separated
     /// nats:// or tls:// URLs; any of them will do): topics with local
     /// subscribers are subscribed in NATS, every PUT is also published there
-    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', help_heading = CLUSTER)]
     pub cluster: Vec<String>,
 
     /// The cluster's name: the first token of every subject, so several
     /// clusters can share NATS servers [default: mc0]
-    #[arg(long, value_name = "NAME", requires = "cluster", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "NAME", requires = "cluster", help_heading = CLUSTER)]
     pub cluster_name: Option<String>,
 
     /// NATS user (with --cluster-password)
-    #[arg(long, value_name = "USER", requires = "cluster_password", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "USER", requires = "cluster", requires = "cluster_password", help_heading = CLUSTER)]
     pub cluster_user: Option<String>,
 
     /// NATS password (with --cluster-user; mind that the command line is
     /// visible to other local users: prefer a credentials file)
-    #[arg(long, value_name = "PASSWORD", requires = "cluster_user", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "PASSWORD", requires = "cluster_user", help_heading = CLUSTER)]
     pub cluster_password: Option<String>,
 
     /// NATS authentication token
-    #[arg(long, value_name = "TOKEN", requires = "cluster", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "TOKEN", requires = "cluster", help_heading = CLUSTER)]
     pub cluster_token: Option<String>,
 
     /// NATS credentials file (.creds: JWT and nkey seed)
-    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = CLUSTER)]
     pub cluster_creds: Option<PathBuf>,
 
     /// File holding the NATS nkey seed (SU...)
-    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = CLUSTER)]
     pub cluster_nkey: Option<PathBuf>,
 
     /// CA certificates (PEM) to verify the NATS servers with; turns TLS on
-    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = CLUSTER)]
     pub cluster_tls_ca: Option<PathBuf>,
 
     /// Client certificate (PEM) for NATS servers that verify clients (with
     /// --cluster-tls-key)
-    #[arg(long, value_name = "FILE", requires = "cluster_tls_key", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "FILE", requires = "cluster", requires = "cluster_tls_key", help_heading = CLUSTER)]
     pub cluster_tls_cert: Option<PathBuf>,
 
     /// The client certificate's private key (PEM)
-    #[arg(long, value_name = "FILE", requires = "cluster_tls_cert", help_heading = "Cluster (NATS)")]
+    #[arg(long, value_name = "FILE", requires = "cluster_tls_cert", help_heading = CLUSTER)]
     pub cluster_tls_key: Option<PathBuf>,
 }
+
+/// The help section of the `--cluster` options.
+const CLUSTER: &str = "Cluster (NATS)";
 
 /// `--log-level`.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
