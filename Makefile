@@ -20,6 +20,7 @@ DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
 	valgrind python3 procps psmisc curl ca-certificates binutils \
 	debhelper dh-python lintian prometheus chromium
+	nats-server
 
 .PHONY: all deps build test test-rust test-ruby test-python test-e2e test-install test-deb deb lint demo header man install uninstall clean
 
@@ -62,6 +63,7 @@ test-ruby: build
 
 test-e2e: build
 	@if [ -x tests/e2e/run.sh ]; then timeout 600 tests/e2e/run.sh; fi
+	@if [ -x tests/e2e/cluster.sh ]; then timeout 300 tests/e2e/cluster.sh; fi
 
 test-install: build
 	tests/install/check.sh

@@ -146,7 +146,55 @@ pub struct Mc0dArgs {
     #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_SUBSCRIPTIONS, value_parser = size,
           help_heading = "Limits (a client over one gets ERROR; everyone else is served on)")]
     pub max_subscriptions: usize,
+
+    /// Join a cluster of brokers through these NATS servers (comma-separated
+    /// nats:// or tls:// URLs; any of them will do): topics with local
+    /// subscribers are subscribed in NATS, every PUT is also published there
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', help_heading = CLUSTER)]
+    pub cluster: Vec<String>,
+
+    /// The cluster's name: the first token of every subject, so several
+    /// clusters can share NATS servers [default: mc0]
+    #[arg(long, value_name = "NAME", requires = "cluster", help_heading = CLUSTER)]
+    pub cluster_name: Option<String>,
+
+    /// NATS user (with --cluster-password)
+    #[arg(long, value_name = "USER", requires = "cluster", requires = "cluster_password", help_heading = CLUSTER)]
+    pub cluster_user: Option<String>,
+
+    /// NATS password (with --cluster-user; mind that the command line is
+    /// visible to other local users: prefer a credentials file)
+    #[arg(long, value_name = "PASSWORD", requires = "cluster_user", help_heading = CLUSTER)]
+    pub cluster_password: Option<String>,
+
+    /// NATS authentication token
+    #[arg(long, value_name = "TOKEN", requires = "cluster", help_heading = CLUSTER)]
+    pub cluster_token: Option<String>,
+
+    /// NATS credentials file (.creds: JWT and nkey seed)
+    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = CLUSTER)]
+    pub cluster_creds: Option<PathBuf>,
+
+    /// File holding the NATS nkey seed (SU...)
+    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = CLUSTER)]
+    pub cluster_nkey: Option<PathBuf>,
+
+    /// CA certificates (PEM) to verify the NATS servers with; turns TLS on
+    #[arg(long, value_name = "FILE", requires = "cluster", help_heading = CLUSTER)]
+    pub cluster_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for NATS servers that verify clients (with
+    /// --cluster-tls-key)
+    #[arg(long, value_name = "FILE", requires = "cluster", requires = "cluster_tls_key", help_heading = CLUSTER)]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "cluster_tls_cert", help_heading = CLUSTER)]
+    pub cluster_tls_key: Option<PathBuf>,
 }
+
+/// The help section of the `--cluster` options.
+const CLUSTER: &str = "Cluster (NATS)";
 
 /// `--log-level`.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +343,13 @@ pub fn usage_error(e: &clap::Error) -> String {
         if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
             let what = if arg.starts_with('-') { "unknown option" } else { "unexpected argument" };
             return format!("{what} {arg:?} (see --help)");
+        }
+    }
+    // "--cluster-user needs --cluster-password": clap names the missing one
+    // on a line of its own.
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(missing)) = e.get(ContextKind::InvalidArg) {
+            return format!("missing {} (see --help)", missing.join(", "));
         }
     }
     let text = e.render().to_string();

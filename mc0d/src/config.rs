@@ -70,6 +70,8 @@ pub struct Config {
     /// Where to serve `/metrics`, `/connz` and the status page
     /// (`--metrics`); `None`: not at all.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--cluster` and its options: join other brokers through NATS.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -125,6 +127,7 @@ impl Default for Config {
             identity_check: IdentityCheck::Enforce,
             node_publish_agents: Vec::new(),
             metrics: None,
+            cluster: None,
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config

@@ -142,6 +142,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -110,6 +110,13 @@ impl Router {
     pub(crate) fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
         self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
     }
+
+    /// [`poll`](Router::poll) that also wakes up for input on `other` (the
+    /// cluster bridge's PAIR).
+    pub(crate) fn poll_with(&mut self, other: &zmq::Socket, timeout_ms: i64) -> Result<(), zmq::Error> {
+        let mut items = [self.socket.as_poll_item(zmq::POLLIN), other.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, timeout_ms).map(drop)
+    }
 }
 
 impl Transport for Router {

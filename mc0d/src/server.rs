@@ -14,6 +14,7 @@ use mc0::log::Level;
 use crate::auth::allowlist::{Allowlist, Fingerprint, Role};
 use crate::auth::watch::{self, Watcher};
 use crate::auth::zap::{SharedAllowlist, ZapHandler};
+use crate::cluster::{payload, Bridge};
 use crate::config::Config;
 use crate::engine::{Conn, Engine, Origin};
 use crate::error::BrokerError;
@@ -56,6 +57,8 @@ pub struct Broker {
     keys: Option<Keys>,
     /// With `--metrics`: the listener and what the loop publishes to it.
     metrics: Option<(MetricsServer, Publisher)>,
+    /// With `--cluster`.
+    cluster: Option<Bridge>,
 }
 
 impl Broker {
@@ -112,7 +115,11 @@ impl Broker {
                 Some((MetricsServer::start(addr, hub.clone())?, Publisher::new(hub)))
             }
         };
-        Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics })
+        let cluster = match &config.cluster {
+            Some(options) => Some(Bridge::start(&ctx, options, &log)?),
+            None => None,
+        };
+        Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster })
     }
 
     /// The endpoint the socket is bound to, e.g. `tcp://*:61616`.
@@ -133,7 +140,7 @@ impl Broker {
     /// Serves until `stop` becomes true; reloads the allowlist whenever
     /// `reload` is set (and clears it). Returns the final counters.
     pub fn run(self, stop: &AtomicBool, reload: &AtomicBool) -> Result<Stats, BrokerError> {
-        let Broker { config, router, endpoint, public_key, log, zap, keys, metrics } = self;
+        let Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster } = self;
         match &public_key {
             Some(k) => log.log(
                 Level::Info,
@@ -194,14 +201,26 @@ impl Broker {
         if let (Some(publisher), Some(keys)) = (&mut publisher, &keys) {
             publisher.allowlist_keys = keys.current().len();
         }
-        let mut server =
-            Server { engine, zap, keys, frames: Vec::new(), user: String::new(), log: log.clone(), publisher };
+        if let Some(bridge) = &cluster {
+            engine.join_cluster(bridge.counters().max_payload());
+        }
+        let mut server = Server {
+            engine,
+            zap,
+            keys,
+            cluster,
+            frames: Vec::new(),
+            user: String::new(),
+            log: log.clone(),
+            publisher,
+        };
         let result = server.serve(stop, reload, config.status_interval);
         let stats = server.engine.stats();
         server.engine.flush_suppressed();
+        let cluster = server.cluster_status();
         match &result {
-            Ok(()) => log.log(Level::Info, format_args!("stopping: {stats}")),
-            Err(e) => log.log(Level::Error, format_args!("stopping on error: {e}; {stats}")),
+            Ok(()) => log.log(Level::Info, format_args!("stopping: {stats}{cluster}")),
+            Err(e) => log.log(Level::Error, format_args!("stopping on error: {e}; {stats}{cluster}")),
         }
         result.map(|()| stats)
     }
@@ -252,6 +271,7 @@ struct Server {
     engine: Engine<Router>,
     zap: Option<ZapHandler>,
     keys: Option<Keys>,
+    cluster: Option<Bridge>,
     /// Reused receive buffer: routing id followed by the message frames.
     frames: Vec<Msg>,
     /// The current message's `User-Id` (with CURVE only).
@@ -274,7 +294,7 @@ impl Server {
         // Heartbeats alone do not make the status line worth repeating.
         let key =
             |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.buffered, s.drops, s.violations, s.impostors);
-        let mut last_status = key(&self.engine.stats());
+        let mut last_status = (key(&self.engine.stats()), self.cluster_status());
         // The last instant at which a receive found nothing waiting: clients
         // are only expired for silence up to it (see Engine::tick_drained).
         let mut drained = Instant::now();
@@ -292,6 +312,9 @@ impl Server {
             if self.keys.as_ref().is_some_and(|k| !k.watcher.is_running()) {
                 return Err(BrokerError("the authorized-keys thread stopped; refusing to serve without it".into()));
             }
+            if self.cluster.as_ref().is_some_and(|c| !c.is_running()) {
+                return Err(BrokerError("the NATS thread stopped; refusing to serve without it".into()));
+            }
             while let Some(reloaded) = self.keys.as_ref().and_then(|k| k.watcher.try_next()) {
                 self.apply(reloaded, now);
             }
@@ -304,9 +327,10 @@ impl Server {
             if now >= next_status {
                 self.engine.flush_suppressed();
                 let stats = self.engine.stats();
-                if key(&stats) != last_status {
-                    self.log.log(Level::Info, format_args!("status: {stats}"));
-                    last_status = key(&stats);
+                let status = (key(&stats), self.cluster_status());
+                if status != last_status {
+                    self.log.log(Level::Info, format_args!("status: {stats}{}", status.1));
+                    last_status = status;
                 }
                 next_status = now + status_interval;
             }
@@ -316,7 +340,11 @@ impl Server {
             }
             // Round up so a deadline 0.3 ms away does not spin.
             let timeout = wake.saturating_duration_since(now).as_micros().div_ceil(1000) as i64;
-            match self.engine.transport_mut().poll(timeout) {
+            let polled = match &self.cluster {
+                None => self.engine.transport_mut().poll(timeout),
+                Some(bridge) => self.engine.transport_mut().poll_with(bridge.inbox(), timeout),
+            };
+            match polled {
                 // Even after a timeout: the receive below finding nothing is
                 // what moves `drained` on.
                 Ok(()) => {}
@@ -338,7 +366,47 @@ impl Server {
                     Err(e) => return Err(BrokerError(format!("receive failed: {e}"))),
                 }
             }
+            if self.cluster.is_some() {
+                self.exchange_with_cluster()?;
+            }
         }
+        Ok(())
+    }
+
+    /// ` cluster=up forwarded=… received=… unforwarded=…` for the status
+    /// line; empty without `--cluster`.
+    fn cluster_status(&self) -> String {
+        self.cluster.as_ref().map(|c| format!(" {}", c.counters())).unwrap_or_default()
+    }
+
+    /// Delivers what other brokers published (a batch at most) and hands
+    /// the engine's interest changes and publishes to the NATS thread.
+    fn exchange_with_cluster(&mut self) -> Result<(), BrokerError> {
+        let Some(bridge) = &self.cluster else { return Ok(()) };
+        self.engine.set_cluster_max_payload(bridge.counters().max_payload());
+        for _ in 0..BATCH {
+            let message = match bridge.inbox().recv_multipart(zmq::DONTWAIT) {
+                Ok(message) => message,
+                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(BrokerError(format!("cluster receive failed: {e}"))),
+            };
+            let decoded = match message.as_slice() {
+                [topic, bytes] => payload::decode(bytes).map(|frames| (topic, frames)),
+                _ => None,
+            };
+            match decoded {
+                Some((topic, frames)) => {
+                    self.engine.deliver_from_cluster(topic, frames, Instant::now());
+                }
+                // Only another mc0d (or something else on its subjects) can
+                // send one: named, never delivered.
+                None => self
+                    .log
+                    .log(Level::Warn, format_args!("cluster: ignored a message from NATS that is not an mc0d message")),
+            }
+        }
+        self.engine.take_cluster_work(|work| bridge.send(work));
         Ok(())
     }
 

@@ -18,7 +18,9 @@ use mc0::log::Level;
 use mc0::protocol::{Command, Limits, Reply, NOT_CONNECTED};
 use mc0d::auth::allowlist::Allowlist;
 use mc0d::auth::allowlist::Role;
+use mc0d::cluster::payload;
 use mc0d::engine::acl::{self, Actor, Policy};
+use mc0d::engine::ToCluster;
 use mc0d::{Config, Conn, Engine, IdentityCheck, Origin, Transport, ACCESS_DENIED, IMPOSTOR};
 use proptest::prelude::*;
 
@@ -304,10 +306,22 @@ fn judge(check: IdentityCheck, violations: &mut u64, allowed: bool, rules: Resul
 }
 
 fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), TestCaseError> {
+    run_in(ops, with_allowlist, check, false)
+}
+
+/// [`run`], the engine a cluster member when `clustered`: then after every
+/// step its NATS interest (the changes it reported, applied in order) must
+/// be exactly the topics with at least one local subscriber, and each
+/// accepted PUT must be handed over for exactly one publish.
+fn run_in(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck, clustered: bool) -> Result<(), TestCaseError> {
     let config = config(check);
     let limits = config.limits;
     let policy = Policy::new([NODE_AGENT]);
     let mut engine = Engine::new(Recorder::default(), &config);
+    if clustered {
+        engine.join_cluster(usize::MAX);
+    }
+    let mut interest: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut listing: Listing = (0..3).map(|u| (u, (Role::Any, true))).collect();
     if with_allowlist {
         engine.set_allowlist(Some(allowlist(&listing)), Instant::now());
@@ -316,6 +330,7 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
     let mut now = Instant::now();
     for op in ops.into_iter().flat_map(Op::steps) {
         engine.transport_mut().sent.clear();
+        let mut expect_publish: Option<Vec<u8>> = None;
         match op {
             Op::Msg { rid: r, conn, user, frames } => {
                 now += Duration::from_millis(1);
@@ -469,6 +484,7 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
                         }
                     }
                 };
+                expect_publish = deliveries.as_ref().map(|(topic, ..)| topic.clone());
                 check_sends(&sent, &rid, expected, deliveries)?;
             }
             Op::Jump => {
@@ -513,6 +529,30 @@ fn run(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck) -> Result<(), T
             }
         }
         engine.check_invariants().map_err(TestCaseError::fail)?;
+        let mut work = Vec::new();
+        engine.take_cluster_work(|w| work.push(w));
+        let mut published = Vec::new();
+        for w in work {
+            match w {
+                ToCluster::Interest(topic, true) => prop_assert!(interest.insert(topic.to_vec()), "interest twice"),
+                ToCluster::Interest(topic, false) => prop_assert!(interest.remove(&topic[..]), "dropped unheld"),
+                ToCluster::Publish(topic, bytes) => {
+                    let frames = payload::decode(&bytes).ok_or_else(|| TestCaseError::fail("bad payload"))?;
+                    match Reply::parse(&frames, &Limits::default()) {
+                        Ok(Reply::Message { topic: t, .. }) => prop_assert_eq!(t, &topic[..]),
+                        other => prop_assert!(false, "published {other:?}"),
+                    }
+                    published.push(topic.to_vec());
+                }
+            }
+        }
+        if clustered {
+            let held: BTreeSet<Vec<u8>> = model.sessions.values().flat_map(|s| s.topics.iter().cloned()).collect();
+            prop_assert_eq!(&interest, &held, "NATS interest = topics with a local subscriber");
+            prop_assert_eq!(published, expect_publish.into_iter().collect::<Vec<_>>(), "one publish per PUT");
+        } else {
+            prop_assert!(interest.is_empty() && published.is_empty(), "cluster work without a cluster");
+        }
         let stats = engine.stats();
         prop_assert_eq!(stats.clients, model.sessions.len(), "client count");
         prop_assert_eq!(stats.topics, model.topics(), "topic count");
@@ -571,6 +611,11 @@ proptest! {
     #[test]
     fn engine_matches_the_model_with_an_allowlist(ops in prop::collection::vec(op(), 1..120)) {
         run(ops, true, IdentityCheck::Enforce)?;
+    }
+
+    #[test]
+    fn engine_matches_the_model_in_a_cluster(ops in prop::collection::vec(op(), 1..120)) {
+        run_in(ops, true, IdentityCheck::Enforce, true)?;
     }
 
     #[test]

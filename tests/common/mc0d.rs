@@ -36,7 +36,7 @@ impl LogBuf {
         self.0 .0.lock().unwrap().len()
     }
 
-    fn push(&self, line: &str) {
+    pub fn push(&self, line: &str) {
         let mut text = self.0 .0.lock().unwrap();
         text.push_str(line);
         text.push('\n');

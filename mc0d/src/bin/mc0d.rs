@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mc0d::cli::{self, Early, Mc0dArgs};
+use mc0d::cluster::{ClusterOptions, DEFAULT_CLUSTER_NAME};
 use mc0d::{Broker, Config};
 
 enum Parsed {
@@ -54,6 +55,18 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         identity_check: args.identity_check.map(Into::into).unwrap_or_default(),
         node_publish_agents: args.node_publish_agents.map(|a| a.0).unwrap_or_default(),
         metrics: args.metrics,
+        cluster: (!args.cluster.is_empty()).then(|| ClusterOptions {
+            urls: args.cluster.iter().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect(),
+            name: args.cluster_name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.into()),
+            user: args.cluster_user,
+            password: args.cluster_password,
+            token: args.cluster_token,
+            creds: args.cluster_creds,
+            nkey: args.cluster_nkey,
+            tls_ca: args.cluster_tls_ca,
+            tls_cert: args.cluster_tls_cert,
+            tls_key: args.cluster_tls_key,
+        }),
         ..Config::default()
     };
     config.set_max_body_size(args.max_body_size);
@@ -176,6 +189,37 @@ mod tests {
         assert_eq!(c.authorized_keys_poll, Some(mc0d::DEFAULT_KEYS_POLL));
         assert_eq!(c.max_body_size, mc0d::DEFAULT_MAX_BODY_SIZE);
         assert_eq!(c.client_buffer, mc0d::DEFAULT_CLIENT_BUFFER);
+        assert_eq!(c.cluster, None);
+    }
+
+    #[test]
+    fn cluster_options() {
+        let Ok(Parsed::Run(c)) = parse(&[
+            "--no-curve",
+            "--cluster",
+            "nats://a:4222, nats://b:4222",
+            "--cluster-user=u",
+            "--cluster-password=p",
+            "--cluster-tls-ca",
+            "/ca.pem",
+        ]) else {
+            panic!("should parse")
+        };
+        let cluster = c.cluster.as_ref().expect("clustered");
+        assert_eq!(cluster.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(cluster.name, DEFAULT_CLUSTER_NAME);
+        assert_eq!((cluster.user.as_deref(), cluster.password.as_deref()), (Some("u"), Some("p")));
+        assert_eq!(cluster.tls_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        for (args, culprit) in [
+            (&["--no-curve", "--cluster-name", "x"][..], "--cluster"),
+            (&["--no-curve", "--cluster", "nats://a", "--cluster-user", "u"], "--cluster-password"),
+            (&["--no-curve", "--cluster", "nats://a", "--cluster-tls-key", "k"], "--cluster-tls-cert"),
+        ] {
+            match parse(args) {
+                Err(e) => assert!(e.contains(culprit), "{args:?}: {e}"),
+                Ok(_) => panic!("{args:?} should fail"),
+            }
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ use super::acl;
 use super::clients::Session;
 use super::shared::Shared;
 use super::transport::Transport;
-use super::{show, Engine, Sender, LOST};
-use crate::stats::{DropReason, RefusalReason};
+use super::{show, Engine, Sender};
+use crate::stats::RefusalReason;
 
 impl<T: Transport> Engine<T> {
     /// Runs a parsed command from a known client (or a CONNECT); an error is
@@ -123,33 +123,23 @@ impl<T: Transport> Engine<T> {
                 if let Some(actor) = sender.actor() {
                     self.judge(rid, sender, "PUT", acl::check_publish(actor, topic, &self.policy), now)?;
                 }
-                self.out.stats.puts += 1;
+                let local = self.subs.subscribers(topic).next().is_some();
                 let mut delivered = 0usize;
-                if self.subs.subscribers(topic).next().is_some() {
-                    // A connection that ended must not pass its routing id's
-                    // deliveries on to one that took the id since.
-                    self.connections_lost(true, now);
+                if local || self.cluster.is_some() {
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
                     let stamp = sender.stamp().map(|(header, value)| (header.as_bytes(), value.as_bytes()));
                     let headers = stamp.into_iter().chain(headers).collect();
-                    // Built once; recipients share it (see `shared`).
-                    let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
-                    for sub in self.subs.subscribers(topic) {
-                        let Some(client) = self.clients.get_mut(sub) else { continue };
-                        let sent = if client.lost {
-                            self.out.dropped(sub, 1, DropReason::ConnectionLost, LOST, now);
-                            false
-                        } else {
-                            self.out.send_shared(sub, &mut message, now)
-                        };
-                        if sent {
-                            client.last_sent = now;
-                            client.msgs_out += 1;
-                            delivered += 1;
-                        }
+                    let frames = Reply::Message { topic, headers, body }.to_frames();
+                    if let Some(cluster) = &mut self.cluster {
+                        cluster.publish(topic, &frames, &self.out.log)?;
+                    }
+                    if local {
+                        // Built once; recipients share it (see `shared`).
+                        delivered = self.fan_out(topic, &mut Shared::new(frames), now);
                     }
                 }
+                self.out.stats.puts += 1;
                 self.out.stats.delivered += delivered as u64;
                 if self.out.log.enabled(Level::Debug) {
                     self.out.log.log(

@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod buffers;
 pub mod clients;
+mod cluster;
 pub mod shared;
 pub mod subscriptions;
 
@@ -32,10 +33,12 @@ use crate::stats::{DropReason, RefusalReason, Stats};
 use acl::{Actor, Policy};
 use buffers::Buffers;
 use clients::{Bytes, Clients, Heard};
+use cluster::ClusterLink;
 use out::Out;
 use subscriptions::Subscriptions;
 
 pub use clients::Conn;
+pub use cluster::ToCluster;
 pub use shared::Shared;
 pub use transport::Transport;
 
@@ -99,6 +102,8 @@ pub struct Engine<T: Transport> {
     policy: Policy,
     /// Reused buffer for [`Transport::lost_connections`].
     lost: Vec<Conn>,
+    /// In a cluster (`--cluster`): what goes to the other brokers.
+    cluster: Option<ClusterLink>,
 }
 
 impl<T: Transport> Engine<T> {
@@ -128,6 +133,7 @@ impl<T: Transport> Engine<T> {
             identity_check: config.identity_check,
             policy: Policy::new(&config.node_publish_agents),
             lost: Vec::new(),
+            cluster: None,
         }
     }
 

@@ -13,11 +13,28 @@ pub struct Subscriptions {
     by_topic: HashMap<Bytes, HashSet<Bytes>>,
     /// (client, topic) pairs, kept so the metrics need no scan.
     pairs: usize,
+    /// In a cluster: each topic that gained its first subscriber (true) or
+    /// lost its last (false), in order, until taken (see
+    /// [`take_interest`](Subscriptions::take_interest)).
+    interest: Option<Vec<(Bytes, bool)>>,
 }
 
 impl Subscriptions {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Starts recording interest changes (a broker in a cluster); the
+    /// topics held now are recorded as gained.
+    pub fn track_interest(&mut self) {
+        if self.interest.is_none() {
+            self.interest = Some(self.by_topic.keys().map(|t| (t.clone(), true)).collect());
+        }
+    }
+
+    /// The interest changes recorded since the last call, oldest first.
+    pub fn take_interest(&mut self) -> std::vec::Drain<'_, (Bytes, bool)> {
+        self.interest.get_or_insert_with(Vec::new).drain(..)
     }
 
     /// Number of topics with at least one subscriber.
@@ -45,6 +62,9 @@ impl Subscriptions {
         let key: Bytes = Arc::from(topic);
         self.by_topic.insert(key.clone(), HashSet::from([client.clone()]));
         self.pairs += 1;
+        if let Some(interest) = &mut self.interest {
+            interest.push((key.clone(), true));
+        }
         (key, true)
     }
 
@@ -54,7 +74,11 @@ impl Subscriptions {
         let removed = set.remove(client);
         self.pairs -= usize::from(removed);
         if set.is_empty() {
-            self.by_topic.remove(topic);
+            if let Some((key, _)) = self.by_topic.remove_entry(topic) {
+                if let Some(interest) = &mut self.interest {
+                    interest.push((key, false));
+                }
+            }
         }
         removed
     }
@@ -103,5 +127,22 @@ mod tests {
         assert!(s.unsubscribe(b"t", b"c"));
         assert_eq!(s.topic_count(), 1, "empty topics are dropped");
         assert!(!s.unsubscribe(b"nope", b"a"));
+    }
+
+    #[test]
+    fn interest_is_first_in_last_out() {
+        let mut s = Subscriptions::new();
+        s.subscribe(b"before", &b("a"));
+        s.track_interest();
+        let (a, c) = (b("a"), b("c"));
+        s.subscribe(b"t", &a);
+        s.subscribe(b"t", &c);
+        s.unsubscribe(b"t", b"a");
+        s.unsubscribe(b"before", b"a");
+        s.unsubscribe(b"t", b"c");
+        let got: Vec<_> = s.take_interest().map(|(t, on)| (t.to_vec(), on)).collect();
+        let expected = [("before", true), ("t", true), ("before", false), ("t", false)];
+        assert_eq!(got, expected.map(|(t, on)| (t.as_bytes().to_vec(), on)));
+        assert_eq!(s.take_interest().count(), 0);
     }
 }
