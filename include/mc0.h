@@ -170,7 +170,8 @@ const char *mc0_last_error(void);
 const char *mc0_last_error_key(void);
 
 /**
- * Frees a string returned by mc0_topic_* or mc0_message_headers_json.
+ * Frees a string returned by mc0_topic_*, mc0_message_headers_json or
+ * mc0_connector_stats_json.
  * NULL is ignored. Each string must be freed exactly once, by this function.
  */
 void mc0_string_free(char *s);
@@ -341,6 +342,18 @@ mc0_status mc0_connector_flush(const struct mc0_connector *c,
 mc0_status mc0_connector_receive(const struct mc0_connector *c,
                                  int32_t timeout_ms,
                                  struct mc0_message **out);
+
+/**
+ * The connector's counters and the broker in use, as a JSON object:
+ * `handshakes`, `reconnects`, `published`, `publishes_dropped`, `received`,
+ * `messages_dropped`, `failovers` (moves from one broker of the pool to
+ * another after its link died), `broker` ("host:port" of the broker in
+ * use, or being tried while the link is down) and `broker_index` (its
+ * position in the pool as configured, from 0). More keys may be added.
+ * Returns a new string the caller frees with mc0_string_free; NULL if c is
+ * NULL (see mc0_last_error). Thread-safe; never waits.
+ */
+char *mc0_connector_stats_json(const struct mc0_connector *c);
 
 /**
  * Closes the connection: threads blocked in mc0_connector_receive return

@@ -68,7 +68,7 @@ fn kill_9_the_broker_a_connector_is_on_and_it_moves_to_the_next() {
     let second = Mc0d::start_debug();
     let third = Mc0d::start_debug();
     let node = connect(&pool_config(&[&first, &second, &third], &[], "node"), "node");
-    assert_eq!(node.current_broker().port, first.port, "not randomised: the first broker");
+    assert_eq!(node.server().port, first.port, "not randomised: the first broker");
     node.subscribe(TOPIC).unwrap();
     // Others stay on the second broker: one publishes to the node's topic,
     // one listens to what the node publishes.
@@ -108,7 +108,7 @@ fn kill_9_the_broker_a_connector_is_on_and_it_moves_to_the_next() {
 
     let stats = node.stats();
     assert_eq!((stats.failovers, stats.broker, stats.published), (1, 1, 20), "{stats:?}");
-    assert_eq!(node.current_broker().port, second.port);
+    assert_eq!(node.server().port, second.port);
     // The log sink is process-wide: the other test's lines are there too.
     let left = format!("failing over from broker 127.0.0.1:{}", first.port);
     let moves: Vec<String> = lines.lock().unwrap().iter().filter(|l| l.contains(&left)).cloned().collect();
@@ -122,7 +122,7 @@ fn connecting_with_a_pool_skips_dead_brokers_and_names_each_when_none_answers() 
     let live = Mc0d::start();
     let dead = [free_port(), free_port()];
     let node = connect(&pool_config(&[&live], &dead, "node"), "a pool with two dead brokers first");
-    assert_eq!(node.current_broker().port, live.port);
+    assert_eq!(node.server().port, live.port);
     assert_eq!(node.stats().failovers, 2);
     node.subscribe(TOPIC).unwrap();
     drop(node);

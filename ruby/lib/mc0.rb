@@ -104,6 +104,7 @@ module Mc0
       [:mc0_connector_receive, %i[pointer int32 pointer], :int, true],
       [:mc0_connector_close, [:pointer], :int, true],
       [:mc0_connector_free, [:pointer], :void, true],
+      [:mc0_connector_stats_json, [:pointer], :pointer, false],
       [:mc0_message_topic, [:pointer], :pointer, false],
       [:mc0_message_sender, [:pointer], :pointer, false],
       [:mc0_message_sender_key, [:pointer], :pointer, false],
@@ -270,6 +271,7 @@ module Mc0
       nil
     end
 
+    # Reads and frees a string libmc0 returned (raising its error if NULL).
     def take_string(ptr, what)
       raise InvalidArgumentError.new("#{what}: #{Native.mc0_last_error}", :invalid_argument) if ptr.null?
 
@@ -277,6 +279,7 @@ module Mc0
     ensure
       Native.mc0_string_free(ptr) if ptr && !ptr.null?
     end
+    public :take_string
   end
 
   # A message as received: topic (String), headers ({name => binary String},
@@ -426,6 +429,15 @@ module Mc0
       end
     ensure
       out&.free
+    end
+
+    # The connector's counters and the broker in use, as a Hash with String
+    # keys: "handshakes", "reconnects", "published", "publishes_dropped",
+    # "received", "messages_dropped", "failovers" (moves to another broker
+    # of the pool), "broker" ("host:port" in use or being tried) and
+    # "broker_index" (its place in the pool as configured, from 0).
+    def stats
+      call('stats') { |c| JSON.parse(Mc0.take_string(Native.mc0_connector_stats_json(c), 'stats')) }
     end
 
     # Closes the connection (DISCONNECT) and wakes blocked receivers (they

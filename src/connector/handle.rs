@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::config::{Broker, Config, Settings};
+use super::config::{Config, Server, Settings};
 use super::engine::Engine;
 use super::logging::clog;
 use super::message::{Message, Stats};
@@ -117,7 +117,7 @@ impl Connector {
 
     /// The broker of the pool in use, or being tried while the link is down
     /// (its index is [`Stats::broker`]).
-    pub fn current_broker(&self) -> &Broker {
+    pub fn server(&self) -> &Server {
         &self.settings.brokers[self.shared.counters.broker.load(Ordering::Relaxed)]
     }
 
@@ -154,7 +154,7 @@ impl Connector {
             Some(result) => result,
             None => Err(Error::new(
                 ErrorKind::Timeout,
-                format!("{what}: no answer from broker {} within {}", self.current_broker().name(), secs(timeout)),
+                format!("{what}: no answer from broker {} within {}", self.server().name(), secs(timeout)),
             )),
         }
     }

@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::message::mc0_message;
-use super::{arg_str, boundary, free_box, guard, invalid, mc0_status, timeout_from_ms};
+use super::{arg_str, boundary, free_box, guard, invalid, mc0_status, new_c_string, timeout_from_ms};
 use crate::connector::logging::clog;
 use crate::connector::{Config, Connector, Error};
 use crate::log::Level;
@@ -273,6 +273,34 @@ pub unsafe extern "C" fn mc0_connector_receive(
     })
 }
 
+/// The connector's counters and the broker in use, as a JSON object:
+/// `handshakes`, `reconnects`, `published`, `publishes_dropped`, `received`,
+/// `messages_dropped`, `failovers` (moves from one broker of the pool to
+/// another after its link died), `broker` ("host:port" of the broker in
+/// use, or being tried while the link is down) and `broker_index` (its
+/// position in the pool as configured, from 0). More keys may be added.
+/// Returns a new string the caller frees with mc0_string_free; NULL if c is
+/// NULL (see mc0_last_error). Thread-safe; never waits.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_stats_json(c: *const mc0_connector) -> *mut c_char {
+    boundary(|| {
+        let c = connector_ref(c)?;
+        let s = c.stats();
+        let json = serde_json::json!({
+            "handshakes": s.handshakes,
+            "reconnects": s.reconnects,
+            "published": s.published,
+            "publishes_dropped": s.publishes_dropped,
+            "received": s.received,
+            "messages_dropped": s.messages_dropped,
+            "failovers": s.failovers,
+            "broker": c.settings().brokers[s.broker].name(),
+            "broker_index": s.broker,
+        });
+        Ok(new_c_string(json.to_string()))
+    })
+}
+
 /// Closes the connection: threads blocked in mc0_connector_receive return
 /// MC0_ERR_CLOSED at once; queued publishes and DISCONNECT are sent and
 /// acknowledged within close_timeout (default 1 s); the background thread
@@ -395,5 +423,36 @@ mod tests {
         unsafe { mc0_connector_free(handle) };
         assert!(left.load(std::sync::atomic::Ordering::SeqCst), "freed while a call was in progress");
         call.join().unwrap();
+    }
+
+    #[test]
+    fn stats_json_names_the_broker_in_use() {
+        // connect_retry over a pool where nothing listens: it fails over.
+        let config = Config::from_pairs([
+            ("broker.host", "127.0.0.1:1,127.0.0.1:2"),
+            ("curve", "false"),
+            ("connect_retry", "true"),
+            ("randomize", "false"),
+        ])
+        .unwrap();
+        let handle = Box::into_raw(Box::new(mc0_connector::new(Connector::connect(&config).unwrap())));
+        let read = || {
+            let text = unsafe { mc0_connector_stats_json(handle) };
+            let json: serde_json::Value =
+                serde_json::from_str(unsafe { std::ffi::CStr::from_ptr(text) }.to_str().unwrap()).unwrap();
+            unsafe { super::super::mc0_string_free(text) };
+            json
+        };
+        let json = read();
+        assert_eq!(json["handshakes"], 0);
+        assert!(["127.0.0.1:1", "127.0.0.1:2"].contains(&json["broker"].as_str().unwrap()), "{json}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read()["failovers"].as_u64() < Some(2) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let json = read();
+        assert!(json["failovers"].as_u64() >= Some(2), "refused connections fail over: {json}");
+        assert!(unsafe { mc0_connector_stats_json(std::ptr::null()) }.is_null());
+        unsafe { mc0_connector_free(handle) };
     }
 }

@@ -277,7 +277,8 @@ pub extern "C" fn mc0_last_error_key() -> *const c_char {
     boundary(|| Ok(LAST_ERROR_KEY.with(|cell| cell.borrow().as_ref().map_or(std::ptr::null(), |k| k.as_ptr()))))
 }
 
-/// Frees a string returned by mc0_topic_* or mc0_message_headers_json.
+/// Frees a string returned by mc0_topic_*, mc0_message_headers_json or
+/// mc0_connector_stats_json.
 /// NULL is ignored. Each string must be freed exactly once, by this function.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_string_free(s: *mut c_char) {

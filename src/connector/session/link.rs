@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use super::{Link, Pending, Session, State};
-use crate::connector::config::Broker;
+use crate::connector::config::Server;
 use crate::connector::logging::clog;
 use crate::connector::message::Counters;
 use crate::connector::transport::Event;
@@ -34,7 +34,7 @@ impl Session {
     }
 
     /// The broker currently used or tried.
-    pub(super) fn broker(&self) -> &Broker {
+    pub(super) fn server(&self) -> &Server {
         &self.settings.brokers[self.order[self.at]]
     }
 
@@ -51,7 +51,7 @@ impl Session {
     /// of the pool left untried, the link moves on (true); otherwise
     /// connect() fails, naming each broker and why (false: nothing left).
     pub(super) fn first_failed(&mut self, error: Error, now: Instant) -> bool {
-        let name = self.broker().name();
+        let name = self.server().name();
         let pool = self.settings.brokers.len();
         let Some(first) = self.first.as_mut().filter(|f| f.answer.is_some()) else { return false };
         first.failures.push(format!("{name}: {}", error.message()));
@@ -124,7 +124,7 @@ impl Session {
             }
             Event::HandshakeFailed { code } => {
                 let why = format!("handshake failed: ZMTP protocol error {code:#x} (do both sides agree on curve?)");
-                clog!(Level::Warn, "mc0 connector {}: {why} with {}", self.rid, self.broker().endpoint);
+                clog!(Level::Warn, "mc0 connector {}: {why} with {}", self.rid, self.server().endpoint);
                 // libzmq does not retry this. connect() fails at its
                 // deadline with a hint (or tries the next broker of the
                 // pool); otherwise a new socket retries.
@@ -144,7 +144,7 @@ impl Session {
                 Level::Warn,
                 "mc0 connector {}: broker {} closed the connection; reconnecting",
                 self.rid,
-                self.broker().endpoint
+                self.server().endpoint
             ),
             State::Handshaking { .. } => {}
         }
@@ -220,7 +220,7 @@ impl Session {
                         Level::Warn,
                         "mc0 connector {}: {why} from broker {}; reconnecting",
                         self.rid,
-                        self.broker().endpoint
+                        self.server().endpoint
                     );
                     self.reset_link(&why, now);
                 } else if self.heartbeat.probe_at().is_some_and(|at| now >= at) {
@@ -239,7 +239,7 @@ impl Session {
         };
         format!(
             "no answer from broker {} within {} ({hint})",
-            self.broker().name(),
+            self.server().name(),
             secs(self.settings.connect_timeout)
         )
     }
@@ -281,7 +281,7 @@ impl Session {
     /// Declares the link dead: closes the socket and schedules a new one.
     pub(super) fn reset_link(&mut self, why: &str, now: Instant) {
         if let Some(delay) = self.give_up_link(why, now) {
-            clog!(Level::Info, "mc0 connector: connecting to {} in {}", self.broker().endpoint, secs(delay));
+            clog!(Level::Info, "mc0 connector: connecting to {} in {}", self.server().endpoint, secs(delay));
         }
     }
 
@@ -291,7 +291,7 @@ impl Session {
         if !self.pool() {
             return;
         }
-        let from = self.broker().name();
+        let from = self.server().name();
         self.at = (self.at + 1) % self.order.len();
         self.counters.broker.store(self.order[self.at], Ordering::Relaxed);
         Counters::add(&self.counters.failovers, 1);
@@ -299,7 +299,7 @@ impl Session {
             Level::Warn,
             "mc0 connector {}: failing over from broker {from} to {} ({from}: {why})",
             self.rid,
-            self.broker().name()
+            self.server().name()
         );
     }
 
@@ -332,7 +332,7 @@ impl Session {
                 Level::Warn,
                 "mc0 connector {}: broker {} does not know us (restarted?); sending CONNECT again",
                 self.rid,
-                self.broker().endpoint
+                self.server().endpoint
             );
             self.start_handshake(now);
         }
@@ -388,7 +388,7 @@ impl Session {
         self.check_flushes();
         match self.first.take() {
             Some(first) => {
-                clog!(Level::Info, "mc0 connector {}: connected to {}", self.rid, self.broker().endpoint);
+                clog!(Level::Info, "mc0 connector {}: connected to {}", self.rid, self.server().endpoint);
                 if let Some(answer) = first.answer {
                     answer.send(Ok(()));
                 }
@@ -397,7 +397,7 @@ impl Session {
                 Level::Info,
                 "mc0 connector {}: connected again to {}; re-subscribing {} topics",
                 self.rid,
-                self.broker().endpoint,
+                self.server().endpoint,
                 self.topics.len()
             ),
         }

@@ -203,7 +203,7 @@ impl Session {
         let message = format!(
             "broker refused our key {key} ({how}): it is not in the authorized keys of broker {}; \
              ask its operator to add our public key",
-            self.broker().endpoint
+            self.server().endpoint
         );
         if self.first_failed(Error::new(ErrorKind::Broker, message.clone()), now) {
             return;
