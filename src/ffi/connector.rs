@@ -107,7 +107,7 @@ pub extern "C" fn mc0_config_new() -> *mut mc0_config {
 
 /// Sets one key, named as in MCollective's config without the
 /// "plugin.zeromq." prefix (the prefix is tolerated), e.g. "broker.host",
-/// "heartbeat". key and value are NUL-terminated UTF-8, copied.
+/// "heartbeat", "pool.1.host". key and value are NUL-terminated UTF-8, copied.
 /// Errors: MC0_ERR_INVALID_ARGUMENT (NULL / not UTF-8), MC0_ERR_CONFIG
 /// (unknown key or bad value; the message names the key). Files named by
 /// key settings are read by mc0_connector_new, not here.
@@ -130,7 +130,14 @@ pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
 // ---- connector ----
 
 /// Connects to the broker and completes the CONNECT handshake, waiting at
-/// most connect_timeout (default 10 s). With connect_retry = true (for
+/// most connect_timeout (default 10 s). With a pool of brokers (broker.host
+/// = "a,b:6000,[::1]", or pool.size and pool.N.host/port/public_key) it
+/// connects to the first that answers, each getting its share of
+/// connect_timeout and a refused one left at once; if none answers the
+/// error names each broker and why. Later, whenever the link to the
+/// current broker dies, the connector moves to the next one (randomize:
+/// each connector has its own shuffled order) and re-makes its
+/// subscriptions there; see mc0_connector_stats_json. With connect_retry = true (for
 /// daemons) it returns as soon as the configuration and key files are
 /// valid, and the connector keeps connecting in the background with its
 /// backoff, logging each failure; subscriptions wait to be made and
