@@ -204,16 +204,8 @@ impl Broker {
         if let Some(bridge) = &cluster {
             engine.join_cluster(bridge.counters().max_payload());
         }
-        let mut server = Server {
-            engine,
-            zap,
-            keys,
-            cluster,
-            frames: Vec::new(),
-            user: String::new(),
-            log: log.clone(),
-            publisher,
-        };
+        let mut server =
+            Server { engine, zap, keys, cluster, frames: Vec::new(), user: String::new(), log: log.clone(), publisher };
         let result = server.serve(stop, reload, config.status_interval);
         let stats = server.engine.stats();
         server.engine.flush_suppressed();

@@ -405,11 +405,12 @@ module Mc0
       call('flush') { |c| Mc0.check(Native.mc0_connector_flush(c, Integer(timeout_ms)), 'flush') }
     end
 
-    # The connector's counters and last error as a Hash with String keys
-    # (handshakes, reconnects, sent, acknowledged, publishes_dropped,
-    # received, messages_dropped, last_error, last_error_at; see
-    # mc0_connector_stats_json in mc0.h: keys are only ever added). Also
-    # after close.
+    # The connector's counters, the broker in use and the last error as a
+    # Hash with String keys (handshakes, reconnects, sent, acknowledged,
+    # publishes_dropped, received, messages_dropped, failovers, broker
+    # ("host:port" in use or being tried), broker_index, last_error,
+    # last_error_at; see mc0_connector_stats_json in mc0.h: keys are only
+    # ever added). Also after close.
     def stats
       ptr = @lock.synchronize { @ptr }
       raise ClosedError.new('stats: connector is gone', :closed) if ptr.nil?

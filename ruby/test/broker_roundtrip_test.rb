@@ -1,5 +1,6 @@
 # The bindings and the plugin against a real mc0d (CURVE on 127.0.0.1).
 
+require 'socket'
 require_relative 'test_helper'
 
 class BrokerRoundtripTest < Minitest::Test
@@ -57,6 +58,16 @@ class BrokerRoundtripTest < Minitest::Test
     assert_equal 3, a.stats['received']
     b.close
     assert_equal 3, b.stats['acknowledged'], 'stats stay readable after close'
+  end
+
+  def test_stats_name_the_broker_of_the_pool_in_use
+    # The first of the list refuses connections: the connector fails over.
+    dead = TCPServer.open('127.0.0.1', 0).then { |s| s.addr[1].tap { s.close } }
+    a = connect('broker.host' => "127.0.0.1:#{dead},127.0.0.1:#{@broker.settings['broker.port']}",
+                'randomize' => 'false')
+    stats = a.stats
+    assert_equal "127.0.0.1:#{@broker.settings['broker.port']}", stats['broker']
+    assert_equal [1, 1, 1], stats.values_at('failovers', 'broker_index', 'handshakes')
   end
 
   def test_receive_times_out_with_nil

@@ -5,6 +5,7 @@
 //! Every error names the offending key or file, because the person reading
 //! it is editing `server.cfg`/`client.cfg`, not this code.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,12 @@ pub const DEFAULT_CLOSE_TIMEOUT_SECS: f64 = 1.0;
 pub const DEFAULT_SEND_QUEUE: usize = 10_000;
 pub const DEFAULT_RECEIVE_QUEUE: usize = 100_000;
 pub const DEFAULT_RECONNECT_MAX_SECS: f64 = 10.0;
+/// First reconnect delay before jitter: ActiveMQ's connector starts at
+/// 0.01 s and Choria at 0.5 s; 0.1 s moves a node off a dead broker
+/// quickly while the jitter (×0.5–1.5) still spreads a fleet over 0.1 s.
+pub const DEFAULT_RECONNECT_INITIAL_SECS: f64 = 0.1;
+/// Most brokers in a pool (`pool.size`).
+pub const MAX_POOL: usize = 1000;
 
 /// Every key [`Config::set`] accepts (defaults: [`Config::default`] and
 /// docs/CONNECTOR.md).
@@ -38,12 +45,19 @@ pub const KEYS: &[&str] = &[
     "receive_queue",
     "reconnect_max",
     "connect_retry",
+    "reconnect_initial",
+    "randomize",
+    "pool.size",
+    "pool.N.host",
+    "pool.N.port",
+    "pool.N.public_key",
 ];
 
 /// What the user configured, unvalidated where validation needs the file
 /// system (key files are read by [`Config::resolve`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `broker.host` as given: one or more comma-separated `host[:port]`.
     pub broker_host: Option<String>,
     pub broker_port: u16,
     pub curve: bool,
@@ -77,6 +91,25 @@ pub struct Config {
     ///
     /// [`Connector::connect`]: super::Connector::connect
     pub connect_retry: bool,
+    /// First delay of that backoff (doubling per failed attempt).
+    pub reconnect_initial: Duration,
+    /// Shuffle the pool once per connector, so a fleet spreads over it
+    /// (and over the survivors when one broker dies).
+    pub randomize: bool,
+    /// MCollective's pool form: `pool.size` and `pool.N.*`, by N.
+    pub pool_size: Option<usize>,
+    pub pool: BTreeMap<usize, PoolEntry>,
+}
+
+/// `(host, port, the key naming its public key file, that file)`.
+type PoolBroker = (String, u16, String, Option<PathBuf>);
+
+/// One `pool.N.*` entry as set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolEntry {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub public_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -96,35 +129,55 @@ impl Default for Config {
             receive_queue: DEFAULT_RECEIVE_QUEUE,
             reconnect_max: Duration::from_secs_f64(DEFAULT_RECONNECT_MAX_SECS),
             connect_retry: false,
+            reconnect_initial: Duration::from_secs_f64(DEFAULT_RECONNECT_INITIAL_SECS),
+            randomize: true,
+            pool_size: None,
+            pool: BTreeMap::new(),
         }
     }
 }
 
-/// CURVE keys in binary form, ready for the socket options.
+/// Our CURVE keys in binary form, ready for the socket options (each
+/// broker's key is in its [`Server`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CurveKeys {
-    pub server: Key,
     pub public: Key,
     pub secret: Key,
 }
 
 impl std::fmt::Debug for CurveKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CurveKeys")
-            .field("server", &keys::key_to_z85(&self.server))
-            .field("public", &keys::key_to_z85(&self.public))
-            .finish_non_exhaustive()
+        f.debug_struct("CurveKeys").field("public", &keys::key_to_z85(&self.public)).finish_non_exhaustive()
+    }
+}
+
+/// One broker (server) of the pool. (Not called Broker: libmc0 carries no
+/// broker code, and tests/symbols.rs checks that by name.)
+#[derive(Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    /// `tcp://host:port` (IPv6 literals bracketed).
+    pub endpoint: String,
+    pub ipv6: bool,
+    /// Its CURVE public key (with CURVE): `pool.N.public_key`, else
+    /// `broker.public_key`.
+    pub server_key: Option<Key>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = self.server_key.as_ref().map(keys::key_to_z85);
+        f.debug_struct("Server").field("endpoint", &self.endpoint).field("server_key", &key).finish()
     }
 }
 
 /// A validated configuration: everything the engine needs, files read.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub host: String,
-    pub port: u16,
-    /// `tcp://host:port` (IPv6 literals bracketed).
-    pub endpoint: String,
-    pub ipv6: bool,
+    /// The pool, in configured order (never empty); the session shuffles
+    /// its own order when `randomize` is on.
+    pub brokers: Vec<Server>,
     pub curve: Option<CurveKeys>,
     pub ttl: Duration,
     pub ttl_ms: u64,
@@ -136,6 +189,8 @@ pub struct Settings {
     pub reconnect_max: Duration,
     /// See [`Config::connect_retry`].
     pub connect_retry: bool,
+    pub reconnect_initial: Duration,
+    pub randomize: bool,
 }
 
 /// A Config error about `key`, which it names as data too.
@@ -173,14 +228,11 @@ impl Config {
                 if value.is_empty() {
                     return Err(config_error(key, "broker.host: empty host name".into()));
                 }
+                // Checked now so the error comes at the line that is wrong.
+                parse_host_list(value, self.broker_port)?;
                 self.broker_host = Some(value.to_string());
             }
-            "broker.port" => {
-                self.broker_port =
-                    value.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                        config_error(key, format!("broker.port: {value:?} is not a TCP port (1-65535)"))
-                    })?;
-            }
+            "broker.port" => self.broker_port = parse_port(key, value)?,
             "curve" => self.curve = parse_bool(key, value)?,
             "broker.public_key" => self.broker_public_key = Some(parse_path(key, value)?),
             "public_key" => self.public_key = Some(parse_path(key, value)?),
@@ -208,11 +260,92 @@ impl Config {
             "receive_queue" => self.receive_queue = parse_count(key, value)?,
             "reconnect_max" => self.reconnect_max = parse_seconds(key, value, 0.01, 86_400.0)?,
             "connect_retry" => self.connect_retry = parse_bool(key, value)?,
+            "reconnect_initial" => self.reconnect_initial = parse_seconds(key, value, 0.001, 3_600.0)?,
+            "randomize" => self.randomize = parse_bool(key, value)?,
+            "pool.size" => {
+                self.pool_size =
+                    Some(value.parse::<usize>().ok().filter(|n| (1..=MAX_POOL).contains(n)).ok_or_else(|| {
+                        config_error(
+                            key,
+                            format!("pool.size: {value:?} is not a whole number between 1 and {MAX_POOL}"),
+                        )
+                    })?)
+            }
+            _ if key.starts_with("pool.") => self.set_pool_entry(key, value)?,
             _ => {
                 return Err(config_error(key, format!("unknown key {key:?} (known keys: {})", KEYS.join(", "))));
             }
         }
         Ok(())
+    }
+
+    /// `pool.N.host`, `pool.N.port`, `pool.N.public_key`.
+    fn set_pool_entry(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        let unknown = || config_error(key, format!("unknown key {key:?} (known keys: {})", KEYS.join(", ")));
+        let mut parts = key.splitn(3, '.').skip(1);
+        let (Some(n), Some(field)) = (parts.next(), parts.next()) else { return Err(unknown()) };
+        let n = n.parse::<usize>().ok().filter(|n| (1..=MAX_POOL).contains(n)).ok_or_else(unknown)?;
+        let entry = self.pool.entry(n).or_default();
+        match field {
+            "host" => {
+                if value.is_empty() || value.contains(',') {
+                    return Err(config_error(key, format!("{key}: {value:?} is not one host name or address")));
+                }
+                entry.host = Some(value.to_string());
+            }
+            "port" => entry.port = Some(parse_port(key, value)?),
+            "public_key" => entry.public_key = Some(parse_path(key, value)?),
+            _ => return Err(unknown()),
+        }
+        Ok(())
+    }
+
+    /// The pool as configured, in order: `(host, port, key of its public
+    /// key file, that file)`. Errors name the key at fault.
+    fn pool_entries(&self) -> Result<Vec<PoolBroker>, Error> {
+        let pool_form = self.pool_size.is_some() || !self.pool.is_empty();
+        let shared_key = || ("broker.public_key".to_string(), self.broker_public_key.clone());
+        match (&self.broker_host, pool_form) {
+            (Some(_), true) => Err(config_error(
+                "broker.host",
+                "broker.host and pool.size/pool.N.*: both forms of the broker list are set; use one".into(),
+            )),
+            (None, false) => {
+                Err(config_error("broker.host", "broker.host is required (plugin.zeromq.broker.host)".into()))
+            }
+            (Some(list), false) => Ok(parse_host_list(list, self.broker_port)?
+                .into_iter()
+                .map(|(host, port)| {
+                    let (key, path) = shared_key();
+                    (host, port, key, path)
+                })
+                .collect()),
+            (None, true) => {
+                let size = self.pool_size.ok_or_else(|| {
+                    config_error("pool.size", "pool.size is required with pool.N.* (the number of brokers)".into())
+                })?;
+                if let Some(n) = self.pool.keys().find(|n| **n > size) {
+                    return Err(config_error(
+                        &format!("pool.{n}.host"),
+                        format!("pool.{n}.*: beyond pool.size = {size}"),
+                    ));
+                }
+                (1..=size)
+                    .map(|n| {
+                        let entry = self.pool.get(&n).cloned().unwrap_or_default();
+                        let host_key = format!("pool.{n}.host");
+                        let host = entry.host.ok_or_else(|| {
+                            config_error(&host_key, format!("{host_key} is required (pool.size is {size})"))
+                        })?;
+                        let (key, path) = match entry.public_key {
+                            Some(path) => (format!("pool.{n}.public_key"), Some(path)),
+                            None => shared_key(),
+                        };
+                        Ok((host, entry.port.unwrap_or(DEFAULT_PORT), key, path))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// The CONNECT TTL in milliseconds.
@@ -224,24 +357,35 @@ impl Config {
     /// keys are Config errors naming the key; unreadable or malformed key
     /// files are Key errors naming the key and the file.
     pub fn resolve(&self) -> Result<Settings, Error> {
-        let host = self
-            .broker_host
-            .clone()
-            .ok_or_else(|| config_error("broker.host", "broker.host is required (plugin.zeromq.broker.host)".into()))?;
-        let curve = if self.curve {
-            let required = |key: &str, path: &Option<PathBuf>| -> Result<PathBuf, Error> {
-                path.clone().ok_or_else(|| {
-                    config_error(
-                        key,
-                        format!(
-                            "{key} is required when curve is on (plugin.zeromq.{key}; or set plugin.zeromq.curve = false)"
-                        ),
-                    )
-                })
+        let pool = self.pool_entries()?;
+        let required = |key: &str, path: &Option<PathBuf>| -> Result<PathBuf, Error> {
+            path.clone().ok_or_else(|| {
+                config_error(
+                    key,
+                    format!(
+                        "{key} is required when curve is on (plugin.zeromq.{key}; or set plugin.zeromq.curve = false)"
+                    ),
+                )
+            })
+        };
+        // Every missing key is reported before any file is read.
+        let mut key_paths = Vec::with_capacity(pool.len());
+        for (_, _, key_name, key_path) in &pool {
+            key_paths.push(if self.curve { Some(required(key_name, key_path)?) } else { None });
+        }
+        let secret_path = if self.curve { Some(required("private_key", &self.private_key)?) } else { None };
+        let mut brokers = Vec::with_capacity(pool.len());
+        for ((host, port, key_name, _), key_path) in pool.into_iter().zip(key_paths) {
+            let server_key = key_path.map(|path| read_key(&key_name, &path)).transpose()?;
+            let ipv6 = host.contains(':');
+            let endpoint = if ipv6 && !host.starts_with('[') {
+                format!("tcp://[{host}]:{port}")
+            } else {
+                format!("tcp://{host}:{port}")
             };
-            let server_path = required("broker.public_key", &self.broker_public_key)?;
-            let secret_path = required("private_key", &self.private_key)?;
-            let server = read_key("broker.public_key", &server_path)?;
+            brokers.push(Server { host, port, endpoint, ipv6, server_key });
+        }
+        let curve = if let Some(secret_path) = secret_path {
             let secret = read_key("private_key", &secret_path)?;
             let pair = keys::KeyPair::from_secret(secret)
                 .map_err(|e| Error::new(ErrorKind::Zmq, e).with_key("private_key"))?;
@@ -259,7 +403,7 @@ impl Config {
                     .with_key("public_key"));
                 }
             }
-            Some(CurveKeys { server, public: pair.public, secret })
+            Some(CurveKeys { public: pair.public, secret })
         } else {
             None
         };
@@ -267,17 +411,8 @@ impl Config {
             Some(identity) => identity.clone(),
             None => hostname(),
         };
-        let ipv6 = host.contains(':');
-        let endpoint = if ipv6 && !host.starts_with('[') {
-            format!("tcp://[{host}]:{}", self.broker_port)
-        } else {
-            format!("tcp://{host}:{}", self.broker_port)
-        };
         Ok(Settings {
-            host,
-            port: self.broker_port,
-            endpoint,
-            ipv6,
+            brokers,
             curve,
             ttl: Duration::from_millis(self.ttl_ms()),
             ttl_ms: self.ttl_ms(),
@@ -288,11 +423,25 @@ impl Config {
             receive_queue: self.receive_queue,
             reconnect_max: self.reconnect_max,
             connect_retry: self.connect_retry,
+            reconnect_initial: self.reconnect_initial.min(self.reconnect_max),
+            randomize: self.randomize,
         })
     }
 }
 
 impl Settings {
+    /// "host:port, host:port" of the whole pool, for messages.
+    pub fn pool_names(&self) -> String {
+        self.brokers.iter().map(Server::name).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Server {
+    /// `host:port` for messages.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
     /// Checks that `host` resolves, so a misspelt or unknown name is
     /// reported at once and as such (libzmq would silently retry it). The
     /// name itself goes to libzmq, which resolves it again on every
@@ -310,6 +459,44 @@ impl Settings {
                 .with_key("broker.host")
         })
     }
+}
+
+/// `broker.host`'s comma-separated `host[:port]` entries. A bare IPv6
+/// literal (more than one ':') has no port; `[v6]:port` has one.
+fn parse_host_list(list: &str, default_port: u16) -> Result<Vec<(String, u16)>, Error> {
+    const KEY: &str = "broker.host";
+    list.split(',')
+        .map(str::trim)
+        .map(|entry| {
+            if entry.is_empty() {
+                return Err(config_error(KEY, format!("broker.host: empty entry in {list:?}")));
+            }
+            let bracketed = entry.starts_with('[');
+            let (host, port) = match entry.rsplit_once(':') {
+                Some((host, port)) if bracketed && host.ends_with(']') => (host, Some(port)),
+                Some((host, port)) if !bracketed && !host.contains(':') => (host, Some(port)),
+                _ => (entry, None),
+            };
+            let port = match port {
+                Some(port) => parse_port(KEY, port).map_err(|_| {
+                    config_error(KEY, format!("broker.host: {entry:?}: {port:?} is not a TCP port (1-65535)"))
+                })?,
+                None => default_port,
+            };
+            if host.is_empty() || host == "[]" {
+                return Err(config_error(KEY, format!("broker.host: {entry:?} has no host name")));
+            }
+            Ok((host.to_string(), port))
+        })
+        .collect()
+}
+
+fn parse_port(key: &str, value: &str) -> Result<u16, Error> {
+    value
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| config_error(key, format!("{key}: {value:?} is not a TCP port (1-65535)")))
 }
 
 fn read_key(key: &str, path: &Path) -> Result<Key, Error> {
@@ -379,7 +566,8 @@ mod tests {
         for key in KEYS {
             let e = Config::new().set(key, "\u{1}bad").map(|_| ());
             // Only free-form keys accept any text; all others reject it naming the key.
-            if !["broker.host", "broker.public_key", "public_key", "private_key"].contains(key) {
+            if !["broker.host", "broker.public_key", "public_key", "private_key"].contains(key) && !key.contains(".N.")
+            {
                 assert!(e.unwrap_err().message().starts_with(key), "{key}");
             }
         }
@@ -414,7 +602,7 @@ mod tests {
         assert_eq!((c.send_queue, c.receive_queue), (5, 7));
         assert_eq!(c.reconnect_max, Duration::from_secs(3));
         let s = c.resolve().unwrap();
-        assert_eq!(s.endpoint, "tcp://broker.example.com:6000");
+        assert_eq!(s.brokers[0].endpoint, "tcp://broker.example.com:6000");
         assert!(s.curve.is_none());
         assert_eq!(s.identity, "node1");
     }
@@ -515,14 +703,62 @@ mod tests {
         assert!(e.message().contains("/nonexistent/mc0-test/b.public"), "{e}");
     }
 
+    fn endpoints(pairs: &[(&str, &str)]) -> Vec<String> {
+        let c = Config::from_pairs(pairs.iter().copied().chain([("curve", "no")])).unwrap();
+        c.resolve().unwrap().brokers.into_iter().map(|b| b.endpoint).collect()
+    }
+
+    #[test]
+    fn a_pool_in_either_form() {
+        assert_eq!(
+            endpoints(&[("broker.host", "a:1, b ,[::1]:3,::2"), ("broker.port", "9")]),
+            ["tcp://a:1", "tcp://b:9", "tcp://[::1]:3", "tcp://[::2]:9"]
+        );
+        assert_eq!(
+            endpoints(&[("pool.size", "2"), ("pool.2.host", "b"), ("pool.1.host", "a"), ("pool.1.port", "7")]),
+            ["tcp://a:7", "tcp://b:61616"]
+        );
+        let c = Config::from_pairs([("randomize", "no"), ("reconnect_initial", "0.5")]).unwrap();
+        assert!(!c.randomize && Config::new().randomize);
+        assert_eq!(c.reconnect_initial, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn pool_errors_name_the_key() {
+        for (value, what) in [("a,,b", "empty entry"), ("a:0", "\"0\" is not a TCP port"), ("a:x,b", "\"x\"")] {
+            let e = err("broker.host", value);
+            assert_eq!(e.key(), Some("broker.host"), "{value}");
+            assert!(e.message().contains(what), "{value}: {e}");
+        }
+        assert_eq!(err("pool.1.port", "70000").key(), Some("pool.1.port"));
+        assert_eq!(err("pool.0.host", "a").key(), Some("pool.0.host"));
+        assert_eq!(err("pool.1.hots", "a").key(), Some("pool.1.hots"));
+        assert_eq!(err("pool.size", "0").key(), Some("pool.size"));
+        let resolve = |pairs: &[(&str, &str)]| {
+            Config::from_pairs(pairs.iter().copied().chain([("curve", "no")])).unwrap().resolve().unwrap_err()
+        };
+        let mixed = resolve(&[("broker.host", "a"), ("pool.size", "1"), ("pool.1.host", "b")]);
+        assert!(mixed.message().contains("broker.host") && mixed.message().contains("pool.size"), "{mixed}");
+        assert_eq!(resolve(&[("pool.size", "2"), ("pool.1.host", "a")]).key(), Some("pool.2.host"));
+        assert_eq!(resolve(&[("pool.1.host", "a")]).key(), Some("pool.size"));
+        assert_eq!(
+            resolve(&[("pool.size", "1"), ("pool.1.host", "a"), ("pool.2.host", "b")]).key(),
+            Some("pool.2.host")
+        );
+        // A per-broker key file is read as that key.
+        let mut c = Config::from_pairs([("pool.size", "1"), ("pool.1.host", "a"), ("private_key", "/x")]).unwrap();
+        c.set("pool.1.public_key", "/nonexistent/mc0-test/p1.public").unwrap();
+        assert_eq!(c.resolve().unwrap_err().key(), Some("pool.1.public_key"));
+    }
+
     #[test]
     fn ipv6_endpoints_are_bracketed() {
         let mut c = Config::new();
         c.set("broker.host", "::1").unwrap();
         c.set("curve", "false").unwrap();
         let s = c.resolve().unwrap();
-        assert_eq!(s.endpoint, "tcp://[::1]:61616");
-        assert!(s.ipv6);
+        assert_eq!(s.brokers[0].endpoint, "tcp://[::1]:61616");
+        assert!(s.brokers[0].ipv6);
     }
 
     #[test]

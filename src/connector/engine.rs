@@ -91,7 +91,7 @@ impl<T: Transport> Engine<T> {
         while let Some(link) = self.session.take_link() {
             match link {
                 Link::Close => self.transport.close(),
-                Link::Open => match self.transport.open() {
+                Link::Open(broker) => match self.transport.open(broker) {
                     Ok(rid) => {
                         self.shared.set_routing_id(&rid);
                         self.session.on_opened(rid, now);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::config::{Config, Settings};
+use super::config::{Config, Server, Settings};
 use super::engine::Engine;
 use super::logging::clog;
 use super::message::{LastError, Message, Stats};
@@ -67,7 +67,7 @@ impl Connector {
             .map_err(|e| Error::new(ErrorKind::Zmq, format!("cannot start the connector thread: {e}")))?;
         let connector = Connector { shared, settings, thread: Mutex::new(Some(thread)), pid: std::process::id() };
         if connector.settings.connect_retry {
-            clog!(Level::Info, "mc0 connector: connecting to {} in the background", connector.settings.endpoint);
+            clog!(Level::Info, "mc0 connector: connecting to {} in the background", connector.settings.pool_names());
             return Ok(connector);
         }
         match ready_rx.wait(connector.settings.connect_timeout + GRACE) {
@@ -84,9 +84,8 @@ impl Connector {
                 let _ = connector.shared.push(Request::Close { answer: tx });
                 let s = &connector.settings;
                 let message = format!(
-                    "no answer from broker {}:{} within {} (is it running, and is broker.public_key its key?)",
-                    s.host,
-                    s.port,
+                    "no answer from broker {} within {} (is it running, and is broker.public_key its key?)",
+                    s.pool_names(),
                     secs(s.connect_timeout)
                 );
                 // Dropping the handle detaches the thread.
@@ -114,6 +113,12 @@ impl Connector {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The broker of the pool in use, or being tried while the link is down
+    /// (its index is [`Stats::broker`]).
+    pub fn server(&self) -> &Server {
+        &self.settings.brokers[self.shared.counters.broker.load(Ordering::Relaxed)]
     }
 
     /// In a child process after fork(): the engine thread is not there.
@@ -149,12 +154,7 @@ impl Connector {
             Some(result) => result,
             None => Err(Error::new(
                 ErrorKind::Timeout,
-                format!(
-                    "{what}: no answer from broker {}:{} within {}",
-                    self.settings.host,
-                    self.settings.port,
-                    secs(timeout)
-                ),
+                format!("{what}: no answer from broker {} within {}", self.server().name(), secs(timeout)),
             )),
         }
     }
@@ -284,7 +284,10 @@ impl Connector {
     /// [`stats`](Connector::stats) and [`last_error`](Connector::last_error)
     /// as one JSON object (see [`Stats::to_json`]).
     pub fn stats_json(&self) -> serde_json::Value {
-        self.stats().to_json(self.last_error().as_ref())
+        let stats = self.stats();
+        let mut json = stats.to_json(self.last_error().as_ref());
+        json["broker"] = self.settings.brokers[stats.broker].name().into();
+        json
     }
 
     /// Closes the connection: wakes every thread blocked in receive (they get

@@ -72,31 +72,30 @@ impl Heartbeat {
     }
 }
 
-/// Delay before a new socket replaces one the connector gave up on: 0.1 s
-/// doubling per failed attempt up to a cap, times a jitter in [0.5, 1.0)
-/// that spreads a fleet reconnecting after a broker restart.
+/// Delay before a new socket replaces one the connector gave up on (the
+/// same broker's, or the next of the pool's): `reconnect_initial` doubling
+/// per failed attempt up to `reconnect_max`, times a jitter in [0.5, 1.5)
+/// (as Choria's) that spreads a fleet reconnecting after a broker died.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
+    base: Duration,
     cap: Duration,
     attempt: u32,
     rng: u64,
 }
 
-/// First reconnect delay (before jitter).
-pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(100);
-
 impl Backoff {
-    pub fn new(cap: Duration, seed: u64) -> Backoff {
-        Backoff { cap, attempt: 0, rng: seed | 1 }
+    pub fn new(base: Duration, cap: Duration, seed: u64) -> Backoff {
+        Backoff { base, cap, attempt: 0, rng: seed | 1 }
     }
 
     /// The delay before the next attempt; each call counts a failure.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = BACKOFF_BASE.saturating_mul(1u32 << self.attempt.min(16));
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let jitter = 0.5 + (self.rng % 1000) as f64 / 2000.0;
+        let jitter = 0.5 + (self.rng % 1000) as f64 / 1000.0;
         self.attempt = self.attempt.saturating_add(1);
         exp.min(self.cap).mul_f64(jitter)
     }
@@ -147,21 +146,22 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let cap = Duration::from_secs(2);
-        let mut b = Backoff::new(cap, 12345);
+        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(2));
+        let mut b = Backoff::new(base, cap, 12345);
         for attempt in 0..12 {
-            let bound = (BACKOFF_BASE * (1 << attempt)).min(cap);
+            let bound = (base * (1 << attempt)).min(cap);
             let d = b.next_delay();
-            assert!(d >= bound / 2 && d < bound, "attempt {attempt}: {d:?} not in [{:?}, {bound:?})", bound / 2);
+            assert!(d >= bound / 2 && d < bound * 3 / 2, "attempt {attempt}: {d:?} not in [0.5, 1.5) × {bound:?}");
         }
         b.reset();
-        assert!(b.next_delay() < BACKOFF_BASE);
+        assert!(b.next_delay() < base * 3 / 2);
     }
 
     #[test]
     fn jitter_spreads_a_fleet() {
-        let delays: std::collections::BTreeSet<Duration> =
-            (1..50u64).map(|seed| Backoff::new(Duration::from_secs(10), seed * 7919).next_delay()).collect();
+        let delays: std::collections::BTreeSet<Duration> = (1..50u64)
+            .map(|seed| Backoff::new(Duration::from_millis(100), Duration::from_secs(10), seed * 7919).next_delay())
+            .collect();
         assert!(delays.len() > 40, "{} distinct delays of 49", delays.len());
     }
 }

@@ -54,6 +54,12 @@ pub struct Stats {
     pub received: u64,
     /// Received messages dropped because `receive_queue` was full.
     pub messages_dropped: u64,
+    /// Moves from one broker of the pool to another after its link was
+    /// declared dead (0 with a single broker).
+    pub failovers: u64,
+    /// The broker in use or being tried: an index into the pool as
+    /// configured ([`Settings::brokers`](super::Settings::brokers)).
+    pub broker: usize,
 }
 
 /// The connector's last error: what and when.
@@ -74,9 +80,12 @@ impl Stats {
             "reconnects": self.reconnects,
             "sent": self.sent,
             "acknowledged": self.published,
+            "published": self.published,
             "publishes_dropped": self.publishes_dropped,
             "received": self.received,
             "messages_dropped": self.messages_dropped,
+            "failovers": self.failovers,
+            "broker_index": self.broker,
             "last_error": last_error.map(|e| e.message.as_str()),
             "last_error_at": last_error.map(|e| unix(e.at)),
         })
@@ -93,6 +102,8 @@ pub(crate) struct Counters {
     pub publishes_dropped: AtomicU64,
     pub received: AtomicU64,
     pub messages_dropped: AtomicU64,
+    pub failovers: AtomicU64,
+    pub broker: AtomicUsize,
     /// Publishes accepted from callers and not yet handed to the socket;
     /// `publish` reserves a slot here first, so that concurrent publishers
     /// cannot overshoot `send_queue`.
@@ -110,6 +121,8 @@ impl Counters {
             publishes_dropped: self.publishes_dropped.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             messages_dropped: self.messages_dropped.load(Ordering::Relaxed),
+            failovers: self.failovers.load(Ordering::Relaxed),
+            broker: self.broker.load(Ordering::Relaxed),
         }
     }
 

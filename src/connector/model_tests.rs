@@ -17,9 +17,14 @@
 //! - CONNECT's answer is waited for at most `connect_timeout`, close ends
 //!   within `close_timeout`;
 //! - MESSAGEs are delivered in order with their sender stamp;
-//! - at the end (link healed, one more reconnect), the held subscriptions
-//!   are the model's (counted by holder) and exactly what the broker has,
-//!   every flush and close is answered, and every caller got an answer.
+//! - with a pool of brokers, every socket after the first goes to the next
+//!   broker of one fixed (shuffled) cycle through the whole pool, each move
+//!   counted as a failover, and the stats name the broker in use;
+//! - at the end (link healed, one more reconnect: with a pool, to another
+//!   broker), the held subscriptions are the model's (counted by holder)
+//!   and exactly what the (new) broker has, every queued publish went out
+//!   once, every flush and close is answered, and every caller got an
+//!   answer.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -71,6 +76,9 @@ struct Harness {
     refused: bool,
     resolve_fails: bool,
     rids: u32,
+    /// Brokers in the pool, and the broker of each socket opened, in order.
+    pool: usize,
+    opened: Vec<usize>,
     broker: Broker,
     // The model.
     holders: BTreeMap<Vec<u8>, u32>,
@@ -100,8 +108,8 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(retry: bool) -> Harness {
-        let settings = settings(retry);
+    fn new(retry: bool, pool: usize) -> Harness {
+        let settings = settings(retry, pool);
         let counters = Arc::new(Counters::default());
         let now = Instant::now();
         let (answer, waiter) = oneshot();
@@ -120,6 +128,8 @@ impl Harness {
             refused: false,
             resolve_fails: false,
             rids: 0,
+            pool,
+            opened: Vec::new(),
             broker: Broker::default(),
             holders: BTreeMap::new(),
             calls: Vec::new(),
@@ -207,6 +217,7 @@ impl Harness {
                 self.refused = true;
                 self.event(Event::KeyRefused { zap_status: 400 });
             }
+            Op::Refused if self.open && !self.up => self.event(Event::Refused),
             Op::Block(blocked) => self.blocked = blocked,
             Op::ResolveFails => self.resolve_fails = true,
             Op::Answer(verdict) => self.broker_answers(verdict),
@@ -368,11 +379,13 @@ impl Harness {
                     self.up = false;
                     self.broker.inbound.clear();
                 }
-                Link::Open if std::mem::take(&mut self.resolve_fails) => {
+                Link::Open(broker) if std::mem::take(&mut self.resolve_fails) => {
+                    self.opened_to(broker);
                     let error = Error::new(ErrorKind::Resolve, "cannot resolve the broker host name");
                     self.session.on_open_failed(error, self.now);
                 }
-                Link::Open => {
+                Link::Open(broker) => {
+                    self.opened_to(broker);
                     // A new socket is a new routing id: a client the broker
                     // does not know.
                     self.open = true;
@@ -384,6 +397,24 @@ impl Harness {
                 }
             }
         }
+    }
+
+    /// A socket to `broker`: the next of the pool's cycle, as counted.
+    fn opened_to(&mut self, broker: usize) {
+        assert!(broker < self.pool);
+        self.opened.push(broker);
+        let k = self.opened.len() - 1;
+        if k < self.pool {
+            assert!(!self.opened[..k].contains(&broker), "broker {broker} again before the pool was tried");
+        } else {
+            assert_eq!(broker, self.opened[k % self.pool], "the pool is tried in one fixed order");
+        }
+        let stats = self.counters.snapshot();
+        assert_eq!(stats.broker, broker, "the stats name the broker in use");
+        assert_eq!(self.session.broker_index(), broker);
+        // Every socket after the first follows a failover (with a pool).
+        let moves = if self.pool > 1 { k as u64 } else { 0 };
+        assert!(stats.failovers >= moves && stats.failovers <= moves + 1, "{stats:?} after {k} moves");
     }
 
     fn transmit(&mut self) {
@@ -522,11 +553,16 @@ impl Harness {
             self.heal();
             // On a healthy link a flush completes, even if answers were lost.
             self.flushed();
-            // One more reconnect: what is held is made again from scratch.
+            // One more reconnect: what is held is made again from scratch
+            // (with a pool, on the next broker).
+            let before = self.session.broker_index();
             if self.up {
                 self.apply(Op::Down);
             }
             self.heal();
+            if self.pool > 1 && !self.session.finished() {
+                assert_ne!(self.session.broker_index(), before, "the connection closed: on to another broker");
+            }
         }
         if !self.session.finished() {
             let held = self.session.held_topics();
@@ -572,9 +608,10 @@ proptest! {
     fn the_session_keeps_its_promises(
         retry in any::<bool>(),
         connected in any::<bool>(),
+        pool in prop_oneof![1 => Just(1usize), 1 => Just(2usize), 2 => Just(3usize)],
         ops in proptest::collection::vec(op(), 1..100),
     ) {
-        let mut h = Harness::new(retry);
+        let mut h = Harness::new(retry, pool);
         // Half the cases start from a session that is up.
         let start = if connected { vec![Op::Up, Op::Answer(Verdict::Ok)] } else { vec![] };
         for op in start.into_iter().chain(ops) {

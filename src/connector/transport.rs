@@ -29,6 +29,9 @@ pub(crate) enum Event {
     /// The handshake failed otherwise (e.g. one side has CURVE, the other
     /// not); the transport does not retry this by itself.
     HandshakeFailed { code: u32 },
+    /// A TCP connection attempt was refused or timed out; the transport
+    /// retries by itself (with a pool the session moves on instead).
+    Refused,
 }
 
 pub(crate) enum SendError {
@@ -49,9 +52,10 @@ pub(crate) struct Readiness {
 }
 
 pub(crate) trait Transport {
-    /// Starts a new connection attempt on a fresh socket (any previous one
-    /// is closed first). Returns the routing id it uses.
-    fn open(&mut self) -> Result<String, Error>;
+    /// Starts a new connection attempt on a fresh socket to `broker` (an
+    /// index into `Settings::brokers`); any previous socket is closed
+    /// first. Returns the routing id it uses.
+    fn open(&mut self, broker: usize) -> Result<String, Error>;
     /// Closes the socket: nothing sent and unread on it survives.
     fn close(&mut self);
     fn send(&mut self, frames: Vec<Vec<u8>>) -> Result<(), SendError>;
@@ -89,23 +93,25 @@ pub(crate) struct ZmqTransport {
     ctx: zmq::Context,
     socket: Option<zmq::Socket>,
     monitor: Option<zmq::Socket>,
-    /// The broker's host name has resolved once: later sockets leave
+    /// Per broker: its host name has resolved once, so later sockets leave
     /// resolving to libzmq, which follows DNS changes.
-    resolved: bool,
+    resolved: Vec<bool>,
 }
 
 impl ZmqTransport {
     pub fn new(settings: Arc<Settings>) -> ZmqTransport {
-        ZmqTransport { settings, ctx: zmq::Context::new(), socket: None, monitor: None, resolved: false }
+        let resolved = vec![false; settings.brokers.len()];
+        ZmqTransport { settings, ctx: zmq::Context::new(), socket: None, monitor: None, resolved }
     }
 
-    fn open_socket(&mut self) -> Result<String, Error> {
+    fn open_socket(&mut self, broker: usize) -> Result<String, Error> {
         let n = SOCKET_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
         // The random word keeps the id from being guessed: with CURVE, mc0d
         // lets no other connection take an id while it is in use, so a
         // guessed one could be taken first.
         let routing_id = format!("{} {} {} {}", self.settings.identity, std::process::id(), n, nonce());
         let s = &self.settings;
+        let b = &s.brokers[broker];
         let socket = self.ctx.socket(zmq::DEALER).map_err(|e| Error::zmq("cannot create a DEALER socket", e))?;
         let opt = |what: &str, r: zmq::Result<()>| r.map_err(|e| Error::zmq(what, e));
         opt("set ZMQ_LINGER", socket.set_linger(0))?;
@@ -121,11 +127,11 @@ impl ZmqTransport {
         opt("set ZMQ_RECONNECT_IVL_MAX", socket.set_reconnect_ivl_max(ms(TCP_RETRY_MAX.min(s.reconnect_max))))?;
         // A broker host that swallows SYNs is retried like a refused one.
         opt("set ZMQ_CONNECT_TIMEOUT", socket.set_connect_timeout(ms(s.connect_timeout).max(1)))?;
-        if s.ipv6 {
+        if b.ipv6 {
             opt("set ZMQ_IPV6", socket.set_ipv6(true))?;
         }
-        if let Some(keys) = &s.curve {
-            opt("set ZMQ_CURVE_SERVERKEY", socket.set_curve_serverkey(&keys.server))?;
+        if let (Some(keys), Some(server)) = (&s.curve, &b.server_key) {
+            opt("set ZMQ_CURVE_SERVERKEY", socket.set_curve_serverkey(server))?;
             opt("set ZMQ_CURVE_PUBLICKEY", socket.set_curve_publickey(&keys.public))?;
             opt("set ZMQ_CURVE_SECRETKEY", socket.set_curve_secretkey(&keys.secret))?;
         }
@@ -134,13 +140,14 @@ impl ZmqTransport {
         let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
             | zmq::SocketEvent::DISCONNECTED.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
-            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw();
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
+            | zmq::SocketEvent::CONNECT_RETRIED.to_raw();
         opt("start the socket monitor", socket.monitor(&monitor_endpoint, i32::from(events)))?;
         let monitor = self.ctx.socket(zmq::PAIR).map_err(|e| Error::zmq("cannot create the monitor socket", e))?;
         opt("set ZMQ_LINGER", monitor.set_linger(0))?;
         opt("connect the socket monitor", monitor.connect(&monitor_endpoint))?;
-        socket.connect(&s.endpoint).map_err(|e| Error::zmq(&format!("cannot connect to {}", s.endpoint), e))?;
-        clog!(Level::Debug, "mc0 connector {routing_id}: socket connecting to {}", s.endpoint);
+        socket.connect(&b.endpoint).map_err(|e| Error::zmq(&format!("cannot connect to {}", b.endpoint), e))?;
+        clog!(Level::Debug, "mc0 connector {routing_id}: socket connecting to {}", b.endpoint);
         self.socket = Some(socket);
         self.monitor = Some(monitor);
         Ok(routing_id)
@@ -148,15 +155,15 @@ impl ZmqTransport {
 }
 
 impl Transport for ZmqTransport {
-    fn open(&mut self) -> Result<String, Error> {
+    fn open(&mut self, broker: usize) -> Result<String, Error> {
         self.close();
         // A name that does not resolve would only make libzmq retry in the
         // background; say so at once instead.
-        if !self.resolved {
-            self.settings.check_host_resolves()?;
-            self.resolved = true;
+        if !self.resolved[broker] {
+            self.settings.brokers[broker].check_host_resolves()?;
+            self.resolved[broker] = true;
         }
-        self.open_socket()
+        self.open_socket(broker)
     }
 
     fn close(&mut self) {
@@ -204,6 +211,7 @@ impl Transport for ZmqTransport {
                 zmq::SocketEvent::DISCONNECTED => Event::Down,
                 zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => Event::KeyRefused { zap_status: value },
                 zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => Event::HandshakeFailed { code: value },
+                zmq::SocketEvent::CONNECT_RETRIED => Event::Refused,
                 _ => continue,
             });
         }

@@ -107,7 +107,7 @@ pub extern "C" fn mc0_config_new() -> *mut mc0_config {
 
 /// Sets one key, named as in MCollective's config without the
 /// "plugin.zeromq." prefix (the prefix is tolerated), e.g. "broker.host",
-/// "heartbeat". key and value are NUL-terminated UTF-8, copied.
+/// "heartbeat", "pool.1.host". key and value are NUL-terminated UTF-8, copied.
 /// Errors: MC0_ERR_INVALID_ARGUMENT (NULL / not UTF-8), MC0_ERR_CONFIG
 /// (unknown key or bad value; the message names the key). Files named by
 /// key settings are read by mc0_connector_new, not here.
@@ -130,7 +130,14 @@ pub unsafe extern "C" fn mc0_config_free(cfg: *mut mc0_config) {
 // ---- connector ----
 
 /// Connects to the broker and completes the CONNECT handshake, waiting at
-/// most connect_timeout (default 10 s). With connect_retry = true (for
+/// most connect_timeout (default 10 s). With a pool of brokers (broker.host
+/// = "a,b:6000,[::1]", or pool.size and pool.N.host/port/public_key) it
+/// connects to the first that answers, each getting its share of
+/// connect_timeout and a refused one left at once; if none answers the
+/// error names each broker and why. Later, whenever the link to the
+/// current broker dies, the connector moves to the next one (randomize:
+/// each connector has its own shuffled order) and re-makes its
+/// subscriptions there; see mc0_connector_stats_json. With connect_retry = true (for
 /// daemons) it returns as soon as the configuration and key files are
 /// valid, and the connector keeps connecting in the background with its
 /// backoff, logging each failure; subscriptions wait to be made and
@@ -273,13 +280,18 @@ pub unsafe extern "C" fn mc0_connector_receive(
     })
 }
 
-/// The connector's counters and last error as a JSON object: handshakes,
-/// reconnects, sent (PUTs handed to the socket), acknowledged (by the
-/// broker), publishes_dropped, received, messages_dropped (receive queue
-/// full), last_error (text or null) and last_error_at (Unix seconds or
-/// null). Keys are only ever added. Returns a new string the caller frees
-/// with mc0_string_free; NULL if c is NULL (MC0_ERR_INVALID_ARGUMENT). Also
-/// after close. Thread-safe.
+/// The connector's counters, the broker in use and the last error as a JSON
+/// object: `handshakes`, `reconnects`, `sent` (PUTs handed to the socket),
+/// `acknowledged` and `published` (the same: publishes the broker
+/// acknowledged), `publishes_dropped`, `received`, `messages_dropped`
+/// (receive queue full), `failovers` (moves from one broker of the pool to
+/// another after its link died), `broker` ("host:port" of the broker in use,
+/// or being tried while the link is down), `broker_index` (its position in
+/// the pool as configured, from 0), `last_error` (text or null) and
+/// `last_error_at` (Unix seconds or null). Keys are only ever added. Returns
+/// a new string the caller frees with mc0_string_free; NULL if c is NULL
+/// (MC0_ERR_INVALID_ARGUMENT, see mc0_last_error). Also valid after close.
+/// Thread-safe; never waits.
 #[no_mangle]
 pub unsafe extern "C" fn mc0_connector_stats_json(c: *const mc0_connector) -> *mut c_char {
     boundary(|| Ok(new_c_string(connector_ref(c)?.stats_json().to_string())))
@@ -408,5 +420,36 @@ mod tests {
         unsafe { mc0_connector_free(handle) };
         assert!(left.load(std::sync::atomic::Ordering::SeqCst), "freed while a call was in progress");
         call.join().unwrap();
+    }
+
+    #[test]
+    fn stats_json_names_the_broker_in_use() {
+        // connect_retry over a pool where nothing listens: it fails over.
+        let config = Config::from_pairs([
+            ("broker.host", "127.0.0.1:1,127.0.0.1:2"),
+            ("curve", "false"),
+            ("connect_retry", "true"),
+            ("randomize", "false"),
+        ])
+        .unwrap();
+        let handle = Box::into_raw(Box::new(mc0_connector::new(Connector::connect(&config).unwrap())));
+        let read = || {
+            let text = unsafe { mc0_connector_stats_json(handle) };
+            let json: serde_json::Value =
+                serde_json::from_str(unsafe { std::ffi::CStr::from_ptr(text) }.to_str().unwrap()).unwrap();
+            unsafe { super::super::mc0_string_free(text) };
+            json
+        };
+        let json = read();
+        assert_eq!(json["handshakes"], 0);
+        assert!(["127.0.0.1:1", "127.0.0.1:2"].contains(&json["broker"].as_str().unwrap()), "{json}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read()["failovers"].as_u64() < Some(2) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let json = read();
+        assert!(json["failovers"].as_u64() >= Some(2), "refused connections fail over: {json}");
+        assert!(unsafe { mc0_connector_stats_json(std::ptr::null()) }.is_null());
+        unsafe { mc0_connector_free(handle) };
     }
 }

@@ -34,6 +34,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/mc0-e2e.XXXXXX")
 PORT=
 BROKER_PID=
 SERVER_PIDS=()
+# Other processes to stop at exit (run.sh's pool brokers and their servers).
+EXTRA_PIDS=()
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -54,7 +56,7 @@ stop_pid() {
 
 cleanup() {
     local pid
-    for pid in "${SERVER_PIDS[@]}"; do stop_pid "$pid"; done
+    for pid in "${SERVER_PIDS[@]}" "${EXTRA_PIDS[@]}"; do stop_pid "$pid"; done
     [ -n "$BROKER_PID" ] && stop_pid "$BROKER_PID"
     if [ -n "${KEEP_WORK:-}" ]; then
         log "kept $WORK"

@@ -144,6 +144,74 @@ t_broker_restart() {
     expect_eq "mco ping after a broker restart, with the server started meanwhile" "$(all_nodes)" "$got"
 }
 
+# start_pool_broker N: another mc0d (same key and allowlist) on a free port,
+# logging to mc0d-N.log; sets POOL_PORT and POOL_PID.
+start_pool_broker() {
+    POOL_PORT=$(free_port)
+    "$MC0D" --bind 127.0.0.1 --port "$POOL_PORT" --curve-private-key "$WORK/keys/broker.private" \
+        --authorized-keys "$WORK/authorized" --node-publish-agents registration \
+        --log-level debug >>"$WORK/mc0d-$1.log" 2>&1 &
+    POOL_PID=$!
+    EXTRA_PIDS+=("$POOL_PID")
+    wait_for 15 "mc0d-$1 listening" grep -q 'listening on' "$WORK/mc0d-$1.log"
+}
+
+# pool_cfg FILE POOL: points FILE's connector at the broker list POOL, in order.
+pool_cfg() {
+    sed -i -e "s|^plugin.zeromq.broker.host = .*|plugin.zeromq.broker.host = $2|" \
+        -e '/^plugin.zeromq.broker.port = /d' "$1"
+    echo "plugin.zeromq.randomize = false" >>"$1"
+}
+
+# Three servers and mco with a pool of two more brokers (b2, b3). Without a
+# broker cluster, mco only reaches the servers on its own broker; the pool is
+# not randomised here so that every party is on b2 first and fails over to
+# b3 when b2 is killed: then `mco rpc` reaching all three shows they all
+# moved. (With randomize, the default, a fleet spreads over the pool.)
+t_pool_failover() {
+    # Listed before the brokers start, so no node is refused and moves on.
+    make_keys_for pool-1 pool-2 pool-3
+    authorize nodes pool-1 pool-2 pool-3
+    start_pool_broker 2 || { fail "mc0d-2 did not start"; return; }
+    local b2_pid=$POOL_PID b2=$POOL_PORT
+    start_pool_broker 3 || { fail "mc0d-3 did not start"; return; }
+    local b3=$POOL_PORT id i want=
+    local pool="127.0.0.1:$b2,127.0.0.1:$b3"
+    for i in 1 2 3; do
+        id=pool-$i
+        want+="$id 0"$'\n'
+        server_cfg "$id"
+        pool_cfg "$WORK/$id.cfg" "$pool"
+        mcollectived --config "$WORK/$id.cfg" --no-daemonize >>"$WORK/$id.out" 2>&1 &
+        EXTRA_PIDS+=($!)
+    done
+    want=$(echo -n "$want")
+    # The admin's listed key, as the identity it is listed under.
+    cp "$WORK/client.cfg" "$WORK/poolclient.cfg"
+    pool_cfg "$WORK/poolclient.cfg" "$pool"
+    for i in 1 2 3; do
+        wait_for 60 "pool-$i subscribed on mc0d-2" grep -q "client \"pool-$i [^\"]*\" subscribed to" "$WORK/mc0d-2.log" ||
+            { fail "pool-$i did not subscribe on mc0d-2"; return; }
+    done
+    expect_eq "mco rpc through mc0d-2" "$want" "$(rpc_senders "$WORK/poolclient.cfg" rpcutil ping -t 5)"
+    kill -KILL "$b2_pid"
+    local t0
+    t0=$(now_ms)
+    for i in 1 2 3; do
+        wait_for $((3 * HEARTBEAT)) "pool-$i subscribed on mc0d-3" \
+            grep -q "client \"pool-$i [^\"]*\" subscribed to \"mcollective rpcutil\"" "$WORK/mc0d-3.log" ||
+            fail "pool-$i did not fail over to mc0d-3 within 3 heartbeats"
+    done
+    local moved_ms=$(($(now_ms) - t0)) got
+    got=$(rpc_senders "$WORK/poolclient.cfg" rpcutil ping -t 5)
+    local took_ms=$(($(now_ms) - t0))
+    log "   servers subscribed on mc0d-3 $moved_ms ms after kill -9 of mc0d-2; mco rpc done after $took_ms ms"
+    expect_eq "mco rpc after kill -9 of the pool's first broker" "$want" "$got"
+    [ "$took_ms" -le $((3 * HEARTBEAT * 1000)) ] || fail "mco rpc reached the servers only after $took_ms ms"
+    grep -q "failing over from broker 127.0.0.1:$b2 to 127.0.0.1:$b3" "$WORK/pool-1.log" ||
+        fail "pool-1's log does not show the failover from mc0d-2 to mc0d-3"
+}
+
 t_wrong_broker_key() {
     client_cfg rogue "$WORK/keys/rogue.public"
     local start=$SECONDS out rc=0
@@ -211,7 +279,7 @@ on_exit() {
     local rc=$?
     if [ "$rc" -ne 0 ] || [ "${#FAILED[@]}" -ne 0 ]; then
         local f
-        for f in "$WORK"/mc0d.log "$WORK"/node-*.log "$WORK"/node-*.out "$WORK"/client.log "$WORK"/mco.err; do
+        for f in "$WORK"/mc0d*.log "$WORK"/node-*.log "$WORK"/pool-*.log "$WORK"/node-*.out "$WORK"/client.log "$WORK"/mco.err; do
             [ -s "$f" ] || continue
             echo "---- tail $f" >&2
             tail -25 "$f" >&2
@@ -229,7 +297,7 @@ log "mc0d on 127.0.0.1:$PORT, $SERVERS servers ready"
 set +e
 
 for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_mc0_counters t_direct_nodes_file \
-    t_missing_node_times_out t_broker_restart t_wrong_broker_key t_unlisted_client_refused t_other_identity_refused \
+    t_missing_node_times_out t_broker_restart t_pool_failover t_wrong_broker_key t_unlisted_client_refused t_other_identity_refused \
     t_identities_and_roles t_servers_healthy; do
     CURRENT=${t#t_}
     before=${#FAILED[@]}

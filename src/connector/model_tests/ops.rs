@@ -36,6 +36,8 @@ pub(super) enum Op {
     Down,
     /// The handshake is refused: our key is not listed.
     KeyRefused,
+    /// A TCP connection attempt is refused (the broker is dead).
+    Refused,
     /// The socket takes no more frames (high-water mark), or does again.
     Block(bool),
     /// The next socket the session opens fails (its name does not resolve).
@@ -67,6 +69,7 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Up),
         1 => Just(Op::Down),
         1 => Just(Op::KeyRefused),
+        1 => Just(Op::Refused),
         1 => any::<bool>().prop_map(Op::Block),
         1 => Just(Op::ResolveFails),
         10 => verdict.prop_map(Op::Answer),
@@ -77,9 +80,11 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-pub(super) fn settings(retry: bool) -> Arc<Settings> {
+/// `pool` brokers (1 to 3), tried in a shuffled order.
+pub(super) fn settings(retry: bool, pool: usize) -> Arc<Settings> {
+    let hosts = ["127.0.0.1:1", "127.0.0.2:2", "[::1]:3"][..pool].join(",");
     let config = Config::from_pairs([
-        ("broker.host", "127.0.0.1"),
+        ("broker.host", hosts.as_str()),
         ("curve", "false"),
         ("identity", "model"),
         ("heartbeat", "1"),

@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use super::{Link, Pending, Session, State};
+use crate::connector::config::Server;
 use crate::connector::logging::clog;
 use crate::connector::message::Counters;
 use crate::connector::transport::Event;
@@ -20,17 +23,62 @@ impl Session {
         if let Some(first) = self.first.as_mut().filter(|f| f.answer.is_none()) {
             first.deadline = Some(now + self.settings.connect_timeout);
         }
+        // With a pool, a broker that takes the TCP connection but never
+        // completes a session (wrong key, hung) is left for the next one;
+        // connect() gives each broker its share of connect_timeout.
+        let pool = self.settings.brokers.len() as u32;
+        self.attempt_deadline = (pool > 1).then(|| {
+            let share = if self.waits_for_first() { pool } else { 1 };
+            now + self.settings.connect_timeout / share
+        });
+    }
+
+    /// The broker currently used or tried.
+    pub(super) fn server(&self) -> &Server {
+        &self.settings.brokers[self.order[self.at]]
+    }
+
+    fn pool(&self) -> bool {
+        self.settings.brokers.len() > 1
+    }
+
+    /// A plain connect() waits for the first session.
+    fn waits_for_first(&self) -> bool {
+        self.first.as_ref().is_some_and(|f| f.answer.is_some())
+    }
+
+    /// The first connect() cannot use this broker (`error`): with brokers
+    /// of the pool left untried, the link moves on (true); otherwise
+    /// connect() fails, naming each broker and why (false: nothing left).
+    pub(super) fn first_failed(&mut self, error: Error, now: Instant) -> bool {
+        let name = self.server().name();
+        let pool = self.settings.brokers.len();
+        let Some(first) = self.first.as_mut().filter(|f| f.answer.is_some()) else { return false };
+        first.failures.push(format!("{name}: {}", error.message()));
+        if first.failures.len() < pool {
+            self.reset_link(error.message(), now);
+            return true;
+        }
+        let error = if pool == 1 {
+            error
+        } else {
+            Error::new(error.kind(), format!("no broker of the pool answered: {}", first.failures.join("; ")))
+        };
+        if let Some(answer) = first.answer.take() {
+            answer.send(Err(error));
+        }
+        self.exit = true;
+        true
     }
 
     /// The transport could not open a socket (the broker's name does not
     /// resolve, libzmq failed).
     pub fn on_open_failed(&mut self, error: Error, now: Instant) {
         self.counters.note_error(error.to_string());
-        if let Some(answer) = self.first.as_mut().and_then(|f| f.answer.take()) {
-            answer.send(Err(error));
-            self.exit = true;
+        if self.first_failed(error.clone(), now) {
             return;
         }
+        self.fail_over(error.message());
         let delay = self.schedule_backoff(now);
         if self.first.is_some() {
             self.log_retry(error.message(), delay);
@@ -43,7 +91,7 @@ impl Session {
     pub fn on_failure(&mut self, error: Error, now: Instant) {
         self.counters.note_error(error.to_string());
         clog!(Level::Error, "mc0 connector {}: {error}", self.rid);
-        self.reset_link(now);
+        self.reset_link(error.message(), now);
     }
 
     pub fn on_event(&mut self, event: Event, now: Instant) {
@@ -60,26 +108,33 @@ impl Session {
                     self.start_handshake(now);
                 }
             }
+            // With a pool another broker is as good as this one's return.
+            Event::Down if self.pool() && matches!(self.state, State::Ready | State::Handshaking { .. }) => {
+                self.reset_link("it closed the connection", now)
+            }
             Event::Down => self.on_transport_down(),
+            // A single broker is waited for: libzmq keeps retrying it.
+            Event::Refused if self.pool() && self.state == State::Connecting => {
+                let error = Error::new(ErrorKind::Zmq, "TCP connection refused or timed out");
+                if !self.first_failed(error, now) {
+                    self.reset_link("TCP connection refused or timed out", now);
+                }
+            }
+            Event::Refused => {}
             Event::KeyRefused { zap_status } => {
                 self.key_refused(&format!("handshake refused, ZAP status {zap_status}"), now)
             }
             Event::HandshakeFailed { code } => {
-                self.counters.note_error(format!(
-                    "handshake with {} failed: ZMTP protocol error {code:#x}",
-                    self.settings.endpoint
-                ));
-                clog!(
-                    Level::Warn,
-                    "mc0 connector {}: handshake with {} failed: ZMTP protocol error {code:#x} \
-                     (do both sides agree on curve?)",
-                    self.rid,
-                    self.settings.endpoint
-                );
+                let why = format!("handshake failed: ZMTP protocol error {code:#x} (do both sides agree on curve?)");
+                self.counters.note_error(format!("{why} with {}", self.server().endpoint));
+                clog!(Level::Warn, "mc0 connector {}: {why} with {}", self.rid, self.server().endpoint);
                 // libzmq does not retry this. connect() fails at its
-                // deadline with a hint; otherwise a new socket retries.
-                if !self.first.as_ref().is_some_and(|f| f.answer.is_some()) {
-                    self.reset_link(now);
+                // deadline with a hint (or tries the next broker of the
+                // pool); otherwise a new socket retries.
+                if !self.waits_for_first() {
+                    self.reset_link(&why, now);
+                } else if self.pool() {
+                    self.first_failed(Error::new(ErrorKind::Broker, why), now);
                 }
             }
         }
@@ -92,7 +147,7 @@ impl Session {
                 Level::Warn,
                 "mc0 connector {}: broker {} closed the connection; reconnecting",
                 self.rid,
-                self.settings.endpoint
+                self.server().endpoint
             ),
             State::Handshaking { .. } => {}
         }
@@ -119,44 +174,58 @@ impl Session {
             }
         }
         if self.first.as_ref().and_then(|f| f.deadline).is_some_and(|d| now >= d) {
-            let message = self.no_answer_message();
-            match self.first.as_mut().and_then(|f| f.answer.take()) {
-                Some(answer) => {
+            let mut message = self.no_answer_message();
+            match self.first.as_mut().and_then(|f| f.answer.take().map(|a| (a, &f.failures))) {
+                Some((answer, failures)) => {
+                    if !failures.is_empty() {
+                        message = format!("{message}; before: {}", failures.join("; "));
+                    }
                     answer.send(Err(Error::new(ErrorKind::Timeout, message)));
                     self.exit = true;
                 }
                 None => {
-                    if let Some(delay) = self.give_up_link(now) {
+                    if let Some(delay) = self.give_up_link(&message, now) {
                         self.log_retry(&message, delay);
                     }
                 }
             }
             return;
         }
+        let attempt_over = self.attempt_deadline.is_some_and(|d| now >= d);
         match self.state {
+            // With a pool, a broker that does not let us in soon is left.
+            State::Connecting if attempt_over => {
+                let why = "no session in time (connect_timeout)";
+                let error = Error::new(ErrorKind::Timeout, self.no_answer_message());
+                if !self.first_failed(error, now) {
+                    self.reset_link(why, now);
+                }
+            }
             // The transport keeps reconnecting; Event::Up says when it succeeded.
             State::Connecting => {}
             State::Handshaking { deadline } if now >= deadline => {
                 let message = self.no_answer_message();
-                clog!(Level::Warn, "mc0 connector {}: {message}; reconnecting", self.rid);
-                self.reset_link(now);
+                if !self.first_failed(Error::new(ErrorKind::Timeout, message.clone()), now) {
+                    clog!(Level::Warn, "mc0 connector {}: {message}; reconnecting", self.rid);
+                    self.reset_link(&message, now);
+                }
             }
             State::Handshaking { .. } => {}
             State::Backoff { until } if now >= until => {
                 self.state = State::Connecting;
-                self.links.push_back(Link::Open);
+                self.links.push_back(Link::Open(self.order[self.at]));
             }
             State::Backoff { .. } => {}
             State::Ready => {
                 if now >= self.heartbeat.dead_at() {
+                    let why = format!("no traffic for {}", secs(self.heartbeat.silent_for(now)));
                     clog!(
                         Level::Warn,
-                        "mc0 connector {}: no traffic from broker {} for {}; reconnecting",
+                        "mc0 connector {}: {why} from broker {}; reconnecting",
                         self.rid,
-                        self.settings.endpoint,
-                        secs(self.heartbeat.silent_for(now))
+                        self.server().endpoint
                     );
-                    self.reset_link(now);
+                    self.reset_link(&why, now);
                 } else if self.heartbeat.probe_at().is_some_and(|at| now >= at) {
                     self.heartbeat.probed(now);
                     self.send_probe();
@@ -172,9 +241,8 @@ impl Session {
             "is it running, and is its CURVE setting off like ours (curve = false)?"
         };
         format!(
-            "no answer from broker {}:{} within {} ({hint})",
-            self.settings.host,
-            self.settings.port,
+            "no answer from broker {} within {} ({hint})",
+            self.server().name(),
             secs(self.settings.connect_timeout)
         )
     }
@@ -191,6 +259,7 @@ impl Session {
     pub(super) fn schedule_backoff(&mut self, now: Instant) -> Duration {
         let delay = self.backoff.next_delay();
         self.state = State::Backoff { until: now + delay };
+        self.attempt_deadline = None;
         // With connect_retry, the next attempt's bound starts with its socket.
         if let Some(first) = self.first.as_mut().filter(|f| f.answer.is_none()) {
             first.deadline = None;
@@ -198,23 +267,43 @@ impl Session {
         delay
     }
 
-    /// Ends the session and closes the socket; a new one follows after the
-    /// backoff (returned), unless closing.
-    pub(super) fn give_up_link(&mut self, now: Instant) -> Option<Duration> {
+    /// Ends the session (dead because of `why`) and closes the socket; a
+    /// new one, to the next broker of the pool, follows after the backoff
+    /// (returned), unless closing.
+    pub(super) fn give_up_link(&mut self, why: &str, now: Instant) -> Option<Duration> {
         self.abandon_session();
         self.links.push_back(Link::Close);
         if self.closing.is_some() {
             self.exit = true;
             return None;
         }
+        self.fail_over(why);
         Some(self.schedule_backoff(now))
     }
 
     /// Declares the link dead: closes the socket and schedules a new one.
-    pub(super) fn reset_link(&mut self, now: Instant) {
-        if let Some(delay) = self.give_up_link(now) {
-            clog!(Level::Info, "mc0 connector: reconnecting to {} in {}", self.settings.endpoint, secs(delay));
+    pub(super) fn reset_link(&mut self, why: &str, now: Instant) {
+        if let Some(delay) = self.give_up_link(why, now) {
+            clog!(Level::Info, "mc0 connector: connecting to {} in {}", self.server().endpoint, secs(delay));
         }
+    }
+
+    /// Moves on to the next broker of the pool (none with one broker),
+    /// logged once per move.
+    fn fail_over(&mut self, why: &str) {
+        if !self.pool() {
+            return;
+        }
+        let from = self.server().name();
+        self.at = (self.at + 1) % self.order.len();
+        self.counters.broker.store(self.order[self.at], Ordering::Relaxed);
+        Counters::add(&self.counters.failovers, 1);
+        clog!(
+            Level::Warn,
+            "mc0 connector {}: failing over from broker {from} to {} ({from}: {why})",
+            self.rid,
+            self.server().name()
+        );
     }
 
     /// Sends CONNECT (on the current socket) and waits for its OK.
@@ -246,7 +335,7 @@ impl Session {
                 Level::Warn,
                 "mc0 connector {}: broker {} does not know us (restarted?); sending CONNECT again",
                 self.rid,
-                self.settings.endpoint
+                self.server().endpoint
             );
             self.start_handshake(now);
         }
@@ -278,6 +367,7 @@ impl Session {
 
     pub(super) fn on_handshake_ok(&mut self, connect_id: u64, now: Instant) {
         self.state = State::Ready;
+        self.attempt_deadline = None;
         self.backoff.reset();
         self.heartbeat.restart(now);
         Counters::add(&self.counters.handshakes, 1);
@@ -301,7 +391,7 @@ impl Session {
         self.check_flushes();
         match self.first.take() {
             Some(first) => {
-                clog!(Level::Info, "mc0 connector {}: connected to {}", self.rid, self.settings.endpoint);
+                clog!(Level::Info, "mc0 connector {}: connected to {}", self.rid, self.server().endpoint);
                 if let Some(answer) = first.answer {
                     answer.send(Ok(()));
                 }
@@ -310,7 +400,7 @@ impl Session {
                 Level::Info,
                 "mc0 connector {}: connected again to {}; re-subscribing {} topics",
                 self.rid,
-                self.settings.endpoint,
+                self.server().endpoint,
                 self.topics.len()
             ),
         }

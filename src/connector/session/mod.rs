@@ -33,6 +33,17 @@
 //! commands in order, so when CONNECT's OK arrives every earlier command has
 //! been answered or was lost with the old broker.
 //!
+//! Failover: with a pool of brokers (`broker.host = a,b,c` or `pool.N.*`)
+//! each link the session declares dead ‒ silence, no answer to CONNECT,
+//! key refused, handshake failed, a name that does not resolve, a refused
+//! or timed-out TCP connection (`Event::Refused`), and the broker closing
+//! the connection (`Event::Down`, which with one broker only means waiting
+//! for it on the same socket) ‒ moves the session to the next broker of its
+//! order (shuffled once with `randomize`), after the jittered backoff so a
+//! fleet leaving a dead broker spreads over the survivors. There it is a
+//! new session as after any reconnect: CONNECT, every held topic
+//! re-subscribed, then the queued publishes, once each.
+//!
 //! A broker with a client-key allowlist refuses an unlisted key during the
 //! handshake (`Event::KeyRefused`), or answers `ERROR "access denied..."`
 //! once our key is revoked. During `connect()` either fails the call ("broker
@@ -78,8 +89,9 @@ enum State {
 /// What the session asks of the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Link {
-    /// Open a new socket (the previous one is closed).
-    Open,
+    /// Open a new socket (the previous one is closed) to this broker of
+    /// `Settings::brokers`.
+    Open(usize),
     /// Close the socket: this session is over.
     Close,
 }
@@ -126,6 +138,8 @@ struct First {
     answer: Option<Answer>,
     /// When the current attempt counts as unanswered.
     deadline: Option<Instant>,
+    /// "broker: why" for each broker that failed the first connect().
+    failures: Vec<String>,
 }
 
 pub(crate) struct Session {
@@ -157,6 +171,13 @@ pub(crate) struct Session {
     session_start: u64,
     /// The broker refused our key and no handshake has succeeded since.
     refused: bool,
+    /// Indexes into `settings.brokers`, in the order they are tried.
+    order: Vec<usize>,
+    /// The current broker's position in `order`.
+    at: usize,
+    /// With a pool: when the current socket's attempt to reach its broker
+    /// counts as failed (no session yet).
+    attempt_deadline: Option<Instant>,
     exit: bool,
     limits: Limits,
 }
@@ -173,9 +194,14 @@ impl Session {
         now: Instant,
     ) -> Session {
         let deadline = ready.as_ref().map(|_| now + settings.connect_timeout);
+        let mut order: Vec<usize> = (0..settings.brokers.len()).collect();
+        if settings.randomize {
+            shuffle(&mut order, seed);
+        }
+        counters.broker.store(order[0], std::sync::atomic::Ordering::Relaxed);
         Session {
             heartbeat: Heartbeat::new(settings.ttl, now),
-            backoff: Backoff::new(settings.reconnect_max, seed),
+            backoff: Backoff::new(settings.reconnect_initial, settings.reconnect_max, seed),
             settings,
             counters,
             rid: String::new(),
@@ -192,9 +218,12 @@ impl Session {
             flushes: Vec::new(),
             deliveries: Vec::new(),
             closing: None,
-            first: Some(First { answer: ready, deadline }),
+            first: Some(First { answer: ready, deadline, failures: Vec::new() }),
             session_start: 0,
             refused: false,
+            order,
+            at: 0,
+            attempt_deadline: None,
             exit: false,
             limits: Limits::default(),
         }
@@ -255,7 +284,7 @@ impl Session {
             consider(deadline);
         }
         match self.state {
-            State::Connecting => {}
+            State::Connecting => self.attempt_deadline.into_iter().for_each(consider),
             State::Handshaking { deadline } => consider(deadline),
             State::Backoff { until } => consider(until),
             State::Ready => {
@@ -388,11 +417,28 @@ impl Session {
     }
 }
 
+/// Fisher-Yates with xorshift: a fleet started at once gets different
+/// orders (the seed mixes pid and time), no dependency needed.
+fn shuffle(order: &mut [usize], seed: u64) {
+    let mut rng = seed | 1;
+    for i in (1..order.len()).rev() {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        order.swap(i, (rng % (i as u64 + 1)) as usize);
+    }
+}
+
 /// What the model tests look at.
 #[cfg(test)]
 impl Session {
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
+    }
+
+    /// The broker (index into `Settings::brokers`) the session is on.
+    pub fn broker_index(&self) -> usize {
+        self.order[self.at]
     }
 
     pub fn is_handshaking(&self) -> bool {

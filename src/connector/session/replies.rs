@@ -155,7 +155,7 @@ impl Session {
                     self.exit = true;
                 } else {
                     clog!(Level::Error, "mc0 connector {rid}: {error}");
-                    self.reset_link(now);
+                    self.reset_link(error.message(), now);
                 }
             }
             Pending::Put(q) if not_connected => {
@@ -203,18 +203,16 @@ impl Session {
         let message = format!(
             "broker refused our key {key} ({how}): it is not in the authorized keys of broker {}; \
              ask its operator to add our public key",
-            self.settings.endpoint
+            self.server().endpoint
         );
         self.counters.note_error(message.clone());
-        if let Some(answer) = self.first.as_mut().and_then(|f| f.answer.take()) {
-            answer.send(Err(Error::new(ErrorKind::Broker, message)));
-            self.exit = true;
+        if self.first_failed(Error::new(ErrorKind::Broker, message.clone()), now) {
             return;
         }
         if !std::mem::replace(&mut self.refused, true) {
             clog!(Level::Error, "mc0 connector {}: {message}; retrying", self.rid);
         }
-        self.reset_link(now);
+        self.reset_link(&message, now);
     }
 }
 

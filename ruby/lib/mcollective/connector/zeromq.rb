@@ -4,8 +4,16 @@
 # plugin.zeromq.* settings, same topics on the wire.
 #
 # Settings (server.cfg / client.cfg):
-#   plugin.zeromq.broker.host        broker address (required)
+#   plugin.zeromq.broker.host        broker address (required), or several
+#                                    comma-separated host[:port] (a pool)
 #   plugin.zeromq.broker.port        libmc0's default (61616)
+#   plugin.zeromq.pool.size          or MCollective's pool form instead of
+#   plugin.zeromq.pool.N.host        broker.host: N from 1 to size, each
+#   plugin.zeromq.pool.N.port        with its port (61616) and optionally its
+#   plugin.zeromq.pool.N.public_key  own key file (else broker.public_key)
+#   plugin.zeromq.randomize          true: each node shuffles the pool
+#                                    (spreads a fleet); a dead broker's nodes
+#                                    fail over to the next one
 #   plugin.zeromq.broker.public_key  file with the broker's Z85 public key
 #   plugin.zeromq.public_key         this node's public key file
 #   plugin.zeromq.private_key        this node's private key file
@@ -270,9 +278,15 @@ module MCollective
       end
 
       def broker_description
-        host = @config.pluginconf['zeromq.broker.host'] || '(plugin.zeromq.broker.host unset)'
-        port = @config.pluginconf['zeromq.broker.port'] || Mc0.default_port
-        "#{host}:#{port}"
+        conf = @config.pluginconf
+        if (size = conf['zeromq.pool.size'])
+          return "the pool of #{size} brokers (plugin.zeromq.pool.*)"
+        end
+
+        host = conf['zeromq.broker.host'] || '(plugin.zeromq.broker.host unset)'
+        return host if host.include?(',')
+
+        "#{host}:#{conf['zeromq.broker.port'] || Mc0.default_port}"
       end
 
       def not_received(reason)
