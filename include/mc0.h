@@ -240,7 +240,7 @@ struct mc0_config *mc0_config_new(void);
 /**
  * Sets one key, named as in MCollective's config without the
  * "plugin.zeromq." prefix (the prefix is tolerated), e.g. "broker.host",
- * "heartbeat". key and value are NUL-terminated UTF-8, copied.
+ * "heartbeat", "pool.1.host". key and value are NUL-terminated UTF-8, copied.
  * Errors: MC0_ERR_INVALID_ARGUMENT (NULL / not UTF-8), MC0_ERR_CONFIG
  * (unknown key or bad value; the message names the key). Files named by
  * key settings are read by mc0_connector_new, not here.
@@ -254,7 +254,14 @@ void mc0_config_free(struct mc0_config *cfg);
 
 /**
  * Connects to the broker and completes the CONNECT handshake, waiting at
- * most connect_timeout (default 10 s). With connect_retry = true (for
+ * most connect_timeout (default 10 s). With a pool of brokers (broker.host
+ * = "a,b:6000,[::1]", or pool.size and pool.N.host/port/public_key) it
+ * connects to the first that answers, each getting its share of
+ * connect_timeout and a refused one left at once; if none answers the
+ * error names each broker and why. Later, whenever the link to the
+ * current broker dies, the connector moves to the next one (randomize:
+ * each connector has its own shuffled order) and re-makes its
+ * subscriptions there; see mc0_connector_stats_json. With connect_retry = true (for
  * daemons) it returns as soon as the configuration and key files are
  * valid, and the connector keeps connecting in the background with its
  * backoff, logging each failure; subscriptions wait to be made and
@@ -344,13 +351,18 @@ mc0_status mc0_connector_receive(const struct mc0_connector *c,
                                  struct mc0_message **out);
 
 /**
- * The connector's counters and last error as a JSON object: handshakes,
- * reconnects, sent (PUTs handed to the socket), acknowledged (by the
- * broker), publishes_dropped, received, messages_dropped (receive queue
- * full), last_error (text or null) and last_error_at (Unix seconds or
- * null). Keys are only ever added. Returns a new string the caller frees
- * with mc0_string_free; NULL if c is NULL (MC0_ERR_INVALID_ARGUMENT). Also
- * after close. Thread-safe.
+ * The connector's counters, the broker in use and the last error as a JSON
+ * object: `handshakes`, `reconnects`, `sent` (PUTs handed to the socket),
+ * `acknowledged` and `published` (the same: publishes the broker
+ * acknowledged), `publishes_dropped`, `received`, `messages_dropped`
+ * (receive queue full), `failovers` (moves from one broker of the pool to
+ * another after its link died), `broker` ("host:port" of the broker in use,
+ * or being tried while the link is down), `broker_index` (its position in
+ * the pool as configured, from 0), `last_error` (text or null) and
+ * `last_error_at` (Unix seconds or null). Keys are only ever added. Returns
+ * a new string the caller frees with mc0_string_free; NULL if c is NULL
+ * (MC0_ERR_INVALID_ARGUMENT, see mc0_last_error). Also valid after close.
+ * Thread-safe; never waits.
  */
 char *mc0_connector_stats_json(const struct mc0_connector *c);
 
