@@ -19,7 +19,7 @@ RELEASE   := target/release
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
 	valgrind python3 procps psmisc curl ca-certificates binutils \
-	debhelper dh-python lintian
+	debhelper dh-python lintian systemd man-db
 
 .PHONY: all deps build test test-rust test-ruby test-python test-e2e test-install test-deb deb lint demo header man install uninstall clean
 
