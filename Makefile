@@ -70,7 +70,8 @@ test-python: build
 	cd python && MC0_LIBRARY=$(CURDIR)/$(RELEASE)/libmc0.so MC0_BIN_DIR=$(CURDIR)/$(RELEASE) python3 -m unittest discover -v -s tests 2>&1
 
 # Debian 12 packages (debian/: debhelper, version from Cargo.toml) into target/debian.
-deb: build
+# build and man here too: dh skips its build step once debian/debhelper-build-stamp exists.
+deb: build man
 	debian/rules binary
 
 test-deb: deb
