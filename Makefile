@@ -19,7 +19,7 @@ RELEASE   := target/release
 DEB_PACKAGES := build-essential pkg-config libzmq3-dev libzmq5 libsodium23 \
 	mcollective mcollective-client ruby ruby-ffi ruby-ffi-rzmq ruby-minitest \
 	valgrind python3 procps psmisc curl ca-certificates binutils \
-	debhelper dh-python lintian prometheus chromium nats-server
+	debhelper dh-python lintian systemd man-db prometheus chromium nats-server
 
 .PHONY: all deps build test test-rust test-ruby test-python test-e2e test-install test-deb deb lint demo header man install uninstall clean
 
@@ -71,7 +71,8 @@ test-python: build
 	cd python && MC0_LIBRARY=$(CURDIR)/$(RELEASE)/libmc0.so MC0_BIN_DIR=$(CURDIR)/$(RELEASE) python3 -m unittest discover -v -s tests 2>&1
 
 # Debian 12 packages (debian/: debhelper, version from Cargo.toml) into target/debian.
-deb: build
+# build and man here too: dh skips its build step once debian/debhelper-build-stamp exists.
+deb: build man
 	debian/rules binary
 
 test-deb: deb
