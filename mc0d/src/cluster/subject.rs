@@ -4,9 +4,9 @@
 //! and readable for MCollective's topics, so an operator can watch with
 //! `nats sub 'mc0.mcollective.>'` (see docs/PROTOCOL.md, "Cluster").
 //!
-//! Escaping: a byte outside [`plain`] becomes `%XX` (upper-case hex); an
-//! empty word (from a leading, trailing or doubled space, or the empty
-//! topic) becomes a lone `%`. Every token is thus non-empty and free of `.`,
+//! Escaping: a byte outside the plain set (letters, digits, `- _ : @ / + =
+//! ,`) becomes `%XX` (upper-case hex); an empty word (from a leading,
+//! trailing or doubled space, or the empty topic) becomes a lone `%`. Every token is thus non-empty and free of `.`,
 //! `*`, `>`, whitespace and control bytes, and [`decode`] inverts it.
 
 use std::fmt::Write;
