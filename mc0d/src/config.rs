@@ -67,6 +67,10 @@ pub struct Config {
     /// Agents node keys may publish requests to, with roles
     /// (`--node-publish-agents`).
     pub node_publish_agents: Vec<String>,
+    /// Queues declared up front (`--queue TOPIC[=NAME]`): (topic, name).
+    pub queues: Vec<(String, String)>,
+    /// The bounds of every queue.
+    pub queue_limits: crate::engine::queues::QueueLimits,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -121,6 +125,8 @@ impl Default for Config {
             authorized_keys_poll: Some(DEFAULT_KEYS_POLL),
             identity_check: IdentityCheck::Enforce,
             node_publish_agents: Vec::new(),
+            queues: Vec::new(),
+            queue_limits: Default::default(),
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config

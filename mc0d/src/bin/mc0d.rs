@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mc0d::cli::{self, Early, Mc0dArgs};
+use mc0d::engine::queues::QueueLimits;
 use mc0d::{Broker, Config};
 
 enum Parsed {
-    Run(Config),
+    Run(Box<Config>),
     Exit(String),
 }
 
@@ -52,6 +53,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         },
         identity_check: args.identity_check.map(Into::into).unwrap_or_default(),
         node_publish_agents: args.node_publish_agents.map(|a| a.0).unwrap_or_default(),
+        queues: args.queue,
+        queue_limits: QueueLimits {
+            max_messages: args.queue_max_messages,
+            max_bytes: args.queue_max_bytes,
+            idle: Duration::from_secs(args.queue_idle),
+            ..QueueLimits::default()
+        },
         ..Config::default()
     };
     config.set_max_body_size(args.max_body_size);
@@ -67,7 +75,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }
         (true, None) => {}
     }
-    Ok(Parsed::Run(config))
+    Ok(Parsed::Run(Box::new(config)))
 }
 
 /// Each client connection is a file descriptor; the common soft limit of
@@ -98,7 +106,7 @@ fn install_signal_handlers() -> std::io::Result<(Arc<AtomicBool>, Arc<AtomicBool
 
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args().skip(1)) {
-        Ok(Parsed::Run(config)) => config,
+        Ok(Parsed::Run(config)) => *config,
         Ok(Parsed::Exit(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;

@@ -47,6 +47,7 @@ impl<T: Transport> Engine<T> {
                 match old {
                     Some(old) => {
                         self.subs.forget(&old);
+                        self.forget_consumer(rid, now);
                         self.out.log.log(
                             Level::Info,
                             format_args!(
@@ -65,9 +66,13 @@ impl<T: Transport> Engine<T> {
             Command::Disconnect { .. } => {
                 if let Some(client) = self.clients.remove(rid) {
                     self.subs.forget(&client);
+                    self.forget_consumer(rid, now);
                 }
                 self.out.log.log(Level::Info, format_args!("client {} disconnected", show(rid)));
             }
+            Command::Sub { queue: Some(name), topics, .. } => self.join_queues(rid, sender, name, &topics, now)?,
+            Command::Unsub { queue: Some(name), topics, .. } => self.leave_queues(rid, name, &topics, now),
+            Command::Ack { deliveries, .. } => self.ack(rid, &deliveries),
             Command::Sub { topics, .. } => {
                 let Some(client) = self.clients.get(rid) else { return Ok(()) };
                 let mut new: Vec<&[u8]> = topics.iter().copied().filter(|t| !client.topics.contains(*t)).collect();
@@ -118,18 +123,30 @@ impl<T: Transport> Engine<T> {
                 if let Some(actor) = sender.actor() {
                     self.judge(rid, sender, "PUT", acl::check_publish(actor, topic, &self.policy), now)?;
                 }
+                let queued = self.queues.has_topic(topic);
+                if queued {
+                    self.check_queue_room(topic, &headers, size)?;
+                }
                 self.out.stats.puts += 1;
                 let mut delivered = 0usize;
-                if self.subs.subscribers(topic).next().is_some() {
+                let subscribed = self.subs.subscribers(topic).next().is_some();
+                if subscribed || queued {
                     // A connection that ended must not pass its routing id's
                     // deliveries on to one that took the id since.
                     self.connections_lost(true, now);
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
                     let stamp = sender.stamp().map(|(header, value)| (header.as_bytes(), value.as_bytes()));
-                    let headers = stamp.into_iter().chain(headers).collect();
+                    let headers: Vec<(&[u8], &[u8])> = stamp.into_iter().chain(headers).collect();
+                    if queued {
+                        self.enqueue(topic, &headers, &body, now);
+                    }
                     // Built once; recipients share it (see `shared`).
-                    let mut message = Shared::new(Reply::Message { topic, headers, body }.to_frames());
+                    let mut message = if subscribed {
+                        Shared::new(Reply::Message { topic, headers, body }.to_frames())
+                    } else {
+                        Shared::new(Vec::new())
+                    };
                     for sub in self.subs.subscribers(topic) {
                         let Some(client) = self.clients.get_mut(sub) else { continue };
                         let sent = if client.lost {

@@ -9,11 +9,13 @@
 pub mod acl;
 pub mod buffers;
 pub mod clients;
+pub mod queues;
 pub mod shared;
 pub mod subscriptions;
 
 mod commands;
 mod out;
+mod queue_commands;
 mod refusals;
 #[cfg(test)]
 mod tests;
@@ -33,6 +35,7 @@ use acl::{Actor, Policy};
 use buffers::Buffers;
 use clients::{Bytes, Clients, Heard};
 use out::Out;
+use queues::Queues;
 use subscriptions::Subscriptions;
 
 pub use clients::Conn;
@@ -86,6 +89,7 @@ pub struct Engine<T: Transport> {
     out: Out<T>,
     clients: Clients,
     subs: Subscriptions,
+    queues: Queues,
     limits: Limits,
     max_body_size: usize,
     max_subscriptions: usize,
@@ -117,6 +121,14 @@ impl<T: Transport> Engine<T> {
             },
             clients: Clients::new(),
             subs: Subscriptions::new(),
+            queues: {
+                let mut queues = Queues::new(config.queue_limits);
+                let now = Instant::now();
+                for (topic, name) in &config.queues {
+                    queues.declare(topic.as_bytes(), name.as_bytes(), now);
+                }
+                queues
+            },
             limits: config.limits,
             max_body_size: config.max_body_size,
             max_subscriptions: config.max_subscriptions,
@@ -150,6 +162,9 @@ impl<T: Transport> Engine<T> {
             clients: self.clients.len(),
             topics: self.subs.topic_count(),
             buffered: self.out.buffers.messages(),
+            queues: self.queues.count(),
+            queued: self.queues.messages(),
+            expired: self.queues.expired,
             ..self.out.stats.clone()
         }
     }
@@ -179,6 +194,7 @@ impl<T: Transport> Engine<T> {
         for (rid, why) in &stale {
             let Some(client) = self.clients.remove(rid) else { continue };
             self.subs.forget(&client);
+            self.forget_consumer(rid, now);
             self.out.discard(rid, why, now);
             self.out.log.log(
                 Level::Warn,
@@ -205,6 +221,10 @@ impl<T: Transport> Engine<T> {
         self.out.transport.lost_connections(&mut lost, all);
         for conn in lost.drain(..) {
             if let Some(rid) = self.clients.connection_lost(conn) {
+                // What it holds may never have arrived.
+                if !self.queues.is_empty() {
+                    self.queues.release(&rid);
+                }
                 // What waits in its buffer would go to whoever takes the id.
                 self.out.discard(&rid, LOST, now);
                 if self.out.log.enabled(Level::Debug) {
@@ -238,11 +258,17 @@ impl<T: Transport> Engine<T> {
         let retries = self.out.buffers.next_retry().is_some_and(|at| at <= now);
         self.connections_lost(retries, now);
         self.out.retry_buffered(now);
+        if !self.queues.is_empty() {
+            // Deliveries taken back from closed connections go to others.
+            self.dispatch_queues(now);
+            self.tick_queues(now);
+        }
         while let Some(rid) = self.clients.pop_noop(now) {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
         }
         while let Some(client) = self.clients.pop_expired(drained) {
             self.subs.forget(&client);
+            self.forget_consumer(&client.id, now);
             self.out.discard(&client.id, "it expired", now);
             let silent = now.saturating_duration_since(client.last_heard);
             self.out.log.log(
@@ -260,7 +286,10 @@ impl<T: Transport> Engine<T> {
     /// When [`tick`](Engine::tick) has work next (possibly early): a
     /// heartbeat, an expiry, or a retry of a client's buffer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.clients.next_deadline(), self.out.buffers.next_retry()].into_iter().flatten().min()
+        [self.clients.next_deadline(), self.out.buffers.next_retry(), self.queues.next_sweep()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Checks that the client and subscription tables agree and respect the
@@ -377,6 +406,10 @@ impl<T: Transport> Engine<T> {
                 // another connection: take note of it before reusing it.
                 self.connections_lost(true, now);
                 self.clients.rebind(rid, origin.conn);
+                if !self.queues.is_empty() {
+                    self.queues.wake(rid);
+                    self.dispatch_queues(now);
+                }
                 true
             }
             Heard::Unknown => false,
@@ -418,6 +451,9 @@ impl<T: Transport> Engine<T> {
                 self.reply_error(rid, &message, id, now);
             }
         }
+        if !self.queues.is_empty() {
+            self.dispatch_queues(now);
+        }
     }
 }
 
@@ -436,6 +472,7 @@ fn verb(command: &Command<'_>) -> &'static str {
         Command::Sub { .. } => "SUB",
         Command::Unsub { .. } => "UNSUB",
         Command::Put { .. } => "PUT",
+        Command::Ack { .. } => "ACK",
         Command::Noop { .. } => "NOOP",
     }
 }

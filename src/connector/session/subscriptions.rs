@@ -83,7 +83,8 @@ impl Session {
         }
         if self.state == State::Ready && held.state != TopicState::Wanted {
             let id = self.next_id();
-            let frames = Command::Unsub { id: Some(id.to_string().as_bytes()), topics: vec![&topic] }.to_frames();
+            let frames =
+                Command::Unsub { id: Some(id.to_string().as_bytes()), queue: None, topics: vec![&topic] }.to_frames();
             self.pending.insert(id, Pending::Unsub { answer: Some(answer) });
             self.send(id, frames);
         } else {
@@ -95,9 +96,12 @@ impl Session {
 
     fn send_sub(&mut self, topics: Vec<Vec<u8>>) {
         let id = self.next_id();
-        let frames =
-            Command::Sub { id: Some(id.to_string().as_bytes()), topics: topics.iter().map(|t| &t[..]).collect() }
-                .to_frames();
+        let frames = Command::Sub {
+            id: Some(id.to_string().as_bytes()),
+            queue: None,
+            topics: topics.iter().map(|t| &t[..]).collect(),
+        }
+        .to_frames();
         for topic in &topics {
             if let Some(held) = self.topics.get_mut(topic) {
                 held.state = TopicState::Subscribing(id);
