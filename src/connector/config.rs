@@ -38,6 +38,7 @@ pub const KEYS: &[&str] = &[
     "receive_queue",
     "reconnect_max",
     "connect_retry",
+    "explicit_ack",
 ];
 
 /// What the user configured, unvalidated where validation needs the file
@@ -77,6 +78,9 @@ pub struct Config {
     ///
     /// [`Connector::connect`]: super::Connector::connect
     pub connect_retry: bool,
+    /// Queue deliveries are acknowledged only by [`Connector::ack`](crate::connector::Connector::ack),
+    /// not when `receive` hands them out (the default).
+    pub explicit_ack: bool,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             receive_queue: DEFAULT_RECEIVE_QUEUE,
             reconnect_max: Duration::from_secs_f64(DEFAULT_RECONNECT_MAX_SECS),
             connect_retry: false,
+            explicit_ack: false,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Settings {
     pub reconnect_max: Duration,
     /// See [`Config::connect_retry`].
     pub connect_retry: bool,
+    /// See [`Config::explicit_ack`].
+    pub explicit_ack: bool,
 }
 
 /// A Config error about `key`, which it names as data too.
@@ -208,6 +215,7 @@ impl Config {
             "receive_queue" => self.receive_queue = parse_count(key, value)?,
             "reconnect_max" => self.reconnect_max = parse_seconds(key, value, 0.01, 86_400.0)?,
             "connect_retry" => self.connect_retry = parse_bool(key, value)?,
+            "explicit_ack" => self.explicit_ack = parse_bool(key, value)?,
             _ => {
                 return Err(config_error(key, format!("unknown key {key:?} (known keys: {})", KEYS.join(", "))));
             }
@@ -288,6 +296,7 @@ impl Config {
             receive_queue: self.receive_queue,
             reconnect_max: self.reconnect_max,
             connect_retry: self.connect_retry,
+            explicit_ack: self.explicit_ack,
         })
     }
 }

@@ -29,6 +29,17 @@ impl Message {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| &v[..])
     }
+
+    /// The delivery id of a message from a queue (its `DELIVERY` header),
+    /// which [`Connector::ack`](crate::connector::Connector::ack) acknowledges.
+    pub fn delivery(&self) -> Option<u64> {
+        self.header(crate::protocol::DELIVERY).and_then(|v| crate::protocol::parse_delivery(v).ok())
+    }
+
+    /// Whether this queue message was delivered before and not acknowledged.
+    pub fn redelivered(&self) -> bool {
+        self.header(crate::protocol::REDELIVERED).is_some()
+    }
 }
 
 /// Counters for monitoring and tests.
@@ -49,6 +60,9 @@ pub struct Stats {
     pub received: u64,
     /// Received messages dropped because `receive_queue` was full.
     pub messages_dropped: u64,
+    /// Publishes never sent because their time-to-live ran out while they
+    /// waited in the send queue (e.g. while the broker was unreachable).
+    pub expired: u64,
 }
 
 /// The live counters behind [`Stats`], shared by the handle and the engine.
@@ -60,6 +74,7 @@ pub(crate) struct Counters {
     pub publishes_dropped: AtomicU64,
     pub received: AtomicU64,
     pub messages_dropped: AtomicU64,
+    pub expired: AtomicU64,
     /// Publishes accepted from callers and not yet handed to the socket;
     /// `publish` reserves a slot here first, so that concurrent publishers
     /// cannot overshoot `send_queue`.
@@ -75,6 +90,7 @@ impl Counters {
             publishes_dropped: self.publishes_dropped.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             messages_dropped: self.messages_dropped.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
         }
     }
 
