@@ -306,14 +306,15 @@ mc0_status mc0_connector_subscribe_queue(const struct mc0_connector *c,
                                          const char *queue);
 
 /**
- * Acknowledges the queue delivery m (received on c, not yet freed; m stays
- * owned by the caller): the broker forgets it. Returns at once; an
+ * Acknowledges a queue delivery received on c by its id, the decimal
+ * value of the message's DELIVERY header (mc0_message_header(m,
+ * "DELIVERY", &len)): the broker forgets the message. Returns at once; an
  * acknowledgement lost with the link only means the message is delivered
- * again. Needed only with explicit_ack = true; a message without a
- * DELIVERY header (not from a queue) is ignored. Errors:
- * MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CLOSED. Thread-safe.
+ * again. Needed only with explicit_ack = true. An id c does not hold is
+ * ignored by the broker. Errors: MC0_ERR_INVALID_ARGUMENT (NULL c),
+ * MC0_ERR_CLOSED. Thread-safe.
  */
-mc0_status mc0_connector_ack(const struct mc0_connector *c, const struct mc0_message *m);
+mc0_status mc0_connector_ack(const struct mc0_connector *c, uint64_t delivery);
 
 /**
  * Gives up one hold on a topic (see mc0_connector_subscribe); the last

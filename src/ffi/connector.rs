@@ -203,19 +203,16 @@ pub unsafe extern "C" fn mc0_connector_subscribe_queue(
     })
 }
 
-/// Acknowledges the queue delivery m (received on c, not yet freed; m stays
-/// owned by the caller): the broker forgets it. Returns at once; an
+/// Acknowledges a queue delivery received on c by its id, the decimal
+/// value of the message's DELIVERY header (mc0_message_header(m,
+/// "DELIVERY", &len)): the broker forgets the message. Returns at once; an
 /// acknowledgement lost with the link only means the message is delivered
-/// again. Needed only with explicit_ack = true; a message without a
-/// DELIVERY header (not from a queue) is ignored. Errors:
-/// MC0_ERR_INVALID_ARGUMENT (NULL), MC0_ERR_CLOSED. Thread-safe.
+/// again. Needed only with explicit_ack = true. An id c does not hold is
+/// ignored by the broker. Errors: MC0_ERR_INVALID_ARGUMENT (NULL c),
+/// MC0_ERR_CLOSED. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn mc0_connector_ack(c: *const mc0_connector, m: *const mc0_message) -> mc0_status {
-    guard(|| {
-        let c = connector_ref(c)?;
-        let m = super::message::message_ref(m)?;
-        c.ack_delivery(m.delivery())
-    })
+pub unsafe extern "C" fn mc0_connector_ack(c: *const mc0_connector, delivery: u64) -> mc0_status {
+    guard(|| connector_ref(c)?.ack_delivery(Some(delivery)))
 }
 
 /// Gives up one hold on a topic (see mc0_connector_subscribe); the last

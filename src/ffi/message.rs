@@ -29,16 +29,7 @@ impl From<Message> for mc0_message {
     }
 }
 
-impl mc0_message {
-    /// The delivery id of a message from a queue.
-    pub(super) fn delivery(&self) -> Option<u64> {
-        let name = crate::protocol::DELIVERY.as_bytes();
-        let (_, value) = self.headers.iter().find(|(k, _)| k.as_bytes() == name)?;
-        crate::protocol::parse_delivery(value).ok()
-    }
-}
-
-pub(super) unsafe fn message_ref<'a>(m: *const mc0_message) -> Result<&'a mc0_message, Error> {
+unsafe fn message_ref<'a>(m: *const mc0_message) -> Result<&'a mc0_message, Error> {
     m.as_ref().ok_or_else(|| invalid("message is NULL"))
 }
 
