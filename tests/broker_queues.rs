@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Client, Mc0d, Message};
+use common::{run_mc0d, Client, Mc0d, Message, TempDir};
 use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
 
 const TOPIC: &str = "mcollective reply client1 async";
@@ -135,4 +135,53 @@ fn full_queue_refuses_with_the_queue_and_limit_and_expired_messages_are_never_de
     nothing_more(&c);
     // Room again: the expired one is gone, the delivered one is held.
     publisher.call(&put("p4", b"fits", vec![]));
+}
+
+#[test]
+fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
+    let dir = TempDir::new("queue-dir");
+    let queue_dir = dir.path().join("queues");
+    let queue_dir = queue_dir.to_str().unwrap();
+    let mut broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", queue_dir]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    for (id, body) in [("p1", b"one"), ("p2", b"two"), ("p3", b"six")] {
+        // The OK says it is on disk.
+        publisher.call(&put(id, body, vec![(EXPIRES_IN.as_bytes(), b"600000")]));
+    }
+    broker.restart(); // SIGKILL, then the same arguments
+    let c = consumer(&broker, &ctx);
+    let got: Vec<Message> = (0..3).map(|_| c.expect_message()).collect();
+    assert_eq!(
+        got.iter().map(|m| m.body[0].clone()).collect::<Vec<_>>(),
+        vec![b"one".to_vec(), b"two".to_vec(), b"six".to_vec()]
+    );
+    assert!(got.iter().all(|m| header(m, EXPIRES_IN).is_some()), "the expiry survives too");
+    c.call(&Command::Ack { id: Some(b"a"), deliveries: got.iter().take(2).map(delivery).collect() });
+    broker.restart();
+    let c = consumer(&broker, &ctx);
+    assert_eq!(c.expect_message().body, vec![b"six".to_vec()], "only the unacknowledged one is back");
+    nothing_more(&c);
+}
+
+#[test]
+fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
+    let dir = TempDir::new("queue-dir-bad");
+    let file = dir.path().join("queues.redb");
+    let garbage = b"this is not a redb file, and must stay as it is".repeat(100);
+    std::fs::write(&file, &garbage).unwrap();
+    let queue_dir = dir.path().to_str().unwrap();
+    let (status, _, stderr) = run_mc0d(&["--no-curve", "--queue-dir", queue_dir], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(file.to_str().unwrap()), "names the file: {stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "nothing overwritten");
+
+    // A queue dir that is a file.
+    let not_dir = dir.path().join("plain-file");
+    std::fs::write(&not_dir, b"x").unwrap();
+    let (status, _, stderr) =
+        run_mc0d(&["--no-curve", "--queue-dir", not_dir.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plain-file"), "names it: {stderr}");
 }

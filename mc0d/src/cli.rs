@@ -164,6 +164,12 @@ pub struct Mc0dArgs {
     #[arg(long, value_name = "SECS", default_value_t = crate::engine::queues::DEFAULT_IDLE.as_secs(),
           value_parser = number::<u64>, help_heading = "Queues")]
     pub queue_idle: u64,
+
+    /// Keep queued messages in DIR/queues.redb: a PUT to a queue is
+    /// answered OK only once it is on disk (fsync), and survives a restart
+    /// or kill -9. Without it queues live in memory
+    #[arg(long, value_name = "DIR", help_heading = "Queues")]
+    pub queue_dir: Option<PathBuf>,
 }
 
 /// `--queue TOPIC[=NAME]`: the name defaults to the topic.

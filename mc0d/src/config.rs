@@ -71,6 +71,8 @@ pub struct Config {
     pub queues: Vec<(String, String)>,
     /// The bounds of every queue.
     pub queue_limits: crate::engine::queues::QueueLimits,
+    /// Where queued messages are kept across restarts; `None`: in memory.
+    pub queue_dir: Option<PathBuf>,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -127,6 +129,7 @@ impl Default for Config {
             node_publish_agents: Vec::new(),
             queues: Vec::new(),
             queue_limits: Default::default(),
+            queue_dir: None,
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config

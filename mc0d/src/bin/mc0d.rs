@@ -54,6 +54,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         identity_check: args.identity_check.map(Into::into).unwrap_or_default(),
         node_publish_agents: args.node_publish_agents.map(|a| a.0).unwrap_or_default(),
         queues: args.queue,
+        queue_dir: args.queue_dir,
         queue_limits: QueueLimits {
             max_messages: args.queue_max_messages,
             max_bytes: args.queue_max_bytes,

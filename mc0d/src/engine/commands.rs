@@ -139,7 +139,7 @@ impl<T: Transport> Engine<T> {
                     let stamp = sender.stamp().map(|(header, value)| (header.as_bytes(), value.as_bytes()));
                     let headers: Vec<(&[u8], &[u8])> = stamp.into_iter().chain(headers).collect();
                     if queued {
-                        self.enqueue(topic, &headers, &body, now);
+                        self.enqueue(topic, &headers, &body, now)?;
                     }
                     // Built once; recipients share it (see `shared`).
                     let mut message = if subscribed {

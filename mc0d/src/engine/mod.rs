@@ -90,6 +90,8 @@ pub struct Engine<T: Transport> {
     clients: Clients,
     subs: Subscriptions,
     queues: Queues,
+    /// Where queued messages are kept across restarts (`--queue-dir`).
+    store: Option<Box<dyn crate::store::Store>>,
     limits: Limits,
     max_body_size: usize,
     max_subscriptions: usize,
@@ -129,6 +131,7 @@ impl<T: Transport> Engine<T> {
                 }
                 queues
             },
+            store: None,
             limits: config.limits,
             max_body_size: config.max_body_size,
             max_subscriptions: config.max_subscriptions,
@@ -262,6 +265,7 @@ impl<T: Transport> Engine<T> {
             // Deliveries taken back from closed connections go to others.
             self.dispatch_queues(now);
             self.tick_queues(now);
+            self.sync_removals();
         }
         while let Some(rid) = self.clients.pop_noop(now) {
             self.out.send(&rid, &Reply::Noop.to_frames(), now);
@@ -452,6 +456,7 @@ impl<T: Transport> Engine<T> {
             }
         }
         if !self.queues.is_empty() {
+            self.sync_removals();
             self.dispatch_queues(now);
         }
     }

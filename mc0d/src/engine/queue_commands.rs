@@ -12,6 +12,7 @@ use mc0::protocol::{parse_expires_in, EXPIRES_IN};
 use super::acl;
 use super::transport::Transport;
 use super::{show, Engine, Sender};
+use crate::store::{Record, Store};
 
 impl<T: Transport> Engine<T> {
     /// `SUB QUEUE name`: membership of the named queue of each topic, under
@@ -66,6 +67,9 @@ impl<T: Transport> Engine<T> {
                 unknown += 1;
             }
         }
+        // Written before the ACK's OK: an acknowledged message stays gone
+        // across a kill -9 (not a power loss, see `store`).
+        self.sync_removals();
         if unknown > 0 && self.out.log.enabled(Level::Debug) {
             self.out.log.log(
                 Level::Debug,
@@ -83,13 +87,50 @@ impl<T: Transport> Engine<T> {
 
     /// Stores a PUT (its headers already stamped) in the queues of its
     /// topic and hands it on to a consumer if one can take it.
-    pub(super) fn enqueue(&mut self, topic: &[u8], headers: &[(&[u8], &[u8])], body: &[&[u8]], now: Instant) {
+    /// With a store, the OK waits for the write; a failed write refuses the
+    /// PUT for everyone (it was not delivered yet).
+    pub(super) fn enqueue(
+        &mut self,
+        topic: &[u8],
+        headers: &[(&[u8], &[u8])],
+        body: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), String> {
         let expires = headers
             .iter()
             .find(|(k, _)| *k == EXPIRES_IN.as_bytes())
             .and_then(|(_, v)| parse_expires_in(v).ok())
             .map(|ms| now + Duration::from_millis(ms));
-        self.queues.push(topic, headers, body, expires, now);
+        let records = self.queues.push(topic, headers, body, expires, now);
+        if let Some(store) = &mut self.store {
+            if let Err(e) = store.put(&records) {
+                self.queues.unpush(&records);
+                self.out.log.log(Level::Error, format_args!("PUT to {} not stored: {e}", show(topic)));
+                return Err(format!("not stored: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the store which messages are done with (acknowledged, expired).
+    pub(super) fn sync_removals(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        let removed = self.queues.take_removed();
+        if let Err(e) = store.remove(&removed) {
+            self.out
+                .log
+                .log(Level::Error, format_args!("{} done messages not removed from the store: {e}", removed.len()));
+        }
+    }
+
+    /// Uses `store` from now on, with the messages it held.
+    pub fn set_store(&mut self, store: Box<dyn Store>, records: Vec<Record>, now: Instant) {
+        let n = records.len();
+        self.queues.restore(records, now);
+        self.store = Some(store);
+        if n > 0 {
+            self.out.log.log(Level::Info, format_args!("{n} queued messages restored from the queue store"));
+        }
     }
 
     /// Sends what the queues have for consumers whose connection is up.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use mc0::protocol::{Reply, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
 
 use super::clients::Bytes;
+use crate::store::Record;
 
 /// Default bound of one queue's messages (`--queue-max-messages`).
 pub const DEFAULT_MAX_MESSAGES: usize = 100_000;
@@ -158,6 +159,10 @@ pub struct Queues {
     next_sweep: Option<Instant>,
     /// Messages removed because their time ran out.
     pub expired: u64,
+    /// With a store: what [`push`](Queues::push) returns records for, and
+    /// delivery ids of messages done with since the last [`take_removed`](Queues::take_removed).
+    persist: bool,
+    removed: Vec<u64>,
 }
 
 impl Queues {
@@ -170,6 +175,43 @@ impl Queues {
             next_seq: 1,
             next_sweep: None,
             expired: 0,
+            persist: false,
+            removed: Vec::new(),
+        }
+    }
+
+    /// Keeps what a store needs from now on, and takes back what one held:
+    /// the messages wait in their queues (created if need be) in delivery
+    /// id order, and new ids follow the highest.
+    pub fn restore(&mut self, mut records: Vec<Record>, now: Instant) {
+        self.persist = true;
+        records.sort_by_key(|r| r.message.seq);
+        for record in records {
+            self.next_seq = self.next_seq.max(record.message.seq + 1);
+            let key: QueueKey = (Bytes::from(&record.topic[..]), Bytes::from(&record.name[..]));
+            let queue = self.entry(&record.topic, &record.name, false, now);
+            queue.bytes += record.message.size();
+            queue.ready.push_back(record.message);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Delivery ids of messages acknowledged or expired since the last call.
+    pub fn take_removed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Takes back messages [`push`](Queues::push) just stored (their store
+    /// write failed).
+    pub fn unpush(&mut self, records: &[Record]) {
+        for r in records {
+            let key: QueueKey = (Bytes::from(&r.topic[..]), Bytes::from(&r.name[..]));
+            if let Some(queue) = self.queues.get_mut(&key) {
+                if let Some(at) = queue.ready.iter().rposition(|m| m.seq == r.message.seq) {
+                    let m = queue.ready.remove(at).expect("present");
+                    queue.bytes -= m.size();
+                }
+            }
         }
     }
 
@@ -287,7 +329,8 @@ impl Queues {
     }
 
     /// Stores a message in every queue of `topic` (after
-    /// [`check_room`](Queues::check_room)); returns how many queues.
+    /// [`check_room`](Queues::check_room)); with a store, returns the
+    /// records it must keep.
     pub fn push(
         &mut self,
         topic: &[u8],
@@ -295,15 +338,15 @@ impl Queues {
         body: &[&[u8]],
         expires: Option<Instant>,
         now: Instant,
-    ) -> usize {
-        let Some(names) = self.by_topic.get(topic) else { return 0 };
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        let Some(names) = self.by_topic.get(topic) else { return records };
         let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
             .iter()
             .filter(|(k, _)| *k != EXPIRES_IN.as_bytes())
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         let body: Vec<u8> = body.concat();
-        let mut n = 0;
         for name in names.clone() {
             let key: QueueKey = (Bytes::from(topic), name);
             let Some(queue) = self.queues.get_mut(&key) else { continue };
@@ -315,13 +358,15 @@ impl Queues {
                 redelivered: false,
             };
             self.next_seq += 1;
+            if self.persist {
+                records.push(Record { topic: key.0.to_vec(), name: key.1.to_vec(), message: message.clone() });
+            }
             queue.bytes += message.size();
             queue.ready.push_back(message);
             queue.used = now;
             self.dirty.insert(key);
-            n += 1;
         }
-        n
+        records
     }
 
     /// Acknowledges delivery `seq` by `consumer`: the message is done.
@@ -335,6 +380,9 @@ impl Queues {
                 }
                 let (_, message) = queue.inflight.remove(&seq).expect("present");
                 queue.bytes -= message.size();
+                if self.persist {
+                    self.removed.push(seq);
+                }
                 // It has room for another now.
                 self.dirty.insert(key.clone());
                 return true;
@@ -360,6 +408,9 @@ impl Queues {
                     let m = queue.ready.pop_front().expect("head");
                     queue.bytes -= m.size();
                     self.expired += 1;
+                    if self.persist {
+                        self.removed.push(m.seq);
+                    }
                     continue;
                 }
                 let n = queue.consumers.len();
@@ -398,6 +449,8 @@ impl Queues {
             return 0;
         }
         let mut expired = 0;
+        let removed = &mut self.removed;
+        let persist = self.persist;
         for queue in self.queues.values_mut() {
             let before = queue.ready.len();
             let mut freed = 0;
@@ -405,6 +458,9 @@ impl Queues {
                 let keep = !m.expired(now);
                 if !keep {
                     freed += m.size();
+                    if persist {
+                        removed.push(m.seq);
+                    }
                 }
                 keep
             });
