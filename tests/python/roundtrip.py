@@ -19,6 +19,19 @@ MC0_ERR_NOT_FOUND = 11
 LOG_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_int32, C.c_char_p)
 
 
+# topic, header names, values, value lengths, count, body, body length.
+PUBLISH_ARGS = [
+    C.c_void_p,
+    C.c_char_p,
+    C.POINTER(C.c_char_p),
+    C.POINTER(C.c_void_p),
+    C.POINTER(C.c_size_t),
+    C.c_size_t,
+    C.c_char_p,
+    C.c_size_t,
+]
+
+
 def load(path):
     lib = C.CDLL(path)
     sig = {
@@ -33,33 +46,8 @@ def load(path):
         "mc0_connector_new": ([C.c_void_p, C.POINTER(C.c_void_p)], C.c_int),
         "mc0_connector_subscribe": ([C.c_void_p, C.c_char_p], C.c_int),
         "mc0_connector_unsubscribe": ([C.c_void_p, C.c_char_p], C.c_int),
-        "mc0_connector_publish": (
-            [
-                C.c_void_p,
-                C.c_char_p,
-                C.POINTER(C.c_char_p),
-                C.POINTER(C.c_void_p),
-                C.POINTER(C.c_size_t),
-                C.c_size_t,
-                C.c_char_p,
-                C.c_size_t,
-            ],
-            C.c_int,
-        ),
-        "mc0_connector_publish_ttl": (
-            [
-                C.c_void_p,
-                C.c_char_p,
-                C.POINTER(C.c_char_p),
-                C.POINTER(C.c_void_p),
-                C.POINTER(C.c_size_t),
-                C.c_size_t,
-                C.c_char_p,
-                C.c_size_t,
-                C.c_uint64,
-            ],
-            C.c_int,
-        ),
+        "mc0_connector_publish": (PUBLISH_ARGS, C.c_int),
+        "mc0_connector_publish_ttl": (PUBLISH_ARGS + [C.c_uint64], C.c_int),
         "mc0_connector_subscribe_queue": ([C.c_void_p, C.c_char_p, C.c_char_p], C.c_int),
         "mc0_connector_ack": ([C.c_void_p, C.c_uint64], C.c_int),
         "mc0_connector_receive": ([C.c_void_p, C.c_int32, C.POINTER(C.c_void_p)], C.c_int),
