@@ -254,7 +254,7 @@ pub unsafe extern "C" fn mc0_connector_publish(
     body: *const u8,
     body_len: usize,
 ) -> mc0_status {
-    mc0_connector_publish_ttl(c, topic, header_names, header_values, header_value_lens, header_count, body, body_len, 0)
+    guard(|| publish(c, topic, header_names, header_values, header_value_lens, header_count, body, body_len, 0))
 }
 
 /// mc0_connector_publish with a time-to-live of ttl_ms milliseconds (1 to
@@ -277,27 +277,41 @@ pub unsafe extern "C" fn mc0_connector_publish_ttl(
     body_len: usize,
     ttl_ms: u64,
 ) -> mc0_status {
-    guard(|| {
-        let c = connector_ref(c)?;
-        let topic = arg_str(topic, "topic")?;
-        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(header_count);
-        if header_count > 0 {
-            if header_names.is_null() || header_values.is_null() || header_value_lens.is_null() {
-                return Err(invalid("header_names, header_values and header_value_lens must not be NULL"));
-            }
-            let names = std::slice::from_raw_parts(header_names, header_count);
-            let values = std::slice::from_raw_parts(header_values, header_count);
-            let lens = std::slice::from_raw_parts(header_value_lens, header_count);
-            for i in 0..header_count {
-                let name = arg_str(names[i], &format!("header_names[{i}]"))?;
-                let value = bytes(values[i], lens[i], &format!("header_values[{i}]"))?;
-                headers.push((name, value));
-            }
+    guard(|| publish(c, topic, header_names, header_values, header_value_lens, header_count, body, body_len, ttl_ms))
+}
+
+/// Both publish calls, inside the boundary: `ttl_ms` 0 means none.
+#[allow(clippy::too_many_arguments)]
+unsafe fn publish(
+    c: *const mc0_connector,
+    topic: *const c_char,
+    header_names: *const *const c_char,
+    header_values: *const *const u8,
+    header_value_lens: *const usize,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    ttl_ms: u64,
+) -> Result<(), Error> {
+    let c = connector_ref(c)?;
+    let topic = arg_str(topic, "topic")?;
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(header_count);
+    if header_count > 0 {
+        if header_names.is_null() || header_values.is_null() || header_value_lens.is_null() {
+            return Err(invalid("header_names, header_values and header_value_lens must not be NULL"));
         }
-        let body = bytes(body, body_len, "body")?;
-        let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-        c.publish_with_ttl(topic, &headers, body, ttl)
-    })
+        let names = std::slice::from_raw_parts(header_names, header_count);
+        let values = std::slice::from_raw_parts(header_values, header_count);
+        let lens = std::slice::from_raw_parts(header_value_lens, header_count);
+        for i in 0..header_count {
+            let name = arg_str(names[i], &format!("header_names[{i}]"))?;
+            let value = bytes(values[i], lens[i], &format!("header_values[{i}]"))?;
+            headers.push((name, value));
+        }
+    }
+    let body = bytes(body, body_len, "body")?;
+    let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+    c.publish_with_ttl(topic, &headers, body, ttl)
 }
 
 /// Waits until every message this process published on c before the call
