@@ -397,10 +397,10 @@ module Mc0
       call('ack') { |c| Mc0.check(Native.mc0_connector_ack(c, Integer(id)), 'ack') }
     end
 
-    # headers: {name => value}; values are sent as bytes. ttl_ms: the
+    # headers: {name => value}; values are sent as bytes. ttl_ms (positional, so a braceless headers hash stays one): the
     # message's time-to-live (nil: none): once it has passed it is never
     # sent, and mc0d never delivers it from a queue.
-    def publish(topic, body, headers = {}, ttl_ms: nil)
+    def publish(topic, body, headers = {}, ttl_ms = nil)
       names = headers.keys.map(&:to_s)
       values = headers.values.map { |v| v.to_s.b }
       body = body.to_s.b

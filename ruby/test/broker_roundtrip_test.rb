@@ -51,7 +51,7 @@ class BrokerRoundtripTest < Minitest::Test
     first.subscribe_queue(topic, 'async')
     first.unsubscribe(topic) # the queue now exists and keeps what comes
     publisher = connect('identity' => 'unit-p')
-    publisher.publish(topic, 'kept', {}, ttl_ms: 60_000)
+    publisher.publish(topic, 'kept', {}, 60_000)
     publisher.flush(10_000)
     first.subscribe_queue(topic, 'async')
     msg = receive_one(first)

@@ -140,7 +140,7 @@ module MCollective
         ttl_ms = msg.ttl ? (Integer(msg.ttl) + TTL_ALLOWANCE) * 1000 : nil
         publish_targets(msg).each do |target|
           Log.debug("Publishing #{msg.type} to '#{target[:topic]}' with headers #{target[:headers].inspect}")
-          conn.publish(target[:topic], msg.payload, target[:headers], ttl_ms: ttl_ms)
+          conn.publish(target[:topic], msg.payload, target[:headers], ttl_ms)
         end
       end
 
