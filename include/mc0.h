@@ -293,6 +293,38 @@ mc0_status mc0_connector_new(const struct mc0_config *cfg, struct mc0_connector 
 mc0_status mc0_connector_subscribe(const struct mc0_connector *c, const char *topic);
 
 /**
+ * Subscribes to a topic as a consumer of its queue named queue (both
+ * NUL-terminated UTF-8; the name is 1 to 255 printable ASCII bytes),
+ * held and waited for like mc0_connector_subscribe (release it with
+ * mc0_connector_unsubscribe). mc0d then keeps the topic's messages for
+ * the queue while no consumer is connected and gives each to one of the
+ * queue's consumers, round robin. Guarantee: at least once. A delivery
+ * (a message with a DELIVERY header) is acknowledged when
+ * mc0_connector_receive hands it out, or, with the config key
+ * explicit_ack = true, by mc0_connector_ack; one not acknowledged when
+ * the connector closes or loses its link is delivered again, with the
+ * header REDELIVERED, to this or another consumer: a consumer must
+ * tolerate duplicates. A legacy broker ignores the queue (a plain
+ * subscription). Errors: as mc0_connector_subscribe, and
+ * MC0_ERR_INVALID_ARGUMENT for a bad name or a topic already held the
+ * other way. Thread-safe.
+ */
+mc0_status mc0_connector_subscribe_queue(const struct mc0_connector *c,
+                                         const char *topic,
+                                         const char *queue);
+
+/**
+ * Acknowledges a queue delivery received on c by its id, the decimal
+ * value of the message's DELIVERY header (mc0_message_header(m,
+ * "DELIVERY", &len)): the broker forgets the message. Returns at once; an
+ * acknowledgement lost with the link only means the message is delivered
+ * again. Needed only with explicit_ack = true. An id c does not hold is
+ * ignored by the broker. Errors: MC0_ERR_INVALID_ARGUMENT (NULL c),
+ * MC0_ERR_CLOSED. Thread-safe.
+ */
+mc0_status mc0_connector_ack(const struct mc0_connector *c, uint64_t delivery);
+
+/**
  * Gives up one hold on a topic (see mc0_connector_subscribe); the last
  * holder's call unsubscribes and waits for the broker's acknowledgement
  * (at most connect_timeout; immediate while the link is down). A topic not
@@ -325,6 +357,25 @@ mc0_status mc0_connector_publish(const struct mc0_connector *c,
                                  size_t header_count,
                                  const uint8_t *body,
                                  size_t body_len);
+
+/**
+ * mc0_connector_publish with a time-to-live of ttl_ms milliseconds (1 to
+ * 2592000000, 30 days; 0: none, as mc0_connector_publish): once it has
+ * passed since this call the message is never sent (dropped from the
+ * send queue, e.g. while the broker is unreachable, logged and counted),
+ * and it goes out with the time left in the EXPIRES-IN header, after
+ * which mc0d never delivers it from a queue (legacy brokers ignore it).
+ * Arguments, ownership, errors and thread-safety as mc0_connector_publish.
+ */
+mc0_status mc0_connector_publish_ttl(const struct mc0_connector *c,
+                                     const char *topic,
+                                     const char *const *header_names,
+                                     const uint8_t *const *header_values,
+                                     const size_t *header_value_lens,
+                                     size_t header_count,
+                                     const uint8_t *body,
+                                     size_t body_len,
+                                     uint64_t ttl_ms);
 
 /**
  * Waits until every message this process published on c before the call

@@ -70,6 +70,31 @@ pub const SENDER: &str = "SENDER";
 /// [`SENDER`].
 pub const SENDER_KEY: &str = "SENDER-KEY";
 
+/// PUT header: the message's time-to-live in milliseconds, relative (so
+/// clock skew between hosts does not matter). A broker never delivers a
+/// stored (queued) message past it, and carries the time left in the
+/// MESSAGEs of queued messages; libmc0 never sends a PUT whose time ran
+/// out in its send queue. Not `TTL`, which CONNECT uses for the heartbeat.
+/// Legacy brokers copy it and legacy connectors ignore it.
+pub const EXPIRES_IN: &str = "EXPIRES-IN";
+
+/// SUB/UNSUB header: subscribe as a member of the named queue of each
+/// topic (competing consumers; the broker keeps the topic's messages for
+/// the queue while no member is connected). MESSAGE header of a delivery
+/// from a queue: the queue's name.
+pub const QUEUE: &str = "QUEUE";
+
+/// MESSAGE header of a delivery from a queue: the id (decimal) the
+/// consumer acknowledges with [`Command::Ack`].
+pub const DELIVERY: &str = "DELIVERY";
+
+/// MESSAGE header of a delivery from a queue that was delivered before and
+/// not acknowledged (its consumer went away): value `1`.
+pub const REDELIVERED: &str = "REDELIVERED";
+
+/// The time-to-lives (ms) [`EXPIRES_IN`] may carry: 1 ms to 30 days.
+pub const EXPIRES_IN_RANGE_MS: RangeInclusive<u64> = 1..=30 * 86_400_000;
+
 /// Upper bounds on what a single message may contain. A message over any of
 /// them is rejected with [`ProtocolError`] before it is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,13 +296,21 @@ pub enum Command<'a> {
     Disconnect {
         id: Option<&'a [u8]>,
     },
+    /// With `queue`, a membership of the named queue of each topic.
     Sub {
         id: Option<&'a [u8]>,
+        queue: Option<&'a [u8]>,
         topics: Vec<&'a [u8]>,
     },
     Unsub {
         id: Option<&'a [u8]>,
+        queue: Option<&'a [u8]>,
         topics: Vec<&'a [u8]>,
+    },
+    /// Acknowledges queue deliveries by their [`DELIVERY`] ids (body frames).
+    Ack {
+        id: Option<&'a [u8]>,
+        deliveries: Vec<u64>,
     },
     /// `headers` holds every header but TOPIC and ID, in arrival order: the
     /// broker copies them (and TOPIC) into each MESSAGE.
@@ -338,12 +371,23 @@ impl<'a> Command<'a> {
                 no_body("NOOP")?;
                 Ok(Command::Noop { id })
             }
-            "SUB" => Ok(Command::Sub { id, topics: topics("SUB")? }),
-            "UNSUB" => Ok(Command::Unsub { id, topics: topics("UNSUB")? }),
+            "SUB" => Ok(Command::Sub { id, queue: queue_of(&env)?, topics: topics("SUB")? }),
+            "UNSUB" => Ok(Command::Unsub { id, queue: queue_of(&env)?, topics: topics("UNSUB")? }),
+            "ACK" => {
+                let deliveries = env.body.clone().unwrap_or_default();
+                if deliveries.is_empty() {
+                    return Err(ProtocolError::BadBody { verb: "ACK", reason: "no delivery ids" });
+                }
+                let deliveries = deliveries.iter().map(|d| parse_delivery(d)).collect::<Result<_, _>>()?;
+                Ok(Command::Ack { id, deliveries })
+            }
             "PUT" => {
                 let topic =
                     env.header(b"TOPIC").ok_or(ProtocolError::MissingHeader { verb: "PUT", header: "TOPIC" })?;
                 check_topic(topic, limits)?;
+                if let Some(v) = env.header(EXPIRES_IN.as_bytes()) {
+                    parse_expires_in(v)?;
+                }
                 let headers = env.headers.iter().copied().filter(|(k, _)| *k != b"ID" && *k != b"TOPIC").collect();
                 Ok(Command::Put { topic, headers, id, body: env.body.unwrap_or_default() })
             }
@@ -359,6 +403,7 @@ impl<'a> Command<'a> {
             | Command::Sub { id, .. }
             | Command::Unsub { id, .. }
             | Command::Put { id, .. }
+            | Command::Ack { id, .. }
             | Command::Noop { id } => *id,
         }
     }
@@ -389,13 +434,25 @@ impl<'a> Command<'a> {
                 push_id(&mut headers, id);
                 join("NOOP", &headers, None)
             }
-            Command::Sub { id, topics } => {
+            Command::Sub { id, queue, topics } => {
                 push_id(&mut headers, id);
+                if let Some(queue) = queue {
+                    headers.push((QUEUE.as_bytes(), queue));
+                }
                 join("SUB", &headers, Some(topics))
             }
-            Command::Unsub { id, topics } => {
+            Command::Unsub { id, queue, topics } => {
                 push_id(&mut headers, id);
+                if let Some(queue) = queue {
+                    headers.push((QUEUE.as_bytes(), queue));
+                }
                 join("UNSUB", &headers, Some(topics))
+            }
+            Command::Ack { id, deliveries } => {
+                push_id(&mut headers, id);
+                let ids: Vec<String> = deliveries.iter().map(u64::to_string).collect();
+                let ids: Vec<&[u8]> = ids.iter().map(|d| d.as_bytes()).collect();
+                join("ACK", &headers, Some(&ids))
             }
             Command::Put { topic, headers: extra, id, body } => {
                 headers.push((b"TOPIC", topic));
@@ -414,6 +471,46 @@ pub fn check_topic(topic: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
         return Err(ProtocolError::TopicTooLong { size: topic.len(), limit: limits.max_topic_len });
     }
     Ok(())
+}
+
+/// The [`QUEUE`] header of a SUB or UNSUB: a queue name is 1 to 255
+/// printable ASCII bytes (it shows in logs and errors).
+fn queue_of<'a>(env: &Envelope<'a>) -> Result<Option<&'a [u8]>, ProtocolError> {
+    match env.header(QUEUE.as_bytes()) {
+        None => Ok(None),
+        Some(name)
+            if !name.is_empty() && name.len() <= 255 && name.iter().all(|b| b.is_ascii_graphic() || *b == b' ') =>
+        {
+            Ok(Some(name))
+        }
+        Some(bad) => {
+            Err(ProtocolError::BadHeaderValue { header: QUEUE, value: String::from_utf8_lossy(bad).into_owned() })
+        }
+    }
+}
+
+/// The time-to-live of a PUT's (or a queued MESSAGE's) [`EXPIRES_IN`]
+/// value, in ms within [`EXPIRES_IN_RANGE_MS`].
+pub fn parse_expires_in(value: &[u8]) -> Result<u64, ProtocolError> {
+    parse_decimal(value).filter(|ms| EXPIRES_IN_RANGE_MS.contains(ms)).ok_or_else(|| ProtocolError::BadHeaderValue {
+        header: EXPIRES_IN,
+        value: String::from_utf8_lossy(value).into_owned(),
+    })
+}
+
+/// A [`DELIVERY`] id, as a MESSAGE carries it and ACK names it.
+pub fn parse_delivery(value: &[u8]) -> Result<u64, ProtocolError> {
+    parse_decimal(value).ok_or_else(|| ProtocolError::BadHeaderValue {
+        header: DELIVERY,
+        value: String::from_utf8_lossy(value).into_owned(),
+    })
+}
+
+fn parse_decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 fn parse_ttl(value: &[u8]) -> Result<u64, ProtocolError> {
@@ -536,9 +633,12 @@ mod tests {
     #[test]
     fn sub_and_unsub_take_several_topics() {
         let cmd = parse(&[b"", b"SUB", b"ID", b"2", b"", b"mcollective rpcutil", b"mcollective nodes n1"]).unwrap();
-        assert_eq!(cmd, Command::Sub { id: Some(b"2"), topics: vec![b"mcollective rpcutil", b"mcollective nodes n1"] });
+        assert_eq!(
+            cmd,
+            Command::Sub { id: Some(b"2"), queue: None, topics: vec![b"mcollective rpcutil", b"mcollective nodes n1"] }
+        );
         let cmd = parse(&[b"", b"UNSUB", b"", b"t"]).unwrap();
-        assert_eq!(cmd, Command::Unsub { id: None, topics: vec![b"t"] });
+        assert_eq!(cmd, Command::Unsub { id: None, queue: None, topics: vec![b"t"] });
         assert!(matches!(parse(&[b"", b"SUB", b"ID", b"2"]), Err(ProtocolError::BadBody { verb: "SUB", .. })));
         assert!(matches!(parse(&[b"", b"UNSUB", b""]), Err(ProtocolError::BadBody { verb: "UNSUB", .. })));
     }
@@ -578,6 +678,32 @@ mod tests {
             ])
         );
         assert!(matches!(parse(&[b"", b"PUT", b"", b"x"]), Err(ProtocolError::MissingHeader { header: "TOPIC", .. })));
+    }
+
+    #[test]
+    fn queue_additions_parse_and_build() {
+        let cmd = parse(&[b"", b"SUB", b"ID", b"1", b"QUEUE", b"async", b"", b"t"]).unwrap();
+        assert_eq!(cmd, Command::Sub { id: Some(b"1"), queue: Some(b"async"), topics: vec![b"t"] });
+        assert_eq!(Command::parse(&cmd.to_frames(), &Limits::default()).unwrap(), cmd);
+        for bad in [&b""[..], b"tab\there", &[b'x'; 256]] {
+            let err = parse(&[b"", b"SUB", b"QUEUE", bad, b"", b"t"]).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadHeaderValue { header: QUEUE, .. }), "{err}");
+        }
+        let ack = parse(&[b"", b"ACK", b"ID", b"2", b"", b"7", b"18446744073709551615"]).unwrap();
+        assert_eq!(ack, Command::Ack { id: Some(b"2"), deliveries: vec![7, u64::MAX] });
+        assert_eq!(Command::parse(&ack.to_frames(), &Limits::default()).unwrap(), ack);
+        assert!(matches!(parse(&[b"", b"ACK", b""]), Err(ProtocolError::BadBody { verb: "ACK", .. })));
+        for bad in [&b"x"[..], b"-1", b"", b"18446744073709551616"] {
+            let err = parse(&[b"", b"ACK", b"", bad]).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadHeaderValue { header: DELIVERY, .. }), "{err}");
+        }
+        let put = parse(&[b"", b"PUT", b"TOPIC", b"t", b"EXPIRES-IN", b"5000", b"", b"x"]).unwrap();
+        let Command::Put { headers, .. } = put else { panic!("not a PUT") };
+        assert_eq!(headers, vec![(EXPIRES_IN.as_bytes(), &b"5000"[..])], "carried like any header");
+        for bad in [&b"0"[..], b"soon", b"2592000001"] {
+            let err = parse(&[b"", b"PUT", b"TOPIC", b"t", b"EXPIRES-IN", bad, b"", b"x"]).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadHeaderValue { header: EXPIRES_IN, .. }), "{err}");
+        }
     }
 
     #[test]
@@ -667,8 +793,8 @@ mod tests {
             version in nonempty_bytes(),
         ) {
             let cmds = [
-                Command::Sub { id: id.as_deref(), topics: topics.iter().map(|t| &t[..]).collect() },
-                Command::Unsub { id: id.as_deref(), topics: topics.iter().map(|t| &t[..]).collect() },
+                Command::Sub { id: id.as_deref(), queue: None, topics: topics.iter().map(|t| &t[..]).collect() },
+                Command::Unsub { id: id.as_deref(), queue: None, topics: topics.iter().map(|t| &t[..]).collect() },
                 Command::Connect { version: &version, ttl_ms: ttl, id: id.as_deref() },
                 Command::Noop { id: id.as_deref() },
                 Command::Disconnect { id: id.as_deref() },

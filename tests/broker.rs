@@ -9,7 +9,7 @@ use common::{Client, Mc0d, Mc0dOptions, WAIT};
 use mc0::protocol::{Command, NOT_CONNECTED};
 
 fn sub<'a>(id: &'a str, topics: &[&'a str]) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), topics: topics.iter().map(|t| t.as_bytes()).collect() }
+    Command::Sub { id: Some(id.as_bytes()), queue: None, topics: topics.iter().map(|t| t.as_bytes()).collect() }
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn unsub_and_disconnect_and_reconnect_drop_subscriptions() {
         c.handshake(30_000);
         c.call(&sub("s", &["t", "u"]));
     }
-    unsubbed.call(&Command::Unsub { id: Some(b"us"), topics: vec![b"t", b"never-subscribed"] });
+    unsubbed.call(&Command::Unsub { id: Some(b"us"), queue: None, topics: vec![b"t", b"never-subscribed"] });
     disconnected.call(&Command::Disconnect { id: Some(b"d") });
     disconnected.handshake(30_000);
     // A CONNECT from a known routing id starts a fresh session.
@@ -123,8 +123,8 @@ fn unknown_clients_get_not_connected_and_are_not_served() {
     let stranger = broker.client(&ctx);
     for command in [
         put("t", Some("1"), b"sneaky"),
-        Command::Sub { id: Some(b"2"), topics: vec![b"t"] },
-        Command::Unsub { id: Some(b"3"), topics: vec![b"t"] },
+        Command::Sub { id: Some(b"2"), queue: None, topics: vec![b"t"] },
+        Command::Unsub { id: Some(b"3"), queue: None, topics: vec![b"t"] },
         Command::Noop { id: Some(b"4") },
         Command::Disconnect { id: Some(b"5") },
     ] {

@@ -69,7 +69,7 @@ fn fleet(layout: Layout, extra: &[&str]) -> Fleet {
 }
 
 fn sub<'a>(id: &'a str, topics: &[&'a str]) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), topics: topics.iter().map(|t| t.as_bytes()).collect() }
+    Command::Sub { id: Some(id.as_bytes()), queue: None, topics: topics.iter().map(|t| t.as_bytes()).collect() }
 }
 
 fn put<'a>(topic: &'a str, id: &'a str, headers: Vec<(&'a [u8], &'a [u8])>, body: &'a [u8]) -> Command<'a> {

@@ -60,6 +60,8 @@ impl Fleet {
         echo.subscribe(ECHO).unwrap();
         echo.publish(ECHO, &[], b"before").unwrap();
         assert_eq!(echo.receive(WAIT).unwrap().body, b"before");
+        // Its MESSAGE can arrive before its OK: settled before the kill.
+        echo.flush(WAIT).unwrap();
         assert_eq!(echo.settings().ttl_ms, 30_000, "the default heartbeat");
         Fleet { subscribers, echo }
     }

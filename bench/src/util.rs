@@ -332,7 +332,7 @@ pub fn handshake(
             send_command(&s, &connect).map_err(|e| format!("send CONNECT: {e}"))?;
             pending[next] = 1;
             if let Some(t) = topic(next) {
-                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), topics: vec![&t] })
+                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), queue: None, topics: vec![&t] })
                     .map_err(|e| format!("send SUB: {e}"))?;
                 pending[next] = 2;
             }

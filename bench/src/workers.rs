@@ -58,7 +58,8 @@ impl Workers {
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(extra(count));
             if let Some(k) = &b.endpoint.server_key {
-                cmd.args(["--server-key", &mc0::keys::key_to_z85(k)]);
+                // One argument: a Z85 key may start with "-".
+                cmd.arg(format!("--server-key={}", mc0::keys::key_to_z85(k)));
             }
             if let Some(seed) = b.endpoint.key_seed {
                 cmd.args(["--key-seed", &seed.to_string()]);

@@ -191,6 +191,47 @@ pub struct Mc0dArgs {
     /// The client certificate's private key (PEM)
     #[arg(long, value_name = "FILE", requires = "cluster_tls_cert", help_heading = CLUSTER)]
     pub cluster_tls_key: Option<PathBuf>,
+    /// Declare a queue of TOPIC named NAME (default: the topic itself): the
+    /// broker keeps TOPIC's messages for it from the start, even before its
+    /// first consumer. Repeatable
+    #[arg(long, value_name = "TOPIC[=NAME]", value_parser = queue, action = clap::ArgAction::Append,
+          help_heading = "Queues")]
+    pub queue: Vec<(String, String)>,
+
+    /// Most messages one queue holds; a PUT beyond gets ERROR
+    #[arg(long, value_name = "N", default_value_t = crate::engine::queues::DEFAULT_MAX_MESSAGES, value_parser = size,
+          help_heading = "Queues")]
+    pub queue_max_messages: usize,
+
+    /// Most bytes (bodies and headers) one queue holds (256 MiB); a PUT
+    /// beyond gets ERROR
+    #[arg(long, value_name = "BYTES", default_value_t = crate::engine::queues::DEFAULT_MAX_BYTES, value_parser = size,
+          help_heading = "Queues")]
+    pub queue_max_bytes: usize,
+
+    /// Forget a queue that was empty, without consumers and not declared
+    /// for this long
+    #[arg(long, value_name = "SECS", default_value_t = crate::engine::queues::DEFAULT_IDLE.as_secs(),
+          value_parser = number::<u64>, help_heading = "Queues")]
+    pub queue_idle: u64,
+
+    /// Keep queued messages in DIR/queues.redb: a PUT to a queue is
+    /// answered OK only once it is on disk (fsync), and survives a restart
+    /// or kill -9. Without it queues live in memory
+    #[arg(long, value_name = "DIR", help_heading = "Queues")]
+    pub queue_dir: Option<PathBuf>,
+}
+
+/// `--queue TOPIC[=NAME]`: the name defaults to the topic.
+fn queue(value: &str) -> Result<(String, String), String> {
+    let (topic, name) = match value.rsplit_once('=') {
+        Some((topic, name)) => (topic, name),
+        None => (value, value),
+    };
+    if topic.is_empty() || name.is_empty() {
+        return Err("expected TOPIC or TOPIC=NAME".into());
+    }
+    Ok((topic.to_string(), name.to_string()))
 }
 
 /// The help section of the `--cluster` options.

@@ -72,6 +72,12 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--cluster` and its options: join other brokers through NATS.
     pub cluster: Option<crate::cluster::ClusterOptions>,
+    /// Queues declared up front (`--queue TOPIC[=NAME]`): (topic, name).
+    pub queues: Vec<(String, String)>,
+    /// The bounds of every queue.
+    pub queue_limits: crate::engine::queues::QueueLimits,
+    /// Where queued messages are kept across restarts; `None`: in memory.
+    pub queue_dir: Option<PathBuf>,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -128,6 +134,9 @@ impl Default for Config {
             node_publish_agents: Vec::new(),
             metrics: None,
             cluster: None,
+            queues: Vec::new(),
+            queue_limits: Default::default(),
+            queue_dir: None,
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config

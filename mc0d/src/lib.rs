@@ -152,6 +152,7 @@ pub mod router;
 pub mod server;
 pub mod sockopt;
 pub mod stats;
+pub mod store;
 mod zmsg;
 
 pub use config::{

@@ -59,6 +59,8 @@ pub struct Broker {
     metrics: Option<(MetricsServer, Publisher)>,
     /// With `--cluster`.
     cluster: Option<Bridge>,
+    /// With `--queue-dir`: the store and what it held.
+    store: Option<(crate::store::DiskStore, Vec<crate::store::Record>)>,
 }
 
 impl Broker {
@@ -69,6 +71,12 @@ impl Broker {
     pub fn bind(config: Config) -> Result<Broker, BrokerError> {
         let err = |what: &str, e: zmq::Error| BrokerError(format!("cannot {what}: {e}"));
         let log = Logger::new(config.log_level);
+        // First: a queue dir that cannot be used stops the start before
+        // anything else is set up.
+        let store = match &config.queue_dir {
+            Some(dir) => Some(crate::store::DiskStore::open(dir, std::time::Instant::now())?),
+            None => None,
+        };
         let public_key = match &config.curve_secret_key {
             Some(secret) => {
                 mc0::ensure_curve_support().map_err(BrokerError)?;
@@ -119,7 +127,7 @@ impl Broker {
             Some(options) => Some(Bridge::start(&ctx, options, &log)?),
             None => None,
         };
-        Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster })
+        Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster, store })
     }
 
     /// The endpoint the socket is bound to, e.g. `tcp://*:61616`.
@@ -140,7 +148,7 @@ impl Broker {
     /// Serves until `stop` becomes true; reloads the allowlist whenever
     /// `reload` is set (and clears it). Returns the final counters.
     pub fn run(self, stop: &AtomicBool, reload: &AtomicBool) -> Result<Stats, BrokerError> {
-        let Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster } = self;
+        let Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster, store } = self;
         match &public_key {
             Some(k) => log.log(
                 Level::Info,
@@ -166,6 +174,9 @@ impl Broker {
             );
         }
         let mut engine = Engine::new(router, &config);
+        if let Some((store, records)) = store {
+            engine.set_store(Box::new(store), records, std::time::Instant::now());
+        }
         if let Some(keys) = &keys {
             let list = keys.current();
             let polled = match keys.poll {

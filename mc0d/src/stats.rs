@@ -99,6 +99,12 @@ pub struct Stats {
     pub delivered: u64,
     /// Messages waiting in mc0d's client buffers now.
     pub buffered: usize,
+    /// Queues that exist now.
+    pub queues: usize,
+    /// Messages stored in queues now (delivered ones until acknowledged).
+    pub queued: usize,
+    /// Queued messages removed because their `EXPIRES-IN` ran out.
+    pub expired: u64,
     /// Messages dropped because a client's buffer was full (a stuck client).
     pub full_drops: u64,
     /// Every message dropped: `full_drops`, those to a client that is gone
@@ -143,7 +149,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "clients={} topics={} in={} out={} puts={} delivered={} buffered={} full_drops={} drops={} violations={} \
-             impostors={}",
+             impostors={} queues={} queued={} expired={}",
             self.clients,
             self.topics,
             self.msgs_in,
@@ -154,7 +160,10 @@ impl std::fmt::Display for Stats {
             self.full_drops,
             self.drops,
             self.violations,
-            self.impostors
+            self.impostors,
+            self.queues,
+            self.queued,
+            self.expired
         )
     }
 }

@@ -137,7 +137,7 @@ impl Op {
         match self {
             Op::Reconnect { rid, conn, topic } => {
                 let connect = Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"c") }.to_frames();
-                let sub = Command::Sub { id: Some(b"s"), topics: vec![topic] }.to_frames();
+                let sub = Command::Sub { id: Some(b"s"), queue: None, topics: vec![topic] }.to_frames();
                 vec![
                     Op::Close { rid, conn },
                     Op::Msg { rid, conn, user: rid, frames: connect },
@@ -190,8 +190,8 @@ fn frames() -> impl Strategy<Value = Vec<Vec<u8>>> {
         let cmd = match verb {
             0 => Command::Connect { version: b"0.3", ttl_ms, id },
             1 => Command::Disconnect { id },
-            2 => Command::Sub { id, topics },
-            3 => Command::Unsub { id, topics },
+            2 => Command::Sub { id, queue: None, topics },
+            3 => Command::Unsub { id, queue: None, topics },
             4 => Command::Put { topic: topics.first().copied().unwrap_or(b"t"), headers, id, body: vec![&body] },
             _ => Command::Noop { id },
         };
@@ -407,6 +407,8 @@ fn run_in(ops: Vec<Op>, with_allowlist: bool, check: IdentityCheck, clustered: b
                                     model.sessions.remove(&rid);
                                     ok(id)
                                 }
+                                // Without queues no delivery is held: nothing to do.
+                                Command::Ack { .. } => ok(id),
                                 Command::Sub { ref topics, .. } => {
                                     let held = &model.sessions[&rid].topics;
                                     let new: BTreeSet<Vec<u8>> =

@@ -100,6 +100,9 @@ module Mc0
       [:mc0_connector_subscribe, %i[pointer string], :int, true],
       [:mc0_connector_unsubscribe, %i[pointer string], :int, true],
       [:mc0_connector_publish, %i[pointer string pointer pointer pointer size_t pointer size_t], :int, true],
+      [:mc0_connector_publish_ttl, %i[pointer string pointer pointer pointer size_t pointer size_t uint64], :int, true],
+      [:mc0_connector_subscribe_queue, %i[pointer string string], :int, true],
+      [:mc0_connector_ack, %i[pointer uint64], :int, true],
       [:mc0_connector_flush, %i[pointer int32], :int, true],
       [:mc0_connector_stats_json, [:pointer], :pointer, false],
       [:mc0_connector_receive, %i[pointer int32 pointer], :int, true],
@@ -376,8 +379,30 @@ module Mc0
       end
     end
 
-    # headers: {name => value}; values are sent as bytes.
-    def publish(topic, body, headers = {})
+    # Subscribes to topic as a consumer of its queue `queue` (mc0d keeps the
+    # topic's messages for the queue while no consumer runs; at least once:
+    # see mc0_connector_subscribe_queue in mc0.h). Undo with #unsubscribe.
+    def subscribe_queue(topic, queue)
+      call('subscribe') do |c|
+        Mc0.check(Native.mc0_connector_subscribe_queue(c, topic.to_s, queue.to_s),
+                  "subscribe to queue #{queue.inspect} of #{topic.inspect}")
+      end
+    end
+
+    # Acknowledges a queue delivery (a Mc0::Message from #receive, or its
+    # DELIVERY id): needed only with the setting explicit_ack = true. A
+    # message not from a queue is ignored.
+    def ack(message)
+      id = message.is_a?(Message) ? message.headers['DELIVERY'] : message
+      return nil if id.nil?
+
+      call('ack') { |c| Mc0.check(Native.mc0_connector_ack(c, Integer(id)), 'ack') }
+    end
+
+    # headers: {name => value}; values are sent as bytes. ttl_ms (positional, so a braceless headers hash stays one): the
+    # message's time-to-live (nil: none): once it has passed it is never
+    # sent, and mc0d never delivers it from a queue.
+    def publish(topic, body, headers = {}, ttl_ms = nil)
       names = headers.keys.map(&:to_s)
       values = headers.values.map { |v| v.to_s.b }
       body = body.to_s.b
@@ -392,8 +417,14 @@ module Mc0
       lens_arr.write_array_of_type(:size_t, :put_ulong, values.map(&:bytesize)) if count.positive?
       body_ptr = bytes_pointer(body)
       call('publish') do |c|
-        Mc0.check(Native.mc0_connector_publish(c, topic.to_s, names_arr, values_arr, lens_arr, count,
-                                               body_ptr, body.bytesize), "publish to #{topic.inspect}")
+        status = if ttl_ms
+                   Native.mc0_connector_publish_ttl(c, topic.to_s, names_arr, values_arr, lens_arr, count,
+                                                    body_ptr, body.bytesize, Integer(ttl_ms))
+                 else
+                   Native.mc0_connector_publish(c, topic.to_s, names_arr, values_arr, lens_arr, count,
+                                                body_ptr, body.bytesize)
+                 end
+        Mc0.check(status, "publish to #{topic.inspect}")
       end
     ensure
       [body_ptr, lens_arr, values_arr, names_arr, *value_ptrs, *name_ptrs].each { |p| p&.free }

@@ -70,6 +70,28 @@ class BrokerRoundtripTest < Minitest::Test
     assert_equal [1, 1, 1], stats.values_at('failovers', 'broker_index', 'handshakes')
   end
 
+  def test_queue_keeps_messages_with_a_ttl_and_explicit_acks_hold_until_acked
+    topic = "mcollective reply unit-q #{Process.pid}"
+    first = connect('identity' => 'unit-q', 'explicit_ack' => 'true')
+    first.subscribe_queue(topic, 'async')
+    first.unsubscribe(topic) # the queue now exists and keeps what comes
+    publisher = connect('identity' => 'unit-p')
+    publisher.publish(topic, 'kept', {}, 60_000)
+    publisher.flush(10_000)
+    first.subscribe_queue(topic, 'async')
+    msg = receive_one(first)
+    assert_equal 'kept', msg.body
+    assert_equal 'async', msg.headers['QUEUE']
+    assert_operator Integer(msg.headers['EXPIRES-IN']), :<=, 60_000
+    first.close # not acknowledged: delivered again
+    second = connect('identity' => 'unit-q', 'explicit_ack' => 'true')
+    second.subscribe_queue(topic, 'async')
+    again = receive_one(second)
+    assert_equal ['kept', '1'], [again.body, again.headers['REDELIVERED']]
+    second.ack(again)
+    assert_nil second.ack(Mc0::Message.new(topic, {}, '', nil, nil)), 'a message not from a queue is ignored'
+  end
+
   def test_receive_times_out_with_nil
     a = connect
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)

@@ -51,6 +51,7 @@ pub const KEYS: &[&str] = &[
     "pool.N.host",
     "pool.N.port",
     "pool.N.public_key",
+    "explicit_ack",
 ];
 
 /// What the user configured, unvalidated where validation needs the file
@@ -91,6 +92,9 @@ pub struct Config {
     ///
     /// [`Connector::connect`]: super::Connector::connect
     pub connect_retry: bool,
+    /// Queue deliveries are acknowledged only by [`Connector::ack`](crate::connector::Connector::ack),
+    /// not when `receive` hands them out (the default).
+    pub explicit_ack: bool,
     /// First delay of that backoff (doubling per failed attempt).
     pub reconnect_initial: Duration,
     /// Shuffle the pool once per connector, so a fleet spreads over it
@@ -133,6 +137,7 @@ impl Default for Config {
             randomize: true,
             pool_size: None,
             pool: BTreeMap::new(),
+            explicit_ack: false,
         }
     }
 }
@@ -191,6 +196,8 @@ pub struct Settings {
     pub connect_retry: bool,
     pub reconnect_initial: Duration,
     pub randomize: bool,
+    /// See [`Config::explicit_ack`].
+    pub explicit_ack: bool,
 }
 
 /// A Config error about `key`, which it names as data too.
@@ -272,6 +279,7 @@ impl Config {
                     })?)
             }
             _ if key.starts_with("pool.") => self.set_pool_entry(key, value)?,
+            "explicit_ack" => self.explicit_ack = parse_bool(key, value)?,
             _ => {
                 return Err(config_error(key, format!("unknown key {key:?} (known keys: {})", KEYS.join(", "))));
             }
@@ -425,6 +433,7 @@ impl Config {
             connect_retry: self.connect_retry,
             reconnect_initial: self.reconnect_initial.min(self.reconnect_max),
             randomize: self.randomize,
+            explicit_ack: self.explicit_ack,
         })
     }
 }

@@ -171,7 +171,49 @@ impl Connector {
     pub fn subscribe(&self, topic: &str) -> Result<(), Error> {
         check_topic(topic)?;
         let topic = topic.as_bytes().to_vec();
-        self.call(|answer| Request::Subscribe { topic, answer }, self.settings.connect_timeout, "subscribe")
+        self.call(
+            |answer| Request::Subscribe { topic, queue: None, answer },
+            self.settings.connect_timeout,
+            "subscribe",
+        )
+    }
+
+    /// Subscribes to `topic` as a consumer of its queue `queue` (mc0d;
+    /// docs/PROTOCOL.md "Queues and expiry"), held and waited for like
+    /// [`subscribe`](Connector::subscribe). The broker keeps the topic's
+    /// messages for the queue while no consumer is connected and gives each
+    /// to one consumer of the queue. Guarantee: at least once. A delivery
+    /// is acknowledged when [`receive`](Connector::receive) hands it out, or,
+    /// with `explicit_ack`, by [`ack`](Connector::ack); one not acknowledged
+    /// when this connector closes or loses its link is delivered again
+    /// (marked, [`Message::redelivered`]), to this or another consumer.
+    /// A legacy broker ignores the queue: the subscription is then plain.
+    /// InvalidArgument: a bad queue name (1 to 255 printable ASCII bytes),
+    /// or the topic is already held the other way.
+    pub fn subscribe_queue(&self, topic: &str, queue: &str) -> Result<(), Error> {
+        check_topic(topic)?;
+        if queue.is_empty() || queue.len() > 255 || !queue.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(Error::invalid(format!("queue name {queue:?}: 1 to 255 printable ASCII bytes")));
+        }
+        let (topic, queue) = (topic.as_bytes().to_vec(), Some(queue.as_bytes().to_vec()));
+        self.call(|answer| Request::Subscribe { topic, queue, answer }, self.settings.connect_timeout, "subscribe")
+    }
+
+    /// Acknowledges a queue delivery (`explicit_ack`): the broker forgets
+    /// it. Without waiting; a message with no delivery id (not from a
+    /// queue) is ignored. An acknowledgement lost with the link only means
+    /// the message comes again (at least once). Errors: Closed.
+    pub fn ack(&self, message: &Message) -> Result<(), Error> {
+        self.ack_delivery(message.delivery())
+    }
+
+    /// [`ack`](Connector::ack) by delivery id.
+    pub(crate) fn ack_delivery(&self, delivery: Option<u64>) -> Result<(), Error> {
+        self.check_open()?;
+        match delivery {
+            Some(delivery) => self.shared.push(Request::Ack { deliveries: vec![delivery] }),
+            None => Ok(()),
+        }
     }
 
     /// Gives up one hold of `topic`; the last one unsubscribes and waits for
@@ -191,7 +233,28 @@ impl Connector {
     /// printable ASCII, too many headers, body over 64 MiB), QueueFull,
     /// Closed.
     pub fn publish(&self, topic: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Error> {
+        self.publish_with_ttl(topic, headers, body, None)
+    }
+
+    /// [`publish`](Connector::publish) with a time-to-live: the message is
+    /// never sent once `ttl` has passed since this call (it is dropped
+    /// from the send queue, counted in [`Stats::expired`] and logged), and
+    /// goes out with the time left in `EXPIRES-IN`, after which mc0d never
+    /// delivers it from a queue. InvalidArgument: a ttl of 0 or over 30 days.
+    pub fn publish_with_ttl(
+        &self,
+        topic: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
         self.check_open()?;
+        if let Some(ttl) = ttl {
+            let ms = ttl.as_millis();
+            if ms == 0 || ms > u128::from(*crate::protocol::EXPIRES_IN_RANGE_MS.end()) {
+                return Err(Error::invalid(format!("ttl of {ms} ms: 1 ms to 30 days")));
+            }
+        }
         check_topic(topic)?;
         let limits = Limits::default();
         // TOPIC and ID take two of the header slots.
@@ -230,6 +293,7 @@ impl Connector {
             topic: topic.as_bytes().to_vec(),
             headers: headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect(),
             body: body.to_vec(),
+            expires: ttl.map(|ttl| Instant::now() + ttl),
         };
         self.shared.push(Request::Publish(publish)).map_err(|e| {
             self.shared.counters.release_publishes(1);
@@ -260,6 +324,13 @@ impl Connector {
                 return Err(Error::closed());
             }
             if let Some(message) = inbox.messages.pop_front() {
+                drop(inbox);
+                if !self.settings.explicit_ack {
+                    if let Some(delivery) = message.delivery() {
+                        // Closed: the link is gone and the broker takes it back anyway.
+                        let _ = self.shared.push(Request::Ack { deliveries: vec![delivery] });
+                    }
+                }
                 return Ok(message);
             }
             let now = Instant::now();

@@ -31,6 +31,17 @@ impl Message {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| &v[..])
     }
+
+    /// The delivery id of a message from a queue (its `DELIVERY` header),
+    /// which [`Connector::ack`](crate::connector::Connector::ack) acknowledges.
+    pub fn delivery(&self) -> Option<u64> {
+        self.header(crate::protocol::DELIVERY).and_then(|v| crate::protocol::parse_delivery(v).ok())
+    }
+
+    /// Whether this queue message was delivered before and not acknowledged.
+    pub fn redelivered(&self) -> bool {
+        self.header(crate::protocol::REDELIVERED).is_some()
+    }
 }
 
 /// Counters for monitoring and tests.
@@ -54,6 +65,9 @@ pub struct Stats {
     pub received: u64,
     /// Received messages dropped because `receive_queue` was full.
     pub messages_dropped: u64,
+    /// Publishes never sent because their time-to-live ran out while they
+    /// waited in the send queue (e.g. while the broker was unreachable).
+    pub expired: u64,
     /// Moves from one broker of the pool to another after its link was
     /// declared dead (0 with a single broker).
     pub failovers: u64,
@@ -84,6 +98,7 @@ impl Stats {
             "publishes_dropped": self.publishes_dropped,
             "received": self.received,
             "messages_dropped": self.messages_dropped,
+            "expired": self.expired,
             "failovers": self.failovers,
             "broker_index": self.broker,
             "last_error": last_error.map(|e| e.message.as_str()),
@@ -104,6 +119,7 @@ pub(crate) struct Counters {
     pub messages_dropped: AtomicU64,
     pub failovers: AtomicU64,
     pub broker: AtomicUsize,
+    pub expired: AtomicU64,
     /// Publishes accepted from callers and not yet handed to the socket;
     /// `publish` reserves a slot here first, so that concurrent publishers
     /// cannot overshoot `send_queue`.
@@ -123,6 +139,7 @@ impl Counters {
             messages_dropped: self.messages_dropped.load(Ordering::Relaxed),
             failovers: self.failovers.load(Ordering::Relaxed),
             broker: self.broker.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
         }
     }
 

@@ -174,7 +174,7 @@ impl Harness {
                         self.immediate.push(self.calls.len());
                     }
                 }
-                self.call(format!("subscribe {t}"), |answer| Request::Subscribe { topic, answer });
+                self.call(format!("subscribe {t}"), |answer| Request::Subscribe { topic, queue: None, answer });
             }
             Op::Unsubscribe(t) => {
                 let topic = TOPICS[t].to_vec();
@@ -194,7 +194,12 @@ impl Harness {
                 self.bodies += 1;
                 let body = format!("p{}", self.bodies).into_bytes();
                 self.accepted += 1;
-                self.requests.push(Request::Publish(Publish { topic: TOPICS[t].to_vec(), headers: vec![], body }));
+                self.requests.push(Request::Publish(Publish {
+                    topic: TOPICS[t].to_vec(),
+                    headers: vec![],
+                    body,
+                    expires: None,
+                }));
             }
             Op::Flush => self.call("flush".into(), |answer| Request::Flush { answer }),
             Op::Close => {

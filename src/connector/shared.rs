@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use super::message::{Counters, Message};
 use super::oneshot::Answer;
@@ -17,13 +18,21 @@ pub(crate) struct Publish {
     pub topic: Vec<u8>,
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// When its time-to-live runs out: it is then never sent.
+    pub expires: Option<Instant>,
 }
 
 /// What a caller asks of the engine.
 pub(crate) enum Request {
+    /// With `queue`, as a consumer of that queue of the topic.
     Subscribe {
         topic: Vec<u8>,
+        queue: Option<Vec<u8>>,
         answer: Answer,
+    },
+    /// Acknowledges queue deliveries (no answer: at least once).
+    Ack {
+        deliveries: Vec<u64>,
     },
     Unsubscribe {
         topic: Vec<u8>,

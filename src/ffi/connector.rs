@@ -183,6 +183,45 @@ pub unsafe extern "C" fn mc0_connector_subscribe(c: *const mc0_connector, topic:
     })
 }
 
+/// Subscribes to a topic as a consumer of its queue named queue (both
+/// NUL-terminated UTF-8; the name is 1 to 255 printable ASCII bytes),
+/// held and waited for like mc0_connector_subscribe (release it with
+/// mc0_connector_unsubscribe). mc0d then keeps the topic's messages for
+/// the queue while no consumer is connected and gives each to one of the
+/// queue's consumers, round robin. Guarantee: at least once. A delivery
+/// (a message with a DELIVERY header) is acknowledged when
+/// mc0_connector_receive hands it out, or, with the config key
+/// explicit_ack = true, by mc0_connector_ack; one not acknowledged when
+/// the connector closes or loses its link is delivered again, with the
+/// header REDELIVERED, to this or another consumer: a consumer must
+/// tolerate duplicates. A legacy broker ignores the queue (a plain
+/// subscription). Errors: as mc0_connector_subscribe, and
+/// MC0_ERR_INVALID_ARGUMENT for a bad name or a topic already held the
+/// other way. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_subscribe_queue(
+    c: *const mc0_connector,
+    topic: *const c_char,
+    queue: *const c_char,
+) -> mc0_status {
+    guard(|| {
+        let c = connector_ref(c)?;
+        c.subscribe_queue(arg_str(topic, "topic")?, arg_str(queue, "queue")?)
+    })
+}
+
+/// Acknowledges a queue delivery received on c by its id, the decimal
+/// value of the message's DELIVERY header (mc0_message_header(m,
+/// "DELIVERY", &len)): the broker forgets the message. Returns at once; an
+/// acknowledgement lost with the link only means the message is delivered
+/// again. Needed only with explicit_ack = true. An id c does not hold is
+/// ignored by the broker. Errors: MC0_ERR_INVALID_ARGUMENT (NULL c),
+/// MC0_ERR_CLOSED. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mc0_connector_ack(c: *const mc0_connector, delivery: u64) -> mc0_status {
+    guard(|| connector_ref(c)?.ack_delivery(Some(delivery)))
+}
+
 /// Gives up one hold on a topic (see mc0_connector_subscribe); the last
 /// holder's call unsubscribes and waits for the broker's acknowledgement
 /// (at most connect_timeout; immediate while the link is down). A topic not
@@ -222,26 +261,64 @@ pub unsafe extern "C" fn mc0_connector_publish(
     body: *const u8,
     body_len: usize,
 ) -> mc0_status {
-    guard(|| {
-        let c = connector_ref(c)?;
-        let topic = arg_str(topic, "topic")?;
-        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(header_count);
-        if header_count > 0 {
-            if header_names.is_null() || header_values.is_null() || header_value_lens.is_null() {
-                return Err(invalid("header_names, header_values and header_value_lens must not be NULL"));
-            }
-            let names = std::slice::from_raw_parts(header_names, header_count);
-            let values = std::slice::from_raw_parts(header_values, header_count);
-            let lens = std::slice::from_raw_parts(header_value_lens, header_count);
-            for i in 0..header_count {
-                let name = arg_str(names[i], &format!("header_names[{i}]"))?;
-                let value = bytes(values[i], lens[i], &format!("header_values[{i}]"))?;
-                headers.push((name, value));
-            }
+    guard(|| publish(c, topic, header_names, header_values, header_value_lens, header_count, body, body_len, 0))
+}
+
+/// mc0_connector_publish with a time-to-live of ttl_ms milliseconds (1 to
+/// 2592000000, 30 days; 0: none, as mc0_connector_publish): once it has
+/// passed since this call the message is never sent (dropped from the
+/// send queue, e.g. while the broker is unreachable, logged and counted),
+/// and it goes out with the time left in the EXPIRES-IN header, after
+/// which mc0d never delivers it from a queue (legacy brokers ignore it).
+/// Arguments, ownership, errors and thread-safety as mc0_connector_publish.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn mc0_connector_publish_ttl(
+    c: *const mc0_connector,
+    topic: *const c_char,
+    header_names: *const *const c_char,
+    header_values: *const *const u8,
+    header_value_lens: *const usize,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    ttl_ms: u64,
+) -> mc0_status {
+    guard(|| publish(c, topic, header_names, header_values, header_value_lens, header_count, body, body_len, ttl_ms))
+}
+
+/// Both publish calls, inside the boundary: `ttl_ms` 0 means none.
+#[allow(clippy::too_many_arguments)]
+unsafe fn publish(
+    c: *const mc0_connector,
+    topic: *const c_char,
+    header_names: *const *const c_char,
+    header_values: *const *const u8,
+    header_value_lens: *const usize,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    ttl_ms: u64,
+) -> Result<(), Error> {
+    let c = connector_ref(c)?;
+    let topic = arg_str(topic, "topic")?;
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(header_count);
+    if header_count > 0 {
+        if header_names.is_null() || header_values.is_null() || header_value_lens.is_null() {
+            return Err(invalid("header_names, header_values and header_value_lens must not be NULL"));
         }
-        let body = bytes(body, body_len, "body")?;
-        c.publish(topic, &headers, body)
-    })
+        let names = std::slice::from_raw_parts(header_names, header_count);
+        let values = std::slice::from_raw_parts(header_values, header_count);
+        let lens = std::slice::from_raw_parts(header_value_lens, header_count);
+        for i in 0..header_count {
+            let name = arg_str(names[i], &format!("header_names[{i}]"))?;
+            let value = bytes(values[i], lens[i], &format!("header_values[{i}]"))?;
+            headers.push((name, value));
+        }
+    }
+    let body = bytes(body, body_len, "body")?;
+    let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+    c.publish_with_ttl(topic, &headers, body, ttl)
 }
 
 /// Waits until every message this process published on c before the call

@@ -165,6 +165,9 @@ server_cfg() {
     } >"$WORK/$id.cfg"
 }
 
+# The asynchronous reply target of t_async_replies, declared on the broker.
+ASYNC_TOPIC="mcollective reply client async"
+
 start_broker() {
     local before
     before=$(grep -c 'listening on' "$WORK/mc0d.log" 2>/dev/null || true)
@@ -172,6 +175,7 @@ start_broker() {
     # Servers publish to the registration agent (registerinterval below).
     "$MC0D" --bind 127.0.0.1 --port "$PORT" --curve-private-key "$WORK/keys/broker.private" \
         --authorized-keys "$WORK/authorized" --node-publish-agents registration \
+        --queue "$ASYNC_TOPIC" --queue-dir "$WORK/queues" \
         --log-level debug >>"$WORK/mc0d.log" 2>&1 &
     BROKER_PID=$!
     wait_for 15 "mc0d listening on 127.0.0.1:$PORT" broker_listening "${before:-0}" || {

@@ -264,6 +264,41 @@ t_identities_and_roles() {
         fail "mc0d did not load the allowlist with roles"
 }
 
+# Prints the sender of each reply waiting in the async queue (as the client
+# key), acknowledging each; stops after 3 s without one.
+collect_async_replies() {
+    timeout 60 ruby -I"$E2E_ROOT/ruby/lib" -e '
+        require "mc0"
+        Mc0.load(ARGV[0])
+        keys = ARGV[2]
+        conn = Mc0::Connector.new("broker.host" => "127.0.0.1", "broker.port" => ARGV[1], "identity" => "client",
+                                  "broker.public_key" => "#{keys}/broker.public",
+                                  "public_key" => "#{keys}/client.public", "private_key" => "#{keys}/client.private")
+        conn.subscribe_queue(ARGV[3], ARGV[3])
+        while (msg = conn.receive(3000))
+            puts Marshal.load(msg.body)[:senderid]   # the psk security plugin envelope
+        end
+        conn.close
+    ' "$LIBMC0" "$PORT" "$WORK/keys" "$ASYNC_TOPIC" 2>>"$WORK/mco.err"
+}
+
+t_async_replies() {
+    local puts_before
+    puts_before=$(grep -c "PUT \"$ASYNC_TOPIC\"" "$WORK/mc0d.log")
+    timeout 60 mco rpc --config "$WORK/client.cfg" rpcutil ping --reply-to "$ASYNC_TOPIC" >>"$WORK/mco.err" 2>&1 ||
+        fail "mco rpc --reply-to failed"
+    local want=$((puts_before + SERVERS))
+    wait_for 30 "$SERVERS replies stored" \
+        bash -c '[ "$(grep -c "PUT \"$1\"" "$2")" -ge "$3" ]' _ "$ASYNC_TOPIC" "$WORK/mc0d.log" "$want" ||
+        { fail "the servers' replies did not reach the queue"; return; }
+    kill -KILL "$BROKER_PID"
+    wait "$BROKER_PID" 2>/dev/null || true
+    start_broker || { fail "mc0d did not restart with its --queue-dir"; return; }
+    expect_eq "async replies collected after mc0d was killed (-9) and restarted" \
+        "$(all_nodes)" "$(collect_async_replies | sort)"
+    expect_eq "async replies, a second collection (all were acknowledged)" "" "$(collect_async_replies)"
+}
+
 t_servers_healthy() {
     local i pid
     for i in "${!SERVER_PIDS[@]}"; do
@@ -298,7 +333,7 @@ set +e
 
 for t in t_ping_all t_ping_subcollective t_rpc_ping t_rpc_threaded t_inventory_one t_mc0_counters t_direct_nodes_file \
     t_missing_node_times_out t_broker_restart t_pool_failover t_wrong_broker_key t_unlisted_client_refused t_other_identity_refused \
-    t_identities_and_roles t_servers_healthy; do
+    t_identities_and_roles t_async_replies t_servers_healthy; do
     CURRENT=${t#t_}
     before=${#FAILED[@]}
     log "== $CURRENT"

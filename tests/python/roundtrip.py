@@ -19,6 +19,19 @@ MC0_ERR_NOT_FOUND = 11
 LOG_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_int32, C.c_char_p)
 
 
+# topic, header names, values, value lengths, count, body, body length.
+PUBLISH_ARGS = [
+    C.c_void_p,
+    C.c_char_p,
+    C.POINTER(C.c_char_p),
+    C.POINTER(C.c_void_p),
+    C.POINTER(C.c_size_t),
+    C.c_size_t,
+    C.c_char_p,
+    C.c_size_t,
+]
+
+
 def load(path):
     lib = C.CDLL(path)
     sig = {
@@ -33,19 +46,10 @@ def load(path):
         "mc0_connector_new": ([C.c_void_p, C.POINTER(C.c_void_p)], C.c_int),
         "mc0_connector_subscribe": ([C.c_void_p, C.c_char_p], C.c_int),
         "mc0_connector_unsubscribe": ([C.c_void_p, C.c_char_p], C.c_int),
-        "mc0_connector_publish": (
-            [
-                C.c_void_p,
-                C.c_char_p,
-                C.POINTER(C.c_char_p),
-                C.POINTER(C.c_void_p),
-                C.POINTER(C.c_size_t),
-                C.c_size_t,
-                C.c_char_p,
-                C.c_size_t,
-            ],
-            C.c_int,
-        ),
+        "mc0_connector_publish": (PUBLISH_ARGS, C.c_int),
+        "mc0_connector_publish_ttl": (PUBLISH_ARGS + [C.c_uint64], C.c_int),
+        "mc0_connector_subscribe_queue": ([C.c_void_p, C.c_char_p, C.c_char_p], C.c_int),
+        "mc0_connector_ack": ([C.c_void_p, C.c_uint64], C.c_int),
         "mc0_connector_receive": ([C.c_void_p, C.c_int32, C.POINTER(C.c_void_p)], C.c_int),
         "mc0_connector_flush": ([C.c_void_p, C.c_int32], C.c_int),
         "mc0_connector_close": ([C.c_void_p], C.c_int),
@@ -198,6 +202,21 @@ def main():
     check(sender is None, f"sender {sender!r}")
     n = C.c_size_t()
     check(lib.mc0_message_header(None, b"X-BIN", C.byref(n)) is None and n.value == 0, "NULL message")
+
+    # A queue: a message with a time-to-live, kept and delivered with its
+    # delivery id; explicit_ack is off, so receive acknowledged it.
+    queue_topic = f"mcollective reply py q{os.getpid()}"
+    check(lib.mc0_connector_subscribe_queue(c, queue_topic.encode(), b"async") == MC0_OK, "subscribe queue", lib)
+    none = (C.c_char_p * 0)()
+    status = lib.mc0_connector_publish_ttl(c, queue_topic.encode(), none, None, None, 0, b"q", 1, 60000)
+    check(status == MC0_OK, "publish with ttl", lib)
+    status, got = receive(lib, c, 20000)
+    check(status == MC0_OK, f"receive from queue: {status}", lib)
+    q_headers = got[1]
+    check(q_headers["QUEUE"] == b"async" and int(q_headers["DELIVERY"]) > 0, f"queue headers {q_headers!r}")
+    check(0 < int(q_headers["EXPIRES-IN"]) <= 60000, "time left")
+    check(lib.mc0_connector_ack(c, int(q_headers["DELIVERY"])) == MC0_OK, "ack (a second one is harmless)", lib)
+    check(lib.mc0_connector_unsubscribe(c, queue_topic.encode()) == MC0_OK, "unsubscribe queue", lib)
 
     # Errors while connected.
     check(publish(lib, c, reply_topic, [("REPLY-TO", b"x")], b"") == MC0_ERR_INVALID_ARGUMENT, "reserved header")

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use mc0d::cli::{self, Early, Mc0dArgs};
 use mc0d::cluster::{ClusterOptions, DEFAULT_CLUSTER_NAME};
+use mc0d::engine::queues::QueueLimits;
 use mc0d::{Broker, Config};
 
 enum Parsed {
@@ -67,6 +68,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             tls_cert: args.cluster_tls_cert,
             tls_key: args.cluster_tls_key,
         }),
+        queues: args.queue,
+        queue_dir: args.queue_dir,
+        queue_limits: QueueLimits {
+            max_messages: args.queue_max_messages,
+            max_bytes: args.queue_max_bytes,
+            idle: Duration::from_secs(args.queue_idle),
+            ..QueueLimits::default()
+        },
         ..Config::default()
     };
     config.set_max_body_size(args.max_body_size);

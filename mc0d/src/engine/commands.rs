@@ -49,6 +49,7 @@ impl<T: Transport> Engine<T> {
                 match old {
                     Some(old) => {
                         self.subs.forget(&old);
+                        self.forget_consumer(rid, now);
                         self.out.log.log(
                             Level::Info,
                             format_args!(
@@ -68,9 +69,13 @@ impl<T: Transport> Engine<T> {
                 if let Some(client) = self.clients.remove(rid) {
                     self.subs.forget(&client);
                     self.out.stats.disconnects += 1;
+                    self.forget_consumer(rid, now);
                 }
                 self.out.log.log(Level::Info, format_args!("client {} disconnected", show(rid)));
             }
+            Command::Sub { queue: Some(name), topics, .. } => self.join_queues(rid, sender, name, &topics, now)?,
+            Command::Unsub { queue: Some(name), topics, .. } => self.leave_queues(rid, name, &topics, now),
+            Command::Ack { deliveries, .. } => self.ack(rid, &deliveries),
             Command::Sub { topics, .. } => {
                 let Some(client) = self.clients.get(rid) else { return Ok(()) };
                 let mut new: Vec<&[u8]> = topics.iter().copied().filter(|t| !client.topics.contains(*t)).collect();
@@ -123,18 +128,40 @@ impl<T: Transport> Engine<T> {
                 if let Some(actor) = sender.actor() {
                     self.judge(rid, sender, "PUT", acl::check_publish(actor, topic, &self.policy), now)?;
                 }
+                let queued = self.queues.has_topic(topic);
+                if queued {
+                    self.check_queue_room(topic, &headers, size)?;
+                }
                 let local = self.subs.subscribers(topic).next().is_some();
                 let mut delivered = 0usize;
-                if local || self.cluster.is_some() {
+                if local || queued || self.cluster.is_some() {
                     // The broker's stamp replaces any the client sent.
                     headers.retain(|(name, _)| *name != SENDER.as_bytes() && *name != SENDER_KEY.as_bytes());
                     let stamp = sender.stamp().map(|(header, value)| (header.as_bytes(), value.as_bytes()));
-                    let headers = stamp.into_iter().chain(headers).collect();
-                    let frames = Reply::Message { topic, headers, body }.to_frames();
-                    if let Some(cluster) = &mut self.cluster {
-                        cluster.publish(topic, &frames, &self.out.log)?;
+                    let headers: Vec<(&[u8], &[u8])> = stamp.into_iter().chain(headers).collect();
+                    let forward = local || self.cluster.is_some();
+                    // Only a queued message needs its parts again after the
+                    // frames are built: no copy on the plain pub/sub path.
+                    let (frames, kept) = if queued {
+                        let frames = forward.then(|| {
+                            Reply::Message { topic, headers: headers.clone(), body: body.clone() }.to_frames()
+                        });
+                        (frames, Some((headers, body)))
+                    } else {
+                        (forward.then(|| Reply::Message { topic, headers, body }.to_frames()), None)
+                    };
+                    // The cluster first: a message NATS refuses (over its
+                    // max_payload) is refused as a whole, kept nowhere.
+                    if let (Some(cluster), Some(frames)) = (&mut self.cluster, &frames) {
+                        cluster.publish(topic, frames, &self.out.log)?;
                     }
-                    if local {
+                    if let Some((headers, body)) = kept {
+                        // A connection that ended must not pass its routing
+                        // id's deliveries on to one that took the id since.
+                        self.connections_lost(true, now);
+                        self.enqueue(topic, &headers, &body, now)?;
+                    }
+                    if let (true, Some(frames)) = (local, frames) {
                         // Built once; recipients share it (see `shared`).
                         delivered = self.fan_out(topic, &mut Shared::new(frames), now);
                     }

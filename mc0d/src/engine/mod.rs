@@ -10,11 +10,13 @@ pub mod acl;
 pub mod buffers;
 pub mod clients;
 mod cluster;
+pub mod queues;
 pub mod shared;
 pub mod subscriptions;
 
 mod commands;
 mod out;
+mod queue_commands;
 mod refusals;
 #[cfg(test)]
 mod tests;
@@ -35,6 +37,7 @@ use buffers::Buffers;
 use clients::{Bytes, Clients, Heard};
 use cluster::ClusterLink;
 use out::Out;
+use queues::Queues;
 use subscriptions::Subscriptions;
 
 pub use clients::Conn;
@@ -89,6 +92,9 @@ pub struct Engine<T: Transport> {
     out: Out<T>,
     clients: Clients,
     subs: Subscriptions,
+    queues: Queues,
+    /// Where queued messages are kept across restarts (`--queue-dir`).
+    store: Option<Box<dyn crate::store::Store>>,
     limits: Limits,
     max_body_size: usize,
     max_subscriptions: usize,
@@ -122,6 +128,15 @@ impl<T: Transport> Engine<T> {
             },
             clients: Clients::new(),
             subs: Subscriptions::new(),
+            queues: {
+                let mut queues = Queues::new(config.queue_limits);
+                let now = Instant::now();
+                for (topic, name) in &config.queues {
+                    queues.declare(topic.as_bytes(), name.as_bytes(), now);
+                }
+                queues
+            },
+            store: None,
             limits: config.limits,
             max_body_size: config.max_body_size,
             max_subscriptions: config.max_subscriptions,
@@ -158,6 +173,9 @@ impl<T: Transport> Engine<T> {
             buffered: self.out.buffers.messages(),
             buffered_bytes: self.out.buffers.bytes(),
             subscriptions: self.subs.count(),
+            queues: self.queues.count(),
+            queued: self.queues.messages(),
+            expired: self.queues.expired,
             ..self.out.stats.clone()
         }
     }
@@ -193,6 +211,7 @@ impl<T: Transport> Engine<T> {
         for (rid, why) in &stale {
             let Some(client) = self.clients.remove(rid) else { continue };
             self.subs.forget(&client);
+            self.forget_consumer(rid, now);
             self.out.discard(rid, DropReason::SessionEnded, why, now);
             self.out.stats.revocations += 1;
             self.out.log.log(
@@ -220,6 +239,10 @@ impl<T: Transport> Engine<T> {
         self.out.transport.lost_connections(&mut lost, all);
         for conn in lost.drain(..) {
             if let Some(rid) = self.clients.connection_lost(conn) {
+                // What it holds may never have arrived.
+                if !self.queues.is_empty() {
+                    self.queues.release(&rid);
+                }
                 // What waits in its buffer would go to whoever takes the id.
                 self.out.discard(&rid, DropReason::ConnectionLost, LOST, now);
                 if self.out.log.enabled(Level::Debug) {
@@ -253,6 +276,12 @@ impl<T: Transport> Engine<T> {
         let retries = self.out.buffers.next_retry().is_some_and(|at| at <= now);
         self.connections_lost(retries, now);
         self.out.retry_buffered(now);
+        if !self.queues.is_empty() {
+            // Deliveries taken back from closed connections go to others.
+            self.dispatch_queues(now);
+            self.tick_queues(now);
+            self.sync_removals();
+        }
         while let Some(rid) = self.clients.pop_noop(now) {
             if self.out.send(&rid, &Reply::Noop.to_frames(), now) {
                 self.out.stats.noops_sent += 1;
@@ -263,6 +292,7 @@ impl<T: Transport> Engine<T> {
         }
         while let Some(client) = self.clients.pop_expired(drained) {
             self.subs.forget(&client);
+            self.forget_consumer(&client.id, now);
             self.out.discard(&client.id, DropReason::SessionEnded, "it expired", now);
             self.out.stats.expiries += 1;
             let silent = now.saturating_duration_since(client.last_heard);
@@ -281,7 +311,10 @@ impl<T: Transport> Engine<T> {
     /// When [`tick`](Engine::tick) has work next (possibly early): a
     /// heartbeat, an expiry, or a retry of a client's buffer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.clients.next_deadline(), self.out.buffers.next_retry()].into_iter().flatten().min()
+        [self.clients.next_deadline(), self.out.buffers.next_retry(), self.queues.next_sweep()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Checks that the client and subscription tables agree and respect the
@@ -400,6 +433,10 @@ impl<T: Transport> Engine<T> {
                 // another connection: take note of it before reusing it.
                 self.connections_lost(true, now);
                 self.clients.rebind(rid, origin.conn);
+                if !self.queues.is_empty() {
+                    self.queues.wake(rid);
+                    self.dispatch_queues(now);
+                }
                 true
             }
             Heard::Unknown => false,
@@ -442,6 +479,10 @@ impl<T: Transport> Engine<T> {
                 self.reply_error(rid, &message, id, now);
             }
         }
+        if !self.queues.is_empty() {
+            self.sync_removals();
+            self.dispatch_queues(now);
+        }
     }
 }
 
@@ -460,6 +501,7 @@ fn verb(command: &Command<'_>) -> &'static str {
         Command::Sub { .. } => "SUB",
         Command::Unsub { .. } => "UNSUB",
         Command::Put { .. } => "PUT",
+        Command::Ack { .. } => "ACK",
         Command::Noop { .. } => "NOOP",
     }
 }

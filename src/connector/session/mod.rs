@@ -302,7 +302,8 @@ impl Session {
 
     pub fn on_request(&mut self, request: Request, now: Instant) {
         match request {
-            Request::Subscribe { topic, answer } => self.subscribe(topic, answer, now),
+            Request::Subscribe { topic, queue, answer } => self.subscribe(topic, queue, answer, now),
+            Request::Ack { deliveries } => self.send_ack(deliveries),
             Request::Unsubscribe { topic, answer } => self.unsubscribe(topic, answer, now),
             Request::Publish(publish) => {
                 if self.closing.is_some() {
@@ -374,6 +375,7 @@ impl Session {
                 | Request::Unsubscribe { answer, .. }
                 | Request::Flush { answer }
                 | Request::Close { answer } => answer.send(Err(Error::closed())),
+                Request::Ack { .. } => {}
                 Request::Publish(_) => {
                     self.counters.release_publishes(1);
                     Counters::add(&self.counters.publishes_dropped, 1);

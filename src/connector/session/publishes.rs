@@ -6,9 +6,11 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Pending, Queued, Session, State, SEND_BATCH};
+use crate::connector::logging::clog;
 use crate::connector::message::Counters;
 use crate::connector::shared::Publish;
-use crate::protocol::Command;
+use crate::log::Level;
+use crate::protocol::{Command, EXPIRES_IN};
 
 impl Session {
     /// Whether a queued publish may go out: the broker's OKs keep up.
@@ -26,7 +28,7 @@ impl Session {
 
     /// Moves a batch of queued publishes to the outbox once the transport
     /// has taken everything before them, then DISCONNECT when closing.
-    pub fn pump(&mut self, _now: Instant) {
+    pub fn pump(&mut self, now: Instant) {
         if self.exit || self.state != State::Ready {
             return;
         }
@@ -37,8 +39,12 @@ impl Session {
                 }
                 let Some(q) = self.publishes.pop_front() else { break };
                 self.counters.release_publishes(1);
+                let Some(left) = time_left(&q.publish, now) else {
+                    self.expire(q);
+                    continue;
+                };
                 let id = self.next_id();
-                let frames = put_frames(&q.publish, id);
+                let frames = put_frames(&q.publish, id, left);
                 self.inflight_puts += 1;
                 self.pending.insert(id, Pending::Put(q));
                 self.send(id, frames);
@@ -54,6 +60,33 @@ impl Session {
             }
             self.send(id, Command::Disconnect { id: Some(id.to_string().as_bytes()) }.to_frames());
         }
+    }
+
+    /// A publish whose time-to-live ran out before it could be sent: it
+    /// must not run late (a stale request on a fleet), so it is dropped,
+    /// counted and logged, and settled for flush().
+    fn expire(&mut self, q: Queued) {
+        self.unfinished.remove(&q.seq);
+        Counters::add(&self.counters.expired, 1);
+        clog!(
+            Level::Warn,
+            "mc0 connector {}: publish to {:?} expired in the send queue (its time-to-live ran out before the broker \
+             could take it); not sent",
+            self.rid,
+            String::from_utf8_lossy(&q.publish.topic)
+        );
+        self.check_flushes();
+    }
+
+    /// `ACK` for queue deliveries, without ID: a lost one only means the
+    /// broker delivers the message again (at least once). Dropped while no
+    /// session is up, for the same reason.
+    pub(super) fn send_ack(&mut self, deliveries: Vec<u64>) {
+        if self.state != State::Ready || deliveries.is_empty() {
+            return;
+        }
+        let id = self.next_id();
+        self.send(id, Command::Ack { id: None, deliveries }.to_frames());
     }
 
     /// Frames that never left us are not lost: PUTs go back to the queue,
@@ -102,15 +135,24 @@ impl Session {
     }
 }
 
-fn put_frames(publish: &Publish, id: u64) -> Vec<Vec<u8>> {
-    let id = id.to_string();
-    Command::Put {
-        topic: &publish.topic,
-        headers: publish.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
-        id: Some(id.as_bytes()),
-        body: vec![&publish.body],
+/// `Some(None)`: no time-to-live; `Some(Some(ms))`: what is left of it;
+/// `None`: it ran out.
+fn time_left(publish: &Publish, now: Instant) -> Option<Option<u64>> {
+    match publish.expires {
+        None => Some(None),
+        Some(at) if at <= now => None,
+        Some(at) => Some(Some((at - now).as_millis().max(1) as u64)),
     }
-    .to_frames()
+}
+
+fn put_frames(publish: &Publish, id: u64, expires_in: Option<u64>) -> Vec<Vec<u8>> {
+    let id = id.to_string();
+    let left = expires_in.map(|ms| ms.to_string());
+    let mut headers: Vec<(&[u8], &[u8])> = publish.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    if let Some(left) = &left {
+        headers.push((EXPIRES_IN.as_bytes(), left.as_bytes()));
+    }
+    Command::Put { topic: &publish.topic, headers, id: Some(id.as_bytes()), body: vec![&publish.body] }.to_frames()
 }
 
 #[cfg(test)]
@@ -124,8 +166,9 @@ mod tests {
             topic: b"c agent".to_vec(),
             headers: vec![(b"X-REPLY-TO".to_vec(), b"c reply me 1".to_vec())],
             body: b"\x00\x01".to_vec(),
+            expires: None,
         };
-        let frames = put_frames(&p, 42);
+        let frames = put_frames(&p, 42, None);
         let cmd = Command::parse(&frames, &Limits::default()).unwrap();
         assert_eq!(
             cmd,

@@ -23,6 +23,9 @@ pub(super) struct Topic {
     state: TopicState,
     /// Subscribe calls waiting for the broker's answer.
     waiters: Vec<Answer>,
+    /// The queue of the topic this is a membership of; `None`: a plain
+    /// subscription. A topic is held one way only.
+    queue: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +38,7 @@ enum TopicState {
 }
 
 impl Session {
-    pub(super) fn subscribe(&mut self, topic: Vec<u8>, answer: Answer, _now: Instant) {
+    pub(super) fn subscribe(&mut self, topic: Vec<u8>, queue: Option<Vec<u8>>, answer: Answer, _now: Instant) {
         if self.closing.is_some() {
             answer.send(Err(Error::closed()));
             return;
@@ -48,7 +51,21 @@ impl Session {
             holders: 0,
             state: TopicState::Wanted,
             waiters: Vec::new(),
+            queue: queue.clone(),
         });
+        if held.queue != queue {
+            let how = |q: &Option<Vec<u8>>| match q {
+                Some(q) => format!("as a consumer of queue {:?}", String::from_utf8_lossy(q)),
+                None => "plainly".to_string(),
+            };
+            answer.send(Err(Error::invalid(format!(
+                "topic {:?} is already subscribed {}, not {}",
+                String::from_utf8_lossy(&topic),
+                how(&held.queue),
+                how(&queue)
+            ))));
+            return;
+        }
         held.holders += 1;
         match held.state {
             TopicState::Subscribed => answer.send(Ok(())),
@@ -83,7 +100,12 @@ impl Session {
         }
         if self.state == State::Ready && held.state != TopicState::Wanted {
             let id = self.next_id();
-            let frames = Command::Unsub { id: Some(id.to_string().as_bytes()), topics: vec![&topic] }.to_frames();
+            let frames = Command::Unsub {
+                id: Some(id.to_string().as_bytes()),
+                queue: held.queue.as_deref(),
+                topics: vec![&topic],
+            }
+            .to_frames();
             self.pending.insert(id, Pending::Unsub { answer: Some(answer) });
             self.send(id, frames);
         } else {
@@ -93,11 +115,17 @@ impl Session {
         }
     }
 
+    /// One SUB for `topics`, which are all held the same way (plainly, or
+    /// as consumers of one queue name).
     fn send_sub(&mut self, topics: Vec<Vec<u8>>) {
         let id = self.next_id();
-        let frames =
-            Command::Sub { id: Some(id.to_string().as_bytes()), topics: topics.iter().map(|t| &t[..]).collect() }
-                .to_frames();
+        let queue = topics.first().and_then(|t| self.topics.get(t)).and_then(|h| h.queue.clone());
+        let frames = Command::Sub {
+            id: Some(id.to_string().as_bytes()),
+            queue: queue.as_deref(),
+            topics: topics.iter().map(|t| &t[..]).collect(),
+        }
+        .to_frames();
         for topic in &topics {
             if let Some(held) = self.topics.get_mut(topic) {
                 held.state = TopicState::Subscribing(id);
@@ -116,10 +144,15 @@ impl Session {
 
     /// Re-makes every held topic, in SUBs of at most [`TOPICS_PER_SUB`].
     pub(super) fn resubscribe(&mut self) {
-        let wanted: Vec<Vec<u8>> =
-            self.topics.iter().filter(|(_, t)| t.state == TopicState::Wanted).map(|(k, _)| k.clone()).collect();
-        for chunk in wanted.chunks(TOPICS_PER_SUB) {
-            self.send_sub(chunk.to_vec());
+        // One SUB per way of holding (plain, or each queue name).
+        let mut wanted: std::collections::BTreeMap<Option<Vec<u8>>, Vec<Vec<u8>>> = Default::default();
+        for (topic, held) in self.topics.iter().filter(|(_, t)| t.state == TopicState::Wanted) {
+            wanted.entry(held.queue.clone()).or_default().push(topic.clone());
+        }
+        for topics in wanted.into_values() {
+            for chunk in topics.chunks(TOPICS_PER_SUB) {
+                self.send_sub(chunk.to_vec());
+            }
         }
     }
 

@@ -146,11 +146,19 @@ module MCollective
         Log.warn(e.message)
       end
 
+      # A message's time-to-live on the wire: MCollective's TTL plus an
+      # allowance for clock slack between hosts, as MCollective's ActiveMQ
+      # and RabbitMQ connectors add (10 s). libmc0 never sends it once that
+      # has passed (a stale request must not run on a fleet minutes later),
+      # and mc0d never delivers it from a queue past it.
+      TTL_ALLOWANCE = 10
+
       def publish(msg)
         conn = live_connection
+        ttl_ms = msg.ttl ? (Integer(msg.ttl) + TTL_ALLOWANCE) * 1000 : nil
         publish_targets(msg).each do |target|
           Log.debug("Publishing #{msg.type} to '#{target[:topic]}' with headers #{target[:headers].inspect}")
-          conn.publish(target[:topic], msg.payload, target[:headers])
+          conn.publish(target[:topic], msg.payload, target[:headers], ttl_ms)
         end
       end
 

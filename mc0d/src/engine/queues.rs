@@ -1,0 +1,700 @@
+//! Named queues of topics (competing consumers, at-least-once) as a state
+//! machine with no socket and no clock of its own: the engine feeds it
+//! PUTs, memberships, acknowledgements, departures and time, and sends the
+//! deliveries it hands back. Checked against a simple model by the property
+//! test at the end of this file.
+//!
+//! A queue `(topic, name)` keeps the topic's messages while none of its
+//! consumers can take them, gives each message to one consumer at a time
+//! (round robin, at most `prefetch` unacknowledged per consumer), and puts a
+//! message back at the head of the queue, marked redelivered, when the
+//! consumer holding it leaves (unsubscribes, disconnects, expires, is
+//! revoked, or its connection closes) before acknowledging it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use mc0::protocol::{Reply, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+
+use super::clients::Bytes;
+use crate::store::Record;
+
+/// Default bound of one queue's messages (`--queue-max-messages`).
+pub const DEFAULT_MAX_MESSAGES: usize = 100_000;
+/// Default bound of one queue's bytes, bodies and headers
+/// (`--queue-max-bytes`).
+pub const DEFAULT_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Default time after which an empty, undeclared queue nobody consumes from
+/// is forgotten (`--queue-idle`).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+/// Unacknowledged deliveries one consumer holds at most, per queue: enough
+/// to keep a consumer busy across a round trip, few enough that a slow one
+/// does not hoard the queue.
+pub const DEFAULT_PREFETCH: usize = 1000;
+/// How often expired messages and idle queues are looked for.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The bounds every queue keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub idle: Duration,
+    pub prefetch: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_messages: DEFAULT_MAX_MESSAGES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            idle: DEFAULT_IDLE,
+            prefetch: DEFAULT_PREFETCH,
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its delivery id: unique in the broker's lifetime.
+    pub seq: u64,
+    /// The PUT's headers as its MESSAGE carries them (sender stamp
+    /// included), without `EXPIRES-IN`, which is recomputed per delivery.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub expires: Option<Instant>,
+    /// Delivered before and not acknowledged.
+    pub redelivered: bool,
+}
+
+impl Stored {
+    fn size(&self) -> usize {
+        self.body.len() + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
+}
+
+#[derive(Debug)]
+struct Queue {
+    ready: VecDeque<Stored>,
+    /// Delivery id -> (consumer, message).
+    inflight: HashMap<u64, (Bytes, Stored)>,
+    consumers: Vec<Bytes>,
+    /// Where round robin goes on.
+    cursor: usize,
+    bytes: usize,
+    declared: bool,
+    /// Last time it had a consumer or a message: for forgetting idle queues.
+    used: Instant,
+}
+
+impl Queue {
+    fn new(declared: bool, now: Instant) -> Self {
+        Queue {
+            ready: VecDeque::new(),
+            inflight: HashMap::new(),
+            consumers: Vec::new(),
+            cursor: 0,
+            bytes: 0,
+            declared,
+            used: now,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ready.len() + self.inflight.len()
+    }
+
+    fn held_by(&self, consumer: &[u8]) -> usize {
+        self.inflight.values().filter(|(c, _)| &c[..] == consumer).count()
+    }
+
+    /// Puts back every message `consumer` holds, marked redelivered, in
+    /// delivery order at the head of the queue.
+    fn release(&mut self, consumer: &[u8]) -> usize {
+        let mut back: Vec<Stored> = Vec::new();
+        self.inflight.retain(|_, (c, m)| {
+            if &c[..] == consumer {
+                back.push(m.clone());
+                false
+            } else {
+                true
+            }
+        });
+        back.sort_by_key(|m| m.seq);
+        let n = back.len();
+        for mut m in back.into_iter().rev() {
+            m.redelivered = true;
+            self.ready.push_front(m);
+        }
+        n
+    }
+}
+
+/// A queue is a topic and a name.
+pub type QueueKey = (Bytes, Bytes);
+
+/// One delivery to send: to `consumer`, the MESSAGE `frames`.
+#[derive(Debug)]
+pub struct Delivery {
+    pub consumer: Bytes,
+    pub seq: u64,
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// Every queue of the broker.
+#[derive(Debug)]
+pub struct Queues {
+    limits: QueueLimits,
+    queues: HashMap<QueueKey, Queue>,
+    /// Topic -> its queues' names, so a PUT finds them in one lookup.
+    by_topic: HashMap<Bytes, Vec<Bytes>>,
+    /// Queues that may have something to deliver.
+    dirty: HashSet<QueueKey>,
+    next_seq: u64,
+    next_sweep: Option<Instant>,
+    /// Messages removed because their time ran out.
+    pub expired: u64,
+    /// With a store: what [`push`](Queues::push) returns records for, and
+    /// delivery ids of messages done with since the last [`take_removed`](Queues::take_removed).
+    persist: bool,
+    removed: Vec<u64>,
+}
+
+impl Queues {
+    pub fn new(limits: QueueLimits) -> Self {
+        Queues {
+            limits,
+            queues: HashMap::new(),
+            by_topic: HashMap::new(),
+            dirty: HashSet::new(),
+            next_seq: 1,
+            next_sweep: None,
+            expired: 0,
+            persist: false,
+            removed: Vec::new(),
+        }
+    }
+
+    /// Keeps what a store needs from now on, and takes back what one held:
+    /// the messages wait in their queues (created if need be) in delivery
+    /// id order, and new ids follow the highest.
+    pub fn restore(&mut self, mut records: Vec<Record>, now: Instant) {
+        self.persist = true;
+        records.sort_by_key(|r| r.message.seq);
+        for record in records {
+            self.next_seq = self.next_seq.max(record.message.seq + 1);
+            let key: QueueKey = (Bytes::from(&record.topic[..]), Bytes::from(&record.name[..]));
+            let queue = self.entry(&record.topic, &record.name, false, now);
+            queue.bytes += record.message.size();
+            queue.ready.push_back(record.message);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Delivery ids of messages acknowledged or expired since the last call.
+    pub fn take_removed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Takes back messages [`push`](Queues::push) just stored (their store
+    /// write failed).
+    pub fn unpush(&mut self, records: &[Record]) {
+        for r in records {
+            let key: QueueKey = (Bytes::from(&r.topic[..]), Bytes::from(&r.name[..]));
+            if let Some(queue) = self.queues.get_mut(&key) {
+                if let Some(at) = queue.ready.iter().rposition(|m| m.seq == r.message.seq) {
+                    let m = queue.ready.remove(at).expect("present");
+                    queue.bytes -= m.size();
+                }
+            }
+        }
+    }
+
+    /// Whether no queue exists: the plain pub/sub path then costs one check.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    pub fn count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Messages stored now, delivered or not.
+    pub fn messages(&self) -> usize {
+        self.queues.values().map(Queue::len).sum()
+    }
+
+    /// Whether `topic` has a queue.
+    pub fn has_topic(&self, topic: &[u8]) -> bool {
+        !self.by_topic.is_empty() && self.by_topic.contains_key(topic)
+    }
+
+    fn entry(&mut self, topic: &[u8], name: &[u8], declared: bool, now: Instant) -> &mut Queue {
+        let key: QueueKey = (Bytes::from(topic), Bytes::from(name));
+        if !self.queues.contains_key(&key) {
+            self.by_topic.entry(key.0.clone()).or_default().push(key.1.clone());
+            self.next_sweep.get_or_insert(now + SWEEP_EVERY);
+        }
+        self.queues.entry(key).or_insert_with(|| Queue::new(declared, now))
+    }
+
+    /// Declares a queue that is kept even while empty and unused.
+    pub fn declare(&mut self, topic: &[u8], name: &[u8], now: Instant) {
+        self.entry(topic, name, true, now).declared = true;
+    }
+
+    /// Makes `consumer` a member of the queue (created if new).
+    pub fn join(&mut self, topic: &[u8], name: &[u8], consumer: &Bytes, now: Instant) {
+        let queue = self.entry(topic, name, false, now);
+        if !queue.consumers.iter().any(|c| c == consumer) {
+            queue.consumers.push(consumer.clone());
+        }
+        queue.used = now;
+        self.dirty.insert((Bytes::from(topic), Bytes::from(name)));
+    }
+
+    /// Ends `consumer`'s membership; what it holds goes back to the queue.
+    pub fn leave(&mut self, topic: &[u8], name: &[u8], consumer: &[u8], now: Instant) {
+        let key: QueueKey = (Bytes::from(topic), Bytes::from(name));
+        let Some(queue) = self.queues.get_mut(&key) else { return };
+        queue.consumers.retain(|c| &c[..] != consumer);
+        queue.used = now;
+        if queue.release(consumer) > 0 {
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Ends every membership of `consumer` (it disconnected, expired or was
+    /// revoked); what it holds goes back to its queues.
+    pub fn forget(&mut self, consumer: &[u8], now: Instant) {
+        for (key, queue) in self.queues.iter_mut() {
+            let before = queue.consumers.len();
+            queue.consumers.retain(|c| &c[..] != consumer);
+            if before != queue.consumers.len() {
+                queue.used = now;
+            }
+            if queue.release(consumer) > 0 {
+                self.dirty.insert(key.clone());
+            }
+        }
+    }
+
+    /// Takes back what `consumer` holds (its connection closed, so it may
+    /// never have arrived) but keeps its memberships; call
+    /// [`wake`](Queues::wake) when it is heard again.
+    pub fn release(&mut self, consumer: &[u8]) {
+        for (key, queue) in self.queues.iter_mut() {
+            if queue.release(consumer) > 0 {
+                self.dirty.insert(key.clone());
+            }
+        }
+    }
+
+    /// Marks the queues `consumer` is a member of as having work.
+    pub fn wake(&mut self, consumer: &[u8]) {
+        for (key, queue) in &self.queues {
+            if queue.consumers.iter().any(|c| &c[..] == consumer) {
+                self.dirty.insert(key.clone());
+            }
+        }
+    }
+
+    /// Whether a message of `size` bytes fits in every queue of `topic`;
+    /// else the refusal naming the queue and the limit.
+    pub fn check_room(&self, topic: &[u8], size: usize) -> Result<(), String> {
+        let Some(names) = self.by_topic.get(topic) else { return Ok(()) };
+        for name in names {
+            let Some(queue) = self.queues.get(&(Bytes::from(topic), name.clone())) else { continue };
+            let name = String::from_utf8_lossy(name);
+            if queue.len() >= self.limits.max_messages {
+                return Err(format!(
+                    "queue {name:?} is full: {} messages, the limit of {} (--queue-max-messages)",
+                    queue.len(),
+                    self.limits.max_messages
+                ));
+            }
+            if queue.bytes + size > self.limits.max_bytes {
+                return Err(format!(
+                    "queue {name:?} is full: {} + {size} bytes, over the limit of {} (--queue-max-bytes)",
+                    queue.bytes, self.limits.max_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a message in every queue of `topic` (after
+    /// [`check_room`](Queues::check_room)); with a store, returns the
+    /// records it must keep.
+    pub fn push(
+        &mut self,
+        topic: &[u8],
+        headers: &[(&[u8], &[u8])],
+        body: &[&[u8]],
+        expires: Option<Instant>,
+        now: Instant,
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        let Some(names) = self.by_topic.get(topic) else { return records };
+        let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
+            .iter()
+            .filter(|(k, _)| *k != EXPIRES_IN.as_bytes())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let body: Vec<u8> = body.concat();
+        for name in names.clone() {
+            let key: QueueKey = (Bytes::from(topic), name);
+            let Some(queue) = self.queues.get_mut(&key) else { continue };
+            let message = Stored {
+                seq: self.next_seq,
+                headers: headers.clone(),
+                body: body.clone(),
+                expires,
+                redelivered: false,
+            };
+            self.next_seq += 1;
+            if self.persist {
+                records.push(Record { topic: key.0.to_vec(), name: key.1.to_vec(), message: message.clone() });
+            }
+            queue.bytes += message.size();
+            queue.ready.push_back(message);
+            queue.used = now;
+            self.dirty.insert(key);
+        }
+        records
+    }
+
+    /// Acknowledges delivery `seq` by `consumer`: the message is done.
+    /// False if `consumer` does not hold it (already acknowledged, or
+    /// taken back since and maybe delivered to another).
+    pub fn ack(&mut self, consumer: &[u8], seq: u64) -> bool {
+        for (key, queue) in self.queues.iter_mut() {
+            if let Some((holder, _)) = queue.inflight.get(&seq) {
+                if &holder[..] != consumer {
+                    return false;
+                }
+                let (_, message) = queue.inflight.remove(&seq).expect("present");
+                queue.bytes -= message.size();
+                if self.persist {
+                    self.removed.push(seq);
+                }
+                // It has room for another now.
+                self.dirty.insert(key.clone());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Hands the ready messages of the queues that may have work to their
+    /// consumers for which `available` says yes (round robin, up to the
+    /// prefetch bound), dropping expired ones on the way.
+    pub fn dispatch(&mut self, now: Instant, mut available: impl FnMut(&[u8]) -> bool) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        if self.dirty.is_empty() {
+            return out;
+        }
+        let prefetch = self.limits.prefetch;
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(queue) = self.queues.get_mut(&key) else { continue };
+            let mut held: Vec<usize> = queue.consumers.iter().map(|c| queue.held_by(c)).collect();
+            while let Some(head) = queue.ready.front() {
+                if head.expired(now) {
+                    let m = queue.ready.pop_front().expect("head");
+                    queue.bytes -= m.size();
+                    self.expired += 1;
+                    if self.persist {
+                        self.removed.push(m.seq);
+                    }
+                    continue;
+                }
+                let n = queue.consumers.len();
+                let Some(pick) = (0..n)
+                    .map(|i| (queue.cursor + i) % n)
+                    .find(|&i| held[i] < prefetch && available(&queue.consumers[i]))
+                else {
+                    break;
+                };
+                queue.cursor = (pick + 1) % n;
+                held[pick] += 1;
+                let message = queue.ready.pop_front().expect("head");
+                let consumer = queue.consumers[pick].clone();
+                out.push(Delivery {
+                    consumer: consumer.clone(),
+                    seq: message.seq,
+                    frames: message_frames(&key, &message, now),
+                });
+                queue.used = now;
+                queue.inflight.insert(message.seq, (consumer, message));
+            }
+        }
+        out
+    }
+
+    /// When [`sweep`](Queues::sweep) is due.
+    pub fn next_sweep(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Removes expired messages that wait (those delivered are the
+    /// consumer's) and forgets undeclared queues that were empty and
+    /// without consumers for the idle time. Returns how many expired.
+    pub fn sweep(&mut self, now: Instant) -> u64 {
+        if self.next_sweep.is_none_or(|at| at > now) {
+            return 0;
+        }
+        let mut expired = 0;
+        let removed = &mut self.removed;
+        let persist = self.persist;
+        for queue in self.queues.values_mut() {
+            let before = queue.ready.len();
+            let mut freed = 0;
+            queue.ready.retain(|m| {
+                let keep = !m.expired(now);
+                if !keep {
+                    freed += m.size();
+                    if persist {
+                        removed.push(m.seq);
+                    }
+                }
+                keep
+            });
+            queue.bytes -= freed;
+            expired += (before - queue.ready.len()) as u64;
+        }
+        self.expired += expired;
+        let idle = self.limits.idle;
+        let gone: Vec<QueueKey> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| {
+                !q.declared && q.consumers.is_empty() && q.len() == 0 && now.saturating_duration_since(q.used) >= idle
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            self.queues.remove(&key);
+            if let Some(names) = self.by_topic.get_mut(&key.0) {
+                names.retain(|n| *n != key.1);
+                if names.is_empty() {
+                    self.by_topic.remove(&key.0);
+                }
+            }
+        }
+        self.next_sweep = (!self.queues.is_empty()).then(|| now + SWEEP_EVERY);
+        expired
+    }
+
+    /// What a queue holds, for tests.
+    #[cfg(test)]
+    fn snapshot(&self, topic: &[u8], name: &[u8]) -> Option<Snapshot> {
+        let q = self.queues.get(&(Bytes::from(topic), Bytes::from(name)))?;
+        let mut inflight: Vec<(Bytes, u64)> = q.inflight.iter().map(|(s, (c, _))| (c.clone(), *s)).collect();
+        inflight.sort();
+        Some((q.ready.iter().map(|m| m.seq).collect(), inflight))
+    }
+}
+
+/// A queue's ready delivery ids and (consumer, id) of those in flight.
+#[cfg(test)]
+type Snapshot = (Vec<u64>, Vec<(Bytes, u64)>);
+
+/// The MESSAGE of one delivery: the queue's name, the delivery id, the
+/// redelivery mark and the time left come first, then the PUT's headers.
+fn message_frames(key: &QueueKey, message: &Stored, now: Instant) -> Vec<Vec<u8>> {
+    let seq = message.seq.to_string();
+    let left = message.expires.map(|at| at.saturating_duration_since(now).as_millis().max(1).to_string());
+    let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(message.headers.len() + 4);
+    headers.push((QUEUE.as_bytes(), &key.1));
+    headers.push((DELIVERY.as_bytes(), seq.as_bytes()));
+    if message.redelivered {
+        headers.push((REDELIVERED.as_bytes(), b"1"));
+    }
+    if let Some(left) = &left {
+        headers.push((EXPIRES_IN.as_bytes(), left.as_bytes()));
+    }
+    headers.extend(message.headers.iter().map(|(k, v)| (&k[..], &v[..])));
+    Reply::Message { topic: &key.0, headers, body: vec![&message.body] }.to_frames()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.as_bytes())
+    }
+
+    #[test]
+    fn round_robin_ack_and_redelivery() {
+        let t0 = Instant::now();
+        let mut q = Queues::new(QueueLimits::default());
+        q.declare(b"t", b"q", t0);
+        for body in [b"1", b"2", b"3"] {
+            q.push(b"t", &[], &[body], None, t0);
+        }
+        assert!(q.dispatch(t0, |_| true).is_empty(), "kept while nobody consumes");
+        let (a, c) = (b("a"), b("c"));
+        q.join(b"t", b"q", &a, t0);
+        q.join(b"t", b"q", &c, t0);
+        let got: Vec<(Bytes, u64)> = q.dispatch(t0, |_| true).into_iter().map(|d| (d.consumer, d.seq)).collect();
+        assert_eq!(got, vec![(a.clone(), 1), (c.clone(), 2), (a.clone(), 3)]);
+        assert!(q.ack(b"a", 1));
+        assert!(!q.ack(b"c", 3), "only its holder acknowledges a delivery");
+        q.forget(b"a", t0);
+        let again = q.dispatch(t0, |_| true);
+        assert_eq!(again.len(), 1);
+        assert_eq!((&again[0].consumer, again[0].seq), (&c, 3));
+        let frames = &again[0].frames;
+        assert!(frames.windows(2).any(|w| w[0] == b"REDELIVERED" && w[1] == b"1"), "{frames:?}");
+    }
+
+    #[test]
+    fn bounds_name_the_queue() {
+        let t0 = Instant::now();
+        let mut q = Queues::new(QueueLimits { max_messages: 1, ..QueueLimits::default() });
+        q.declare(b"t", b"replies", t0);
+        q.check_room(b"t", 10).unwrap();
+        q.push(b"t", &[], &[b"x"], None, t0);
+        let err = q.check_room(b"t", 10).unwrap_err();
+        assert!(err.contains("\"replies\"") && err.contains("limit of 1"), "{err}");
+        assert!(q.check_room(b"other", 10).is_ok());
+    }
+
+    #[test]
+    fn expired_messages_are_never_delivered_and_idle_queues_go() {
+        let t0 = Instant::now();
+        let limits = QueueLimits { idle: Duration::from_secs(5), ..QueueLimits::default() };
+        let mut q = Queues::new(limits);
+        q.join(b"t", b"q", &b("a"), t0);
+        q.forget(b"a", t0);
+        q.push(b"t", &[], &[b"x"], Some(t0 + Duration::from_millis(100)), t0);
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(q.sweep(later), 1);
+        assert_eq!(q.messages(), 0);
+        assert_eq!(q.count(), 1, "not idle long enough");
+        q.sweep(t0 + Duration::from_secs(10));
+        assert!(q.is_empty(), "an empty undeclared queue nobody uses is forgotten");
+    }
+
+    /// Operations of the model test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish { ttl: Option<u8> },
+        Join(u8),
+        Leave(u8),
+        Ack(u8, u8),
+        Lose(u8),
+        Advance(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => proptest::option::of(1u8..50).prop_map(|ttl| Op::Publish { ttl }),
+            2 => (0u8..3).prop_map(Op::Join),
+            1 => (0u8..3).prop_map(Op::Leave),
+            3 => (0u8..3, any::<u8>()).prop_map(|(c, i)| Op::Ack(c, i)),
+            1 => (0u8..3).prop_map(Op::Lose),
+            1 => (1u8..40).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a model that only knows which messages exist, who holds
+        /// which, and which were delivered before: no message is delivered
+        /// to two consumers at once, none is lost before it is acknowledged
+        /// or expired, none is delivered past its time, an acknowledged one
+        /// never comes back, and every redelivery is marked.
+        #[test]
+        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut q = Queues::new(QueueLimits { prefetch: 2, ..QueueLimits::default() });
+            q.declare(b"t", b"q", t0);
+            let names: Vec<Bytes> = (0..3).map(|i| b(&format!("c{i}"))).collect();
+            // Model: live message -> (expires, holder, delivered before).
+            let mut live: BTreeMap<u64, (Option<Instant>, Option<usize>, bool)> = BTreeMap::new();
+            let mut members = [false; 3];
+            let mut acked: HashSet<u64> = HashSet::new();
+            let mut next = 1u64;
+            for op in ops {
+                match op {
+                    Op::Publish { ttl } => {
+                        let expires = ttl.map(|ms| now + Duration::from_millis(ms as u64));
+                        q.push(b"t", &[], &[b"m"], expires, now);
+                        live.insert(next, (expires, None, false));
+                        next += 1;
+                    }
+                    Op::Join(c) => {
+                        q.join(b"t", b"q", &names[c as usize], now);
+                        members[c as usize] = true;
+                    }
+                    Op::Leave(c) | Op::Lose(c) => {
+                        if matches!(op, Op::Leave(_)) {
+                            q.leave(b"t", b"q", &names[c as usize], now);
+                            members[c as usize] = false;
+                        } else {
+                            q.release(&names[c as usize]);
+                        }
+                        for (_, holder, _) in live.values_mut() {
+                            if *holder == Some(c as usize) {
+                                *holder = None;
+                            }
+                        }
+                    }
+                    Op::Ack(c, i) => {
+                        let held: Vec<u64> =
+                            live.iter().filter(|(_, (_, h, _))| *h == Some(c as usize)).map(|(s, _)| *s).collect();
+                        let expect = !held.is_empty();
+                        let seq = if expect { held[i as usize % held.len()] } else { i as u64 };
+                        let ok = q.ack(&names[c as usize], seq);
+                        prop_assert_eq!(ok, expect);
+                        if ok {
+                            live.remove(&seq);
+                            acked.insert(seq);
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        now += Duration::from_millis(ms as u64);
+                        q.sweep(now);
+                    }
+                }
+                for d in q.dispatch(now, |_| true) {
+                    let c = names.iter().position(|n| *n == d.consumer).expect("a consumer");
+                    prop_assert!(members[c], "delivered to a non-member");
+                    prop_assert!(!acked.contains(&d.seq), "an acknowledged message came back");
+                    let m = live.get_mut(&d.seq).expect("a live message");
+                    prop_assert!(m.1.is_none(), "delivered while held");
+                    prop_assert!(m.0.is_none_or(|at| at > now), "delivered past its time");
+                    let marked = d.frames.windows(2).any(|w| w[0] == b"REDELIVERED");
+                    prop_assert_eq!(marked, m.2);
+                    m.1 = Some(c);
+                    m.2 = true;
+                }
+                // Expired waiting messages may be gone; everything else is there.
+                let (ready, inflight) = q.snapshot(b"t", b"q").expect("declared");
+                for (seq, (expires, holder, _)) in &live {
+                    match holder {
+                        Some(c) => prop_assert!(inflight.contains(&(names[*c].clone(), *seq))),
+                        None => prop_assert!(ready.contains(seq) || expires.is_some_and(|at| at <= now)),
+                    }
+                }
+                prop_assert_eq!(ready.len() + inflight.len(), q.messages());
+                live.retain(|seq, (_, holder, _)| holder.is_some() || ready.contains(seq));
+                // Held by members within the prefetch bound.
+                for (i, n) in names.iter().enumerate() {
+                    let held = inflight.iter().filter(|(c, _)| c == n).count();
+                    prop_assert!(held <= 2);
+                    prop_assert!(members[i] || held == 0);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Queues and message expiry in the real `mc0d` over CURVE on loopback:
+//! messages kept while no consumer runs, competing consumers, redelivery
+//! of what a consumer that died held, bounds, and `EXPIRES-IN`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{run_mc0d, Client, Mc0d, Message, TempDir};
+use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+
+const TOPIC: &str = "mcollective reply client1 async";
+
+fn sub_queue<'a>(id: &'a str, name: &'a str) -> Command<'a> {
+    Command::Sub { id: Some(id.as_bytes()), queue: Some(name.as_bytes()), topics: vec![TOPIC.as_bytes()] }
+}
+
+fn put<'a>(id: &'a str, body: &'a [u8], headers: Vec<(&'a [u8], &'a [u8])>) -> Command<'a> {
+    Command::Put { topic: TOPIC.as_bytes(), headers, id: Some(id.as_bytes()), body: vec![body] }
+}
+
+fn header<'m>(m: &'m Message, name: &str) -> Option<&'m [u8]> {
+    m.headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| &v[..])
+}
+
+fn delivery(m: &Message) -> u64 {
+    std::str::from_utf8(header(m, DELIVERY).expect("a DELIVERY header")).unwrap().parse().unwrap()
+}
+
+fn consumer(broker: &Mc0d, ctx: &zmq::Context) -> Client {
+    let c = broker.client(ctx);
+    c.handshake(30_000);
+    c.call(&sub_queue("q", "async"));
+    c
+}
+
+fn nothing_more(c: &Client) {
+    assert!(c.recv_non_noop(Duration::from_millis(300)).is_none(), "nothing more");
+}
+
+#[test]
+fn declared_queue_keeps_messages_until_a_consumer_acknowledges_them() {
+    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    let plain = broker.client(&ctx);
+    plain.handshake(30_000);
+    plain.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![TOPIC.as_bytes()] });
+    for (id, body) in [("p1", b"one"), ("p2", b"two")] {
+        publisher.call(&put(id, body, vec![(b"X-REPLY-TO", b"elsewhere")]));
+    }
+    // A plain subscriber gets plain MESSAGEs: nothing of the queue's.
+    for body in [b"one", b"two"] {
+        let m = plain.expect_message();
+        assert_eq!(m.body, vec![body.to_vec()]);
+        for name in [QUEUE, DELIVERY, REDELIVERED] {
+            assert!(header(&m, name).is_none(), "{name} reached a plain subscriber: {m:?}");
+        }
+    }
+
+    // The first consumer takes both and dies without acknowledging.
+    let first = consumer(&broker, &ctx);
+    let got: Vec<Message> = (0..2).map(|_| first.expect_message()).collect();
+    assert_eq!(got[0].body, vec![b"one".to_vec()]);
+    assert_eq!(header(&got[0], QUEUE), Some(&b"async"[..]));
+    assert_eq!(header(&got[0], "X-REPLY-TO"), Some(&b"elsewhere"[..]));
+    assert!(header(&got[0], REDELIVERED).is_none());
+    drop(first);
+
+    // The next consumer gets both again, marked; it acknowledges the first.
+    let second = consumer(&broker, &ctx);
+    let again: Vec<Message> = (0..2).map(|_| second.expect_message()).collect();
+    assert_eq!(again.iter().map(|m| m.body[0].clone()).collect::<Vec<_>>(), vec![b"one".to_vec(), b"two".to_vec()]);
+    for m in &again {
+        assert_eq!(header(m, REDELIVERED), Some(&b"1"[..]), "{m:?}");
+    }
+    second.call(&Command::Ack { id: Some(b"a"), deliveries: vec![delivery(&again[0])] });
+    second.call(&Command::Disconnect { id: Some(b"bye") });
+
+    // Only the unacknowledged one comes back.
+    let third = consumer(&broker, &ctx);
+    let m = third.expect_message();
+    assert_eq!(m.body, vec![b"two".to_vec()]);
+    third.call(&Command::Ack { id: Some(b"a"), deliveries: vec![delivery(&m)] });
+    nothing_more(&third);
+}
+
+#[test]
+fn two_consumers_share_a_queue_none_twice_none_lost() {
+    let broker = Mc0d::start();
+    let ctx = zmq::Context::new();
+    let consumers = [consumer(&broker, &ctx), consumer(&broker, &ctx)];
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    let bodies: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        publisher.call(&put(&i.to_string(), body.as_bytes(), vec![]));
+    }
+    let mut seen = HashSet::new();
+    for c in &consumers {
+        let mut mine = 0;
+        while let Some(frames) = c.recv_non_noop(Duration::from_millis(500)) {
+            let m = Message::from_frames(&frames);
+            assert!(seen.insert(m.body[0].clone()), "delivered twice: {m:?}");
+            // No ID: later deliveries may already be on their way.
+            c.send_command(&Command::Ack { id: None, deliveries: vec![delivery(&m)] });
+            mine += 1;
+        }
+        assert_eq!(mine, 20, "round robin shares evenly");
+    }
+    assert_eq!(seen.len(), bodies.len(), "none lost");
+}
+
+#[test]
+fn full_queue_refuses_with_the_queue_and_limit_and_expired_messages_are_never_delivered() {
+    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-max-messages", "2"]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    publisher.call(&put("p1", b"short-lived", vec![(EXPIRES_IN.as_bytes(), b"100")]));
+    publisher.call(&put("p2", b"kept", vec![(EXPIRES_IN.as_bytes(), b"60000")]));
+    publisher.send_command(&put("p3", b"over", vec![]));
+    let (text, id) = publisher.expect_error();
+    assert_eq!(id.as_deref(), Some("p3"));
+    assert!(text.contains("\"async\"") && text.contains("limit of 2"), "{text}");
+    // The broker removes the expired one within its sweep (1 s), logged.
+    broker.log.wait_for(Duration::from_secs(5), |l| l.contains("1 queued messages expired")).expect("expiry logged");
+    let c = consumer(&broker, &ctx);
+    let m = c.expect_message();
+    assert_eq!(m.body, vec![b"kept".to_vec()]);
+    let left: u64 = std::str::from_utf8(header(&m, EXPIRES_IN).expect("time left")).unwrap().parse().unwrap();
+    assert!(left > 0 && left <= 60_000, "{left}");
+    nothing_more(&c);
+    // Room again: the expired one is gone, the delivered one is held.
+    publisher.call(&put("p4", b"fits", vec![]));
+}
+
+#[test]
+fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
+    let dir = TempDir::new("queue-dir");
+    let queue_dir = dir.path().join("queues");
+    let queue_dir = queue_dir.to_str().unwrap();
+    let mut broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", queue_dir]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    for (id, body) in [("p1", b"one"), ("p2", b"two"), ("p3", b"six")] {
+        // The OK says it is on disk.
+        publisher.call(&put(id, body, vec![(EXPIRES_IN.as_bytes(), b"600000")]));
+    }
+    broker.restart(); // SIGKILL, then the same arguments
+    let c = consumer(&broker, &ctx);
+    let got: Vec<Message> = (0..3).map(|_| c.expect_message()).collect();
+    assert_eq!(
+        got.iter().map(|m| m.body[0].clone()).collect::<Vec<_>>(),
+        vec![b"one".to_vec(), b"two".to_vec(), b"six".to_vec()]
+    );
+    assert!(got.iter().all(|m| header(m, EXPIRES_IN).is_some()), "the expiry survives too");
+    c.call(&Command::Ack { id: Some(b"a"), deliveries: got.iter().take(2).map(delivery).collect() });
+    broker.restart();
+    let c = consumer(&broker, &ctx);
+    assert_eq!(c.expect_message().body, vec![b"six".to_vec()], "only the unacknowledged one is back");
+    nothing_more(&c);
+}
+
+#[test]
+fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
+    let dir = TempDir::new("queue-dir-bad");
+    let file = dir.path().join("queues.redb");
+    let garbage = b"this is not a redb file, and must stay as it is".repeat(100);
+    std::fs::write(&file, &garbage).unwrap();
+    let queue_dir = dir.path().to_str().unwrap();
+    let (status, _, stderr) = run_mc0d(&["--no-curve", "--queue-dir", queue_dir], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(file.to_str().unwrap()), "names the file: {stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "nothing overwritten");
+
+    // A queue dir that is a file.
+    let not_dir = dir.path().join("plain-file");
+    std::fs::write(&not_dir, b"x").unwrap();
+    let (status, _, stderr) =
+        run_mc0d(&["--no-curve", "--queue-dir", not_dir.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plain-file"), "names it: {stderr}");
+}
