@@ -58,7 +58,7 @@ fn put<'a>(topic: &'a str, id: &'a str) -> Command<'a> {
 }
 
 fn sub<'a>(topic: &'a str) -> Command<'a> {
-    Command::Sub { id: Some(b"s"), topics: vec![topic.as_bytes()] }
+    Command::Sub { id: Some(b"s"), topics: vec![topic.as_bytes()], queue: None }
 }
 
 /// Prometheus 2.42 (Debian's `prometheus`) scraping the broker every

@@ -160,7 +160,7 @@ fn broker(urls: &[String], extra: &[&str]) -> Mc0d {
 fn subscriber(ctx: &zmq::Context, broker: &Mc0d, topics: &[&[u8]]) -> Client {
     let client = broker.client(ctx);
     client.handshake(60_000);
-    client.call(&Command::Sub { id: Some(b"sub"), topics: topics.to_vec() });
+    client.call(&Command::Sub { id: Some(b"sub"), topics: topics.to_vec(), queue: None });
     client
 }
 
@@ -272,7 +272,7 @@ fn three_brokers_share_topics_through_nats() {
     assert_eq!(next_body(&replies, WAIT).as_deref(), Some(&b"reply from c"[..]));
 
     // UNSUB on B: no more deliveries there, and B drops its NATS interest.
-    subs[1].call(&Command::Unsub { id: Some(b"unsub"), topics: vec![BROADCAST] });
+    subs[1].call(&Command::Unsub { id: Some(b"unsub"), topics: vec![BROADCAST], queue: None });
     wait_subjects(&nats[1], "B dropped its interest", |s| !s.contains(&"mc0.mcollective.rpcutil".to_string()));
     put(&publisher, BROADCAST, b"after unsub");
     put(&publisher, other, b"end 2");
@@ -286,7 +286,7 @@ fn three_brokers_share_topics_through_nats() {
     let silent_topic: &[u8] = b"mcollective nodes short-lived";
     let silent = brokers[2].client(&ctx);
     silent.handshake(300);
-    silent.call(&Command::Sub { id: Some(b"s"), topics: vec![silent_topic] });
+    silent.call(&Command::Sub { id: Some(b"s"), topics: vec![silent_topic], queue: None });
     wait_subjects(&nats[2], "C's interest", |s| s.contains(&"mc0.mcollective.nodes.short-lived".to_string()));
     brokers[2].log.wait_for(WAIT, |l| l.contains("expired")).expect("the silent client expires");
     wait_subjects(&nats[2], "C dropped the expired client's interest", |s| {
