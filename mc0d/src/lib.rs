@@ -131,8 +131,10 @@
 //! # Layout
 //!
 //! - [`server`]: the one thread that owns the ROUTER socket ([`router`]):
-//!   bind, the loop, receive. Later links (a cluster, queue storage,
-//!   metrics) get their own threads and reach it through channels it polls.
+//!   bind, the loop, receive. Later links (a cluster, queue storage) get
+//!   their own threads and reach it through channels it polls.
+//! - [`metrics`]: `--metrics`, an HTTP thread serving what the server
+//!   thread publishes to it (counters, and a session table on request).
 //! - [`engine`]: the pure state machine ([`Engine`]): clients and
 //!   heartbeats, subscriptions, identity and role rules, send buffers; no
 //!   sockets, it sends through a [`Transport`].

@@ -74,6 +74,10 @@ fn decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn text(s: &Option<std::sync::Arc<str>>) -> &str {
+    s.as_deref().unwrap_or("")
+}
+
 fn matches(s: &Session, filter: &str) -> bool {
     filter.is_empty()
         || s.id.contains(filter)
@@ -83,18 +87,20 @@ fn matches(s: &Session, filter: &str) -> bool {
 /// The page the query asks for, as JSON.
 pub fn render(sessions: &Sessions, query: &Query) -> Value {
     let mut rows: Vec<&Session> = sessions.rows.iter().filter(|s| matches(s, &query.filter)).collect();
-    let text = |s: &Option<std::sync::Arc<str>>| s.as_deref().unwrap_or("").to_string();
+    // Numbers descending, text ascending; ties by id. Comparisons borrow:
+    // 20,000 rows sort without an allocation per comparison.
+    let by_id = |a: &&Session, b: &&Session| a.id.cmp(&b.id);
     match query.sort {
-        "name" => rows.sort_by_cached_key(|s| (text(&s.name), s.id.clone())),
-        "peer" => rows.sort_by_cached_key(|s| (text(&s.peer), s.id.clone())),
-        "connected" => rows.sort_by(|a, b| b.connected.total_cmp(&a.connected).then(a.id.cmp(&b.id))),
-        "last_heard" => rows.sort_by(|a, b| b.last_heard.total_cmp(&a.last_heard).then(a.id.cmp(&b.id))),
-        "ttl" => rows.sort_by_key(|s| (std::cmp::Reverse(s.ttl_ms), s.id.clone())),
-        "subscriptions" => rows.sort_by_key(|s| (std::cmp::Reverse(s.subscriptions), s.id.clone())),
-        "msgs_in" => rows.sort_by_key(|s| (std::cmp::Reverse(s.msgs_in), s.id.clone())),
-        "msgs_out" => rows.sort_by_key(|s| (std::cmp::Reverse(s.msgs_out), s.id.clone())),
-        "queued" => rows.sort_by_key(|s| (std::cmp::Reverse(s.queued), s.id.clone())),
-        _ => rows.sort_by(|a, b| a.id.cmp(&b.id)),
+        "name" => rows.sort_by(|a, b| text(&a.name).cmp(text(&b.name)).then_with(|| by_id(a, b))),
+        "peer" => rows.sort_by(|a, b| text(&a.peer).cmp(text(&b.peer)).then_with(|| by_id(a, b))),
+        "connected" => rows.sort_by(|a, b| b.connected.total_cmp(&a.connected).then_with(|| by_id(a, b))),
+        "last_heard" => rows.sort_by(|a, b| b.last_heard.total_cmp(&a.last_heard).then_with(|| by_id(a, b))),
+        "ttl" => rows.sort_by(|a, b| b.ttl_ms.cmp(&a.ttl_ms).then_with(|| by_id(a, b))),
+        "subscriptions" => rows.sort_by(|a, b| b.subscriptions.cmp(&a.subscriptions).then_with(|| by_id(a, b))),
+        "msgs_in" => rows.sort_by(|a, b| b.msgs_in.cmp(&a.msgs_in).then_with(|| by_id(a, b))),
+        "msgs_out" => rows.sort_by(|a, b| b.msgs_out.cmp(&a.msgs_out).then_with(|| by_id(a, b))),
+        "queued" => rows.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| by_id(a, b))),
+        _ => rows.sort_by(by_id),
     }
     let matched = rows.len();
     let page: Vec<Value> = rows

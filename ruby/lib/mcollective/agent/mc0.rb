@@ -12,8 +12,9 @@ module MCollective
     class Mc0 < RPC::Agent
       action 'counters' do
         connector = PluginManager['connector_plugin']
-        stats = connector.respond_to?(:stats) ? connector.stats : nil
-        reply.fail!('this node does not run the mc0 zeromq connector, or it is not connected') unless stats
+        reply.fail!("this node's connector is #{connector.class}, not mc0's zeromq") unless connector.respond_to?(:stats)
+        stats = connector.stats
+        reply.fail!("the mc0 connector (#{connector.class}) is not connected") unless stats
 
         stats.each { |key, value| reply[key.to_sym] = value }
       end
