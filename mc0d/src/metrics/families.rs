@@ -112,6 +112,15 @@ pub const FAMILIES: &[Family] = &[
         Gauge,
         |s| n(s.allowlist_keys),
     ),
+    family("queues", "Queues held now (declared with --queue or made by a queue subscription).", Gauge, |s| {
+        n(s.stats.queues)
+    }),
+    family("queued_messages", "Messages held in queues now (delivered ones until acknowledged).", Gauge, |s| {
+        n(s.stats.queued)
+    }),
+    family("queue_expired", "Queued messages removed because their EXPIRES-IN ran out.", Counter, |s| {
+        n(s.stats.expired)
+    }),
     family("allowlist_reloads", "Times the allowlist was reloaded (SIGHUP or a change on disk).", Counter, |s| {
         n(s.allowlist_reloads)
     }),
