@@ -83,7 +83,10 @@ int main(void) {
 C
 (cd "$tmp" && cc v.c -o v $(pkg-config --cflags --libs mc0)) || die "cc against libmc0-dev failed"
 env -u LD_LIBRARY_PATH "$tmp/v" >/dev/null || die "the C program built against libmc0-dev does not run"
-ldd "$tmp/v" | grep -q -E "libmc0.so.0 => $LIBDIR_RE/libmc0.so.0" || die "not linked to the installed libmc0: $(ldd "$tmp/v")"
+# Not `ldd | grep -q`: grep -q leaves at the first match, and under pipefail
+# ldd's SIGPIPE would fail the check.
+linked=$(ldd "$tmp/v")
+grep -q -E "libmc0.so.0 => $LIBDIR_RE/libmc0.so.0" <<<"$linked" || die "not linked to the installed libmc0: $linked"
 rm -rf "$tmp"
 
 # python3-mc0: from dist-packages, loading the installed libmc0.
