@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Mc0d, Mc0dOptions, TempDir, WAIT};
+use common::{get, try_get, Client, Mc0d, Mc0dOptions, TempDir, WAIT};
 use mc0::protocol::Command;
 
 /// A broker without CURVE (thousands of sessions connect fast) with
@@ -20,25 +20,8 @@ fn broker() -> (Mc0d, SocketAddr) {
         args: vec!["--metrics".into(), "127.0.0.1:0".into()],
         ..Default::default()
     });
-    let line = broker.log.wait_for(WAIT, |l| l.contains("metrics on http://")).expect("metrics address logged");
-    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).expect("address").parse().unwrap();
+    let addr = common::metrics_address(&broker);
     (broker, addr)
-}
-
-/// One GET; the status and body.
-fn get(addr: SocketAddr, target: &str) -> (u16, String) {
-    try_get(addr, target).unwrap_or_else(|e| panic!("GET http://{addr}{target}: {e}"))
-}
-
-fn try_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, WAIT).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("no response head")?;
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    Ok((status, body.to_string()))
 }
 
 /// The value of one series (`name` or `name{labels}`) in /metrics.

@@ -313,7 +313,8 @@ fn brokers_survive_nats_faults() {
     let mut nats = nats_cluster(&dir);
     let urls: Vec<String> = nats.iter().map(Nats::url).collect();
     // B prefers the server that is killed first, but knows them all.
-    let a = broker(&[urls[0].clone()], &[]);
+    let a = broker(&[urls[0].clone()], &["--metrics", "127.0.0.1:0"]);
+    let metrics = common::metrics_address(&a);
     let b = broker(&[urls[1].clone(), urls[2].clone()], &[]);
     let ctx = zmq::Context::new();
     let local = subscriber(&ctx, &a, &[BROADCAST]);
@@ -343,6 +344,15 @@ fn brokers_survive_nats_faults() {
         })
         .unwrap_or_else(|| panic!("no status line counting the unforwarded message:\n{}", a.log.text()));
     assert!(a.log.text().contains("reached only this broker's subscribers"), "logged");
+    // /metrics shows the same (its snapshot follows within a wake-up of the loop).
+    let down =
+        |text: &str| text.contains("\nmc0d_cluster_up 0") && !text.contains("\nmc0d_cluster_unforwarded_total 0\n");
+    let shown = common::wait_until(WAIT, || down(&common::get(metrics, "/metrics").1));
+    assert!(
+        shown,
+        "/metrics does not show the link down with the unforwarded PUT:\n{}",
+        common::get(metrics, "/metrics").1
+    );
 
     // NATS back: both brokers reconnect and renew their interest.
     for server in &mut nats {
@@ -350,6 +360,8 @@ fn brokers_survive_nats_faults() {
     }
     wait_routes(&nats);
     until_delivered(&publisher, BROADCAST, &[&local, &remote], WAIT);
+    let up = common::wait_until(WAIT, || common::get(metrics, "/metrics").1.contains("\nmc0d_cluster_up 1"));
+    assert!(up, "the link is up again in /metrics");
 }
 
 #[test]

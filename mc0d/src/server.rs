@@ -214,6 +214,9 @@ impl Broker {
         }
         if let Some(bridge) = &cluster {
             engine.join_cluster(bridge.counters().max_payload());
+            if let Some(publisher) = &mut publisher {
+                publisher.cluster = Some(bridge.shared_counters());
+            }
         }
         let mut server =
             Server { engine, zap, keys, cluster, frames: Vec::new(), user: String::new(), log: log.clone(), publisher };

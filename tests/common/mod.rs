@@ -12,7 +12,8 @@
 mod client;
 mod mc0d;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -257,4 +258,26 @@ pub fn run_mc0d(args: &[&str], timeout: Duration) -> (ExitStatus, String, String
     let mut cmd = Command::new(bin("mc0d"));
     cmd.args(args);
     run(cmd, timeout)
+}
+
+/// The address of a broker's `--metrics` listener, from its log.
+pub fn metrics_address(broker: &Mc0d) -> std::net::SocketAddr {
+    let line = broker.log.wait_for(WAIT, |l| l.contains("metrics on http://")).expect("metrics address logged");
+    line.split("http://").nth(1).and_then(|r| r.split('/').next()).expect("address").parse().unwrap()
+}
+
+/// One GET; the status and body.
+pub fn get(addr: SocketAddr, target: &str) -> (u16, String) {
+    try_get(addr, target).unwrap_or_else(|e| panic!("GET http://{addr}{target}: {e}"))
+}
+
+pub fn try_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no response head")?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
+    Ok((status, body.to_string()))
 }

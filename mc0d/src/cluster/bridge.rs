@@ -152,6 +152,11 @@ impl Bridge {
         &self.counters
     }
 
+    /// The same counters, for a reader on another thread (the metrics).
+    pub fn shared_counters(&self) -> Arc<ClusterCounters> {
+        self.counters.clone()
+    }
+
     /// Whether the NATS thread still runs.
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())

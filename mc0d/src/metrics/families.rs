@@ -7,7 +7,7 @@
 
 use crate::stats::{DropReason, RefusalReason};
 
-use super::snapshot::{KeyRefusal, Snapshot};
+use super::snapshot::{ClusterFigures, KeyRefusal, Snapshot};
 
 /// Counter or gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub enum Values {
     One(f64),
     /// One sample per value of the label.
     Labelled(&'static str, Vec<(String, f64)>),
+    /// Not exported at all (a figure of a feature that is off, such as
+    /// the cluster link without `--cluster`).
+    Absent,
 }
 
 /// One metric family.
@@ -43,6 +46,11 @@ impl Family {
 
 fn n(v: impl TryInto<u64>) -> Values {
     Values::One(v.try_into().unwrap_or(u64::MAX) as f64)
+}
+
+/// A cluster figure, absent without `--cluster`.
+fn cluster(s: &Snapshot, read: fn(&ClusterFigures) -> u64) -> Values {
+    s.cluster.as_ref().map_or(Values::Absent, |c| n(read(c)))
 }
 
 fn drops(s: &Snapshot) -> Values {
@@ -120,6 +128,18 @@ pub const FAMILIES: &[Family] = &[
     }),
     family("queue_expired", "Queued messages removed because their EXPIRES-IN ran out.", Counter, |s| {
         n(s.stats.expired)
+    }),
+    family("cluster_up", "1 while the NATS link of --cluster is up, else 0 (absent without --cluster).", Gauge, |s| {
+        cluster(s, |c| u64::from(c.up))
+    }),
+    family("cluster_forwarded", "PUTs published to the cluster through NATS.", Counter, |s| {
+        cluster(s, |c| c.forwarded)
+    }),
+    family("cluster_received", "Messages received from other brokers through NATS.", Counter, |s| {
+        cluster(s, |c| c.received)
+    }),
+    family("cluster_unforwarded", "PUTs not published to the cluster because the NATS link was down.", Counter, |s| {
+        cluster(s, |c| c.unforwarded)
     }),
     family("allowlist_reloads", "Times the allowlist was reloaded (SIGHUP or a change on disk).", Counter, |s| {
         n(s.allowlist_reloads)

@@ -120,8 +120,13 @@ impl Collector for Families {
                 Kind::Counter => MetricType::Counter,
                 Kind::Gauge => MetricType::Gauge,
             };
+            let values = (family.read)(&self.0);
+            if let Values::Absent = values {
+                continue;
+            }
             let mut metric = encoder.encode_descriptor(&name, family.help, None, kind)?;
-            match (family.read)(&self.0) {
+            match values {
+                Values::Absent => {}
                 Values::One(value) => sample(family.kind, value, metric)?,
                 Values::Labelled(label, values) => {
                     for (value_label, value) in values {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cluster::ClusterCounters;
 use crate::engine::{Conn, Engine, Transport};
 use crate::stats::Stats;
 
@@ -64,6 +65,24 @@ pub struct Snapshot {
     pub keys_refused: [u64; 3],
     pub allowlist_keys: usize,
     pub allowlist_reloads: u64,
+    /// With `--cluster`: the NATS link's figures.
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// The cluster link at one moment (see [`ClusterCounters`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterFigures {
+    pub up: bool,
+    pub forwarded: u64,
+    pub received: u64,
+    pub unforwarded: u64,
+}
+
+impl ClusterFigures {
+    fn of(counters: &ClusterCounters) -> Self {
+        let (forwarded, received, unforwarded) = counters.counts();
+        ClusterFigures { up: counters.up(), forwarded, received, unforwarded }
+    }
 }
 
 /// One live session, as `/connz` lists it.
@@ -160,11 +179,13 @@ pub struct Publisher {
     last: Option<Instant>,
     pub allowlist_keys: usize,
     pub allowlist_reloads: u64,
+    /// With `--cluster`: the bridge's counters.
+    pub cluster: Option<Arc<ClusterCounters>>,
 }
 
 impl Publisher {
     pub fn new(hub: Arc<Hub>) -> Self {
-        Publisher { hub, last: None, allowlist_keys: 0, allowlist_reloads: 0 }
+        Publisher { hub, last: None, allowlist_keys: 0, allowlist_reloads: 0, cluster: None }
     }
 
     /// Called on every wake-up of the loop: copies the counters when due,
@@ -188,6 +209,7 @@ impl Publisher {
             keys_refused: [0; 3],
             allowlist_keys: self.allowlist_keys,
             allowlist_reloads: self.allowlist_reloads,
+            cluster: self.cluster.as_deref().map(ClusterFigures::of),
         });
         let sessions = wanted.then(|| Arc::new(table(engine, peers, now)));
         let mut state = self.hub.lock();

@@ -1,3 +1,4 @@
+use super::snapshot::ClusterFigures;
 use super::*;
 use crate::stats::{DropReason, RefusalReason};
 
@@ -56,6 +57,7 @@ fn every_family_is_exported_in_the_text_format() {
     snapshot.stats.puts = 7;
     snapshot.stats.drops_by.add(DropReason::BufferFull, 2);
     snapshot.stats.refused.add(RefusalReason::NotConnected, 5);
+    snapshot.cluster = Some(ClusterFigures { up: true, forwarded: 4, received: 6, unforwarded: 1 });
     let text = encode(&snapshot);
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
@@ -64,6 +66,9 @@ fn every_family_is_exported_in_the_text_format() {
     assert_eq!(value("mc0d_drops_total{reason=\"buffer_full\"}"), Some(2.0));
     assert_eq!(value("mc0d_drops_total{reason=\"peer_gone\"}"), Some(0.0));
     assert_eq!(value("mc0d_refused_total{reason=\"not_connected\"}"), Some(5.0));
+    assert_eq!(value("mc0d_cluster_up"), Some(1.0));
+    assert_eq!(value("mc0d_cluster_forwarded_total"), Some(4.0));
+    assert_eq!(value("mc0d_cluster_unforwarded_total"), Some(1.0));
     assert_eq!(value(&format!("mc0d_build_info{{version=\"{}\"}}", mc0::VERSION)), Some(1.0));
     assert!(value("process_resident_memory_bytes").unwrap() > 0.0);
     assert!(value("process_open_fds").unwrap() > 0.0);
@@ -96,8 +101,17 @@ fn names_in(text: &str) -> Vec<String> {
     names
 }
 
-fn exported() -> Vec<String> {
+#[test]
+fn cluster_figures_are_absent_without_a_cluster() {
     let text = encode(&Snapshot::default());
+    assert!(!text.contains("mc0d_cluster_"), "{text}");
+    parse_exposition(&text).unwrap();
+}
+
+/// Every name `/metrics` can export (the cluster's with `--cluster` only).
+fn exported() -> Vec<String> {
+    let snapshot = Snapshot { cluster: Some(ClusterFigures::default()), ..Snapshot::default() };
+    let text = encode(&snapshot);
     parse_exposition(&text).unwrap().into_iter().map(|(s, _)| s.split('{').next().unwrap().to_string()).collect()
 }
 
