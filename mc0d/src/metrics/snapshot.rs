@@ -1,6 +1,7 @@
 //! What the socket thread hands the HTTP thread. The socket thread copies
 //! its counters into a [`Snapshot`] at most every [`COUNTERS_EVERY`] (a
-//! copy of a few dozen integers, nothing proportional to clients), and
+//! copy of a few dozen integers and of each queue's figures, nothing
+//! proportional to clients), and
 //! builds the session table only when an HTTP request asked for it and the
 //! last one is older than [`SESSIONS_EVERY`]: at most one O(sessions) pass
 //! per second, however many requests come.
@@ -11,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::ClusterCounters;
+use crate::engine::queues::{QueueFigures, QueueLimits};
 use crate::engine::{Conn, Engine, Transport};
 use crate::stats::Stats;
 
@@ -67,6 +69,10 @@ pub struct Snapshot {
     pub allowlist_reloads: u64,
     /// With `--cluster`: the NATS link's figures.
     pub cluster: Option<ClusterFigures>,
+    /// Each queue's figures (sorted by topic and name when read through
+    /// [`Hub::snapshot`]) and the bounds they keep.
+    pub queues: Vec<QueueFigures>,
+    pub queue_limits: QueueLimits,
 }
 
 /// The cluster link at one moment (see [`ClusterCounters`]).
@@ -148,6 +154,9 @@ impl Hub {
     /// runs), with the ZAP handler's counts as of now.
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = (*self.lock().snapshot).clone();
+        // Here rather than on the socket thread, which copies them in
+        // whatever order its table holds them.
+        snapshot.queues.sort_unstable_by(|a, b| (&a.topic, &a.name).cmp(&(&b.topic, &b.name)));
         snapshot.keys_refused = self.key_refusals.lock().unwrap_or_else(|p| p.into_inner()).read();
         snapshot
     }
@@ -203,6 +212,7 @@ impl Publisher {
             return;
         }
         self.last = Some(now);
+        let (queues, queue_limits) = engine.queue_figures();
         let snapshot = Arc::new(Snapshot {
             stats: engine.stats(),
             handshake_failures,
@@ -210,6 +220,8 @@ impl Publisher {
             allowlist_keys: self.allowlist_keys,
             allowlist_reloads: self.allowlist_reloads,
             cluster: self.cluster.as_deref().map(ClusterFigures::of),
+            queues,
+            queue_limits,
         });
         let sessions = wanted.then(|| Arc::new(table(engine, peers, now)));
         let mut state = self.hub.lock();
