@@ -3,6 +3,9 @@
 //! through.
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use mc0::log::Level;
@@ -39,6 +42,10 @@ pub struct Router {
     pub(crate) peers: Option<HashMap<Conn, Arc<str>>>,
     /// CURVE handshakes that failed, as the monitor reports them.
     pub(crate) handshake_failures: u64,
+    /// With `--metrics`: readable when an HTTP request waits for the loop
+    /// (see [`Hub::sessions`](crate::metrics::Hub::sessions)); polled with
+    /// the ROUTER so the loop wakes at once, drained when it fired.
+    wake: Option<UnixStream>,
 }
 
 impl Router {
@@ -100,22 +107,46 @@ impl Router {
         let endpoint = format!("tcp://{host}:{}", config.port);
         socket.bind(&endpoint).map_err(|e| BrokerError(format!("cannot bind {endpoint}: {e}")))?;
         let peers = config.metrics.map(|_| HashMap::new());
-        Ok((Router { socket, monitor, peers, handshake_failures: 0 }, endpoint))
+        Ok((Router { socket, monitor, peers, handshake_failures: 0, wake: None }, endpoint))
     }
 
-    /// Waits up to `timeout_ms` for input on the ROUTER. (The monitor is
-    /// read on every wake-up and whenever it matters, see
+    /// Makes [`poll`](Router::poll) return as soon as `wake` is readable
+    /// (non-blocking; the loop drains it).
+    pub(crate) fn wake_on(&mut self, wake: UnixStream) {
+        self.wake = Some(wake);
+    }
+
+    /// Waits up to `timeout_ms` for input on the ROUTER or a wake-up. (The
+    /// monitor is read on every wake-up and whenever it matters, see
     /// [`Engine::connections_lost`]; polling it too would cost a system call
     /// per wake-up.)
     pub(crate) fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
-        self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
+        match &self.wake {
+            None => self.socket.poll(zmq::POLLIN, timeout_ms).map(drop),
+            Some(_) => self.poll_with_wake(None, timeout_ms),
+        }
     }
 
     /// [`poll`](Router::poll) that also wakes up for input on `other` (the
     /// cluster bridge's PAIR).
     pub(crate) fn poll_with(&mut self, other: &zmq::Socket, timeout_ms: i64) -> Result<(), zmq::Error> {
-        let mut items = [self.socket.as_poll_item(zmq::POLLIN), other.as_poll_item(zmq::POLLIN)];
-        zmq::poll(&mut items, timeout_ms).map(drop)
+        self.poll_with_wake(Some(other), timeout_ms)
+    }
+
+    fn poll_with_wake(&mut self, other: Option<&zmq::Socket>, timeout_ms: i64) -> Result<(), zmq::Error> {
+        let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
+        items.extend(other.map(|o| o.as_poll_item(zmq::POLLIN)));
+        items.extend(self.wake.as_ref().map(|w| zmq::PollItem::from_fd(w.as_raw_fd(), zmq::POLLIN)));
+        zmq::poll(&mut items, timeout_ms)?;
+        let woken = self.wake.is_some() && items.last().is_some_and(zmq::PollItem::is_readable);
+        drop(items);
+        if let (true, Some(wake)) = (woken, &mut self.wake) {
+            // Non-blocking: stops at "would block" (or at an error, which
+            // leaves it readable for the next poll to try again).
+            let mut buf = [0u8; 64];
+            while wake.read(&mut buf).is_ok_and(|n| n > 0) {}
+        }
+        Ok(())
     }
 }
 

@@ -112,7 +112,7 @@ impl Broker {
         } else {
             None
         };
-        let (router, endpoint) = Router::bind(&ctx, &config, &log)?;
+        let (mut router, endpoint) = Router::bind(&ctx, &config, &log)?;
         let metrics = match config.metrics {
             None => None,
             Some(addr) => {
@@ -120,7 +120,10 @@ impl Broker {
                 if let Some(zap) = &zap {
                     hub.set_key_refusals(zap.refusals());
                 }
-                Some((MetricsServer::start(addr, hub.clone())?, Publisher::new(hub)))
+                let (publisher, wake) = Publisher::new(hub.clone())
+                    .map_err(|e| BrokerError(format!("cannot set up the metrics wake-up: {e}")))?;
+                router.wake_on(wake);
+                Some((MetricsServer::start(addr, hub)?, publisher))
             }
         };
         let cluster = match &config.cluster {

@@ -7,8 +7,10 @@
 //! per second, however many requests come.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::ClusterCounters;
@@ -137,6 +139,10 @@ pub struct Hub {
     state: Mutex<State>,
     fresh: Condvar,
     sessions_wanted: AtomicBool,
+    /// Written to (a byte, non-blocking) after asking for a session table:
+    /// its other end is polled with the ROUTER, so the loop wakes at once
+    /// rather than at its next timeout.
+    wake: OnceLock<UnixStream>,
     key_refusals: Mutex<Arc<KeyRefusals>>,
 }
 
@@ -173,6 +179,10 @@ impl Hub {
                 return state.sessions.clone();
             }
             self.sessions_wanted.store(true, Ordering::Release);
+            if let Some(mut wake) = self.wake.get() {
+                // Full means a wake-up is pending already.
+                let _ = wake.write(&[1]);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return state.sessions.clone();
@@ -193,8 +203,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Publisher { hub, last: None, allowlist_keys: 0, allowlist_reloads: 0, cluster: None }
+    /// The publisher, and the end of `hub`'s wake-up the loop must poll
+    /// (see [`Router::wake_on`](crate::router::Router::wake_on)).
+    pub fn new(hub: Arc<Hub>) -> std::io::Result<(Self, UnixStream)> {
+        let (wake, woken) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
+        // A second publisher on one hub would not be woken: none is made.
+        let _ = hub.wake.set(wake);
+        Ok((Publisher { hub, last: None, allowlist_keys: 0, allowlist_reloads: 0, cluster: None }, woken))
     }
 
     /// Called on every wake-up of the loop: copies the counters when due,

@@ -187,3 +187,34 @@ fn docs_name_only_exported_metrics_and_readme_lists_them_all() {
         assert!(exported.contains(name), "README's Monitoring section lists {name}, which is not exported");
     }
 }
+
+/// Sends nothing anywhere: the engine of the wake-up test has no client.
+struct Nowhere;
+
+impl crate::engine::Transport for Nowhere {
+    fn deliver(&mut self, _: &[u8], _: &[Vec<u8>]) -> Result<(), zmq::Error> {
+        Ok(())
+    }
+}
+
+/// A request for a session table makes the loop's wake-up readable (the
+/// loop polls it with the ROUTER), so an idle broker answers at once rather
+/// than at its next timeout; the request gets the table the loop builds.
+#[test]
+fn a_session_table_request_wakes_the_loop() {
+    use std::os::fd::AsRawFd;
+    let hub = Arc::new(Hub::default());
+    let (mut publisher, woken) = Publisher::new(hub.clone()).unwrap();
+    let config = crate::config::Config { log_level: mc0::log::Level::Error, ..Default::default() };
+    let engine = crate::engine::Engine::new(Nowhere, &config);
+    let asker = std::thread::spawn({
+        let hub = hub.clone();
+        move || hub.sessions().built.is_some()
+    });
+    let mut items = [zmq::PollItem::from_fd(woken.as_raw_fd(), zmq::POLLIN)];
+    // Without the wake-up this poll would run its whole 60 s; the request
+    // waits 3 s at most, so it would also come back without a table.
+    assert_eq!(zmq::poll(&mut items, 60_000).unwrap(), 1, "no wake-up");
+    publisher.publish(&engine, &std::collections::HashMap::new(), 0, std::time::Instant::now());
+    assert!(asker.join().unwrap(), "the request got no table");
+}
