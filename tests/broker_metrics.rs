@@ -204,6 +204,41 @@ fn prometheus_scrapes_per_queue_figures() {
     prometheus.wait_for("mc0d_queue_max_messages", 50.0);
 }
 
+/// Without CURVE too, the peer addresses of closed connections are
+/// forgotten: after rounds of connect/disconnect churn the broker holds as
+/// many as there are live connections.
+#[test]
+fn peer_addresses_follow_connections_through_churn() {
+    let (broker, addr) = broker();
+    let ctx = zmq::Context::new();
+    let live: Vec<Client> = (0..5).map(|_| broker.client(&ctx)).collect();
+    for c in &live {
+        c.handshake(60_000);
+    }
+    wait_metric(addr, "mc0d_tcp_connections", 5.0);
+    for _ in 0..3 {
+        let churn: Vec<Client> = (0..100).map(|_| broker.client(&ctx)).collect();
+        for c in &churn {
+            c.send_command(&Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"hello") });
+        }
+        for c in &churn {
+            c.expect_ok("hello");
+        }
+        wait_metric(addr, "mc0d_tcp_connections", 105.0);
+        // Half say goodbye, half just go (their sessions wait to expire).
+        for c in churn.iter().step_by(2) {
+            c.send_command(&Command::Disconnect { id: None });
+        }
+        drop(churn);
+        wait_metric(addr, "mc0d_tcp_connections", 5.0);
+    }
+    wait_metric(addr, "mc0d_connections", 155.0);
+    let (_, body) = get(addr, "/connz?limit=1000");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let with_peer = json["sessions"].as_array().unwrap().iter().filter(|s| s["peer"].is_string()).count();
+    assert_eq!(with_peer, 5, "only live connections have an address: {body}");
+}
+
 #[test]
 fn connz_pages_through_2000_sessions() {
     common::raise_fd_limit();

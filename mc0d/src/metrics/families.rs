@@ -91,6 +91,12 @@ pub const FAMILIES: &[Family] = &[
     family("connections", "Client sessions open now (connected by CONNECT, not yet ended).", Gauge, |s| {
         n(s.stats.clients)
     }),
+    family(
+        "tcp_connections",
+        "Connections open now that have sent a message (a session's, or one not CONNECTed yet).",
+        Gauge,
+        |s| n(s.tcp_connections),
+    ),
     family("connects", "Sessions opened by a CONNECT (re-CONNECTs included).", Counter, |s| n(s.stats.connects)),
     family("disconnects", "Sessions ended by the client's DISCONNECT.", Counter, |s| n(s.stats.disconnects)),
     family("expiries", "Sessions ended because the client was silent past 1.05 x its TTL.", Counter, |s| {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cluster::ClusterCounters;
 use crate::engine::queues::{QueueFigures, QueueLimits};
 use crate::engine::{Conn, Engine, Transport};
+use crate::router::Peer;
 use crate::stats::Stats;
 
 /// How stale the counters may be.
@@ -69,6 +70,9 @@ pub struct Snapshot {
     pub keys_refused: [u64; 3],
     pub allowlist_keys: usize,
     pub allowlist_reloads: u64,
+    /// Connections open now that have sent a message (their peer addresses
+    /// are held for `/connz`).
+    pub tcp_connections: usize,
     /// With `--cluster`: the NATS link's figures.
     pub cluster: Option<ClusterFigures>,
     /// Each queue's figures (sorted by topic and name when read through
@@ -204,7 +208,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// The publisher, and the end of `hub`'s wake-up the loop must poll
-    /// (see [`Router::wake_on`](crate::router::Router::wake_on)).
+    /// (`Router::wake_on`).
     pub fn new(hub: Arc<Hub>) -> std::io::Result<(Self, UnixStream)> {
         let (wake, woken) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
@@ -220,7 +224,7 @@ impl Publisher {
     pub fn publish<T: Transport>(
         &mut self,
         engine: &Engine<T>,
-        peers: &HashMap<Conn, Arc<str>>,
+        peers: &HashMap<Conn, Peer>,
         handshake_failures: u64,
         now: Instant,
     ) {
@@ -236,6 +240,7 @@ impl Publisher {
             keys_refused: [0; 3],
             allowlist_keys: self.allowlist_keys,
             allowlist_reloads: self.allowlist_reloads,
+            tcp_connections: peers.len(),
             cluster: self.cluster.as_deref().map(ClusterFigures::of),
             queues,
             queue_limits,
@@ -251,7 +256,7 @@ impl Publisher {
     }
 }
 
-fn table<T: Transport>(engine: &Engine<T>, peers: &HashMap<Conn, Arc<str>>, now: Instant) -> Sessions {
+fn table<T: Transport>(engine: &Engine<T>, peers: &HashMap<Conn, Peer>, now: Instant) -> Sessions {
     let started = Instant::now();
     let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let unix = |at: Instant| wall - now.saturating_duration_since(at).as_secs_f64();
@@ -261,7 +266,7 @@ fn table<T: Transport>(engine: &Engine<T>, peers: &HashMap<Conn, Arc<str>>, now:
             id: c.id.escape_ascii().to_string(),
             name: c.identity.clone(),
             key: c.user.clone(),
-            peer: c.conn.and_then(|conn| peers.get(&conn).cloned()),
+            peer: c.conn.and_then(|conn| peers.get(&conn)).map(|p| p.address.clone()),
             connected: unix(c.since),
             last_heard: unix(c.last_heard),
             ttl_ms: c.ttl.as_millis() as u64,
