@@ -151,6 +151,94 @@ fn prometheus_scrapes_connections_puts_and_drops() {
     prometheus.wait_for("up{job=\"mc0d\"}", 1.0);
 }
 
+/// Per-queue figures in /metrics and through Prometheus: depth,
+/// unacknowledged, consumers, redeliveries after a consumer dies holding
+/// messages, and the bound.
+#[test]
+fn prometheus_scrapes_per_queue_figures() {
+    let topic = "mcollective.reply.client1";
+    let broker = Mc0d::start_with(Mc0dOptions {
+        curve: false,
+        args: ["--metrics", "127.0.0.1:0", "--queue", &format!("{topic}=async"), "--queue-max-messages", "50"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let addr = common::metrics_address(&broker);
+    let prometheus = Prometheus::start(addr);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(60_000);
+    for i in 0..3 {
+        publisher.call(&put(topic, &format!("p{i}")));
+    }
+    let series = |family: &str| format!("{family}{{topic=\"{topic}\",queue=\"async\"}}");
+    wait_metric(addr, &series("mc0d_queue_messages"), 3.0);
+    assert!(metric(addr, &series("mc0d_queue_bytes")).is_some_and(|b| b > 0.0));
+    assert_eq!(metric(addr, "mc0d_queue_max_messages"), Some(50.0));
+    let queue_sub = Command::Sub { id: Some(b"q"), topics: vec![topic.as_bytes()], queue: Some(b"async") };
+    // A consumer takes all three and dies holding them.
+    let first = broker.client(&ctx);
+    first.handshake(60_000);
+    first.call(&queue_sub);
+    for _ in 0..3 {
+        first.expect_message();
+    }
+    wait_metric(addr, &series("mc0d_queue_messages_unacknowledged"), 3.0);
+    wait_metric(addr, &series("mc0d_queue_consumers"), 1.0);
+    first.send_command(&Command::Disconnect { id: None });
+    wait_metric(addr, &series("mc0d_queue_consumers"), 0.0);
+    // The next one gets them again, marked redelivered.
+    let second = broker.client(&ctx);
+    second.handshake(60_000);
+    second.call(&queue_sub);
+    for _ in 0..3 {
+        second.expect_message();
+    }
+    wait_metric(addr, &series("mc0d_queue_messages_redelivered_total"), 3.0);
+    assert_eq!(metric(addr, &series("mc0d_queue_messages")), Some(3.0), "kept until acknowledged");
+
+    prometheus.wait_for("mc0d_queue_messages_redelivered_total{queue=\"async\"}", 3.0);
+    prometheus.wait_for("mc0d_queue_messages_unacknowledged{queue=\"async\"}", 3.0);
+    prometheus.wait_for("mc0d_queue_consumers{queue=\"async\"}", 1.0);
+    prometheus.wait_for("mc0d_queue_max_messages", 50.0);
+}
+
+/// Without CURVE too, the peer addresses of closed connections are
+/// forgotten: after rounds of connect/disconnect churn the broker holds as
+/// many as there are live connections.
+#[test]
+fn peer_addresses_follow_connections_through_churn() {
+    let (broker, addr) = broker();
+    let ctx = zmq::Context::new();
+    let live: Vec<Client> = (0..5).map(|_| broker.client(&ctx)).collect();
+    for c in &live {
+        c.handshake(60_000);
+    }
+    wait_metric(addr, "mc0d_tcp_connections", 5.0);
+    for _ in 0..3 {
+        let churn: Vec<Client> = (0..100).map(|_| broker.client(&ctx)).collect();
+        for c in &churn {
+            c.send_command(&Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"hello") });
+        }
+        for c in &churn {
+            c.expect_ok("hello");
+        }
+        wait_metric(addr, "mc0d_tcp_connections", 105.0);
+        // Half say goodbye, half just go (their sessions wait to expire).
+        for c in churn.iter().step_by(2) {
+            c.send_command(&Command::Disconnect { id: None });
+        }
+        drop(churn);
+        wait_metric(addr, "mc0d_tcp_connections", 5.0);
+    }
+    wait_metric(addr, "mc0d_connections", 155.0);
+    let (_, body) = get(addr, "/connz?limit=1000");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let with_peer = json["sessions"].as_array().unwrap().iter().filter(|s| s["peer"].is_string()).count();
+    assert_eq!(with_peer, 5, "only live connections have an address: {body}");
+}
+
 #[test]
 fn connz_pages_through_2000_sessions() {
     common::raise_fd_limit();

@@ -51,7 +51,9 @@
 //!   shutdown; a stuck peer cannot hold the exit.
 //! - With CURVE: `ZMQ_ZAP_DOMAIN` "mc0" and `ZMQ_ZAP_ENFORCE_DOMAIN` (see
 //!   [Authorization](#authorization)), and a socket monitor reporting closed
-//!   connections (`ZMQ_EVENT_DISCONNECTED`).
+//!   connections (`ZMQ_EVENT_DISCONNECTED`). With `--metrics` the monitor
+//!   runs without CURVE too, only to forget closed connections' peer
+//!   addresses.
 //!
 //! # Heartbeats
 //!

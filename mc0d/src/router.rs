@@ -3,6 +3,9 @@
 //! through.
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use mc0::log::Level;
@@ -27,18 +30,35 @@ const KEEPALIVE_INTERVAL_SECS: i32 = 10;
 /// ...and gives up after this many unanswered ones.
 const KEEPALIVE_PROBES: i32 = 3;
 
+/// Where a connection comes from, and the routing id it was last heard as.
+#[derive(Debug)]
+pub struct Peer {
+    rid: Box<[u8]>,
+    pub address: Arc<str>,
+}
+
 /// The broker's ROUTER socket and, with CURVE, its monitor.
 pub struct Router {
     pub(crate) socket: zmq::Socket,
     /// Reports each closed connection (`ZMQ_EVENT_DISCONNECTED`, with its
-    /// file descriptor).
+    /// file descriptor): with CURVE, or with `--metrics` (for `peers`).
     monitor: Option<zmq::Socket>,
-    /// With `--metrics`: each connection's peer address (libzmq's
-    /// `Peer-Address`), read once per connection, forgotten when the monitor
-    /// reports it closed.
-    pub(crate) peers: Option<HashMap<Conn, Arc<str>>>,
+    /// Sessions follow their connections (CURVE): closed ones are reported
+    /// to the engine. Without CURVE the monitor only keeps `peers` clean.
+    report_lost: bool,
+    /// With `--metrics`: each connection's peer address (see
+    /// [`note_peer`](Router::note_peer)), forgotten when the monitor reports
+    /// it closed.
+    pub(crate) peers: Option<HashMap<Conn, Peer>>,
+    /// Closed connections read off the monitor for the engine and not yet
+    /// handed to it (see [`note_peer`](Router::note_peer)).
+    pending_lost: Vec<Conn>,
     /// CURVE handshakes that failed, as the monitor reports them.
     pub(crate) handshake_failures: u64,
+    /// With `--metrics`: readable when an HTTP request waits for the loop
+    /// (see [`Hub::sessions`](crate::metrics::Hub::sessions)); polled with
+    /// the ROUTER so the loop wakes at once, drained when it fired.
+    wake: Option<UnixStream>,
 }
 
 impl Router {
@@ -79,8 +99,11 @@ impl Router {
                     ),
                 );
             }
+        }
+        if curve || config.metrics.is_some() {
             // Before binding, so that no connection's end goes unreported.
-            let events = zmq::SocketEvent::DISCONNECTED.to_raw() | HANDSHAKE_FAILED;
+            let failures = if curve { HANDSHAKE_FAILED } else { 0 };
+            let events = zmq::SocketEvent::DISCONNECTED.to_raw() | failures;
             socket.monitor(MONITOR_ENDPOINT, i32::from(events)).map_err(|e| err("start the socket monitor", e))?;
             let pair = ctx.socket(zmq::PAIR).map_err(|e| err("create the monitor socket", e))?;
             // Unbounded: libzmq's I/O thread waits on a full monitor pipe.
@@ -100,22 +123,107 @@ impl Router {
         let endpoint = format!("tcp://{host}:{}", config.port);
         socket.bind(&endpoint).map_err(|e| BrokerError(format!("cannot bind {endpoint}: {e}")))?;
         let peers = config.metrics.map(|_| HashMap::new());
-        Ok((Router { socket, monitor, peers, handshake_failures: 0 }, endpoint))
+        Ok((
+            Router {
+                socket,
+                monitor,
+                report_lost: curve,
+                peers,
+                pending_lost: Vec::new(),
+                handshake_failures: 0,
+                wake: None,
+            },
+            endpoint,
+        ))
     }
 
-    /// Waits up to `timeout_ms` for input on the ROUTER. (The monitor is
-    /// read on every wake-up and whenever it matters, see
+    /// With `--metrics`: remembers where `conn`, heard from as `rid` in the
+    /// frame `msg`, comes from. A connection whose number is that of one
+    /// that closed shows up as a new routing id on it (or a vacant entry):
+    /// every close reported so far is taken in first, since libzmq reports
+    /// a close before the number can be reused, so no stale report removes
+    /// the new entry. Costs a lookup per message, a system call per new
+    /// connection.
+    pub(crate) fn note_peer(&mut self, conn: Conn, rid: &[u8], msg: &crate::zmsg::Msg) {
+        let Some(peers) = &self.peers else { return };
+        if peers.get(&conn).is_some_and(|p| *p.rid == *rid) {
+            return;
+        }
+        self.take_monitor_events(true);
+        if let (Some(peers), Some(address)) = (&mut self.peers, msg.property(b"Peer-Address\0")) {
+            peers.insert(conn, Peer { rid: rid.into(), address: Arc::from(address) });
+        }
+    }
+
+    /// Reads the monitor's reports: closed connections (forgotten in
+    /// `peers`, and kept for the engine with CURVE) and failed handshakes.
+    /// With `all`, every report emitted before this call (a system call);
+    /// without, those that cost none.
+    fn take_monitor_events(&mut self, all: bool) {
+        let Some(monitor) = &self.monitor else { return };
+        // Reading ZMQ_EVENTS makes libzmq take in the monitor pipe's pending
+        // wake-ups at once (a system call; a receive alone looks at them at
+        // most a millisecond late): an event emitted before this call is
+        // seen.
+        if all && !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
+            return;
+        }
+        // Each event is two frames: event id (u16) and value (u32), then the
+        // endpoint.
+        while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+            let Some(head) = frames.first().filter(|f| f.len() >= 6) else { continue };
+            let event = u16::from_ne_bytes([head[0], head[1]]);
+            if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                let fd = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+                if self.report_lost {
+                    self.pending_lost.push(fd as Conn);
+                }
+                if let Some(peers) = &mut self.peers {
+                    peers.remove(&(fd as Conn));
+                }
+            } else if event & HANDSHAKE_FAILED != 0 {
+                self.handshake_failures += 1;
+            }
+        }
+    }
+
+    /// Makes [`poll`](Router::poll) return as soon as `wake` is readable
+    /// (non-blocking; the loop drains it).
+    pub(crate) fn wake_on(&mut self, wake: UnixStream) {
+        self.wake = Some(wake);
+    }
+
+    /// Waits up to `timeout_ms` for input on the ROUTER or a wake-up. (The
+    /// monitor is read on every wake-up and whenever it matters, see
     /// [`Engine::connections_lost`]; polling it too would cost a system call
     /// per wake-up.)
     pub(crate) fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
-        self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
+        match &self.wake {
+            None => self.socket.poll(zmq::POLLIN, timeout_ms).map(drop),
+            Some(_) => self.poll_with_wake(None, timeout_ms),
+        }
     }
 
     /// [`poll`](Router::poll) that also wakes up for input on `other` (the
     /// cluster bridge's PAIR).
     pub(crate) fn poll_with(&mut self, other: &zmq::Socket, timeout_ms: i64) -> Result<(), zmq::Error> {
-        let mut items = [self.socket.as_poll_item(zmq::POLLIN), other.as_poll_item(zmq::POLLIN)];
-        zmq::poll(&mut items, timeout_ms).map(drop)
+        self.poll_with_wake(Some(other), timeout_ms)
+    }
+
+    fn poll_with_wake(&mut self, other: Option<&zmq::Socket>, timeout_ms: i64) -> Result<(), zmq::Error> {
+        let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
+        items.extend(other.map(|o| o.as_poll_item(zmq::POLLIN)));
+        items.extend(self.wake.as_ref().map(|w| zmq::PollItem::from_fd(w.as_raw_fd(), zmq::POLLIN)));
+        zmq::poll(&mut items, timeout_ms)?;
+        let woken = self.wake.is_some() && items.last().is_some_and(zmq::PollItem::is_readable);
+        drop(items);
+        if let (true, Some(wake)) = (woken, &mut self.wake) {
+            // Non-blocking: stops at "would block" (or at an error, which
+            // leaves it readable for the next poll to try again).
+            let mut buf = [0u8; 64];
+            while wake.read(&mut buf).is_ok_and(|n| n > 0) {}
+        }
+        Ok(())
     }
 }
 
@@ -138,28 +246,9 @@ impl Transport for Router {
     }
 
     fn lost_connections(&mut self, lost: &mut Vec<Conn>, all: bool) {
-        let Some(monitor) = &self.monitor else { return };
-        // Reading ZMQ_EVENTS makes libzmq take in the monitor pipe's pending
-        // wake-ups at once (a system call; a receive alone looks at them at
-        // most a millisecond late): an event emitted before this call is
-        // seen.
-        if all && !monitor.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
-            return;
-        }
-        // Each event is two frames: event id (u16) and value (u32), then the
-        // endpoint.
-        while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
-            let Some(head) = frames.first().filter(|f| f.len() >= 6) else { continue };
-            let event = u16::from_ne_bytes([head[0], head[1]]);
-            if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
-                let fd = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
-                lost.push(fd as Conn);
-                if let Some(peers) = &mut self.peers {
-                    peers.remove(&(fd as Conn));
-                }
-            } else if event & HANDSHAKE_FAILED != 0 {
-                self.handshake_failures += 1;
-            }
-        }
+        // Without CURVE only the peer map waits for these: the loop's pass on
+        // its next wake-up will do, no system call before each fan-out.
+        self.take_monitor_events(all && self.report_lost);
+        lost.append(&mut self.pending_lost);
     }
 }

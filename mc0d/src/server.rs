@@ -112,7 +112,7 @@ impl Broker {
         } else {
             None
         };
-        let (router, endpoint) = Router::bind(&ctx, &config, &log)?;
+        let (mut router, endpoint) = Router::bind(&ctx, &config, &log)?;
         let metrics = match config.metrics {
             None => None,
             Some(addr) => {
@@ -120,7 +120,10 @@ impl Broker {
                 if let Some(zap) = &zap {
                     hub.set_key_refusals(zap.refusals());
                 }
-                Some((MetricsServer::start(addr, hub.clone())?, Publisher::new(hub)))
+                let (publisher, wake) = Publisher::new(hub.clone())
+                    .map_err(|e| BrokerError(format!("cannot set up the metrics wake-up: {e}")))?;
+                router.wake_on(wake);
+                Some((MetricsServer::start(addr, hub)?, publisher))
             }
         };
         let cluster = match &config.cluster {
@@ -445,13 +448,11 @@ impl Server {
         self.frames.clear();
         let keep = self.engine.limits().max_frames.saturating_add(1);
         let curve = self.zap.is_some();
-        let router = self.engine.transport_mut();
-        let (socket, mut peers) = (&mut router.socket, router.peers.as_mut());
         let mut received = Received { extra: 0, has_user: false, conn: None };
         loop {
             let first = self.frames.is_empty() && received.extra == 0;
             let mut msg = Msg::new();
-            match msg.recv(socket, zmq::DONTWAIT) {
+            match msg.recv(&mut self.engine.transport_mut().socket, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) if first => return Ok(None),
                 // An interrupted read is retried, never taken for "nothing
@@ -465,13 +466,8 @@ impl Server {
             // routing-id frame the ROUTER puts in front.
             if self.frames.len() == 1 && received.extra == 0 {
                 received.conn = msg.source_fd();
-                if let (Some(peers), Some(conn)) = (&mut peers, received.conn) {
-                    // Once per connection, not per message.
-                    if let std::collections::hash_map::Entry::Vacant(entry) = peers.entry(conn) {
-                        if let Some(address) = msg.property(b"Peer-Address\0") {
-                            entry.insert(Arc::from(address));
-                        }
-                    }
+                if let Some(conn) = received.conn {
+                    self.engine.transport_mut().note_peer(conn, self.frames[0].as_ref(), &msg);
                 }
                 if curve {
                     self.user.clear();

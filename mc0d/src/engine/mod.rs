@@ -180,6 +180,12 @@ impl<T: Transport> Engine<T> {
         }
     }
 
+    /// Each queue's figures and the bounds they keep, for the metrics
+    /// (O(queues)).
+    pub fn queue_figures(&self) -> (Vec<queues::QueueFigures>, queues::QueueLimits) {
+        (self.queues.figures().collect(), self.queues.limits())
+    }
+
     /// Every session with the number of messages waiting in its buffer, for
     /// the metrics' session table (O(sessions): built only when asked).
     pub fn sessions(&self) -> impl Iterator<Item = (&clients::Client, usize)> {

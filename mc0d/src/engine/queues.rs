@@ -90,6 +90,10 @@ struct Queue {
     declared: bool,
     /// Last time it had a consumer or a message: for forgetting idle queues.
     used: Instant,
+    /// Its messages removed because their time ran out, and its deliveries
+    /// marked redelivered: for the metrics.
+    expired: u64,
+    redelivered: u64,
 }
 
 impl Queue {
@@ -102,6 +106,8 @@ impl Queue {
             bytes: 0,
             declared,
             used: now,
+            expired: 0,
+            redelivered: 0,
         }
     }
 
@@ -137,6 +143,22 @@ impl Queue {
 
 /// A queue is a topic and a name.
 pub type QueueKey = (Bytes, Bytes);
+
+/// One queue at one moment (see [`Queues::figures`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueFigures {
+    pub topic: Bytes,
+    pub name: Bytes,
+    /// Waiting or delivered and not yet acknowledged.
+    pub messages: usize,
+    pub bytes: usize,
+    pub unacknowledged: usize,
+    pub consumers: usize,
+    /// Removed because their time ran out, since the queue was made.
+    pub expired: u64,
+    /// Deliveries marked redelivered, since the queue was made.
+    pub redelivered: u64,
+}
 
 /// One delivery to send: to `consumer`, the MESSAGE `frames`.
 #[derive(Debug)]
@@ -227,6 +249,26 @@ impl Queues {
     /// Messages stored now, delivered or not.
     pub fn messages(&self) -> usize {
         self.queues.values().map(Queue::len).sum()
+    }
+
+    /// The bounds every queue keeps.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Each queue's figures, for the metrics (O(queues), no copy of a
+    /// message).
+    pub fn figures(&self) -> impl Iterator<Item = QueueFigures> + '_ {
+        self.queues.iter().map(|((topic, name), q)| QueueFigures {
+            topic: topic.clone(),
+            name: name.clone(),
+            messages: q.len(),
+            bytes: q.bytes,
+            unacknowledged: q.inflight.len(),
+            consumers: q.consumers.len(),
+            expired: q.expired,
+            redelivered: q.redelivered,
+        })
     }
 
     /// Whether `topic` has a queue.
@@ -408,6 +450,7 @@ impl Queues {
                     let m = queue.ready.pop_front().expect("head");
                     queue.bytes -= m.size();
                     self.expired += 1;
+                    queue.expired += 1;
                     if self.persist {
                         self.removed.push(m.seq);
                     }
@@ -423,6 +466,7 @@ impl Queues {
                 queue.cursor = (pick + 1) % n;
                 held[pick] += 1;
                 let message = queue.ready.pop_front().expect("head");
+                queue.redelivered += u64::from(message.redelivered);
                 let consumer = queue.consumers[pick].clone();
                 out.push(Delivery {
                     consumer: consumer.clone(),
@@ -465,6 +509,7 @@ impl Queues {
                 keep
             });
             queue.bytes -= freed;
+            queue.expired += (before - queue.ready.len()) as u64;
             expired += (before - queue.ready.len()) as u64;
         }
         self.expired += expired;
@@ -582,6 +627,29 @@ mod tests {
         assert_eq!(q.count(), 1, "not idle long enough");
         q.sweep(t0 + Duration::from_secs(10));
         assert!(q.is_empty(), "an empty undeclared queue nobody uses is forgotten");
+    }
+
+    #[test]
+    fn figures_count_expiries_and_redeliveries_per_queue() {
+        let t0 = Instant::now();
+        let mut q = Queues::new(QueueLimits::default());
+        q.declare(b"t", b"q", t0);
+        q.declare(b"t", b"other", t0);
+        q.push(b"t", &[], &[b"12345"], None, t0);
+        q.push(b"t", &[], &[b"x"], Some(t0 + Duration::from_millis(10)), t0);
+        q.join(b"t", b"q", &b("a"), t0);
+        assert_eq!(q.dispatch(t0, |_| true).len(), 2);
+        q.release(b"a");
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(q.dispatch(later, |_| true).len(), 1, "the expired one is not redelivered");
+        let of = |q: &Queues, name: &[u8]| q.figures().find(|f| &f.name[..] == name).unwrap();
+        let f = of(&q, b"q");
+        assert_eq!((f.messages, f.bytes, f.unacknowledged, f.consumers), (1, 5, 1, 1));
+        assert_eq!((f.expired, f.redelivered), (1, 1));
+        let f = of(&q, b"other");
+        assert_eq!((f.messages, f.consumers, f.expired, f.redelivered), (2, 0, 0, 0));
+        assert_eq!(q.sweep(later), 1);
+        assert_eq!(of(&q, b"other").expired, 1);
     }
 
     /// Operations of the model test.

@@ -5,6 +5,7 @@
 //! here; README's "Monitoring" list, the Grafana dashboard and the tests
 //! are checked against this table.
 
+use crate::engine::queues::QueueFigures;
 use crate::stats::{DropReason, RefusalReason};
 
 use super::snapshot::{ClusterFigures, KeyRefusal, Snapshot};
@@ -19,8 +20,8 @@ pub enum Kind {
 /// What a family's samples are.
 pub enum Values {
     One(f64),
-    /// One sample per value of the label.
-    Labelled(&'static str, Vec<(String, f64)>),
+    /// One sample per value of the labels (as many values as names).
+    Labelled(&'static [&'static str], Vec<(Vec<String>, f64)>),
     /// Not exported at all (a figure of a feature that is off, such as
     /// the cluster link without `--cluster`).
     Absent,
@@ -53,19 +54,29 @@ fn cluster(s: &Snapshot, read: fn(&ClusterFigures) -> u64) -> Values {
     s.cluster.as_ref().map_or(Values::Absent, |c| n(read(c)))
 }
 
+/// One sample per reason, each under its label.
+fn by_reason<R: Copy>(all: &[R], label: fn(R) -> &'static str, count: impl Fn(R) -> u64) -> Values {
+    Values::Labelled(&["reason"], all.iter().map(|&r| (vec![label(r).to_string()], count(r) as f64)).collect())
+}
+
 fn drops(s: &Snapshot) -> Values {
-    let v = DropReason::ALL.iter().map(|r| (r.label().to_string(), s.stats.drops_by.get(*r) as f64)).collect();
-    Values::Labelled("reason", v)
+    by_reason(DropReason::ALL, DropReason::label, |r| s.stats.drops_by.get(r))
 }
 
 fn refused(s: &Snapshot) -> Values {
-    let v = RefusalReason::ALL.iter().map(|r| (r.label().to_string(), s.stats.refused.get(*r) as f64)).collect();
-    Values::Labelled("reason", v)
+    by_reason(RefusalReason::ALL, RefusalReason::label, |r| s.stats.refused.get(r))
 }
 
 fn keys_refused(s: &Snapshot) -> Values {
-    let v = KeyRefusal::ALL.iter().map(|r| (r.label().to_string(), s.keys_refused[*r as usize] as f64)).collect();
-    Values::Labelled("reason", v)
+    by_reason(KeyRefusal::ALL, KeyRefusal::label, |r| s.keys_refused[r as usize])
+}
+
+/// One sample per queue, labelled with its topic and name (a queue is
+/// both: two topics may have queues of the same name).
+fn per_queue(s: &Snapshot, read: fn(&QueueFigures) -> u64) -> Values {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let v = s.queues.iter().map(|q| (vec![text(&q.topic), text(&q.name)], read(q) as f64)).collect();
+    Values::Labelled(&["topic", "queue"], v)
 }
 
 const fn family(name: &'static str, help: &'static str, kind: Kind, read: fn(&Snapshot) -> Values) -> Family {
@@ -80,6 +91,12 @@ pub const FAMILIES: &[Family] = &[
     family("connections", "Client sessions open now (connected by CONNECT, not yet ended).", Gauge, |s| {
         n(s.stats.clients)
     }),
+    family(
+        "tcp_connections",
+        "Connections open now that have sent a message (a session's, or one not CONNECTed yet).",
+        Gauge,
+        |s| n(s.tcp_connections),
+    ),
     family("connects", "Sessions opened by a CONNECT (re-CONNECTs included).", Counter, |s| n(s.stats.connects)),
     family("disconnects", "Sessions ended by the client's DISCONNECT.", Counter, |s| n(s.stats.disconnects)),
     family("expiries", "Sessions ended because the client was silent past 1.05 x its TTL.", Counter, |s| {
@@ -128,6 +145,39 @@ pub const FAMILIES: &[Family] = &[
     }),
     family("queue_expired", "Queued messages removed because their EXPIRES-IN ran out.", Counter, |s| {
         n(s.stats.expired)
+    }),
+    family("queue_messages", "Messages in one queue now, waiting or delivered and not yet acknowledged.", Gauge, |s| {
+        per_queue(s, |q| q.messages as u64)
+    }),
+    family("queue_bytes", "Bytes (bodies and headers) of one queue's messages now.", Gauge, |s| {
+        per_queue(s, |q| q.bytes as u64)
+    }),
+    family(
+        "queue_messages_unacknowledged",
+        "Messages of one queue delivered and not yet acknowledged now.",
+        Gauge,
+        |s| per_queue(s, |q| q.unacknowledged as u64),
+    ),
+    family("queue_consumers", "Consumers (queue subscriptions) of one queue now.", Gauge, |s| {
+        per_queue(s, |q| q.consumers as u64)
+    }),
+    family(
+        "queue_messages_expired",
+        "Messages of one queue removed because their EXPIRES-IN ran out, since the queue was made.",
+        Counter,
+        |s| per_queue(s, |q| q.expired),
+    ),
+    family(
+        "queue_messages_redelivered",
+        "Deliveries of one queue marked REDELIVERED (its consumer left without acknowledging it).",
+        Counter,
+        |s| per_queue(s, |q| q.redelivered),
+    ),
+    family("queue_max_messages", "The bound of each queue's messages (--queue-max-messages).", Gauge, |s| {
+        n(s.queue_limits.max_messages)
+    }),
+    family("queue_max_bytes", "The bound of each queue's bytes (--queue-max-bytes).", Gauge, |s| {
+        n(s.queue_limits.max_bytes)
     }),
     family("cluster_up", "1 while the NATS link of --cluster is up, else 0 (absent without --cluster).", Gauge, |s| {
         cluster(s, |c| u64::from(c.up))

@@ -128,9 +128,10 @@ impl Collector for Families {
             match values {
                 Values::Absent => {}
                 Values::One(value) => sample(family.kind, value, metric)?,
-                Values::Labelled(label, values) => {
-                    for (value_label, value) in values {
-                        let labels = [(label, value_label.as_str())];
+                Values::Labelled(names, values) => {
+                    for (label_values, value) in values {
+                        let labels: Vec<(&str, &str)> =
+                            names.iter().copied().zip(label_values.iter().map(String::as_str)).collect();
                         sample(family.kind, value, metric.encode_family(&labels)?)?;
                     }
                 }

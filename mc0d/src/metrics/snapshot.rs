@@ -1,17 +1,22 @@
 //! What the socket thread hands the HTTP thread. The socket thread copies
 //! its counters into a [`Snapshot`] at most every [`COUNTERS_EVERY`] (a
-//! copy of a few dozen integers, nothing proportional to clients), and
+//! copy of a few dozen integers and of each queue's figures, nothing
+//! proportional to clients), and
 //! builds the session table only when an HTTP request asked for it and the
 //! last one is older than [`SESSIONS_EVERY`]: at most one O(sessions) pass
 //! per second, however many requests come.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::ClusterCounters;
+use crate::engine::queues::{QueueFigures, QueueLimits};
 use crate::engine::{Conn, Engine, Transport};
+use crate::router::Peer;
 use crate::stats::Stats;
 
 /// How stale the counters may be.
@@ -65,8 +70,15 @@ pub struct Snapshot {
     pub keys_refused: [u64; 3],
     pub allowlist_keys: usize,
     pub allowlist_reloads: u64,
+    /// Connections open now that have sent a message (their peer addresses
+    /// are held for `/connz`).
+    pub tcp_connections: usize,
     /// With `--cluster`: the NATS link's figures.
     pub cluster: Option<ClusterFigures>,
+    /// Each queue's figures (sorted by topic and name when read through
+    /// [`Hub::snapshot`]) and the bounds they keep.
+    pub queues: Vec<QueueFigures>,
+    pub queue_limits: QueueLimits,
 }
 
 /// The cluster link at one moment (see [`ClusterCounters`]).
@@ -131,6 +143,10 @@ pub struct Hub {
     state: Mutex<State>,
     fresh: Condvar,
     sessions_wanted: AtomicBool,
+    /// Written to (a byte, non-blocking) after asking for a session table:
+    /// its other end is polled with the ROUTER, so the loop wakes at once
+    /// rather than at its next timeout.
+    wake: OnceLock<UnixStream>,
     key_refusals: Mutex<Arc<KeyRefusals>>,
 }
 
@@ -148,6 +164,9 @@ impl Hub {
     /// runs), with the ZAP handler's counts as of now.
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = (*self.lock().snapshot).clone();
+        // Here rather than on the socket thread, which copies them in
+        // whatever order its table holds them.
+        snapshot.queues.sort_unstable_by(|a, b| (&a.topic, &a.name).cmp(&(&b.topic, &b.name)));
         snapshot.keys_refused = self.key_refusals.lock().unwrap_or_else(|p| p.into_inner()).read();
         snapshot
     }
@@ -164,6 +183,10 @@ impl Hub {
                 return state.sessions.clone();
             }
             self.sessions_wanted.store(true, Ordering::Release);
+            if let Some(mut wake) = self.wake.get() {
+                // Full means a wake-up is pending already.
+                let _ = wake.write(&[1]);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return state.sessions.clone();
@@ -184,8 +207,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Publisher { hub, last: None, allowlist_keys: 0, allowlist_reloads: 0, cluster: None }
+    /// The publisher, and the end of `hub`'s wake-up the loop must poll
+    /// (`Router::wake_on`).
+    pub fn new(hub: Arc<Hub>) -> std::io::Result<(Self, UnixStream)> {
+        let (wake, woken) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
+        // A second publisher on one hub would not be woken: none is made.
+        let _ = hub.wake.set(wake);
+        Ok((Publisher { hub, last: None, allowlist_keys: 0, allowlist_reloads: 0, cluster: None }, woken))
     }
 
     /// Called on every wake-up of the loop: copies the counters when due,
@@ -194,7 +224,7 @@ impl Publisher {
     pub fn publish<T: Transport>(
         &mut self,
         engine: &Engine<T>,
-        peers: &HashMap<Conn, Arc<str>>,
+        peers: &HashMap<Conn, Peer>,
         handshake_failures: u64,
         now: Instant,
     ) {
@@ -203,13 +233,17 @@ impl Publisher {
             return;
         }
         self.last = Some(now);
+        let (queues, queue_limits) = engine.queue_figures();
         let snapshot = Arc::new(Snapshot {
             stats: engine.stats(),
             handshake_failures,
             keys_refused: [0; 3],
             allowlist_keys: self.allowlist_keys,
             allowlist_reloads: self.allowlist_reloads,
+            tcp_connections: peers.len(),
             cluster: self.cluster.as_deref().map(ClusterFigures::of),
+            queues,
+            queue_limits,
         });
         let sessions = wanted.then(|| Arc::new(table(engine, peers, now)));
         let mut state = self.hub.lock();
@@ -222,7 +256,7 @@ impl Publisher {
     }
 }
 
-fn table<T: Transport>(engine: &Engine<T>, peers: &HashMap<Conn, Arc<str>>, now: Instant) -> Sessions {
+fn table<T: Transport>(engine: &Engine<T>, peers: &HashMap<Conn, Peer>, now: Instant) -> Sessions {
     let started = Instant::now();
     let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let unix = |at: Instant| wall - now.saturating_duration_since(at).as_secs_f64();
@@ -232,7 +266,7 @@ fn table<T: Transport>(engine: &Engine<T>, peers: &HashMap<Conn, Arc<str>>, now:
             id: c.id.escape_ascii().to_string(),
             name: c.identity.clone(),
             key: c.user.clone(),
-            peer: c.conn.and_then(|conn| peers.get(&conn).cloned()),
+            peer: c.conn.and_then(|conn| peers.get(&conn)).map(|p| p.address.clone()),
             connected: unix(c.since),
             last_heard: unix(c.last_heard),
             ttl_ms: c.ttl.as_millis() as u64,

@@ -1,5 +1,6 @@
 use super::snapshot::ClusterFigures;
 use super::*;
+use crate::engine::queues::{QueueFigures, QueueLimits};
 use crate::stats::{DropReason, RefusalReason};
 
 /// Checks `text` line by line against the text exposition format 0.0.4:
@@ -50,6 +51,20 @@ pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
     Ok(samples)
 }
 
+/// A queue's figures, all distinct so a mix-up shows.
+fn queue(topic: &str, name: &str) -> QueueFigures {
+    QueueFigures {
+        topic: topic.as_bytes().into(),
+        name: name.as_bytes().into(),
+        messages: 5,
+        bytes: 300,
+        unacknowledged: 2,
+        consumers: 3,
+        expired: 7,
+        redelivered: 1,
+    }
+}
+
 #[test]
 fn every_family_is_exported_in_the_text_format() {
     let mut snapshot = Snapshot::default();
@@ -58,6 +73,8 @@ fn every_family_is_exported_in_the_text_format() {
     snapshot.stats.drops_by.add(DropReason::BufferFull, 2);
     snapshot.stats.refused.add(RefusalReason::NotConnected, 5);
     snapshot.cluster = Some(ClusterFigures { up: true, forwarded: 4, received: 6, unforwarded: 1 });
+    snapshot.queues = vec![queue("mcollective.discovery.agent", "async")];
+    snapshot.queue_limits = QueueLimits { max_messages: 10, ..QueueLimits::default() };
     let text = encode(&snapshot);
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
@@ -69,6 +86,14 @@ fn every_family_is_exported_in_the_text_format() {
     assert_eq!(value("mc0d_cluster_up"), Some(1.0));
     assert_eq!(value("mc0d_cluster_forwarded_total"), Some(4.0));
     assert_eq!(value("mc0d_cluster_unforwarded_total"), Some(1.0));
+    let q = "{topic=\"mcollective.discovery.agent\",queue=\"async\"}";
+    assert_eq!(value(&format!("mc0d_queue_messages{q}")), Some(5.0));
+    assert_eq!(value(&format!("mc0d_queue_bytes{q}")), Some(300.0));
+    assert_eq!(value(&format!("mc0d_queue_messages_unacknowledged{q}")), Some(2.0));
+    assert_eq!(value(&format!("mc0d_queue_consumers{q}")), Some(3.0));
+    assert_eq!(value(&format!("mc0d_queue_messages_expired_total{q}")), Some(7.0));
+    assert_eq!(value(&format!("mc0d_queue_messages_redelivered_total{q}")), Some(1.0));
+    assert_eq!(value("mc0d_queue_max_messages"), Some(10.0));
     assert_eq!(value(&format!("mc0d_build_info{{version=\"{}\"}}", mc0::VERSION)), Some(1.0));
     assert!(value("process_resident_memory_bytes").unwrap() > 0.0);
     assert!(value("process_open_fds").unwrap() > 0.0);
@@ -76,6 +101,28 @@ fn every_family_is_exported_in_the_text_format() {
         let name = family.exported_name();
         assert!(samples.iter().any(|(s, _)| s == &name || s.starts_with(&format!("{name}{{"))), "{name} missing");
     }
+}
+
+/// Queue names come from clients: quotes, backslashes and line breaks are
+/// escaped, bytes that are not UTF-8 replaced, and same-named queues of two
+/// topics stay apart.
+#[test]
+fn queue_labels_are_escaped_and_keep_topics_apart() {
+    let mut odd = queue("c", "");
+    odd.name = (&b"\xff"[..]).into();
+    let snapshot = Snapshot { queues: vec![queue("a", "q\"\n\\"), queue("b", "q\"\n\\"), odd], ..Snapshot::default() };
+    let text = encode(&snapshot);
+    let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let depth: Vec<&str> =
+        samples.iter().filter(|(s, _)| s.starts_with("mc0d_queue_messages{")).map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        depth,
+        [
+            r#"mc0d_queue_messages{topic="a",queue="q\"\n\\"}"#,
+            r#"mc0d_queue_messages{topic="b",queue="q\"\n\\"}"#,
+            "mc0d_queue_messages{topic=\"c\",queue=\"\u{fffd}\"}",
+        ]
+    );
 }
 
 #[test]
@@ -110,7 +157,8 @@ fn cluster_figures_are_absent_without_a_cluster() {
 
 /// Every name `/metrics` can export (the cluster's with `--cluster` only).
 fn exported() -> Vec<String> {
-    let snapshot = Snapshot { cluster: Some(ClusterFigures::default()), ..Snapshot::default() };
+    let snapshot =
+        Snapshot { cluster: Some(ClusterFigures::default()), queues: vec![queue("t", "q")], ..Snapshot::default() };
     let text = encode(&snapshot);
     parse_exposition(&text).unwrap().into_iter().map(|(s, _)| s.split('{').next().unwrap().to_string()).collect()
 }
@@ -138,4 +186,35 @@ fn docs_name_only_exported_metrics_and_readme_lists_them_all() {
     for name in &listed {
         assert!(exported.contains(name), "README's Monitoring section lists {name}, which is not exported");
     }
+}
+
+/// Sends nothing anywhere: the engine of the wake-up test has no client.
+struct Nowhere;
+
+impl crate::engine::Transport for Nowhere {
+    fn deliver(&mut self, _: &[u8], _: &[Vec<u8>]) -> Result<(), zmq::Error> {
+        Ok(())
+    }
+}
+
+/// A request for a session table makes the loop's wake-up readable (the
+/// loop polls it with the ROUTER), so an idle broker answers at once rather
+/// than at its next timeout; the request gets the table the loop builds.
+#[test]
+fn a_session_table_request_wakes_the_loop() {
+    use std::os::fd::AsRawFd;
+    let hub = Arc::new(Hub::default());
+    let (mut publisher, woken) = Publisher::new(hub.clone()).unwrap();
+    let config = crate::config::Config { log_level: mc0::log::Level::Error, ..Default::default() };
+    let engine = crate::engine::Engine::new(Nowhere, &config);
+    let asker = std::thread::spawn({
+        let hub = hub.clone();
+        move || hub.sessions().built.is_some()
+    });
+    let mut items = [zmq::PollItem::from_fd(woken.as_raw_fd(), zmq::POLLIN)];
+    // Without the wake-up this poll would run its whole 60 s; the request
+    // waits 3 s at most, so it would also come back without a table.
+    assert_eq!(zmq::poll(&mut items, 60_000).unwrap(), 1, "no wake-up");
+    publisher.publish(&engine, &std::collections::HashMap::new(), 0, std::time::Instant::now());
+    assert!(asker.join().unwrap(), "the request got no table");
 }
