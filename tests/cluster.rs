@@ -5,9 +5,10 @@
 //! the broker's NATS interest (seen in nats-server's monitoring endpoint);
 //! bodies over NATS's max_payload refused; and the faults: a NATS server
 //! killed, all of NATS gone (local traffic goes on, the status line counts
-//! what was not forwarded) and back (interest restored). Queues hold their
-//! topic's interest: a queue on one broker keeps what is published on
-//! another while no consumer of it runs.
+//! what was not forwarded) and back (interest restored), or not there yet
+//! when a broker starts (its subscriptions reach NATS once it is up).
+//! Queues hold their topic's interest: a queue on one broker keeps what is
+//! published on another while no consumer of it runs.
 //!
 //! Skipped (with a message) where `nats-server` is not installed.
 
@@ -123,8 +124,18 @@ impl Drop for Nats {
 
 /// Three nats-servers routed to each other, ready (every route up).
 fn nats_cluster(dir: &TempDir) -> Vec<Nats> {
+    let mut servers = nats_configs(dir);
+    for server in &mut servers {
+        server.spawn();
+    }
+    wait_routes(&servers);
+    servers
+}
+
+/// The three servers of [`nats_cluster`], configured, none started.
+fn nats_configs(dir: &TempDir) -> Vec<Nats> {
     let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
-    let mut servers: Vec<Nats> = ports
+    ports
         .iter()
         .enumerate()
         .map(|(i, &(port, http, route))| {
@@ -143,18 +154,18 @@ fn nats_cluster(dir: &TempDir) -> Vec<Nats> {
             .unwrap();
             Nats { child: None, port, http, conf, log: LogBuf::default() }
         })
-        .collect();
-    for server in &mut servers {
-        server.spawn();
-    }
-    wait_routes(&servers);
-    servers
+        .collect()
 }
 
 fn wait_routes(servers: &[Nats]) {
     let deadline = Instant::now() + WAIT;
     while servers.iter().any(|s| s.routes() < 2) {
-        assert!(Instant::now() < deadline, "the NATS routes did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "the NATS routes did not come up: {:?}\n{}",
+            servers.iter().map(Nats::routes).collect::<Vec<_>>(),
+            servers.iter().map(|s| s.log.text()).collect::<Vec<_>>().join("\n")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -450,6 +461,37 @@ fn a_queue_keeps_what_other_brokers_publish_while_no_consumer_runs() {
     wait_subjects(&nats[2], "the forgotten queue's interest dropped", |s| {
         !s.contains(&other_subject) && s.contains(&subject)
     });
+}
+
+#[test]
+fn a_subscription_made_before_nats_ever_answered_reaches_it_later() {
+    if !have_nats() {
+        return;
+    }
+    let dir = TempDir::new("cluster-late");
+    let mut nats = nats_configs(&dir);
+    nats[0].spawn();
+    nats[1].spawn();
+    let a = broker(&[nats[0].url()], &[]);
+    // C's only NATS server is not running yet: C serves its clients meanwhile.
+    let c = Mc0d::start_args(&["--cluster", &nats[2].url(), "--status-interval", "1"]);
+    let ctx = zmq::Context::new();
+    let late = subscriber(&ctx, &c, &[BROADCAST]);
+    c.log.wait_for(WAIT, |l| l.contains("subscribed") || l.contains("connecting to NATS")).expect("C runs");
+    assert!(!c.log.text().contains("connected to NATS server"), "NATS answered too early for this test");
+
+    // NATS comes: C connects and the subscription made before reaches it.
+    nats[2].spawn();
+    wait_routes(&nats);
+    c.log.wait_for(WAIT, |l| l.contains("connected to NATS server")).expect("C connects once NATS runs");
+    wait_subjects(&nats[2], "C's interest from before NATS ran", |s| {
+        s.contains(&"mc0.mcollective.rpcutil".to_string())
+    });
+    let publisher = a.client(&ctx);
+    publisher.handshake(60_000);
+    until_delivered(&publisher, BROADCAST, &[&late], WAIT);
+    put(&publisher, BROADCAST, b"from A");
+    assert_eq!(next_body(&late, WAIT).as_deref(), Some(&b"from A"[..]));
 }
 
 #[test]
