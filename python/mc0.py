@@ -15,6 +15,17 @@ part of its own::
         if m is not None:
             print(m.topic, m.sender, m.headers, m.body)
 
+Queues (mc0d keeps a topic's messages while no consumer runs; at least
+once) and time-to-lives::
+
+    with mc0.Connector({..., "explicit_ack": True}) as c:
+        c.subscribe_queue("mcollective reply admin async", "async")
+        m = c.receive(timeout_ms=5000)
+        ...                                   # process it, then
+        c.ack(m)                              # or let receive acknowledge (no explicit_ack)
+        c.publish(topic, b"ping", ttl_ms=60000)   # never sent, nor delivered from a queue, after 60 s
+        print(c.stats()["expired"])
+
 Every failing call raises :class:`Error`, which carries libmc0's status
 code (``status``, ``status_name``), the text of ``mc0_last_error()``
 (``message``) and, for configuration and key-file errors, the setting at
@@ -31,6 +42,7 @@ a build tree).
 """
 
 import ctypes
+import json
 import os
 import threading
 
@@ -98,6 +110,12 @@ _SIGNATURES = {
     "mc0_connector_unsubscribe": (_status, [_handle, _text]),
     "mc0_connector_publish": (_status, [_handle, _text, ctypes.POINTER(_text), ctypes.POINTER(_bytes),
                                         _size_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]),
+    "mc0_connector_publish_ttl": (_status, [_handle, _text, ctypes.POINTER(_text), ctypes.POINTER(_bytes),
+                                            _size_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+                                            ctypes.c_uint64]),
+    "mc0_connector_subscribe_queue": (_status, [_handle, _text, _text]),
+    "mc0_connector_ack": (_status, [_handle, ctypes.c_uint64]),
+    "mc0_connector_stats_json": (ctypes.c_void_p, [_handle]),
     "mc0_connector_flush": (_status, [_handle, ctypes.c_int32]),
     "mc0_connector_receive": (_status, [_handle, ctypes.c_int32, ctypes.POINTER(_handle)]),
     "mc0_connector_close": (_status, [_handle]),
@@ -208,7 +226,9 @@ class Message:
     """A received message, copied out of libmc0 (nothing to free):
     ``topic`` (str), ``sender`` (the name the broker knows the publisher's
     key by, or None), ``sender_key`` (Z85, or None), ``headers`` (dict of
-    str -> bytes, the publisher's X- headers) and ``body`` (bytes)."""
+    str -> bytes: the publisher's X- headers, and from mc0d ``EXPIRES-IN``
+    and, for a queue delivery, ``QUEUE``, ``DELIVERY`` and ``REDELIVERED``)
+    and ``body`` (bytes)."""
 
     __slots__ = ("topic", "sender", "sender_key", "headers", "body")
 
@@ -267,12 +287,32 @@ class Connector:
         """Subscribes to topic (counted: subscribe twice, unsubscribe twice)."""
         self._lib.mc0_connector_subscribe(self._live(), _c(topic))
 
+    def subscribe_queue(self, topic, queue):
+        """Subscribes to topic as a consumer of its queue named queue: mc0d
+        keeps the topic's messages for the queue while no consumer runs and
+        hands each to one consumer (at least once: a delivery not
+        acknowledged when this connector goes comes again, with the header
+        REDELIVERED). receive acknowledges what it hands out, unless the
+        config sets explicit_ack (then call ack). Undo with unsubscribe."""
+        self._lib.mc0_connector_subscribe_queue(self._live(), _c(topic), _c(queue))
+
+    def ack(self, message):
+        """Acknowledges a queue delivery (a Message from receive, or its
+        DELIVERY id as an int): the broker forgets it. Needed only with
+        explicit_ack; a message not from a queue is ignored."""
+        delivery = message.headers.get("DELIVERY") if isinstance(message, Message) else message
+        if delivery is not None:
+            self._lib.mc0_connector_ack(self._live(), int(delivery))
+
     def unsubscribe(self, topic):
         self._lib.mc0_connector_unsubscribe(self._live(), _c(topic))
 
-    def publish(self, topic, body, headers=None):
+    def publish(self, topic, body, headers=None, ttl_ms=None):
         """Publishes body (bytes or str) to topic with optional headers (a
-        dict of str -> bytes or str); kept until the broker acknowledges it."""
+        dict of str -> bytes or str); kept until the broker acknowledges it.
+        With ttl_ms (1 ms to 30 days), once that has passed the message is
+        never sent (counted in stats()["expired"]) and mc0d never delivers it
+        from a queue."""
         headers = headers or {}
         n = len(headers)
         names = (_text * n)(*[_c(k) for k in headers])
@@ -281,7 +321,17 @@ class Connector:
         pointers = (_bytes * n)(*[ctypes.cast(b, _bytes) for b in buffers])
         lens = (ctypes.c_size_t * n)(*[len(v) for v in values])
         body = _c(body)
-        self._lib.mc0_connector_publish(self._live(), _c(topic), names, pointers, lens, n, body, len(body))
+        if ttl_ms is None:
+            self._lib.mc0_connector_publish(self._live(), _c(topic), names, pointers, lens, n, body, len(body))
+        else:
+            self._lib.mc0_connector_publish_ttl(self._live(), _c(topic), names, pointers, lens, n, body, len(body),
+                                                ttl_ms)
+
+    def stats(self):
+        """The counters as a dict (mc0_connector_stats_json): sent,
+        published, publishes_dropped, received, expired, failovers, broker,
+        last_error and more. Valid after close."""
+        return json.loads(_owned_string(self._lib.mc0_connector_stats_json(self._live()), "stats"))
 
     def flush(self, timeout_ms=-1):
         """Waits until everything published so far is acknowledged (negative: no limit)."""

@@ -5,7 +5,10 @@
 //! the broker's NATS interest (seen in nats-server's monitoring endpoint);
 //! bodies over NATS's max_payload refused; and the faults: a NATS server
 //! killed, all of NATS gone (local traffic goes on, the status line counts
-//! what was not forwarded) and back (interest restored).
+//! what was not forwarded) and back (interest restored), or not there yet
+//! when a broker starts (its subscriptions reach NATS once it is up).
+//! Queues hold their topic's interest: a queue on one broker keeps what is
+//! published on another while no consumer of it runs.
 //!
 //! Skipped (with a message) where `nats-server` is not installed.
 
@@ -18,7 +21,7 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, Client, LogBuf, Mc0d, Mc0dOptions, TempDir, WAIT};
-use mc0::protocol::Command;
+use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE};
 
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 const MAX_PAYLOAD: usize = 65_536;
@@ -96,6 +99,18 @@ impl Nats {
         subjects
     }
 
+    /// The subjects the other servers told this one their clients want.
+    fn route_subjects(&self) -> Vec<String> {
+        let routez = self.monitor("/routez?subs=1");
+        routez["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["subscriptions_list"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    }
+
     fn routes(&self) -> u64 {
         self.monitor("/routez")["num_routes"].as_u64().unwrap_or(0)
     }
@@ -109,8 +124,18 @@ impl Drop for Nats {
 
 /// Three nats-servers routed to each other, ready (every route up).
 fn nats_cluster(dir: &TempDir) -> Vec<Nats> {
+    let mut servers = nats_configs(dir);
+    for server in &mut servers {
+        server.spawn();
+    }
+    wait_routes(&servers);
+    servers
+}
+
+/// The three servers of [`nats_cluster`], configured, none started.
+fn nats_configs(dir: &TempDir) -> Vec<Nats> {
     let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
-    let mut servers: Vec<Nats> = ports
+    ports
         .iter()
         .enumerate()
         .map(|(i, &(port, http, route))| {
@@ -129,18 +154,18 @@ fn nats_cluster(dir: &TempDir) -> Vec<Nats> {
             .unwrap();
             Nats { child: None, port, http, conf, log: LogBuf::default() }
         })
-        .collect();
-    for server in &mut servers {
-        server.spawn();
-    }
-    wait_routes(&servers);
-    servers
+        .collect()
 }
 
 fn wait_routes(servers: &[Nats]) {
     let deadline = Instant::now() + WAIT;
     while servers.iter().any(|s| s.routes() < 2) {
-        assert!(Instant::now() < deadline, "the NATS routes did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "the NATS routes did not come up: {:?}\n{}",
+            servers.iter().map(Nats::routes).collect::<Vec<_>>(),
+            servers.iter().map(|s| s.log.text()).collect::<Vec<_>>().join("\n")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -362,6 +387,111 @@ fn brokers_survive_nats_faults() {
     until_delivered(&publisher, BROADCAST, &[&local, &remote], WAIT);
     let up = common::wait_until(WAIT, || common::get(metrics, "/metrics").1.contains("\nmc0d_cluster_up 1"));
     assert!(up, "the link is up again in /metrics");
+}
+
+#[test]
+fn a_queue_keeps_what_other_brokers_publish_while_no_consumer_runs() {
+    if !have_nats() {
+        return;
+    }
+    let dir = TempDir::new("cluster-queues");
+    let nats = nats_cluster(&dir);
+    let topic: &[u8] = b"mcollective reply client-a async";
+    let subject = "mc0.mcollective.reply.client-a.async".to_string();
+    let queue_dir = dir.path().join("queues");
+    let a = broker(&[nats[0].url()], &[]);
+    let declared = format!("{}=replies", String::from_utf8_lossy(topic));
+    let c = broker(
+        &[nats[2].url()],
+        &["--queue", &declared, "--queue-idle", "1", "--queue-dir", queue_dir.to_str().unwrap()],
+    );
+    // C's declared queue holds the interest, and A's server learns it.
+    wait_subjects(&nats[2], "C's queue interest", |s| s.contains(&subject));
+    assert!(
+        common::wait_until(WAIT, || nats[0].route_subjects().contains(&subject)),
+        "A's NATS server did not learn C's interest: {:?}",
+        nats[0].route_subjects()
+    );
+
+    // PUTs on A while nobody on C consumes: one kept, one that expires first.
+    let ctx = zmq::Context::new();
+    let publisher = a.client(&ctx);
+    publisher.handshake(60_000);
+    let put_ttl = |id: &'static [u8], body: &'static [u8], ttl: &'static [u8]| {
+        publisher.call(&Command::Put {
+            topic,
+            headers: vec![(EXPIRES_IN.as_bytes(), ttl)],
+            id: Some(id),
+            body: vec![body],
+        })
+    };
+    put_ttl(b"p1", b"short-lived", b"200");
+    put_ttl(b"p2", b"the reply", b"60000");
+    // p1 reached C's queue (it expired there); p2 followed it on the same
+    // path, so it too is stored before the consumer comes.
+    c.log.wait_for(WAIT, |l| l.contains("1 queued messages expired")).expect("the short-lived one expires on C");
+
+    // The consumer comes later: the kept one, once, with its time left.
+    let consumer = c.client(&ctx);
+    consumer.handshake(60_000);
+    consumer.call(&Command::Sub { id: Some(b"q"), queue: Some(b"replies"), topics: vec![topic] });
+    let m = common::Message::from_frames(&consumer.recv_non_noop(WAIT).expect("the queued reply"));
+    assert_eq!(m.body.concat(), b"the reply");
+    let header = |name: &str| m.headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone());
+    assert_eq!(header(QUEUE).as_deref(), Some(&b"replies"[..]));
+    let left: u64 = String::from_utf8(header(EXPIRES_IN).expect("time left")).unwrap().parse().unwrap();
+    assert!(left > 0 && left <= 60_000, "{left}");
+    assert!(m.sender_key.is_some(), "A's stamp travels with it");
+    let delivery: u64 = String::from_utf8(header(DELIVERY).expect("a delivery id")).unwrap().parse().unwrap();
+    consumer.call(&Command::Ack { id: Some(b"ack"), deliveries: vec![delivery] });
+    // Exactly once: the next thing the consumer gets is the next PUT.
+    put_ttl(b"p3", b"next", b"60000");
+    let next = consumer.recv_non_noop(WAIT).expect("the next reply");
+    assert_eq!(common::Message::from_frames(&next).body.concat(), b"next", "a duplicate came first");
+    assert!(next_body(&consumer, Duration::from_millis(300)).is_none(), "nothing twice");
+
+    // A queue made by a queue SUB holds its topic's interest until it is
+    // forgotten (empty, without consumers, for --queue-idle).
+    let other: &[u8] = b"mcollective reply client-b async";
+    let other_subject = "mc0.mcollective.reply.client-b.async".to_string();
+    consumer.call(&Command::Sub { id: Some(b"q2"), queue: Some(b"b"), topics: vec![other] });
+    wait_subjects(&nats[2], "the new queue's interest", |s| s.contains(&other_subject));
+    consumer.call(&Command::Unsub { id: Some(b"u2"), queue: Some(b"b"), topics: vec![other] });
+    // The declared queue and its interest stay.
+    wait_subjects(&nats[2], "the forgotten queue's interest dropped", |s| {
+        !s.contains(&other_subject) && s.contains(&subject)
+    });
+}
+
+#[test]
+fn a_subscription_made_before_nats_ever_answered_reaches_it_later() {
+    if !have_nats() {
+        return;
+    }
+    let dir = TempDir::new("cluster-late");
+    let mut nats = nats_configs(&dir);
+    nats[0].spawn();
+    nats[1].spawn();
+    let a = broker(&[nats[0].url()], &[]);
+    // C's only NATS server is not running yet: C serves its clients meanwhile.
+    let c = Mc0d::start_args(&["--cluster", &nats[2].url(), "--status-interval", "1"]);
+    let ctx = zmq::Context::new();
+    let late = subscriber(&ctx, &c, &[BROADCAST]);
+    c.log.wait_for(WAIT, |l| l.contains("subscribed") || l.contains("connecting to NATS")).expect("C runs");
+    assert!(!c.log.text().contains("connected to NATS server"), "NATS answered too early for this test");
+
+    // NATS comes: C connects and the subscription made before reaches it.
+    nats[2].spawn();
+    wait_routes(&nats);
+    c.log.wait_for(WAIT, |l| l.contains("connected to NATS server")).expect("C connects once NATS runs");
+    wait_subjects(&nats[2], "C's interest from before NATS ran", |s| {
+        s.contains(&"mc0.mcollective.rpcutil".to_string())
+    });
+    let publisher = a.client(&ctx);
+    publisher.handshake(60_000);
+    until_delivered(&publisher, BROADCAST, &[&late], WAIT);
+    put(&publisher, BROADCAST, b"from A");
+    assert_eq!(next_body(&late, WAIT).as_deref(), Some(&b"from A"[..]));
 }
 
 #[test]

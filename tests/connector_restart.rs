@@ -10,15 +10,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, write_keys, Mc0d, TempDir, CONNECTOR_WAIT as WAIT};
+use common::{wait_until, write_keys, LegacyBroker, Mc0d, TempDir, CONNECTOR_WAIT as WAIT};
 use mc0::connector::Config;
 use mc0::connector::{Connector, ErrorKind};
-use mc0::protocol::{Command, Limits, Reply};
 
 /// The bound the issue sets: subscribed again this soon after the broker is
 /// back (libmc0's TCP retry interval is at most 1 s, plus jitter and the
@@ -124,143 +120,6 @@ fn mc0d_killed_and_restarted_every_subscription_is_back_within_2s() {
         assert!(*t <= BACK_WITHIN, "subscriber {i} re-subscribed {t:?} after the restart; log:\n{}", broker.log.text());
     }
     fleet.expect_everything_delivered(&queued);
-}
-
-/// A broker that behaves like the legacy ones: it adopts any client on any
-/// message (no CONNECT needed), never answers "not connected", answers IDs
-/// with OK and routes PUTs to subscribers. Records when each SUB arrived.
-struct LegacyBroker {
-    port: u16,
-    secret: [u8; 32],
-    public_file: std::path::PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    /// (topic, when) for every topic subscribed to, across restarts.
-    subscribed: Arc<Mutex<Vec<(String, Instant)>>>,
-}
-
-impl LegacyBroker {
-    fn start(dir: &TempDir) -> LegacyBroker {
-        let (pair, public_file, _) = write_keys(dir.path(), "legacy");
-        let mut broker = LegacyBroker {
-            port: 0,
-            secret: pair.secret,
-            public_file,
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-            subscribed: Arc::default(),
-        };
-        for _ in 0..5 {
-            broker.port = common::free_port();
-            if broker.spawn(Duration::ZERO) {
-                return broker;
-            }
-        }
-        panic!("the legacy test broker found no free port");
-    }
-
-    /// Serves on `self.port` from a thread of its own; false if the port
-    /// cannot be bound within `retry_for`.
-    fn spawn(&mut self, retry_for: Duration) -> bool {
-        let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::ROUTER).unwrap();
-        socket.set_linger(0).unwrap();
-        socket.set_curve_server(true).unwrap();
-        socket.set_curve_secretkey(&self.secret).unwrap();
-        let deadline = Instant::now() + retry_for;
-        while let Err(e) = socket.bind(&format!("tcp://127.0.0.1:{}", self.port)) {
-            if Instant::now() >= deadline {
-                eprintln!("legacy broker: bind {}: {e}", self.port);
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.stop = Arc::new(AtomicBool::new(false));
-        let (stop, subscribed) = (self.stop.clone(), self.subscribed.clone());
-        self.thread = Some(std::thread::spawn(move || {
-            serve_legacy(&socket, &stop, &subscribed);
-            drop(socket);
-            drop(ctx);
-        }));
-        true
-    }
-
-    /// The equivalent of kill -9: the socket closes, every connection drops,
-    /// all state is gone.
-    fn kill(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        assert!(self.spawn(WAIT), "cannot restart the legacy broker on port {}", self.port);
-    }
-
-    fn config(&self, dir: &TempDir, name: &str) -> Config {
-        let (_, public, private) = write_keys(dir.path(), name);
-        Config::from_pairs([
-            ("broker.host", "127.0.0.1".to_string()),
-            ("broker.port", self.port.to_string()),
-            ("identity", name.to_string()),
-            ("broker.public_key", self.public_file.display().to_string()),
-            ("public_key", public.display().to_string()),
-            ("private_key", private.display().to_string()),
-        ])
-        .unwrap()
-    }
-
-    fn subscribed_since(&self, since: Instant) -> HashSet<String> {
-        let events = self.subscribed.lock().unwrap();
-        events.iter().filter(|(_, at)| *at >= since).map(|(t, _)| t.clone()).collect()
-    }
-}
-
-impl Drop for LegacyBroker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn serve_legacy(socket: &zmq::Socket, stop: &AtomicBool, subscribed: &Mutex<Vec<(String, Instant)>>) {
-    let limits = Limits::default();
-    let mut subscribers: BTreeMap<Vec<u8>, HashSet<Vec<u8>>> = BTreeMap::new();
-    while !stop.load(Ordering::SeqCst) {
-        if socket.poll(zmq::POLLIN, 20).unwrap_or(0) == 0 {
-            continue;
-        }
-        let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) else { continue };
-        let (rid, rest) = frames.split_first().expect("a routing id");
-        let Ok(command) = Command::parse(rest, &limits) else { continue };
-        match &command {
-            Command::Sub { topics, .. } => {
-                for t in topics {
-                    subscribers.entry(t.to_vec()).or_default().insert(rid.clone());
-                    subscribed.lock().unwrap().push((String::from_utf8_lossy(t).into_owned(), Instant::now()));
-                }
-            }
-            Command::Unsub { topics, .. } => {
-                for t in topics {
-                    subscribers.entry(t.to_vec()).or_default().remove(rid);
-                }
-            }
-            Command::Put { topic, headers, body, .. } => {
-                let message = Reply::Message { topic, headers: headers.clone(), body: body.clone() }.to_frames();
-                for sub in subscribers.get(*topic).into_iter().flatten() {
-                    let _ = socket.send(&sub[..], zmq::SNDMORE | zmq::DONTWAIT);
-                    let _ = socket.send_multipart(&message, zmq::DONTWAIT);
-                }
-            }
-            // Adopted on any message: CONNECT, DISCONNECT and NOOP change nothing.
-            _ => {}
-        }
-        if let Some(id) = command.id() {
-            let _ = socket.send(&rid[..], zmq::SNDMORE | zmq::DONTWAIT);
-            let _ = socket.send_multipart(Reply::Ok { id }.to_frames(), zmq::DONTWAIT);
-        }
-    }
 }
 
 #[test]

@@ -602,6 +602,193 @@ fn check_sends(
     Ok(())
 }
 
+/// One step of [`interest_run`]; clients are `RIDS[0..3]`, topics
+/// `QTOPICS`.
+#[derive(Debug, Clone)]
+enum Step {
+    Connect(u8),
+    Disconnect(u8),
+    /// A plain SUB, or (`queue`) membership of the topic's queue `q`.
+    Sub {
+        rid: u8,
+        topic: u8,
+        queue: bool,
+    },
+    Unsub {
+        rid: u8,
+        topic: u8,
+        queue: bool,
+    },
+    Put {
+        rid: u8,
+        topic: u8,
+    },
+    /// The same as a PUT on another broker: a message from NATS.
+    FromCluster(u8),
+    /// Seconds pass (at least one, so the queues' sweep runs) and the
+    /// engine ticks.
+    Advance(u64),
+}
+
+const QTOPICS: [&[u8]; 3] = [b"t0", b"t1", b"t2"];
+/// A session's plain topics, or the topics of the queues it is a member of.
+type Topics = BTreeSet<&'static [u8]>;
+/// Declared on the command line: kept whatever happens.
+const DECLARED: &[u8] = b"td";
+const QUEUE_IDLE: Duration = Duration::from_secs(3);
+
+fn step() -> impl Strategy<Value = Step> {
+    let (rid, topic) = (0..3u8, 0..3u8);
+    prop_oneof![
+        2 => rid.clone().prop_map(Step::Connect),
+        1 => rid.clone().prop_map(Step::Disconnect),
+        4 => (rid.clone(), topic.clone(), any::<bool>()).prop_map(|(rid, topic, queue)| Step::Sub { rid, topic, queue }),
+        3 => (rid.clone(), topic.clone(), any::<bool>()).prop_map(|(rid, topic, queue)| Step::Unsub { rid, topic, queue }),
+        1 => (rid, topic.clone()).prop_map(|(rid, topic)| Step::Put { rid, topic }),
+        1 => topic.prop_map(Step::FromCluster),
+        2 => (1..5u64).prop_map(Step::Advance),
+    ]
+}
+
+/// A queue in the interest model.
+#[derive(Debug)]
+struct ModelQueue {
+    /// Last time it gained or lost a member, or was left.
+    used: Instant,
+    /// It got a message; nobody acknowledges here, so it is never empty again.
+    kept: bool,
+}
+
+/// A cluster member's NATS interest against a model: after every step it is
+/// exactly the topics with a local subscriber or a queue, a queue keeping
+/// its topic's interest while no consumer is connected and until it is
+/// forgotten (undeclared, empty, without members for the idle time); a
+/// message from NATS goes into the topic's queue (to a member if one is
+/// connected) and never back to NATS.
+fn interest_run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut config = config(IdentityCheck::Enforce);
+    config.queues = vec![(String::from_utf8(DECLARED.to_vec()).unwrap(), "q".into())];
+    config.queue_limits.idle = QUEUE_IDLE;
+    let mut engine = Engine::new(Recorder::default(), &config);
+    engine.join_cluster(usize::MAX);
+    // After the engine's own clock reading: its first sweep is due within a second.
+    let mut now = Instant::now();
+    let mut interest: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut sessions: BTreeMap<u8, (Topics, Topics)> = BTreeMap::new();
+    let mut queues: BTreeMap<&'static [u8], ModelQueue> = BTreeMap::new();
+    queues.insert(DECLARED, ModelQueue { used: now, kept: true });
+    let message = |topic: &[u8]| Reply::Message { topic, headers: vec![], body: vec![b"m"] }.to_frames();
+    for step in steps {
+        engine.transport_mut().sent.clear();
+        let mut from_cluster = false;
+        let send = |engine: &mut Engine<Recorder>, now: &mut Instant, rid: u8, command: Command<'_>| {
+            *now += Duration::from_millis(1);
+            let mut frames = vec![RIDS[rid as usize].as_bytes().to_vec()];
+            frames.extend(command.to_frames());
+            let key = user_key(rid);
+            engine.handle(&frames, Origin { user: key.as_deref(), conn: Some(Conn::from(rid)) }, *now);
+        };
+        // A session ending (or re-CONNECTing) leaves its queues.
+        let leave_all = |queues: &mut BTreeMap<&'static [u8], ModelQueue>, member_of: &Topics, now: Instant| {
+            for topic in member_of {
+                queues.get_mut(topic).expect("a member's queue exists").used = now;
+            }
+        };
+        match step {
+            Step::Connect(rid) => {
+                send(&mut engine, &mut now, rid, Command::Connect { version: b"0.3", ttl_ms: 86_400_000, id: None });
+                if let Some((_, member_of)) = sessions.insert(rid, Default::default()) {
+                    leave_all(&mut queues, &member_of, now);
+                }
+            }
+            Step::Disconnect(rid) => {
+                send(&mut engine, &mut now, rid, Command::Disconnect { id: None });
+                if let Some((_, member_of)) = sessions.remove(&rid) {
+                    leave_all(&mut queues, &member_of, now);
+                }
+            }
+            Step::Sub { rid, topic, queue } => {
+                let topic = QTOPICS[topic as usize];
+                let name: Option<&[u8]> = queue.then_some(b"q");
+                send(&mut engine, &mut now, rid, Command::Sub { id: None, queue: name, topics: vec![topic] });
+                if let Some((plain, member_of)) = sessions.get_mut(&rid) {
+                    if queue {
+                        member_of.insert(topic);
+                        queues.entry(topic).or_insert(ModelQueue { used: now, kept: false }).used = now;
+                    } else {
+                        plain.insert(topic);
+                    }
+                }
+            }
+            Step::Unsub { rid, topic, queue } => {
+                let topic = QTOPICS[topic as usize];
+                let name: Option<&[u8]> = queue.then_some(b"q");
+                send(&mut engine, &mut now, rid, Command::Unsub { id: None, queue: name, topics: vec![topic] });
+                if let Some((plain, member_of)) = sessions.get_mut(&rid) {
+                    if queue {
+                        member_of.remove(topic);
+                        if let Some(q) = queues.get_mut(topic) {
+                            q.used = now;
+                        }
+                    } else {
+                        plain.remove(topic);
+                    }
+                }
+            }
+            Step::Put { rid, topic } => {
+                let topic = QTOPICS[topic as usize];
+                send(&mut engine, &mut now, rid, Command::Put { topic, headers: vec![], id: None, body: vec![b"m"] });
+                if let (true, Some(q)) = (sessions.contains_key(&rid), queues.get_mut(topic)) {
+                    q.kept = true;
+                }
+            }
+            Step::FromCluster(topic) => {
+                let topic = QTOPICS[topic as usize];
+                now += Duration::from_millis(1);
+                engine.deliver_from_cluster(topic, message(topic), now);
+                if let Some(q) = queues.get_mut(topic) {
+                    q.kept = true;
+                }
+                from_cluster = true;
+            }
+            Step::Advance(secs) => {
+                now += Duration::from_secs(secs);
+                engine.tick(now);
+                let members: BTreeSet<&[u8]> = sessions.values().flat_map(|(_, m)| m.iter().copied()).collect();
+                queues.retain(|topic, q| {
+                    q.kept || members.contains(topic) || now.saturating_duration_since(q.used) < QUEUE_IDLE
+                });
+            }
+        }
+        engine.check_invariants().map_err(TestCaseError::fail)?;
+        if from_cluster {
+            // A connected member of the topic's queue got it, marked as a queue delivery.
+            let topic = match step {
+                Step::FromCluster(t) => QTOPICS[t as usize],
+                _ => unreachable!(),
+            };
+            let member = sessions.values().any(|(_, m)| m.contains(topic));
+            let queued = engine.transport().sent.iter().any(|(_, frames)| frames.iter().any(|f| f == b"QUEUE"));
+            prop_assert_eq!(queued, member, "a message from NATS reaches the queue's member");
+        }
+        let mut work = Vec::new();
+        engine.take_cluster_work(|w| work.push(w));
+        for w in work {
+            match w {
+                ToCluster::Interest(topic, true) => prop_assert!(interest.insert(topic.to_vec()), "interest twice"),
+                ToCluster::Interest(topic, false) => prop_assert!(interest.remove(&topic[..]), "dropped unheld"),
+                ToCluster::Publish(topic, _) => {
+                    prop_assert!(!from_cluster, "a message from NATS went back to NATS: {:?}", topic)
+                }
+            }
+        }
+        let expected: BTreeSet<Vec<u8>> =
+            sessions.values().flat_map(|(plain, _)| plain.iter()).chain(queues.keys()).map(|t| t.to_vec()).collect();
+        prop_assert_eq!(&interest, &expected, "NATS interest = topics with a local subscriber or a queue");
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -618,6 +805,11 @@ proptest! {
     #[test]
     fn engine_matches_the_model_in_a_cluster(ops in prop::collection::vec(op(), 1..120)) {
         run_in(ops, true, IdentityCheck::Enforce, true)?;
+    }
+
+    #[test]
+    fn cluster_interest_follows_subscribers_and_queues(steps in prop::collection::vec(step(), 1..60)) {
+        interest_run(steps)?;
     }
 
     #[test]

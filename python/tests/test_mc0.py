@@ -25,26 +25,36 @@ def free_port():
 
 
 class Broker:
-    """mc0d on a free loopback port with a fresh key, killed on stop()."""
+    """mc0d on a free loopback port with a fresh key and extra arguments
+    args, killed on stop(); kill() and start() restart it on that port."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, args=()):
         self.tmp = tmp
+        self.args = list(args)
         subprocess.run([os.path.join(BIN_DIR, "mc0-keygen"), os.path.join(tmp, "broker")],
                        check=True, capture_output=True, timeout=30)
         subprocess.run([os.path.join(BIN_DIR, "mc0-keygen"), os.path.join(tmp, "client")],
                        check=True, capture_output=True, timeout=30)
         self.port = free_port()
         self.log = open(os.path.join(tmp, "mc0d.log"), "w+")
+        self.start()
+
+    def start(self):
+        starts = self.log_text().count("listening on")
         self.proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "mc0d"), "--bind", "127.0.0.1", "--port", str(self.port),
-             "--curve-private-key", os.path.join(tmp, "broker.private")],
+             "--curve-private-key", os.path.join(self.tmp, "broker.private")] + self.args,
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
-        while "listening on" not in self.log_text():
+        while self.log_text().count("listening on") == starts:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("mc0d did not start: " + self.log_text())
             time.sleep(0.05)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def log_text(self):
         with open(self.log.name) as f:
@@ -59,8 +69,7 @@ class Broker:
         return cfg
 
     def stop(self):
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.kill()
         self.log.close()
 
 
@@ -149,3 +158,68 @@ class WithBroker(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def wait_until(predicate, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class WithQueues(unittest.TestCase):
+    """Queue subscribe, acknowledgement and publish with a TTL (issue 14)."""
+
+    TOPIC = "mcollective reply py async"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="mc0-py-")
+        self.broker = Broker(self.tmp, ["--queue", self.TOPIC + "=async"])
+
+    def tearDown(self):
+        self.broker.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_queue_keeps_messages_until_acknowledged(self):
+        with mc0.Connector(self.broker.config()) as publisher:
+            publisher.publish(self.TOPIC, b"one", ttl_ms=60000)
+            publisher.publish(self.TOPIC, b"two")
+            publisher.flush(timeout_ms=10000)
+        # The declared queue kept both; this consumer acknowledges only the first.
+        with mc0.Connector(self.broker.config(explicit_ack=True)) as first:
+            first.subscribe_queue(self.TOPIC, "async")
+            one, two = first.receive(timeout_ms=10000), first.receive(timeout_ms=10000)
+            self.assertEqual((one.body, two.body), (b"one", b"two"))
+            self.assertEqual(one.headers["QUEUE"], b"async")
+            self.assertTrue(0 < int(one.headers["EXPIRES-IN"]) <= 60000, one.headers)
+            self.assertNotIn("EXPIRES-IN", two.headers)
+            self.assertNotIn("REDELIVERED", one.headers)
+            first.ack(one)
+            first.flush(timeout_ms=10000)
+        # The unacknowledged one comes again, marked; receive acknowledges it.
+        with mc0.Connector(self.broker.config()) as second:
+            second.subscribe_queue(self.TOPIC, "async")
+            again = second.receive(timeout_ms=10000)
+            self.assertEqual(again.body, b"two")
+            self.assertEqual(again.headers["REDELIVERED"], b"1")
+            self.assertIsNone(second.receive(timeout_ms=300), "the acknowledged one came back")
+        with mc0.Connector(self.broker.config()) as third:
+            third.subscribe_queue(self.TOPIC, "async")
+            self.assertIsNone(third.receive(timeout_ms=300), "an acknowledged message came back")
+
+    def test_a_publish_whose_ttl_ran_out_while_the_broker_was_down_is_never_sent(self):
+        with mc0.Connector(self.broker.config(heartbeat=1)) as c:
+            c.subscribe("mcollective news")
+            self.broker.kill()
+            self.assertTrue(wait_until(lambda: c.stats()["reconnects"] >= 1), "never noticed the broker's death")
+            c.publish("mcollective news", b"stale", ttl_ms=100)
+            c.publish("mcollective news", b"fresh", ttl_ms=60000)
+            time.sleep(0.3)  # the point is time passing: the short TTL runs out meanwhile
+            self.broker.start()
+            c.flush(timeout_ms=20000)
+            stats = c.stats()
+            self.assertEqual((stats["expired"], stats["published"]), (1, 1), stats)
+            self.assertEqual(c.receive(timeout_ms=10000).body, b"fresh")
+            self.assertIsNone(c.receive(timeout_ms=300))

@@ -105,8 +105,9 @@ pub struct Config {
     pub pool: BTreeMap<usize, PoolEntry>,
 }
 
-/// `(host, port, the key naming its public key file, that file)`.
-type PoolBroker = (String, u16, String, Option<PathBuf>);
+/// `(host, port, the key that set the host, the key naming its public key
+/// file, that file)`.
+type PoolBroker = (String, u16, String, String, Option<PathBuf>);
 
 /// One `pool.N.*` entry as set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -162,6 +163,9 @@ impl std::fmt::Debug for CurveKeys {
 pub struct Server {
     pub host: String,
     pub port: u16,
+    /// The configuration key that named it (`broker.host`, `pool.2.host`),
+    /// for errors about it.
+    pub host_key: String,
     /// `tcp://host:port` (IPv6 literals bracketed).
     pub endpoint: String,
     pub ipv6: bool,
@@ -308,8 +312,9 @@ impl Config {
         Ok(())
     }
 
-    /// The pool as configured, in order: `(host, port, key of its public
-    /// key file, that file)`. Errors name the key at fault.
+    /// The pool as configured, in order: `(host, port, key of the host,
+    /// key of its public key file, that file)`. Errors name the key at
+    /// fault.
     fn pool_entries(&self) -> Result<Vec<PoolBroker>, Error> {
         let pool_form = self.pool_size.is_some() || !self.pool.is_empty();
         let shared_key = || ("broker.public_key".to_string(), self.broker_public_key.clone());
@@ -325,7 +330,7 @@ impl Config {
                 .into_iter()
                 .map(|(host, port)| {
                     let (key, path) = shared_key();
-                    (host, port, key, path)
+                    (host, port, "broker.host".to_string(), key, path)
                 })
                 .collect()),
             (None, true) => {
@@ -349,7 +354,7 @@ impl Config {
                             Some(path) => (format!("pool.{n}.public_key"), Some(path)),
                             None => shared_key(),
                         };
-                        Ok((host, entry.port.unwrap_or(DEFAULT_PORT), key, path))
+                        Ok((host, entry.port.unwrap_or(DEFAULT_PORT), host_key, key, path))
                     })
                     .collect()
             }
@@ -378,12 +383,12 @@ impl Config {
         };
         // Every missing key is reported before any file is read.
         let mut key_paths = Vec::with_capacity(pool.len());
-        for (_, _, key_name, key_path) in &pool {
+        for (_, _, _, key_name, key_path) in &pool {
             key_paths.push(if self.curve { Some(required(key_name, key_path)?) } else { None });
         }
         let secret_path = if self.curve { Some(required("private_key", &self.private_key)?) } else { None };
         let mut brokers = Vec::with_capacity(pool.len());
-        for ((host, port, key_name, _), key_path) in pool.into_iter().zip(key_paths) {
+        for ((host, port, host_key, key_name, _), key_path) in pool.into_iter().zip(key_paths) {
             let server_key = key_path.map(|path| read_key(&key_name, &path)).transpose()?;
             let ipv6 = host.contains(':');
             let endpoint = if ipv6 && !host.starts_with('[') {
@@ -391,7 +396,7 @@ impl Config {
             } else {
                 format!("tcp://{host}:{port}")
             };
-            brokers.push(Server { host, port, endpoint, ipv6, server_key });
+            brokers.push(Server { host, port, host_key, endpoint, ipv6, server_key });
         }
         let curve = if let Some(secret_path) = secret_path {
             let secret = read_key("private_key", &secret_path)?;
@@ -464,8 +469,9 @@ impl Server {
             Err(e) => Err(e.to_string()),
         }
         .map_err(|why| {
-            Error::new(ErrorKind::Resolve, format!("cannot resolve the broker host name {host:?} (broker.host): {why}"))
-                .with_key("broker.host")
+            let key = &self.host_key;
+            Error::new(ErrorKind::Resolve, format!("cannot resolve the broker host name {host:?} ({key}): {why}"))
+                .with_key(key)
         })
     }
 }
@@ -758,6 +764,23 @@ mod tests {
         let mut c = Config::from_pairs([("pool.size", "1"), ("pool.1.host", "a"), ("private_key", "/x")]).unwrap();
         c.set("pool.1.public_key", "/nonexistent/mc0-test/p1.public").unwrap();
         assert_eq!(c.resolve().unwrap_err().key(), Some("pool.1.public_key"));
+    }
+
+    #[test]
+    fn an_unresolvable_host_names_the_key_that_set_it() {
+        let brokers = |pairs: &[(&str, &str)]| {
+            Config::from_pairs(pairs.iter().copied().chain([("curve", "no")])).unwrap().resolve().unwrap().brokers
+        };
+        let pool =
+            brokers(&[("pool.size", "2"), ("pool.1.host", "127.0.0.1"), ("pool.2.host", "no-such-host.invalid")]);
+        pool[0].check_host_resolves().unwrap();
+        let e = pool[1].check_host_resolves().unwrap_err();
+        assert_eq!((e.kind(), e.key()), (ErrorKind::Resolve, Some("pool.2.host")));
+        assert!(e.message().contains("\"no-such-host.invalid\" (pool.2.host)"), "{e}");
+        let list = brokers(&[("broker.host", "127.0.0.1,no-such-host.invalid")]);
+        let e = list[1].check_host_resolves().unwrap_err();
+        assert_eq!(e.key(), Some("broker.host"));
+        assert!(e.message().contains("(broker.host)"), "{e}");
     }
 
     #[test]

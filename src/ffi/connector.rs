@@ -361,9 +361,11 @@ pub unsafe extern "C" fn mc0_connector_receive(
 /// object: `handshakes`, `reconnects`, `sent` (PUTs handed to the socket),
 /// `acknowledged` and `published` (the same: publishes the broker
 /// acknowledged), `publishes_dropped`, `received`, `messages_dropped`
-/// (receive queue full), `failovers` (moves from one broker of the pool to
-/// another after its link died), `broker` ("host:port" of the broker in use,
-/// or being tried while the link is down), `broker_index` (its position in
+/// (receive queue full), `expired` (publishes never sent because their
+/// TTL, mc0_connector_publish_ttl, ran out in the send queue), `failovers`
+/// (moves from one broker of the pool to another after its link died),
+/// `broker` ("host:port" of the broker in use, or being tried while the
+/// link is down), `broker_index` (its position in
 /// the pool as configured, from 0), `last_error` (text or null) and
 /// `last_error_at` (Unix seconds or null). Keys are only ever added. Returns
 /// a new string the caller frees with mc0_string_free; NULL if c is NULL

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 mod client;
+mod legacy;
 mod mc0d;
 
 use std::io::{Read, Write};
@@ -23,6 +24,8 @@ use mc0::keys::KeyPair;
 // As with dead_code: a test file that names none of these is fine.
 #[allow(unused_imports)]
 pub use client::{Client, Message, Monitor};
+#[allow(unused_imports)]
+pub use legacy::{Heard, LegacyBroker};
 #[allow(unused_imports)]
 pub use mc0d::{routing_id, LogBuf, Mc0d, Mc0dOptions, PROBE};
 

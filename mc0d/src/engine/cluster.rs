@@ -1,7 +1,7 @@
 //! The engine's side of a cluster (`mc0d --cluster`, see
-//! `crate::cluster`): it reports which topics have local subscribers (the
-//! broker's NATS interest), hands every accepted PUT over for one publish,
-//! and fans out what other brokers published. No socket here either: the
+//! `crate::cluster`): it reports which topics have local subscribers or a
+//! queue (the broker's NATS interest), hands every accepted PUT over for
+//! one publish, and fans out (and queues) what other brokers published. No socket here either: the
 //! server loop carries [`ToCluster`] to the NATS thread and back.
 
 use std::sync::Arc;
@@ -20,8 +20,8 @@ use crate::stats::DropReason;
 /// Work for the NATS side, in the order it arose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToCluster {
-    /// The first local subscriber of a topic came (true) or the last one
-    /// left (false): subscribe to or drop its subject.
+    /// The first local subscriber or queue of a topic came (true) or the
+    /// last one left (false): subscribe to or drop its subject.
     Interest(Bytes, bool),
     /// Publish this payload ([`payload::encode`]d MESSAGE frames) under
     /// the topic's subject.
@@ -83,10 +83,14 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Delivers a message another broker published (its MESSAGE frames,
-    /// stamp included) to the local subscribers of `topic`; never back to
-    /// the cluster. Returns how many got it.
+    /// stamp included) to the local subscribers of `topic`, and keeps it in
+    /// the topic's local queues as a local PUT would be; never back to the
+    /// cluster. Returns how many subscribers got it.
     pub fn deliver_from_cluster(&mut self, topic: &[u8], frames: Vec<Vec<u8>>, now: Instant) -> usize {
         self.out.stats.msgs_in += 1;
+        if self.queues.has_topic(topic) {
+            self.enqueue_from_cluster(topic, &frames, now);
+        }
         if self.subs.subscribers(topic).next().is_none() {
             return 0;
         }

@@ -102,6 +102,8 @@ pub struct Engine<T: Transport> {
     denied_warn: RateLimit,
     violation_warn: RateLimit,
     impostor_warn: RateLimit,
+    /// Messages from other brokers a local queue could not keep.
+    unqueued_warn: RateLimit,
     /// With an allowlist, every message must come from a listed key.
     allowlist: Option<Arc<Allowlist>>,
     identity_check: IdentityCheck,
@@ -118,7 +120,7 @@ impl<T: Transport> Engine<T> {
     pub fn new(transport: T, config: &Config) -> Self {
         let log = Logger::new(config.log_level);
         let every_second = || RateLimit::new(Duration::from_secs(1));
-        Engine {
+        let mut engine = Engine {
             out: Out {
                 transport,
                 stats: Stats::default(),
@@ -144,12 +146,15 @@ impl<T: Transport> Engine<T> {
             denied_warn: every_second(),
             violation_warn: every_second(),
             impostor_warn: every_second(),
+            unqueued_warn: every_second(),
             allowlist: None,
             identity_check: config.identity_check,
             policy: Policy::new(&config.node_publish_agents),
             lost: Vec::new(),
             cluster: None,
-        }
+        };
+        engine.hold_queue_topics();
+        engine
     }
 
     pub fn transport(&self) -> &T {
@@ -386,6 +391,7 @@ impl<T: Transport> Engine<T> {
             (&mut self.denied_warn, "unauthorized messages"),
             (&mut self.violation_warn, "identity or role violations"),
             (&mut self.impostor_warn, "messages from routing ids of another key's session"),
+            (&mut self.unqueued_warn, "messages from other brokers not queued"),
         ] {
             let n = limit.take_suppressed();
             if n > 0 {

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use mc0::log::Level;
-use mc0::protocol::{parse_expires_in, EXPIRES_IN};
+use mc0::protocol::{parse_expires_in, Limits, Reply, EXPIRES_IN};
 
 use super::acl;
 use super::transport::Transport;
-use super::{show, Engine, Sender};
+use super::{more_since, show, Engine, Sender};
 use crate::store::{Record, Store};
 
 impl<T: Transport> Engine<T> {
@@ -38,7 +38,17 @@ impl<T: Transport> Engine<T> {
                 format_args!("client {} consumes queue {} of {}", show(rid), show(name), show(topic)),
             );
         }
+        self.hold_queue_topics();
         Ok(())
+    }
+
+    /// A queue holds its topic's cluster interest from its creation until
+    /// it is forgotten, with or without consumers: what other brokers
+    /// publish to the topic meanwhile is kept for it.
+    pub(super) fn hold_queue_topics(&mut self) {
+        for (topic, on) in self.queues.take_topic_changes() {
+            self.subs.hold(&topic, on);
+        }
     }
 
     /// `UNSUB QUEUE name`: what the member holds goes back to each queue.
@@ -112,6 +122,48 @@ impl<T: Transport> Engine<T> {
         Ok(())
     }
 
+    /// Keeps a message another broker published (its MESSAGE `frames`) in
+    /// the local queues of `topic`, as [`enqueue`](Engine::enqueue) keeps a
+    /// PUT, and hands it on to a consumer. No publisher waits for an OK
+    /// here: a message that does not fit, or that the store refuses, is
+    /// logged and lost. Across brokers delivery is at most once up to this
+    /// point, and at least once from here on.
+    pub(super) fn enqueue_from_cluster(&mut self, topic: &[u8], frames: &[Vec<u8>], now: Instant) {
+        // The publishing broker enforced the limits; its TOPIC and stamp
+        // add a header each.
+        let relaxed = Limits { max_headers: usize::MAX, max_frames: usize::MAX, ..self.limits };
+        let stored = match Reply::parse(frames, &relaxed) {
+            Ok(Reply::Message { topic: t, headers, body }) if t == topic => {
+                let size = body.iter().map(|b| b.len()).sum();
+                self.check_queue_room(topic, &headers, size).and_then(|()| {
+                    // As for a PUT: a connection that ended must not pass its
+                    // routing id's deliveries on to one that took the id since.
+                    self.connections_lost(true, now);
+                    self.enqueue(topic, &headers, &body, now)
+                })
+            }
+            _ => Err("it is not an mc0d MESSAGE of that topic".to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                self.dispatch_queues(now);
+                self.sync_removals();
+            }
+            Err(why) => {
+                if let Some(suppressed) = self.unqueued_warn.allow(now) {
+                    self.out.log.log(
+                        Level::Warn,
+                        format_args!(
+                            "a message from another broker to {} was not queued: {why}{}",
+                            show(topic),
+                            more_since(suppressed, "such messages")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// Tells the store which messages are done with (acknowledged, expired).
     pub(super) fn sync_removals(&mut self) {
         let Some(store) = &mut self.store else { return };
@@ -127,6 +179,7 @@ impl<T: Transport> Engine<T> {
     pub fn set_store(&mut self, store: Box<dyn Store>, records: Vec<Record>, now: Instant) {
         let n = records.len();
         self.queues.restore(records, now);
+        self.hold_queue_topics();
         self.store = Some(store);
         if n > 0 {
             self.out.log.log(Level::Info, format_args!("{n} queued messages restored from the queue store"));
@@ -152,6 +205,8 @@ impl<T: Transport> Engine<T> {
             if expired > 0 {
                 self.out.log.log(Level::Info, format_args!("{expired} queued messages expired"));
             }
+            // Idle queues may have gone.
+            self.hold_queue_topics();
             self.dispatch_queues(now);
         }
     }

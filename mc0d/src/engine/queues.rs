@@ -185,6 +185,10 @@ pub struct Queues {
     /// delivery ids of messages done with since the last [`take_removed`](Queues::take_removed).
     persist: bool,
     removed: Vec<u64>,
+    /// Topics that gained their first queue (true) or lost their last
+    /// (false) since the last [`take_topic_changes`](Queues::take_topic_changes):
+    /// a queue holds its topic's cluster interest.
+    topic_changes: Vec<(Bytes, bool)>,
 }
 
 impl Queues {
@@ -199,6 +203,7 @@ impl Queues {
             expired: 0,
             persist: false,
             removed: Vec::new(),
+            topic_changes: Vec::new(),
         }
     }
 
@@ -216,6 +221,12 @@ impl Queues {
             queue.ready.push_back(record.message);
             self.dirty.insert(key);
         }
+    }
+
+    /// Topics that gained their first queue (true) or lost their last
+    /// (false) since the last call, oldest first.
+    pub fn take_topic_changes(&mut self) -> Vec<(Bytes, bool)> {
+        std::mem::take(&mut self.topic_changes)
     }
 
     /// Delivery ids of messages acknowledged or expired since the last call.
@@ -279,7 +290,11 @@ impl Queues {
     fn entry(&mut self, topic: &[u8], name: &[u8], declared: bool, now: Instant) -> &mut Queue {
         let key: QueueKey = (Bytes::from(topic), Bytes::from(name));
         if !self.queues.contains_key(&key) {
-            self.by_topic.entry(key.0.clone()).or_default().push(key.1.clone());
+            let names = self.by_topic.entry(key.0.clone()).or_default();
+            if names.is_empty() {
+                self.topic_changes.push((key.0.clone(), true));
+            }
+            names.push(key.1.clone());
             self.next_sweep.get_or_insert(now + SWEEP_EVERY);
         }
         self.queues.entry(key).or_insert_with(|| Queue::new(declared, now))
@@ -528,6 +543,7 @@ impl Queues {
                 names.retain(|n| *n != key.1);
                 if names.is_empty() {
                     self.by_topic.remove(&key.0);
+                    self.topic_changes.push((key.0.clone(), false));
                 }
             }
         }
@@ -625,8 +641,10 @@ mod tests {
         assert_eq!(q.sweep(later), 1);
         assert_eq!(q.messages(), 0);
         assert_eq!(q.count(), 1, "not idle long enough");
+        assert_eq!(q.take_topic_changes(), vec![(b("t"), true)], "its topic gained a queue");
         q.sweep(t0 + Duration::from_secs(10));
         assert!(q.is_empty(), "an empty undeclared queue nobody uses is forgotten");
+        assert_eq!(q.take_topic_changes(), vec![(b("t"), false)], "and lost it");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! hash map gives O(1) lookup per PUT. Each client also keeps the set of its
 //! own topics (in [`super::clients::Client::topics`]) so forgetting a client
 //! costs O(its topics), not O(all topics).
+//!
+//! In a cluster the table also says which topics the broker holds NATS
+//! interest in: those with a subscriber, and those a queue holds
+//! ([`hold`](Subscriptions::hold)), so a queue gets what other brokers
+//! publish while no consumer of it is connected.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,6 +22,8 @@ pub struct Subscriptions {
     /// lost its last (false), in order, until taken (see
     /// [`take_interest`](Subscriptions::take_interest)).
     interest: Option<Vec<(Bytes, bool)>>,
+    /// Topics held in the interest without a subscriber: those with a queue.
+    held: HashSet<Bytes>,
 }
 
 impl Subscriptions {
@@ -28,7 +35,20 @@ impl Subscriptions {
     /// topics held now are recorded as gained.
     pub fn track_interest(&mut self) {
         if self.interest.is_none() {
-            self.interest = Some(self.by_topic.keys().map(|t| (t.clone(), true)).collect());
+            let held = self.held.iter().filter(|t| !self.by_topic.contains_key(*t));
+            self.interest = Some(self.by_topic.keys().chain(held).map(|t| (t.clone(), true)).collect());
+        }
+    }
+
+    /// Holds `topic` in the interest whether or not it has subscribers
+    /// (`on`: its first queue came), or stops holding it (its last queue
+    /// went).
+    pub fn hold(&mut self, topic: &Bytes, on: bool) {
+        let changed = if on { self.held.insert(topic.clone()) } else { self.held.remove(topic) };
+        if changed && !self.by_topic.contains_key(topic) {
+            if let Some(interest) = &mut self.interest {
+                interest.push((topic.clone(), on));
+            }
         }
     }
 
@@ -63,7 +83,9 @@ impl Subscriptions {
         self.by_topic.insert(key.clone(), HashSet::from([client.clone()]));
         self.pairs += 1;
         if let Some(interest) = &mut self.interest {
-            interest.push((key.clone(), true));
+            if self.held.is_empty() || !self.held.contains(topic) {
+                interest.push((key.clone(), true));
+            }
         }
         (key, true)
     }
@@ -76,7 +98,9 @@ impl Subscriptions {
         if set.is_empty() {
             if let Some((key, _)) = self.by_topic.remove_entry(topic) {
                 if let Some(interest) = &mut self.interest {
-                    interest.push((key, false));
+                    if self.held.is_empty() || !self.held.contains(&key) {
+                        interest.push((key, false));
+                    }
                 }
             }
         }
@@ -144,5 +168,23 @@ mod tests {
         let expected = [("before", true), ("t", true), ("before", false), ("t", false)];
         assert_eq!(got, expected.map(|(t, on)| (t.as_bytes().to_vec(), on)));
         assert_eq!(s.take_interest().count(), 0);
+    }
+
+    #[test]
+    fn a_held_topic_keeps_its_interest_without_subscribers() {
+        let mut s = Subscriptions::new();
+        let (q, before) = (b("q"), b("before"));
+        s.hold(&before, true);
+        s.track_interest();
+        s.hold(&q, true);
+        s.subscribe(b"q", &b("a"));
+        s.unsubscribe(b"q", b"a");
+        s.subscribe(b"q", &b("a"));
+        s.hold(&q, false);
+        s.hold(&before, false);
+        s.unsubscribe(b"q", b"a");
+        let got: Vec<_> = s.take_interest().map(|(t, on)| (t.to_vec(), on)).collect();
+        let expected = [("before", true), ("q", true), ("before", false), ("q", false)];
+        assert_eq!(got, expected.map(|(t, on)| (t.as_bytes().to_vec(), on)));
     }
 }
