@@ -111,10 +111,12 @@ impl Router {
         self.socket.poll(zmq::POLLIN, timeout_ms).map(drop)
     }
 
-    /// [`poll`](Router::poll) that also wakes up for input on `other` (the
-    /// cluster bridge's PAIR).
-    pub(crate) fn poll_with(&mut self, other: &zmq::Socket, timeout_ms: i64) -> Result<(), zmq::Error> {
-        let mut items = [self.socket.as_poll_item(zmq::POLLIN), other.as_poll_item(zmq::POLLIN)];
+    /// [`poll`](Router::poll) that also wakes up for input on `others` (the
+    /// cluster bridge's and the store thread's PAIRs).
+    pub(crate) fn poll_with(&mut self, others: &[&zmq::Socket], timeout_ms: i64) -> Result<(), zmq::Error> {
+        let mut items: Vec<zmq::PollItem<'_>> = std::iter::once(self.socket.as_poll_item(zmq::POLLIN))
+            .chain(others.iter().map(|s| s.as_poll_item(zmq::POLLIN)))
+            .collect();
         zmq::poll(&mut items, timeout_ms).map(drop)
     }
 }

@@ -12,7 +12,6 @@ use mc0::protocol::{parse_expires_in, EXPIRES_IN};
 use super::acl;
 use super::transport::Transport;
 use super::{show, Engine, Sender};
-use crate::store::{Record, Store};
 
 impl<T: Transport> Engine<T> {
     /// `SUB QUEUE name`: membership of the named queue of each topic, under
@@ -67,9 +66,9 @@ impl<T: Transport> Engine<T> {
                 unknown += 1;
             }
         }
-        // Written before the ACK's OK: an acknowledged message stays gone
-        // across a kill -9 (not a power loss, see `store`).
-        self.sync_removals();
+        if unknown < deliveries.len() {
+            self.store_acked();
+        }
         if unknown > 0 && self.out.log.enabled(Level::Debug) {
             self.out.log.log(
                 Level::Debug,
@@ -87,8 +86,8 @@ impl<T: Transport> Engine<T> {
 
     /// Stores a PUT (its headers already stamped) in the queues of its
     /// topic and hands it on to a consumer if one can take it.
-    /// With a store, the OK waits for the write; a failed write refuses the
-    /// PUT for everyone (it was not delivered yet).
+    /// With a store, the OK waits for the write, and consumers get the
+    /// message once it is written (see `persist`).
     pub(super) fn enqueue(
         &mut self,
         topic: &[u8],
@@ -102,35 +101,8 @@ impl<T: Transport> Engine<T> {
             .and_then(|(_, v)| parse_expires_in(v).ok())
             .map(|ms| now + Duration::from_millis(ms));
         let records = self.queues.push(topic, headers, body, expires, now);
-        if let Some(store) = &mut self.store {
-            if let Err(e) = store.put(&records) {
-                self.queues.unpush(&records);
-                self.out.log.log(Level::Error, format_args!("PUT to {} not stored: {e}", show(topic)));
-                return Err(format!("not stored: {e}"));
-            }
-        }
+        self.store_puts(records);
         Ok(())
-    }
-
-    /// Tells the store which messages are done with (acknowledged, expired).
-    pub(super) fn sync_removals(&mut self) {
-        let Some(store) = &mut self.store else { return };
-        let removed = self.queues.take_removed();
-        if let Err(e) = store.remove(&removed) {
-            self.out
-                .log
-                .log(Level::Error, format_args!("{} done messages not removed from the store: {e}", removed.len()));
-        }
-    }
-
-    /// Uses `store` from now on, with the messages it held.
-    pub fn set_store(&mut self, store: Box<dyn Store>, records: Vec<Record>, now: Instant) {
-        let n = records.len();
-        self.queues.restore(records, now);
-        self.store = Some(store);
-        if n > 0 {
-            self.out.log.log(Level::Info, format_args!("{n} queued messages restored from the queue store"));
-        }
     }
 
     /// Sends what the queues have for consumers whose connection is up.

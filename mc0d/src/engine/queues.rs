@@ -163,6 +163,10 @@ pub struct Queues {
     /// delivery ids of messages done with since the last [`take_removed`](Queues::take_removed).
     persist: bool,
     removed: Vec<u64>,
+    /// With a store: the highest delivery id known to be written. Later
+    /// ones wait (at the tail of their queues: ids rise) until
+    /// [`settle`](Queues::settle) says they are.
+    settled: u64,
 }
 
 impl Queues {
@@ -177,6 +181,7 @@ impl Queues {
             expired: 0,
             persist: false,
             removed: Vec::new(),
+            settled: u64::MAX,
         }
     }
 
@@ -194,6 +199,17 @@ impl Queues {
             queue.ready.push_back(record.message);
             self.dirty.insert(key);
         }
+        self.settled = self.next_seq - 1;
+    }
+
+    /// Messages up to delivery id `seq` are written: they may go out.
+    pub fn settle(&mut self, seq: u64) {
+        self.settled = self.settled.max(seq);
+        for (key, queue) in &self.queues {
+            if !queue.ready.is_empty() {
+                self.dirty.insert(key.clone());
+            }
+        }
     }
 
     /// Delivery ids of messages acknowledged or expired since the last call.
@@ -201,17 +217,21 @@ impl Queues {
         std::mem::take(&mut self.removed)
     }
 
-    /// Takes back messages [`push`](Queues::push) just stored (their store
-    /// write failed).
-    pub fn unpush(&mut self, records: &[Record]) {
-        for r in records {
-            let key: QueueKey = (Bytes::from(&r.topic[..]), Bytes::from(&r.name[..]));
-            if let Some(queue) = self.queues.get_mut(&key) {
-                if let Some(at) = queue.ready.iter().rposition(|m| m.seq == r.message.seq) {
-                    let m = queue.ready.remove(at).expect("present");
-                    queue.bytes -= m.size();
+    /// Takes back the messages [`push`](Queues::push) stored with these
+    /// delivery ids (their store write failed; not settled, so not
+    /// delivered).
+    pub fn unpush(&mut self, seqs: &[u64]) {
+        let seqs: HashSet<u64> = seqs.iter().copied().collect();
+        for queue in self.queues.values_mut() {
+            let mut freed = 0;
+            queue.ready.retain(|m| {
+                let keep = !seqs.contains(&m.seq);
+                if !keep {
+                    freed += m.size();
                 }
-            }
+                keep
+            });
+            queue.bytes -= freed;
         }
     }
 
@@ -413,6 +433,9 @@ impl Queues {
                     }
                     continue;
                 }
+                if head.seq > self.settled {
+                    break;
+                }
                 let n = queue.consumers.len();
                 let Some(pick) = (0..n)
                     .map(|i| (queue.cursor + i) % n)
@@ -587,12 +610,16 @@ mod tests {
     /// Operations of the model test.
     #[derive(Debug, Clone)]
     enum Op {
-        Publish { ttl: Option<u8> },
+        Publish {
+            ttl: Option<u8>,
+        },
         Join(u8),
         Leave(u8),
         Ack(u8, u8),
         Lose(u8),
         Advance(u8),
+        /// The store wrote everything pushed so far.
+        Settle,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -603,6 +630,7 @@ mod tests {
             3 => (0u8..3, any::<u8>()).prop_map(|(c, i)| Op::Ack(c, i)),
             1 => (0u8..3).prop_map(Op::Lose),
             1 => (1u8..40).prop_map(Op::Advance),
+            2 => Just(Op::Settle),
         ]
     }
 
@@ -611,13 +639,19 @@ mod tests {
         /// which, and which were delivered before: no message is delivered
         /// to two consumers at once, none is lost before it is acknowledged
         /// or expired, none is delivered past its time, an acknowledged one
-        /// never comes back, and every redelivery is marked.
+        /// never comes back, and every redelivery is marked. With a store
+        /// (`durable`), none goes out before it is written.
         #[test]
-        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..80), durable in any::<bool>()) {
             let t0 = Instant::now();
             let mut now = t0;
             let mut q = Queues::new(QueueLimits { prefetch: 2, ..QueueLimits::default() });
             q.declare(b"t", b"q", t0);
+            let mut settled = u64::MAX;
+            if durable {
+                q.restore(Vec::new(), t0);
+                settled = 0;
+            }
             let names: Vec<Bytes> = (0..3).map(|i| b(&format!("c{i}"))).collect();
             // Model: live message -> (expires, holder, delivered before).
             let mut live: BTreeMap<u64, (Option<Instant>, Option<usize>, bool)> = BTreeMap::new();
@@ -665,11 +699,16 @@ mod tests {
                         now += Duration::from_millis(ms as u64);
                         q.sweep(now);
                     }
+                    Op::Settle => {
+                        q.settle(next - 1);
+                        settled = settled.max(next - 1);
+                    }
                 }
                 for d in q.dispatch(now, |_| true) {
                     let c = names.iter().position(|n| *n == d.consumer).expect("a consumer");
                     prop_assert!(members[c], "delivered to a non-member");
                     prop_assert!(!acked.contains(&d.seq), "an acknowledged message came back");
+                    prop_assert!(d.seq <= settled, "delivered before it was written");
                     let m = live.get_mut(&d.seq).expect("a live message");
                     prop_assert!(m.1.is_none(), "delivered while held");
                     prop_assert!(m.0.is_none_or(|at| at > now), "delivered past its time");
