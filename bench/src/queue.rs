@@ -5,8 +5,9 @@
 //! figure comes with its ratio to plain pub/sub. The shapes are the cases:
 //!
 //! - `ok-per-put`: the producer awaits each PUT's OK (for `disk`: "on
-//!   disk") before the next, the consumer takes (and acknowledges) each
-//!   message as it comes;
+//!   disk") before the next, the consumer takes each message as it comes
+//!   and acknowledges what it took as libmc0 does: one `ACK` for every
+//!   delivery taken since the last;
 //! - `in-flight`: the same with up to W PUTs awaiting their OK;
 //! - `consume`: M messages wait in the queue (published with W in flight,
 //!   no consumer), then the consumer takes them all, acknowledging each with
@@ -130,26 +131,55 @@ fn what(reply: &Reply<'_>) -> String {
     }
 }
 
-/// Takes the messages waiting for the consumer (acknowledging each queue
-/// delivery); returns how many.
-fn consume(sock: &zmq::Socket, ack: bool, frames: &mut Vec<zmq::Message>, errors: &mut Vec<String>) -> Result<usize> {
+/// How the consumer acknowledges queue deliveries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    /// Plain pub/sub: nothing to acknowledge.
+    None,
+    /// One `ACK` per message (as `pika` does in RabbitMQ's consume shape).
+    Each,
+    /// One `ACK` for every delivery taken since the last, as libmc0 does.
+    Batched,
+}
+
+/// Takes the messages waiting for the consumer, acknowledging queue
+/// deliveries as `acks` says; returns how many.
+fn consume(sock: &zmq::Socket, acks: Acks, frames: &mut Vec<zmq::Message>, errors: &mut Vec<String>) -> Result<usize> {
     let mut got = 0;
+    let mut taken: Vec<Vec<u8>> = Vec::new();
+    let flush = |taken: &mut Vec<Vec<u8>>| -> Result<()> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut ack: Vec<&[u8]> = vec![b"", b"ACK", b""];
+        ack.extend(taken.iter().map(Vec::as_slice));
+        let sent = util::send(sock, &ack, 0).map_err(|e| format!("send: {e}"));
+        taken.clear();
+        sent
+    };
     loop {
         let n = match util::recv(sock, frames, zmq::DONTWAIT) {
             Ok(n) => n,
-            Err(zmq::Error::EAGAIN) => return Ok(got),
+            Err(zmq::Error::EAGAIN) => {
+                flush(&mut taken)?;
+                return Ok(got);
+            }
             Err(e) => return Err(format!("recv: {e}")),
         };
         let views = util::views(&frames[..n]);
         match util::classify(&views) {
             Reply::Message { headers, .. } => {
                 got += 1;
-                if ack {
-                    let Some(delivery) = util::header(&headers, DELIVERY) else {
-                        errors.push("a queue delivery without DELIVERY".into());
-                        continue;
-                    };
-                    util::send(sock, &[b"", b"ACK", b"", delivery], 0).map_err(|e| format!("send: {e}"))?;
+                if acks == Acks::None {
+                    continue;
+                }
+                let Some(delivery) = util::header(&headers, DELIVERY) else {
+                    errors.push("a queue delivery without DELIVERY".into());
+                    continue;
+                };
+                taken.push(delivery.to_vec());
+                if acks == Acks::Each || taken.len() >= MAX_ACK {
+                    flush(&mut taken)?;
                 }
             }
             Reply::Ok(_) | Reply::Noop => {}
@@ -157,6 +187,9 @@ fn consume(sock: &zmq::Socket, ack: bool, frames: &mut Vec<zmq::Message>, errors
         }
     }
 }
+
+/// Delivery ids per batched `ACK` (within the broker's frame limit).
+const MAX_ACK: usize = 1000;
 
 /// SUBscribes `sock` to the topic, as a queue consumer or plainly, and
 /// waits for the OK.
@@ -227,17 +260,18 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         subscribe(&consumer, topic, true, deadline)?;
         while got < p.messages {
             wait(&[&consumer], p.timeout)?;
-            got += consume(&consumer, true, &mut frames, &mut errors)?;
+            got += consume(&consumer, Acks::Each, &mut frames, &mut errors)?;
         }
         util::disconnect_all(&[consumer]);
     } else {
         subscribe(&consumer, topic, queued, deadline)?;
+        let acks = if queued { Acks::Batched } else { Acks::None };
         start = Instant::now();
         while got < p.messages || !producer.done() {
             producer.fill()?;
             wait(&[&producer.sock, &consumer], p.timeout)?;
             producer.read(&mut frames, &mut errors)?;
-            got += consume(&consumer, queued, &mut frames, &mut errors)?;
+            got += consume(&consumer, acks, &mut frames, &mut errors)?;
         }
         util::disconnect_all(&[consumer]);
     }

@@ -83,6 +83,9 @@ struct Queue {
     ready: VecDeque<Stored>,
     /// Delivery id -> (consumer, message).
     inflight: HashMap<u64, (Bytes, Stored)>,
+    /// How many of `inflight` each consumer holds (absent: none), so
+    /// dispatching does not count them per message.
+    held: HashMap<Bytes, usize>,
     consumers: Vec<Bytes>,
     /// Where round robin goes on.
     cursor: usize,
@@ -97,6 +100,7 @@ impl Queue {
         Queue {
             ready: VecDeque::new(),
             inflight: HashMap::new(),
+            held: HashMap::new(),
             consumers: Vec::new(),
             cursor: 0,
             bytes: 0,
@@ -110,12 +114,27 @@ impl Queue {
     }
 
     fn held_by(&self, consumer: &[u8]) -> usize {
-        self.inflight.values().filter(|(c, _)| &c[..] == consumer).count()
+        self.held.get(consumer).copied().unwrap_or(0)
+    }
+
+    /// Takes delivery `seq` back from its holder (acknowledged).
+    fn take(&mut self, seq: u64) -> Option<(Bytes, Stored)> {
+        let (consumer, message) = self.inflight.remove(&seq)?;
+        if let Some(n) = self.held.get_mut(&consumer) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&consumer);
+            }
+        }
+        Some((consumer, message))
     }
 
     /// Puts back every message `consumer` holds, marked redelivered, in
     /// delivery order at the head of the queue.
     fn release(&mut self, consumer: &[u8]) -> usize {
+        if self.held.remove(consumer).is_none() {
+            return 0;
+        }
         let mut back: Vec<Stored> = Vec::new();
         self.inflight.retain(|_, (c, m)| {
             if &c[..] == consumer {
@@ -398,7 +417,7 @@ impl Queues {
                 if &holder[..] != consumer {
                     return false;
                 }
-                let (_, message) = queue.inflight.remove(&seq).expect("present");
+                let (_, message) = queue.take(seq).expect("present");
                 queue.bytes -= message.size();
                 if self.persist {
                     self.removed.push(seq);
@@ -453,6 +472,7 @@ impl Queues {
                     frames: message_frames(&key, &message, now),
                 });
                 queue.used = now;
+                *queue.held.entry(consumer.clone()).or_default() += 1;
                 queue.inflight.insert(message.seq, (consumer, message));
             }
         }
@@ -511,6 +531,12 @@ impl Queues {
         }
         self.next_sweep = (!self.queues.is_empty()).then(|| now + SWEEP_EVERY);
         expired
+    }
+
+    /// How many deliveries of a queue `consumer` holds by its count.
+    #[cfg(test)]
+    fn held_by(&self, topic: &[u8], name: &[u8], consumer: &[u8]) -> usize {
+        self.queues.get(&(Bytes::from(topic), Bytes::from(name))).map_or(0, |q| q.held_by(consumer))
     }
 
     /// What a queue holds, for tests.
@@ -731,6 +757,7 @@ mod tests {
                 for (i, n) in names.iter().enumerate() {
                     let held = inflight.iter().filter(|(c, _)| c == n).count();
                     prop_assert!(held <= 2);
+                    prop_assert_eq!(q.held_by(b"t", b"q", n), held, "the count agrees");
                     prop_assert!(members[i] || held == 0);
                 }
             }
