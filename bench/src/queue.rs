@@ -14,7 +14,8 @@
 //!   an `ACK` of its own. Plain pub/sub keeps nothing, so it has no figure.
 //!
 //! msg/s counts from the first PUT (or, for `consume`, the consumer's SUB)
-//! until the consumer has the last message; publish p99 is PUT to OK.
+//! until the consumer has the last message; publish p99 is PUT to OK; RSS
+//! is mc0d's at the end.
 
 use super::report::Row;
 use super::target::{Kind, Running, Target};
@@ -276,6 +277,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         util::disconnect_all(&[consumer]);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let rss_mib = b.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
     util::disconnect_all(&[producer.sock]);
     b.check_alive()?;
     let mut latencies = producer.latencies;
@@ -283,9 +285,9 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let p99 = util::percentile(&latencies, 99.0);
     let rate = got as f64 / elapsed;
     let what = match p.shape {
-        Shape::Consume => format!("{got} consumed with an ACK each in {elapsed:.2} s: {rate:.0} msg/s"),
+        Shape::Consume => format!("{got} consumed with an ACK each in {elapsed:.2} s: {rate:.0} msg/s, RSS {rss_mib:.0} MiB"),
         _ => format!(
-            "{got} x {} B, {window} in flight, in {elapsed:.2} s: {rate:.0} msg/s, publish p99 {}",
+            "{got} x {} B, {window} in flight, in {elapsed:.2} s: {rate:.0} msg/s, publish p99 {}, RSS {rss_mib:.0} MiB",
             p.size,
             util::ms(p99)
         ),
@@ -296,6 +298,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         metrics: vec![
             ("consumed", got as f64),
             ("msgs_per_s", rate),
+            ("rss_mib", rss_mib),
             ("publish_p99_ms", if p.shape == Shape::Consume { f64::NAN } else { p99 }),
         ],
         lost: (p.messages - got) as u64,
