@@ -41,6 +41,9 @@ run $B conns --clients 2500 --procs 2 --ttl 30000 --hold 60 --no-raw
 run $B conns --clients 5000 --procs 2 --ttl 30000 --hold 60 --no-raw
 # What CURVE costs: the same fan-out with the NULL mechanism.
 run $B fanout --subs 10,100 --size 1024 --repeat 3 --no-curve
+# Queues (issue 14) next to plain pub/sub; RabbitMQ's side is
+# benches/queues_vs_rabbitmq.sh (needs rabbitmq-server and pika).
+run $B queue --messages 100000 --repeat 3
 if ruby -e 'require "ffi"; require "ffi-rzmq"' 2>/dev/null; then
     run ruby benches/ruby_libmc0_vs_ffi_rzmq.rb --messages 100000 --round-trips 5000 --repeat 7
 else

@@ -122,6 +122,23 @@ fn ack_round_trips_all_answered() {
     }
 }
 
+/// The queue scenario's three modes and shapes: every message consumed,
+/// every PUT answered (plain pub/sub has nothing to consume).
+#[test]
+fn queue_modes_deliver_everything() {
+    let o = bench(&["queue", "--messages", "300", "--window", "50"]);
+    assert_clean_on(&o, 3, &["plain", "memory", "disk"]);
+    for r in runs(&o) {
+        let case = r["case"].as_str().unwrap();
+        let expected = match case {
+            _ if case.starts_with("ok-per-put") => 30.0,
+            _ if case.starts_with("consume") && r["target"] == "plain" => 0.0,
+            _ => 300.0,
+        };
+        assert_eq!(num(r, "consumed"), expected, "{r}");
+    }
+}
+
 #[test]
 fn request_collects_every_reply() {
     let o = bench(&["request", "--nodes", "5,50", "--requests", "20"]);

@@ -165,6 +165,32 @@ fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
     nothing_more(&c);
 }
 
+/// Many PUTs in flight: the store thread writes them in a few
+/// transactions (group commit), and every answered one is on disk.
+#[test]
+fn pipelined_puts_are_on_disk_once_answered() {
+    let dir = TempDir::new("queue-dir-pipelined");
+    let queue_dir = dir.path().join("queues");
+    let mut broker =
+        Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", queue_dir.to_str().unwrap()]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    const N: usize = 500;
+    let ids: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    for id in &ids {
+        publisher.send_command(&put(id, id.as_bytes(), vec![]));
+    }
+    for id in &ids {
+        publisher.expect_ok(id);
+    }
+    broker.restart(); // SIGKILL, then the same arguments
+    let c = consumer(&broker, &ctx);
+    let got: Vec<Vec<u8>> = (0..N).map(|_| c.expect_message().body[0].clone()).collect();
+    assert_eq!(got, ids.iter().map(|id| id.as_bytes().to_vec()).collect::<Vec<_>>(), "all, in order");
+    nothing_more(&c);
+}
+
 #[test]
 fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
     let dir = TempDir::new("queue-dir-bad");

@@ -4,6 +4,7 @@
 mod ack;
 mod conns;
 mod fanout;
+mod queue;
 mod raw;
 mod report;
 mod request;
@@ -50,6 +51,12 @@ Scenarios:
               --clients C (1000)  --procs P (2)  --ttl MS (5000)  --hold SECS (10)
               --window W (100 handshakes in flight)
               --heartbeat-fraction F (0.95: a client NOOPs after F x TTL of silence)
+  queue     one producer -> one consumer through mc0d's queues, next to plain
+            pub/sub in the same run (targets plain, memory, disk = --queue-dir):
+            an OK awaited per PUT, W PUTs in flight, consuming M waiting
+            messages with an ACK each: msg/s, publish p99 (ratios to plain)
+              --messages M (20000; M/10 for ok-per-put)  --window W (1000)
+              --size S (1024)
   allowlist --key-seed S [--clients N (1000)]
             prints the allowlist (mc0d --authorized-keys file form) of the
             keys --key-seed S gives up to N clients of each kind, for a
@@ -62,6 +69,7 @@ enum Scenario {
     Fanout,
     Request,
     Conns,
+    Queue,
     Allowlist,
     /// The raw libzmq loop, spawned as its own process.
     #[value(hide = true)]
@@ -81,6 +89,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Request => "request",
             Scenario::Conns => "conns",
+            Scenario::Queue => "queue",
             Scenario::Allowlist => "allowlist",
             Scenario::RawBroker => "raw-broker",
             Scenario::ConnsWorker => "conns-worker",
@@ -198,7 +207,7 @@ struct Args {
     /// conns: how long the clients hold
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, help_heading = SCENARIO)]
     hold: Duration,
-    /// conns: handshakes in flight
+    /// conns: handshakes in flight; queue: PUTs in flight
     #[arg(long, value_name = "W", help_heading = SCENARIO)]
     window: Option<usize>,
     /// conns: a client NOOPs after F x TTL of silence
@@ -376,15 +385,39 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
                 run: Box::new(move |b| conns::run(b, &p)),
             });
         }
+        Scenario::Queue => {
+            let messages = args.messages.unwrap_or(20_000);
+            let window = args.window.unwrap_or(1000);
+            for shape in [queue::Shape::OkPerPut, queue::Shape::InFlight, queue::Shape::Consume] {
+                let messages = if shape == queue::Shape::OkPerPut { (messages / 10).max(1) } else { messages };
+                let p = queue::Params { shape, messages, window, size, timeout };
+                cases.push(Case {
+                    name: format!("{}, {messages} x {size} B", shape.name()),
+                    clients: 2,
+                    judged: vec![
+                        Judged { metric: "msgs_per_s", unit: "/s", higher_is_better: true },
+                        Judged { metric: "publish_p99_ms", unit: "ms", higher_is_better: false },
+                    ],
+                    run: Box::new(move |b| queue::run(b, &p)),
+                });
+            }
+        }
         // Not measurements: they print an allowlist, or serve a run.
         Scenario::Allowlist => return print_allowlist(args).map(|_| true),
         Scenario::RawBroker => return raw_broker(args).map(|_| true),
         Scenario::ConnsWorker => return conns_worker(args).map(|_| true),
         Scenario::RequestWorker => return request_worker(args).map(|_| true),
     }
+    let (targets, baseline) = match scenario {
+        // Its modes are mc0d's targets; the queue store goes where the keys go.
+        Scenario::Queue => {
+            let dir = std::env::temp_dir().join(format!("mc0-bench-{}", std::process::id())).join("queues");
+            (queue::modes(targets(args)?, &dir)?, queue::PLAIN)
+        }
+        _ => (targets(args)?, RAW),
+    };
     let scenario = scenario.name();
 
-    let targets = targets(args)?;
     let curve = !args.no_curve;
     let repeat = args.repeat;
     let drop_every = args.drop_every;
@@ -436,7 +469,7 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
                 rows[t].1.push(row);
             }
         }
-        let (lines, value) = report::summarize(scenario, &case.name, &case.judged, &rows, RAW);
+        let (lines, value) = report::summarize(scenario, &case.name, &case.judged, &rows, baseline);
         if targets.len() > 1 || repeat > 1 {
             for l in lines {
                 say(&l);
@@ -464,7 +497,7 @@ fn failure(row: &Row) -> String {
 fn targets(args: &Args) -> Result<Vec<Target>> {
     let mut out = Vec::new();
     if !args.no_raw {
-        out.push(Target { label: RAW.into(), kind: Kind::Raw });
+        out.push(Target { label: RAW.into(), kind: Kind::Raw, mc0d_args: Vec::new() });
     }
     if args.raw_only {
         return Ok(out);
@@ -473,6 +506,7 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
         out.push(Target {
             label: args.label.as_deref().unwrap_or("broker").into(),
             kind: Kind::External { addr: addr.clone(), key_file: args.broker_key.clone(), pid: args.broker_pid },
+            mc0d_args: Vec::new(),
         });
     } else {
         let path = match &args.spawn_mc0d {
@@ -486,7 +520,8 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
                 sibling
             }
         };
-        out.push(Target { label: args.label.as_deref().unwrap_or("mc0d").into(), kind: Kind::Mc0d(path) });
+        let label = args.label.as_deref().unwrap_or("mc0d").into();
+        out.push(Target { label, kind: Kind::Mc0d(path), mc0d_args: Vec::new() });
     }
     if out.is_empty() {
         return Err("nothing to measure (--no-raw with --raw-only)".into());

@@ -28,6 +28,8 @@ pub enum Kind {
 pub struct Target {
     pub label: String,
     pub kind: Kind,
+    /// More arguments for a spawned mc0d (the `queue` scenario's modes).
+    pub mc0d_args: Vec<String>,
 }
 
 /// Files the spawned brokers share: one CURVE keypair per bench run and,
@@ -115,7 +117,7 @@ impl Target {
                     cmd.arg("--no-curve");
                 }
                 if matches!(self.kind, Kind::Mc0d(_)) {
-                    cmd.args(["--log-level", "warn"]);
+                    cmd.args(["--log-level", "warn"]).args(&self.mc0d_args);
                     if let Some((_, allowlist)) = &keys.seeded {
                         cmd.arg("--authorized-keys").arg(allowlist);
                     }

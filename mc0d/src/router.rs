@@ -200,20 +200,17 @@ impl Router {
     pub(crate) fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
         match &self.wake {
             None => self.socket.poll(zmq::POLLIN, timeout_ms).map(drop),
-            Some(_) => self.poll_with_wake(None, timeout_ms),
+            Some(_) => self.poll_with(&[], timeout_ms),
         }
     }
 
-    /// [`poll`](Router::poll) that also wakes up for input on `other` (the
-    /// cluster bridge's PAIR).
-    pub(crate) fn poll_with(&mut self, other: &zmq::Socket, timeout_ms: i64) -> Result<(), zmq::Error> {
-        self.poll_with_wake(Some(other), timeout_ms)
-    }
-
-    fn poll_with_wake(&mut self, other: Option<&zmq::Socket>, timeout_ms: i64) -> Result<(), zmq::Error> {
-        let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
-        items.extend(other.map(|o| o.as_poll_item(zmq::POLLIN)));
-        items.extend(self.wake.as_ref().map(|w| zmq::PollItem::from_fd(w.as_raw_fd(), zmq::POLLIN)));
+    /// [`poll`](Router::poll) that also wakes up for input on `others` (the
+    /// cluster bridge's and the store thread's PAIRs).
+    pub(crate) fn poll_with(&mut self, others: &[&zmq::Socket], timeout_ms: i64) -> Result<(), zmq::Error> {
+        let mut items: Vec<zmq::PollItem<'_>> = std::iter::once(self.socket.as_poll_item(zmq::POLLIN))
+            .chain(others.iter().map(|s| s.as_poll_item(zmq::POLLIN)))
+            .chain(self.wake.as_ref().map(|w| zmq::PollItem::from_fd(w.as_raw_fd(), zmq::POLLIN)))
+            .collect();
         zmq::poll(&mut items, timeout_ms)?;
         let woken = self.wake.is_some() && items.last().is_some_and(zmq::PollItem::is_readable);
         drop(items);

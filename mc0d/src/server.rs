@@ -22,6 +22,7 @@ use crate::logger::Logger;
 use crate::metrics::{Hub, MetricsServer, Publisher};
 use crate::router::Router;
 use crate::stats::Stats;
+use crate::store::StoreThread;
 use crate::zmsg::Msg;
 
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
@@ -59,8 +60,8 @@ pub struct Broker {
     metrics: Option<(MetricsServer, Publisher)>,
     /// With `--cluster`.
     cluster: Option<Bridge>,
-    /// With `--queue-dir`: the store and what it held.
-    store: Option<(crate::store::DiskStore, Vec<crate::store::Record>)>,
+    /// With `--queue-dir`: the store's thread and what the store held.
+    store: Option<(StoreThread, Vec<crate::store::Record>)>,
 }
 
 impl Broker {
@@ -130,6 +131,10 @@ impl Broker {
             Some(options) => Some(Bridge::start(&ctx, options, &log)?),
             None => None,
         };
+        let store = match store {
+            Some((store, records)) => Some((StoreThread::start(&ctx, Box::new(store))?, records)),
+            None => None,
+        };
         Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster, store })
     }
 
@@ -177,9 +182,10 @@ impl Broker {
             );
         }
         let mut engine = Engine::new(router, &config);
-        if let Some((store, records)) = store {
-            engine.set_store(Box::new(store), records, std::time::Instant::now());
-        }
+        let store = store.map(|(thread, records)| {
+            engine.use_store(records, Instant::now());
+            thread
+        });
         if let Some(keys) = &keys {
             let list = keys.current();
             let polled = match keys.poll {
@@ -221,9 +227,19 @@ impl Broker {
                 publisher.cluster = Some(bridge.shared_counters());
             }
         }
-        let mut server =
-            Server { engine, zap, keys, cluster, frames: Vec::new(), user: String::new(), log: log.clone(), publisher };
+        let mut server = Server {
+            engine,
+            zap,
+            keys,
+            cluster,
+            store,
+            frames: Vec::new(),
+            user: String::new(),
+            log: log.clone(),
+            publisher,
+        };
         let result = server.serve(stop, reload, config.status_interval);
+        server.finish_store();
         let stats = server.engine.stats();
         server.engine.flush_suppressed();
         let cluster = server.cluster_status();
@@ -281,6 +297,8 @@ struct Server {
     zap: Option<ZapHandler>,
     keys: Option<Keys>,
     cluster: Option<Bridge>,
+    /// With `--queue-dir`.
+    store: Option<StoreThread>,
     /// Reused receive buffer: routing id followed by the message frames.
     frames: Vec<Msg>,
     /// The current message's `User-Id` (with CURVE only).
@@ -324,6 +342,9 @@ impl Server {
             if self.cluster.as_ref().is_some_and(|c| !c.is_running()) {
                 return Err(BrokerError("the NATS thread stopped; refusing to serve without it".into()));
             }
+            if self.store.as_ref().is_some_and(|s| !s.is_running()) {
+                return Err(BrokerError("the queue store thread stopped; refusing to serve without it".into()));
+            }
             while let Some(reloaded) = self.keys.as_ref().and_then(|k| k.watcher.try_next()) {
                 self.apply(reloaded, now);
             }
@@ -349,9 +370,13 @@ impl Server {
             }
             // Round up so a deadline 0.3 ms away does not spin.
             let timeout = wake.saturating_duration_since(now).as_micros().div_ceil(1000) as i64;
-            let polled = match &self.cluster {
-                None => self.engine.transport_mut().poll(timeout),
-                Some(bridge) => self.engine.transport_mut().poll_with(bridge.inbox(), timeout),
+            let others: Vec<&zmq::Socket> = (self.cluster.as_ref().map(Bridge::inbox).into_iter())
+                .chain(self.store.as_ref().map(StoreThread::results))
+                .collect();
+            let polled = if others.is_empty() {
+                self.engine.transport_mut().poll(timeout)
+            } else {
+                self.engine.transport_mut().poll_with(&others, timeout)
             };
             match polled {
                 // Even after a timeout: the receive below finding nothing is
@@ -378,8 +403,39 @@ impl Server {
             if self.cluster.is_some() {
                 self.exchange_with_cluster()?;
             }
+            if self.store.is_some() {
+                self.exchange_with_store()?;
+            }
         }
         Ok(())
+    }
+
+    /// Sends the answers of what the store wrote, and hands it what the
+    /// engine must write next (the batch read since the last turn: one
+    /// transaction, see `store`).
+    fn exchange_with_store(&mut self) -> Result<(), BrokerError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        while let Some((upto, result)) =
+            store.try_result().map_err(|e| BrokerError(format!("queue store receive failed: {e}")))?
+        {
+            self.engine.store_committed(upto, result, Instant::now());
+        }
+        if let Some((n, batch)) = self.engine.take_store_batch() {
+            store.submit(n, batch);
+        }
+        Ok(())
+    }
+
+    /// On stop: the store writes what it was handed, and what it wrote is
+    /// answered.
+    fn finish_store(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        if let Some((n, batch)) = self.engine.take_store_batch() {
+            store.submit(n, batch);
+        }
+        for (upto, result) in store.finish() {
+            self.engine.store_committed(upto, result, Instant::now());
+        }
     }
 
     /// ` cluster=up forwarded=… received=… unforwarded=…` for the status

@@ -15,7 +15,7 @@ use super::logging::clog;
 use super::message::Message;
 use super::oneshot::Answer;
 use super::session::{Link, Session};
-use super::shared::Shared;
+use super::shared::{Request, Shared};
 use super::transport::{Event, SendError, Transport};
 use crate::log::Level;
 
@@ -58,8 +58,22 @@ impl<T: Transport> Engine<T> {
     fn main_loop(&mut self) {
         loop {
             let now = Instant::now();
+            // Acknowledgements taken since the last turn go out as one ACK
+            // (each in its place: before any later request).
+            let mut acks: Vec<u64> = Vec::new();
             for request in self.shared.take_requests() {
-                self.session.on_request(request, now);
+                match request {
+                    Request::Ack { deliveries } => acks.extend(deliveries),
+                    other => {
+                        if !acks.is_empty() {
+                            self.session.on_request(Request::Ack { deliveries: std::mem::take(&mut acks) }, now);
+                        }
+                        self.session.on_request(other, now);
+                    }
+                }
+            }
+            if !acks.is_empty() {
+                self.session.on_request(Request::Ack { deliveries: acks }, now);
             }
             self.session.on_timers(now);
             self.apply_links(now);

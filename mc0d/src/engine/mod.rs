@@ -16,6 +16,7 @@ pub mod subscriptions;
 
 mod commands;
 mod out;
+mod persist;
 mod queue_commands;
 mod refusals;
 #[cfg(test)]
@@ -93,8 +94,9 @@ pub struct Engine<T: Transport> {
     clients: Clients,
     subs: Subscriptions,
     queues: Queues,
-    /// Where queued messages are kept across restarts (`--queue-dir`).
-    store: Option<Box<dyn crate::store::Store>>,
+    /// With a store for queued messages (`--queue-dir`): what it must
+    /// write and the answers waiting for it.
+    store: Option<persist::StoreWork>,
     limits: Limits,
     max_body_size: usize,
     max_subscriptions: usize,
@@ -291,7 +293,6 @@ impl<T: Transport> Engine<T> {
             // Deliveries taken back from closed connections go to others.
             self.dispatch_queues(now);
             self.tick_queues(now);
-            self.sync_removals();
         }
         while let Some(rid) = self.clients.pop_noop(now) {
             if self.out.send(&rid, &Reply::Noop.to_frames(), now) {
@@ -478,21 +479,18 @@ impl<T: Transport> Engine<T> {
             self.out.stats.refused.add(RefusalReason::NotConnected, 1);
             return self.reply_error(rid, NOT_CONNECTED, id, now);
         }
-        match self.execute(rid, &sender, command, now) {
-            Ok(()) => {
-                if let Some(id) = id {
-                    self.reply(rid, Reply::Ok { id }, now);
-                }
+        let result = self.execute(rid, &sender, command, now);
+        if self.answer_later(rid, id, result.is_ok()) {
+            // Sent once the store wrote what the command changed.
+        } else if let Err(message) = result {
+            if self.out.log.enabled(Level::Debug) {
+                self.out.log.log(Level::Debug, format_args!("refused a command from {}: {message}", show(rid)));
             }
-            Err(message) => {
-                if self.out.log.enabled(Level::Debug) {
-                    self.out.log.log(Level::Debug, format_args!("refused a command from {}: {message}", show(rid)));
-                }
-                self.reply_error(rid, &message, id, now);
-            }
+            self.reply_error(rid, &message, id, now);
+        } else if let Some(id) = id {
+            self.reply(rid, Reply::Ok { id }, now);
         }
         if !self.queues.is_empty() {
-            self.sync_removals();
             self.dispatch_queues(now);
         }
     }

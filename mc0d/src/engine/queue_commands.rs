@@ -12,7 +12,6 @@ use mc0::protocol::{parse_expires_in, Limits, Reply, EXPIRES_IN};
 use super::acl;
 use super::transport::Transport;
 use super::{more_since, show, Engine, Sender};
-use crate::store::{Record, Store};
 
 impl<T: Transport> Engine<T> {
     /// `SUB QUEUE name`: membership of the named queue of each topic, under
@@ -77,9 +76,9 @@ impl<T: Transport> Engine<T> {
                 unknown += 1;
             }
         }
-        // Written before the ACK's OK: an acknowledged message stays gone
-        // across a kill -9 (not a power loss, see `store`).
-        self.sync_removals();
+        if unknown < deliveries.len() {
+            self.store_acked();
+        }
         if unknown > 0 && self.out.log.enabled(Level::Debug) {
             self.out.log.log(
                 Level::Debug,
@@ -97,8 +96,8 @@ impl<T: Transport> Engine<T> {
 
     /// Stores a PUT (its headers already stamped) in the queues of its
     /// topic and hands it on to a consumer if one can take it.
-    /// With a store, the OK waits for the write; a failed write refuses the
-    /// PUT for everyone (it was not delivered yet).
+    /// With a store, the OK waits for the write, and consumers get the
+    /// message once it is written (see `persist`).
     pub(super) fn enqueue(
         &mut self,
         topic: &[u8],
@@ -112,13 +111,7 @@ impl<T: Transport> Engine<T> {
             .and_then(|(_, v)| parse_expires_in(v).ok())
             .map(|ms| now + Duration::from_millis(ms));
         let records = self.queues.push(topic, headers, body, expires, now);
-        if let Some(store) = &mut self.store {
-            if let Err(e) = store.put(&records) {
-                self.queues.unpush(&records);
-                self.out.log.log(Level::Error, format_args!("PUT to {} not stored: {e}", show(topic)));
-                return Err(format!("not stored: {e}"));
-            }
-        }
+        self.store_puts(records);
         Ok(())
     }
 
@@ -146,8 +139,8 @@ impl<T: Transport> Engine<T> {
         };
         match stored {
             Ok(()) => {
+                self.nobody_waits_for_store();
                 self.dispatch_queues(now);
-                self.sync_removals();
             }
             Err(why) => {
                 if let Some(suppressed) = self.unqueued_warn.allow(now) {
@@ -161,28 +154,6 @@ impl<T: Transport> Engine<T> {
                     );
                 }
             }
-        }
-    }
-
-    /// Tells the store which messages are done with (acknowledged, expired).
-    pub(super) fn sync_removals(&mut self) {
-        let Some(store) = &mut self.store else { return };
-        let removed = self.queues.take_removed();
-        if let Err(e) = store.remove(&removed) {
-            self.out
-                .log
-                .log(Level::Error, format_args!("{} done messages not removed from the store: {e}", removed.len()));
-        }
-    }
-
-    /// Uses `store` from now on, with the messages it held.
-    pub fn set_store(&mut self, store: Box<dyn Store>, records: Vec<Record>, now: Instant) {
-        let n = records.len();
-        self.queues.restore(records, now);
-        self.hold_queue_topics();
-        self.store = Some(store);
-        if n > 0 {
-            self.out.log.log(Level::Info, format_args!("{n} queued messages restored from the queue store"));
         }
     }
 

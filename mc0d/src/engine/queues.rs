@@ -83,6 +83,9 @@ struct Queue {
     ready: VecDeque<Stored>,
     /// Delivery id -> (consumer, message).
     inflight: HashMap<u64, (Bytes, Stored)>,
+    /// How many of `inflight` each consumer holds (absent: none), so
+    /// dispatching does not count them per message.
+    held: HashMap<Bytes, usize>,
     consumers: Vec<Bytes>,
     /// Where round robin goes on.
     cursor: usize,
@@ -101,6 +104,7 @@ impl Queue {
         Queue {
             ready: VecDeque::new(),
             inflight: HashMap::new(),
+            held: HashMap::new(),
             consumers: Vec::new(),
             cursor: 0,
             bytes: 0,
@@ -116,12 +120,27 @@ impl Queue {
     }
 
     fn held_by(&self, consumer: &[u8]) -> usize {
-        self.inflight.values().filter(|(c, _)| &c[..] == consumer).count()
+        self.held.get(consumer).copied().unwrap_or(0)
+    }
+
+    /// Takes delivery `seq` back from its holder (acknowledged).
+    fn take(&mut self, seq: u64) -> Option<(Bytes, Stored)> {
+        let (consumer, message) = self.inflight.remove(&seq)?;
+        if let Some(n) = self.held.get_mut(&consumer) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&consumer);
+            }
+        }
+        Some((consumer, message))
     }
 
     /// Puts back every message `consumer` holds, marked redelivered, in
     /// delivery order at the head of the queue.
     fn release(&mut self, consumer: &[u8]) -> usize {
+        if self.held.remove(consumer).is_none() {
+            return 0;
+        }
         let mut back: Vec<Stored> = Vec::new();
         self.inflight.retain(|_, (c, m)| {
             if &c[..] == consumer {
@@ -189,6 +208,10 @@ pub struct Queues {
     /// (false) since the last [`take_topic_changes`](Queues::take_topic_changes):
     /// a queue holds its topic's cluster interest.
     topic_changes: Vec<(Bytes, bool)>,
+    /// With a store: the highest delivery id known to be written. Later
+    /// ones wait (at the tail of their queues: ids rise) until
+    /// [`settle`](Queues::settle) says they are.
+    settled: u64,
 }
 
 impl Queues {
@@ -204,6 +227,7 @@ impl Queues {
             persist: false,
             removed: Vec::new(),
             topic_changes: Vec::new(),
+            settled: u64::MAX,
         }
     }
 
@@ -221,6 +245,17 @@ impl Queues {
             queue.ready.push_back(record.message);
             self.dirty.insert(key);
         }
+        self.settled = self.next_seq - 1;
+    }
+
+    /// Messages up to delivery id `seq` are written: they may go out.
+    pub fn settle(&mut self, seq: u64) {
+        self.settled = self.settled.max(seq);
+        for (key, queue) in &self.queues {
+            if !queue.ready.is_empty() {
+                self.dirty.insert(key.clone());
+            }
+        }
     }
 
     /// Topics that gained their first queue (true) or lost their last
@@ -234,17 +269,21 @@ impl Queues {
         std::mem::take(&mut self.removed)
     }
 
-    /// Takes back messages [`push`](Queues::push) just stored (their store
-    /// write failed).
-    pub fn unpush(&mut self, records: &[Record]) {
-        for r in records {
-            let key: QueueKey = (Bytes::from(&r.topic[..]), Bytes::from(&r.name[..]));
-            if let Some(queue) = self.queues.get_mut(&key) {
-                if let Some(at) = queue.ready.iter().rposition(|m| m.seq == r.message.seq) {
-                    let m = queue.ready.remove(at).expect("present");
-                    queue.bytes -= m.size();
+    /// Takes back the messages [`push`](Queues::push) stored with these
+    /// delivery ids (their store write failed; not settled, so not
+    /// delivered).
+    pub fn unpush(&mut self, seqs: &[u64]) {
+        let seqs: HashSet<u64> = seqs.iter().copied().collect();
+        for queue in self.queues.values_mut() {
+            let mut freed = 0;
+            queue.ready.retain(|m| {
+                let keep = !seqs.contains(&m.seq);
+                if !keep {
+                    freed += m.size();
                 }
-            }
+                keep
+            });
+            queue.bytes -= freed;
         }
     }
 
@@ -435,7 +474,7 @@ impl Queues {
                 if &holder[..] != consumer {
                     return false;
                 }
-                let (_, message) = queue.inflight.remove(&seq).expect("present");
+                let (_, message) = queue.take(seq).expect("present");
                 queue.bytes -= message.size();
                 if self.persist {
                     self.removed.push(seq);
@@ -471,6 +510,9 @@ impl Queues {
                     }
                     continue;
                 }
+                if head.seq > self.settled {
+                    break;
+                }
                 let n = queue.consumers.len();
                 let Some(pick) = (0..n)
                     .map(|i| (queue.cursor + i) % n)
@@ -489,6 +531,7 @@ impl Queues {
                     frames: message_frames(&key, &message, now),
                 });
                 queue.used = now;
+                *queue.held.entry(consumer.clone()).or_default() += 1;
                 queue.inflight.insert(message.seq, (consumer, message));
             }
         }
@@ -549,6 +592,12 @@ impl Queues {
         }
         self.next_sweep = (!self.queues.is_empty()).then(|| now + SWEEP_EVERY);
         expired
+    }
+
+    /// How many deliveries of a queue `consumer` holds by its count.
+    #[cfg(test)]
+    fn held_by(&self, topic: &[u8], name: &[u8], consumer: &[u8]) -> usize {
+        self.queues.get(&(Bytes::from(topic), Bytes::from(name))).map_or(0, |q| q.held_by(consumer))
     }
 
     /// What a queue holds, for tests.
@@ -673,12 +722,16 @@ mod tests {
     /// Operations of the model test.
     #[derive(Debug, Clone)]
     enum Op {
-        Publish { ttl: Option<u8> },
+        Publish {
+            ttl: Option<u8>,
+        },
         Join(u8),
         Leave(u8),
         Ack(u8, u8),
         Lose(u8),
         Advance(u8),
+        /// The store wrote everything pushed so far.
+        Settle,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -689,6 +742,7 @@ mod tests {
             3 => (0u8..3, any::<u8>()).prop_map(|(c, i)| Op::Ack(c, i)),
             1 => (0u8..3).prop_map(Op::Lose),
             1 => (1u8..40).prop_map(Op::Advance),
+            2 => Just(Op::Settle),
         ]
     }
 
@@ -697,13 +751,19 @@ mod tests {
         /// which, and which were delivered before: no message is delivered
         /// to two consumers at once, none is lost before it is acknowledged
         /// or expired, none is delivered past its time, an acknowledged one
-        /// never comes back, and every redelivery is marked.
+        /// never comes back, and every redelivery is marked. With a store
+        /// (`durable`), none goes out before it is written.
         #[test]
-        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+        fn queue_matches_model(ops in proptest::collection::vec(op(), 1..80), durable in any::<bool>()) {
             let t0 = Instant::now();
             let mut now = t0;
             let mut q = Queues::new(QueueLimits { prefetch: 2, ..QueueLimits::default() });
             q.declare(b"t", b"q", t0);
+            let mut settled = u64::MAX;
+            if durable {
+                q.restore(Vec::new(), t0);
+                settled = 0;
+            }
             let names: Vec<Bytes> = (0..3).map(|i| b(&format!("c{i}"))).collect();
             // Model: live message -> (expires, holder, delivered before).
             let mut live: BTreeMap<u64, (Option<Instant>, Option<usize>, bool)> = BTreeMap::new();
@@ -751,11 +811,16 @@ mod tests {
                         now += Duration::from_millis(ms as u64);
                         q.sweep(now);
                     }
+                    Op::Settle => {
+                        q.settle(next - 1);
+                        settled = settled.max(next - 1);
+                    }
                 }
                 for d in q.dispatch(now, |_| true) {
                     let c = names.iter().position(|n| *n == d.consumer).expect("a consumer");
                     prop_assert!(members[c], "delivered to a non-member");
                     prop_assert!(!acked.contains(&d.seq), "an acknowledged message came back");
+                    prop_assert!(d.seq <= settled, "delivered before it was written");
                     let m = live.get_mut(&d.seq).expect("a live message");
                     prop_assert!(m.1.is_none(), "delivered while held");
                     prop_assert!(m.0.is_none_or(|at| at > now), "delivered past its time");
@@ -778,6 +843,7 @@ mod tests {
                 for (i, n) in names.iter().enumerate() {
                     let held = inflight.iter().filter(|(c, _)| c == n).count();
                     prop_assert!(held <= 2);
+                    prop_assert_eq!(q.held_by(b"t", b"q", n), held, "the count agrees");
                     prop_assert!(members[i] || held == 0);
                 }
             }

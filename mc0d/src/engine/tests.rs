@@ -129,3 +129,49 @@ fn a_heartbeat_read_late_still_keeps_its_client() {
     assert_eq!(engine.stats().delivered, 1, "still subscribed");
     engine.check_invariants().unwrap();
 }
+
+/// With a store, a PUT's OK waits for the write and its message for the
+/// consumer; a failed write refuses the PUT and the message goes nowhere.
+#[test]
+fn with_a_store_the_ok_and_the_delivery_wait_for_the_write() {
+    let config = Config { log_level: Level::Error, ..Config::default() };
+    let mut engine = Engine::new(Recorder::default(), &config);
+    let now = Instant::now();
+    engine.use_store(Vec::new(), now);
+    let from = Origin::default();
+    for rid in [&b"consumer"[..], b"pub"] {
+        engine.handle(&message(rid, Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), from, now);
+    }
+    engine.handle(&message(b"consumer", Command::Sub { id: None, queue: Some(b"q"), topics: vec![b"t"] }), from, now);
+    let put = |id: &'static [u8]| {
+        message(b"pub", Command::Put { topic: b"t", headers: vec![], id: Some(id), body: vec![b"x"] })
+    };
+    let sent = |engine: &Engine<Recorder>| engine.transport().0.len();
+    let before = sent(&engine);
+    engine.handle(&put(b"1"), from, now);
+    assert_eq!(sent(&engine), before, "neither the OK nor the delivery before the write");
+    let (n, batch) = engine.take_store_batch().expect("a batch to write");
+    assert_eq!(batch.puts.len(), 1);
+    assert!(engine.take_store_batch().is_none(), "handed over once");
+    engine.store_committed(n, Ok(()), now);
+    let replies: Vec<(&[u8], Reply<'_>)> =
+        engine.transport().0[before..].iter().map(|(r, f)| (&r[..], parse(f))).collect();
+    assert!(
+        matches!(replies[..], [(b"pub", Reply::Ok { id: b"1" }), (b"consumer", Reply::Message { .. })]),
+        "{replies:?}"
+    );
+
+    let before = sent(&engine);
+    engine.handle(&put(b"2"), from, now);
+    let (n, _) = engine.take_store_batch().expect("a batch to write");
+    engine.store_committed(n, Err("disk full".into()), now);
+    let replies: Vec<(&[u8], Reply<'_>)> =
+        engine.transport().0[before..].iter().map(|(r, f)| (&r[..], parse(f))).collect();
+    match &replies[..] {
+        [(b"pub", Reply::Error { message, id: Some(b"2") })] => {
+            assert_eq!(*message, &b"not stored: disk full"[..]);
+        }
+        other => panic!("one ERROR to the publisher, nothing to the consumer: {other:?}"),
+    }
+    assert_eq!(engine.stats().queued, 1, "only the delivered one is held");
+}

@@ -12,6 +12,9 @@ use crate::connector::shared::Publish;
 use crate::log::Level;
 use crate::protocol::{Command, EXPIRES_IN};
 
+/// Delivery ids per `ACK`: well within a broker's frame limit (4096).
+const MAX_ACK_IDS: usize = 1000;
+
 impl Session {
     /// Whether a queued publish may go out: the broker's OKs keep up.
     /// Closing sends everything queued; otherwise at most `send_queue` wait
@@ -82,11 +85,13 @@ impl Session {
     /// broker delivers the message again (at least once). Dropped while no
     /// session is up, for the same reason.
     pub(super) fn send_ack(&mut self, deliveries: Vec<u64>) {
-        if self.state != State::Ready || deliveries.is_empty() {
+        if self.state != State::Ready {
             return;
         }
-        let id = self.next_id();
-        self.send(id, Command::Ack { id: None, deliveries }.to_frames());
+        for chunk in deliveries.chunks(MAX_ACK_IDS) {
+            let id = self.next_id();
+            self.send(id, Command::Ack { id: None, deliveries: chunk.to_vec() }.to_frames());
+        }
     }
 
     /// Frames that never left us are not lost: PUTs go back to the queue,

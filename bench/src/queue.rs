@@ -1,0 +1,317 @@
+//! `queue`: one producer → one consumer of S-byte messages through mc0d's
+//! queues (issue 14), next to plain pub/sub in the same run. The modes are
+//! the run's targets — `plain` (the consumer SUBscribes plainly), `memory`
+//! (it consumes a queue) and `disk` (the same with `--queue-dir`) — so each
+//! figure comes with its ratio to plain pub/sub. The shapes are the cases:
+//!
+//! - `ok-per-put`: the producer awaits each PUT's OK (for `disk`: "on
+//!   disk") before the next, the consumer takes each message as it comes
+//!   and acknowledges what it took as libmc0 does: one `ACK` for every
+//!   delivery taken since the last;
+//! - `in-flight`: the same with up to W PUTs awaiting their OK;
+//! - `consume`: M messages wait in the queue (published with W in flight,
+//!   no consumer), then the consumer takes them all, acknowledging each with
+//!   an `ACK` of its own. Plain pub/sub keeps nothing, so it has no figure.
+//!
+//! msg/s counts from the first PUT (or, for `consume`, the consumer's SUB)
+//! until the consumer has the last message; publish p99 is PUT to OK; RSS
+//! is mc0d's at the end.
+
+use super::report::Row;
+use super::target::{Kind, Running, Target};
+use super::util::{self, Reply, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mc0::protocol::{Command, DELIVERY};
+
+/// The targets, one per mode: their labels.
+pub const PLAIN: &str = "plain";
+pub const MEMORY: &str = "memory";
+pub const DISK: &str = "disk";
+
+const QUEUE: &[u8] = b"async";
+
+/// Runs so far: each run has a topic (and so a queue) of its own, so
+/// nothing a run left in a `disk` store reaches the next.
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// The three modes of the spawned mc0d among `targets`; `disk` keeps its
+/// store in `dir`.
+pub fn modes(targets: Vec<Target>, dir: &std::path::Path) -> Result<Vec<Target>> {
+    let mc0d = targets
+        .into_iter()
+        .find(|t| matches!(t.kind, Kind::Mc0d(_)))
+        .ok_or("queue needs an mc0d it spawns (--queue-dir for the disk mode): not --broker or --raw-only")?;
+    let mode = |label: &str, args: Vec<String>| Target { label: label.into(), mc0d_args: args, ..mc0d.clone() };
+    let dir = dir.to_str().ok_or("the temporary directory's path is not UTF-8")?;
+    Ok(vec![mode(PLAIN, Vec::new()), mode(MEMORY, Vec::new()), mode(DISK, vec!["--queue-dir".into(), dir.into()])])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    OkPerPut,
+    InFlight,
+    Consume,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::OkPerPut => "ok-per-put",
+            Shape::InFlight => "in-flight",
+            Shape::Consume => "consume",
+        }
+    }
+}
+
+pub struct Params {
+    pub shape: Shape,
+    pub messages: usize,
+    pub window: usize,
+    pub size: usize,
+    pub timeout: Duration,
+}
+
+/// The producer's side: PUTs sent, OKs awaited.
+struct Producer {
+    sock: util::Sock,
+    topic: Vec<u8>,
+    body: Vec<u8>,
+    sent_at: Vec<Instant>,
+    latencies: Vec<f64>,
+    window: usize,
+    total: usize,
+}
+
+impl Producer {
+    /// Sends PUTs while fewer than `window` await their OK.
+    fn fill(&mut self) -> Result<()> {
+        let mut buf = [0u8; 20];
+        while self.sent_at.len() < self.total && self.sent_at.len() - self.latencies.len() < self.window {
+            let id = super::ack::decimal(self.sent_at.len() as u64, &mut buf);
+            self.sent_at.push(Instant::now());
+            util::send(&self.sock, &[b"", b"PUT", b"TOPIC", &self.topic, b"ID", id, b"", &self.body], 0)
+                .map_err(|e| format!("send: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.latencies.len() == self.total
+    }
+
+    /// Takes the OKs waiting; OKs come in order.
+    fn read(&mut self, frames: &mut Vec<zmq::Message>, errors: &mut Vec<String>) -> Result<()> {
+        loop {
+            let n = match util::recv(&self.sock, frames, zmq::DONTWAIT) {
+                Ok(n) => n,
+                Err(zmq::Error::EAGAIN) => return Ok(()),
+                Err(e) => return Err(format!("recv: {e}")),
+            };
+            match util::classify(&util::views(&frames[..n])) {
+                Reply::Ok(_) => {
+                    let i = self.latencies.len();
+                    self.latencies.push(self.sent_at[i].elapsed().as_secs_f64() * 1e3);
+                }
+                Reply::Noop => {}
+                Reply::Error(m) => return Err(format!("producer: ERROR {m}")),
+                other => errors.push(format!("producer: unexpected {}", what(&other))),
+            }
+        }
+    }
+}
+
+fn what(reply: &Reply<'_>) -> String {
+    match reply {
+        Reply::Ok(_) => "OK".into(),
+        Reply::Message { .. } => "MESSAGE".into(),
+        Reply::Noop => "NOOP".into(),
+        Reply::Error(m) => format!("ERROR {m}"),
+        Reply::Other(m) => m.clone(),
+    }
+}
+
+/// How the consumer acknowledges queue deliveries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    /// Plain pub/sub: nothing to acknowledge.
+    None,
+    /// One `ACK` per message (as `pika` does in RabbitMQ's consume shape).
+    Each,
+    /// One `ACK` for every delivery taken since the last, as libmc0 does.
+    Batched,
+}
+
+/// Takes the messages waiting for the consumer, acknowledging queue
+/// deliveries as `acks` says; returns how many.
+fn consume(sock: &zmq::Socket, acks: Acks, frames: &mut Vec<zmq::Message>, errors: &mut Vec<String>) -> Result<usize> {
+    let mut got = 0;
+    let mut taken: Vec<Vec<u8>> = Vec::new();
+    let flush = |taken: &mut Vec<Vec<u8>>| -> Result<()> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut ack: Vec<&[u8]> = vec![b"", b"ACK", b""];
+        ack.extend(taken.iter().map(Vec::as_slice));
+        let sent = util::send(sock, &ack, 0).map_err(|e| format!("send: {e}"));
+        taken.clear();
+        sent
+    };
+    loop {
+        let n = match util::recv(sock, frames, zmq::DONTWAIT) {
+            Ok(n) => n,
+            Err(zmq::Error::EAGAIN) => {
+                flush(&mut taken)?;
+                return Ok(got);
+            }
+            Err(e) => return Err(format!("recv: {e}")),
+        };
+        let views = util::views(&frames[..n]);
+        match util::classify(&views) {
+            Reply::Message { headers, .. } => {
+                got += 1;
+                if acks == Acks::None {
+                    continue;
+                }
+                let Some(delivery) = util::header(&headers, DELIVERY) else {
+                    errors.push("a queue delivery without DELIVERY".into());
+                    continue;
+                };
+                taken.push(delivery.to_vec());
+                if acks == Acks::Each || taken.len() >= MAX_ACK {
+                    flush(&mut taken)?;
+                }
+            }
+            Reply::Ok(_) | Reply::Noop => {}
+            other => errors.push(format!("consumer: unexpected {}", what(&other))),
+        }
+    }
+}
+
+/// Delivery ids per batched `ACK` (within the broker's frame limit).
+const MAX_ACK: usize = 1000;
+
+/// SUBscribes `sock` to the topic, as a queue consumer or plainly, and
+/// waits for the OK.
+fn subscribe(sock: &zmq::Socket, topic: &[u8], queue: bool, deadline: Instant) -> Result<()> {
+    let sub = Command::Sub { id: Some(b"sub"), queue: queue.then_some(QUEUE), topics: vec![topic] };
+    util::send_command(sock, &sub).map_err(|e| format!("send: {e}"))?;
+    let mut frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || sock.poll(zmq::POLLIN, left.as_millis() as i64).map_err(|e| e.to_string())? == 0 {
+            return Err("no OK to SUB in time".into());
+        }
+        let n = util::recv(sock, &mut frames, 0).map_err(|e| format!("recv: {e}"))?;
+        match util::classify(&util::views(&frames[..n])) {
+            Reply::Ok(b"sub") => return Ok(()),
+            Reply::Noop => {}
+            other => return Err(format!("SUB answered with {}", what(&other))),
+        }
+    }
+}
+
+pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
+    let queued = b.label != PLAIN;
+    if p.shape == Shape::Consume && !queued {
+        return Ok(Row {
+            target: b.label.clone(),
+            summary: "not applicable: plain pub/sub keeps nothing to consume".into(),
+            metrics: vec![("consumed", 0.0), ("msgs_per_s", f64::NAN), ("publish_p99_ms", f64::NAN)],
+            lost: 0,
+            errors: Vec::new(),
+        });
+    }
+    let topic = format!("mcollective reply bench-queue async{}", RUNS.fetch_add(1, Ordering::Relaxed));
+    let topic = topic.as_bytes();
+    let ctx = Running::context(1, 2)?;
+    let deadline = Instant::now() + p.timeout;
+    let pid = std::process::id();
+    let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::SUBSCRIBER), None, deadline)?;
+    let producer = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::PUBLISHER), None, deadline)?;
+    let window = if p.shape == Shape::OkPerPut { 1 } else { p.window };
+    let mut producer = Producer {
+        sock: producer,
+        topic: topic.to_vec(),
+        body: vec![b'x'; p.size],
+        sent_at: Vec::with_capacity(p.messages),
+        latencies: Vec::with_capacity(p.messages),
+        window,
+        total: p.messages,
+    };
+    let mut frames = Vec::new();
+    let mut errors = Vec::new();
+    let mut got = 0;
+    let start;
+    if p.shape == Shape::Consume {
+        // The queue first (so it keeps what follows), then its messages
+        // while nobody consumes, then the consumer.
+        subscribe(&consumer, topic, true, deadline)?;
+        util::send(&consumer, &[b"", b"DISCONNECT"], 0).map_err(|e| format!("send: {e}"))?;
+        drop(consumer);
+        while !producer.done() {
+            producer.fill()?;
+            wait(&[&producer.sock], p.timeout)?;
+            producer.read(&mut frames, &mut errors)?;
+        }
+        let deadline = Instant::now() + p.timeout;
+        let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid} 2", util::SUBSCRIBER), None, deadline)?;
+        start = Instant::now();
+        subscribe(&consumer, topic, true, deadline)?;
+        while got < p.messages {
+            wait(&[&consumer], p.timeout)?;
+            got += consume(&consumer, Acks::Each, &mut frames, &mut errors)?;
+        }
+        util::disconnect_all(&[consumer]);
+    } else {
+        subscribe(&consumer, topic, queued, deadline)?;
+        let acks = if queued { Acks::Batched } else { Acks::None };
+        start = Instant::now();
+        while got < p.messages || !producer.done() {
+            producer.fill()?;
+            wait(&[&producer.sock, &consumer], p.timeout)?;
+            producer.read(&mut frames, &mut errors)?;
+            got += consume(&consumer, acks, &mut frames, &mut errors)?;
+        }
+        util::disconnect_all(&[consumer]);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let rss_mib = b.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
+    util::disconnect_all(&[producer.sock]);
+    b.check_alive()?;
+    let mut latencies = producer.latencies;
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = util::percentile(&latencies, 99.0);
+    let rate = got as f64 / elapsed;
+    let what = match p.shape {
+        Shape::Consume => format!("{got} consumed with an ACK each in {elapsed:.2} s: {rate:.0} msg/s, RSS {rss_mib:.0} MiB"),
+        _ => format!(
+            "{got} x {} B, {window} in flight, in {elapsed:.2} s: {rate:.0} msg/s, publish p99 {}, RSS {rss_mib:.0} MiB",
+            p.size,
+            util::ms(p99)
+        ),
+    };
+    Ok(Row {
+        target: b.label.clone(),
+        summary: what,
+        metrics: vec![
+            ("consumed", got as f64),
+            ("msgs_per_s", rate),
+            ("rss_mib", rss_mib),
+            ("publish_p99_ms", if p.shape == Shape::Consume { f64::NAN } else { p99 }),
+        ],
+        lost: (p.messages - got) as u64,
+        errors,
+    })
+}
+
+/// Waits until one of `socks` has input; fails after `stall` without any
+/// (`--timeout`).
+fn wait(socks: &[&zmq::Socket], stall: Duration) -> Result<()> {
+    let mut items: Vec<zmq::PollItem> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+    match zmq::poll(&mut items, stall.as_millis() as i64).map_err(|e| format!("poll: {e}"))? {
+        0 => Err(format!("nothing from the broker for {stall:?} (--timeout)")),
+        _ => Ok(()),
+    }
+}
