@@ -2,6 +2,7 @@
 //! the smallest raw libzmq ROUTER loop doing the same work, in the same run.
 
 mod ack;
+mod cluster;
 mod conns;
 mod fanout;
 mod raw;
@@ -128,6 +129,13 @@ struct Args {
     /// Skip the raw libzmq loop
     #[arg(long, help_heading = BROKERS)]
     no_raw: bool,
+    /// Compare one mc0d with N mc0d joined by --cluster over N nats-servers
+    /// routed to each other (spawned on loopback; instead of the raw loop,
+    /// the ratios are to the one mc0d). request: nodes spread over the
+    /// brokers, client on the first; fanout: publisher on the first,
+    /// subscribers on the others
+    #[arg(long, value_name = "N", conflicts_with_all = ["broker", "raw_only"], help_heading = BROKERS)]
+    brokers: Option<usize>,
     /// Measure only the raw libzmq loop
     #[arg(long, help_heading = BROKERS)]
     raw_only: bool,
@@ -436,7 +444,8 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
                 rows[t].1.push(row);
             }
         }
-        let (lines, value) = report::summarize(scenario, &case.name, &case.judged, &rows, RAW);
+        let baseline = if args.brokers.is_some() { targets[0].label.as_str() } else { RAW };
+        let (lines, value) = report::summarize(scenario, &case.name, &case.judged, &rows, baseline);
         if targets.len() > 1 || repeat > 1 {
             for l in lines {
                 say(&l);
@@ -463,7 +472,7 @@ fn failure(row: &Row) -> String {
 
 fn targets(args: &Args) -> Result<Vec<Target>> {
     let mut out = Vec::new();
-    if !args.no_raw {
+    if !args.no_raw && args.brokers.is_none() {
         out.push(Target { label: RAW.into(), kind: Kind::Raw });
     }
     if args.raw_only {
@@ -486,7 +495,10 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
                 sibling
             }
         };
-        out.push(Target { label: args.label.as_deref().unwrap_or("mc0d").into(), kind: Kind::Mc0d(path) });
+        out.push(Target { label: args.label.as_deref().unwrap_or("mc0d").into(), kind: Kind::Mc0d(path.clone()) });
+        if let Some(brokers) = args.brokers {
+            out.push(Target { label: format!("{brokers}-brokers"), kind: Kind::Cluster { mc0d: path, brokers } });
+        }
     }
     if out.is_empty() {
         return Err("nothing to measure (--no-raw with --raw-only)".into());

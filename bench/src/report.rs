@@ -44,8 +44,9 @@ pub struct Judged {
     pub higher_is_better: bool,
 }
 
-/// Medians per target and each non-raw target's ratio to the raw loop
-/// (oriented so that > 1 means better than raw).
+/// Medians per target and each other target's ratio to `raw_label` (the raw
+/// loop, or the one mc0d with `--brokers`), oriented so that > 1 means
+/// better than that baseline.
 pub fn summarize(
     scenario: &str,
     case: &str,
@@ -70,8 +71,8 @@ pub fn summarize(
             }
             if let Some(r) = raw_med.filter(|r| r.is_finite() && *r > 0.0) {
                 let ratio = if j.higher_is_better { m / r } else { r / m };
-                per_target.insert(format!("{target}_vs_raw"), json!(ratio));
-                parts.push(format!("=> {target}/raw {ratio:.2}x"));
+                per_target.insert(format!("{target}_vs_{raw_label}"), json!(ratio));
+                parts.push(format!("=> {target}/{raw_label} {ratio:.2}x"));
             }
         }
         lines.push(format!("  {:<18} {}", j.metric, parts.join("  ")));
