@@ -136,6 +136,9 @@ struct Args {
     /// subscribers on the others
     #[arg(long, value_name = "N", conflicts_with_all = ["broker", "raw_only"], help_heading = BROKERS)]
     brokers: Option<usize>,
+    /// With --brokers: measure only the N clustered brokers, not the one mc0d
+    #[arg(long, requires = "brokers", help_heading = BROKERS)]
+    cluster_only: bool,
     /// Measure only the raw libzmq loop
     #[arg(long, help_heading = BROKERS)]
     raw_only: bool,
@@ -495,7 +498,9 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
                 sibling
             }
         };
-        out.push(Target { label: args.label.as_deref().unwrap_or("mc0d").into(), kind: Kind::Mc0d(path.clone()) });
+        if !args.cluster_only {
+            out.push(Target { label: args.label.as_deref().unwrap_or("mc0d").into(), kind: Kind::Mc0d(path.clone()) });
+        }
         if let Some(brokers) = args.brokers {
             out.push(Target { label: format!("{brokers}-brokers"), kind: Kind::Cluster { mc0d: path, brokers } });
         }
