@@ -10,7 +10,7 @@
 //! otherwise the first messages would find no interest across brokers.
 
 use super::raw::Stamp;
-use super::target::{free_port, Keys, Kind, Running, Target};
+use super::target::{free_port, rss_kib_of, Keys, Kind, Running, Target};
 use super::util::Result;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -51,12 +51,6 @@ impl Nats {
     /// A number from `/varz` (`subscriptions`, `connections`, `routes`).
     fn varz(&self, field: &str) -> Result<u64> {
         self.monitor("/varz")?[field].as_u64().ok_or_else(|| format!("nats-server /varz has no {field}"))
-    }
-
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
     }
 }
 
@@ -165,7 +159,7 @@ impl Cluster {
             .map(|(s, base)| s.varz("subscriptions").map_or("?".into(), |n| n.saturating_sub(*base).to_string()))
             .collect();
         let rss: Vec<String> =
-            self.nats.iter().map(|s| s.rss_kib().map_or("?".into(), |k| (k / 1024).to_string())).collect();
+            self.nats.iter().map(|s| rss_kib_of(s.child.id()).map_or("?".into(), |k| (k / 1024).to_string())).collect();
         format!("NATS subscriptions {}, nats-server RSS {} MiB", subs.join("/"), rss.join("/"))
     }
 
