@@ -159,6 +159,30 @@ fn request_collects_every_reply_with_the_nodes_in_worker_processes() {
     }
 }
 
+/// `--brokers 3`: one mc0d against 3 `mc0d --cluster` over 3 routed
+/// nats-servers, the nodes spread over the brokers (in this process, then
+/// in worker processes), the fanout subscribers on the brokers the
+/// publisher is not on: every reply and delivery crosses NATS and arrives.
+#[test]
+fn three_brokers_get_every_reply_and_delivery() {
+    if !std::path::Path::new("/usr/sbin/nats-server").exists() {
+        eprintln!("skipped: /usr/sbin/nats-server is not installed (Debian package nats-server)");
+        return;
+    }
+    for procs in ["0", "3"] {
+        let o = bench(&["request", "--brokers", "3", "--nodes", "30", "--requests", "3", "--procs", procs]);
+        assert_clean_on(&o, 1, &["mc0d", "3-brokers"]);
+        for r in runs(&o) {
+            assert_eq!(num(r, "complete"), 3.0, "{r}");
+        }
+    }
+    let o = bench(&["fanout", "--brokers", "3", "--subs", "10", "--messages", "300"]);
+    assert_clean_on(&o, 1, &["mc0d", "3-brokers"]);
+    for r in runs(&o) {
+        assert_eq!(num(r, "delivered"), 3000.0, "{r}");
+    }
+}
+
 /// One broadcast request to 15,000 nodes on one mc0d with default settings
 /// brings 15,000 replies to one client at once, more than libzmq's queue to
 /// it holds (10,000 messages): mc0d's own buffer for that client must take

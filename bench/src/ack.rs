@@ -35,7 +35,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         p.clients,
         p.clients,
         mc0::protocol::DEFAULT_TTL_MS,
-        &|_| None,
+        &|_| Vec::new(),
         &mut |i| util::dealer(&ctx, &b.endpoint, format!("{} {pid}", util::numbered(util::ACK_CLIENT, i)).as_bytes()),
         Instant::now() + p.timeout,
         None,

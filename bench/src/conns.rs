@@ -194,7 +194,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
         o.count,
         o.window,
         o.ttl_ms,
-        &|i| Some(node_topic(o.first + i)),
+        &|i| vec![node_topic(o.first + i)],
         &mut |i| util::dealer_with_keys(&ctx, &o.endpoint, rid(i).as_bytes(), keys[i].as_ref()),
         Instant::now() + Duration::from_secs(600),
         Some(interval),

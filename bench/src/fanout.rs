@@ -1,6 +1,8 @@
 //! `fanout`: N subscribers on one topic, one publisher sending M PUTs of S
 //! bytes as fast as the broker takes them. Every body carries its sequence
 //! number, so each subscriber's losses and duplicates are counted exactly.
+//! With `--brokers N` the publisher is on the first broker and the
+//! subscribers on the others.
 
 use super::report::Row;
 use super::target::Running;
@@ -36,15 +38,19 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let pid = std::process::id();
     let topic = format!("{} bench-fanout-{pid}", util::COLLECTIVE).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let subs = util::clients(
-        &ctx,
-        &b.endpoint,
-        p.subs,
-        &|i| format!("{} {pid}", util::numbered(util::SUBSCRIBER, i)),
-        Some(&topic),
-        deadline,
-    )?;
+    // With --brokers, the subscribers spread over the brokers but the
+    // publisher's, so every delivery crosses NATS.
+    let endpoints = b.endpoints();
+    let remote = if endpoints.len() > 1 { &endpoints[1..] } else { &endpoints[..] };
+    let mut subs = Vec::with_capacity(p.subs);
+    for (j, ep) in remote.iter().enumerate().take(p.subs) {
+        let index = |m: usize| j + m * remote.len();
+        let count = (p.subs - j).div_ceil(remote.len());
+        let name = |m| format!("{} {pid}", util::numbered(util::SUBSCRIBER, index(m)));
+        subs.extend(util::clients(&ctx, ep, count, &name, Some(&topic), deadline)?);
+    }
     let publisher = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::PUBLISHER), None, deadline)?;
+    b.settle(remote.len().min(p.subs), deadline)?;
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

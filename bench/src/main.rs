@@ -2,6 +2,7 @@
 //! the smallest raw libzmq ROUTER loop doing the same work, in the same run.
 
 mod ack;
+mod cluster;
 mod conns;
 mod fanout;
 mod queue;
@@ -137,6 +138,16 @@ struct Args {
     /// Skip the raw libzmq loop
     #[arg(long, help_heading = BROKERS)]
     no_raw: bool,
+    /// Compare one mc0d with N mc0d joined by --cluster over N nats-servers
+    /// routed to each other (spawned on loopback; instead of the raw loop,
+    /// the ratios are to the one mc0d). request: nodes spread over the
+    /// brokers, client on the first; fanout: publisher on the first,
+    /// subscribers on the others
+    #[arg(long, value_name = "N", conflicts_with_all = ["broker", "raw_only"], help_heading = BROKERS)]
+    brokers: Option<usize>,
+    /// With --brokers: measure only the N clustered brokers, not the one mc0d
+    #[arg(long, requires = "brokers", help_heading = BROKERS)]
+    cluster_only: bool,
     /// Measure only the raw libzmq loop
     #[arg(long, help_heading = BROKERS)]
     raw_only: bool,
@@ -412,9 +423,15 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
         // Its modes are mc0d's targets; the queue store goes where the keys go.
         Scenario::Queue => {
             let dir = std::env::temp_dir().join(format!("mc0-bench-{}", std::process::id())).join("queues");
-            (queue::modes(targets(args)?, &dir)?, queue::PLAIN)
+            (queue::modes(targets(args)?, &dir)?, queue::PLAIN.to_string())
         }
-        _ => (targets(args)?, RAW),
+        // The one mc0d is what several brokers are compared with.
+        _ if args.brokers.is_some() => {
+            let targets = targets(args)?;
+            let first = targets[0].label.clone();
+            (targets, first)
+        }
+        _ => (targets(args)?, RAW.to_string()),
     };
     let scenario = scenario.name();
 
@@ -469,7 +486,7 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
                 rows[t].1.push(row);
             }
         }
-        let (lines, value) = report::summarize(scenario, &case.name, &case.judged, &rows, baseline);
+        let (lines, value) = report::summarize(scenario, &case.name, &case.judged, &rows, &baseline);
         if targets.len() > 1 || repeat > 1 {
             for l in lines {
                 say(&l);
@@ -496,7 +513,7 @@ fn failure(row: &Row) -> String {
 
 fn targets(args: &Args) -> Result<Vec<Target>> {
     let mut out = Vec::new();
-    if !args.no_raw {
+    if !args.no_raw && args.brokers.is_none() {
         out.push(Target { label: RAW.into(), kind: Kind::Raw, mc0d_args: Vec::new() });
     }
     if args.raw_only {
@@ -520,8 +537,14 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
                 sibling
             }
         };
-        let label = args.label.as_deref().unwrap_or("mc0d").into();
-        out.push(Target { label, kind: Kind::Mc0d(path), mc0d_args: Vec::new() });
+        if !args.cluster_only {
+            let label = args.label.as_deref().unwrap_or("mc0d").into();
+            out.push(Target { label, kind: Kind::Mc0d(path.clone()), mc0d_args: Vec::new() });
+        }
+        if let Some(brokers) = args.brokers {
+            let kind = Kind::Cluster { mc0d: path, brokers };
+            out.push(Target { label: format!("{brokers}-brokers"), kind, mc0d_args: Vec::new() });
+        }
     }
     if out.is_empty() {
         return Err("nothing to measure (--no-raw with --raw-only)".into());

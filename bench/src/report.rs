@@ -45,8 +45,8 @@ pub struct Judged {
 }
 
 /// Medians per target and each other target's ratio to the baseline
-/// `raw_label` (the raw loop, or plain pub/sub for `queue`), oriented so
-/// that > 1 means better than the baseline.
+/// `raw_label` (the raw loop, plain pub/sub for `queue`, or the one mc0d
+/// with `--brokers`), oriented so that > 1 means better than it.
 pub fn summarize(
     scenario: &str,
     case: &str,

@@ -7,7 +7,12 @@
 //! The nodes live in this process (a thread per `--threads` group), or with
 //! `--procs P` in P worker processes (`mc0-bench request-worker`): a fleet
 //! of more than a few thousand nodes needs more file descriptors than one
-//! process may have.
+//! process may have. Each node also subscribes to its directed topic
+//! (`mcollective nodes <identity>`), as MCollective's nodes do: a fleet is
+//! that many topics in the broker (and, with `--brokers`, in NATS).
+//!
+//! With `--brokers N` the nodes spread over the brokers (round-robin, or
+//! worker `w` on broker `w` mod N) and the client uses the first one.
 
 use super::report::Row;
 use super::target::Running;
@@ -36,6 +41,11 @@ fn node_name(i: usize, pid: u32) -> String {
     format!("{} {pid}", util::numbered(util::NODE, i))
 }
 
+/// What node `i` subscribes to: the agent and its directed topic.
+fn node_topics(agent: &[u8], i: usize) -> Vec<Vec<u8>> {
+    vec![agent.to_vec(), mc0::topics::node(util::COLLECTIVE, &util::numbered(util::NODE, i)).into_bytes()]
+}
+
 /// The responding nodes, wherever they run.
 enum Nodes {
     Threads { stop: Arc<AtomicBool>, responders: Vec<JoinHandle<Result<u64>>> },
@@ -43,8 +53,10 @@ enum Nodes {
 }
 
 impl Nodes {
-    fn start(b: &Running, p: &Params, ctx: &Arc<Ctx>, agent: &[u8], deadline: Instant) -> Result<Nodes> {
+    /// Connects the nodes; returns them and how many brokers hold some.
+    fn start(b: &Running, p: &Params, ctx: &Arc<Ctx>, agent: &[u8], deadline: Instant) -> Result<(Nodes, usize)> {
         let size = p.size.max(12);
+        let endpoints = b.endpoints();
         if p.procs > 0 {
             let agent = String::from_utf8_lossy(agent).into_owned();
             let workers = Workers::spawn("request-worker", b, p.nodes, p.procs, |_| {
@@ -53,12 +65,29 @@ impl Nodes {
                 args.concat().iter().map(|s| s.to_string()).collect()
             })?;
             workers.expect("CONNECTED", workers.len(), deadline)?;
-            return Ok(Nodes::Procs(workers));
+            let used = workers.len().min(endpoints.len());
+            return Ok((Nodes::Procs(workers), used));
         }
         let pid = std::process::id();
-        let nodes = util::clients(ctx, &b.endpoint, p.nodes, &|i| node_name(i, pid), Some(agent), deadline)?;
+        // Node i on broker i mod k.
+        let k = endpoints.len();
+        let mut nodes = Vec::with_capacity(p.nodes);
+        for (j, ep) in endpoints.iter().enumerate().take(p.nodes) {
+            let count = (p.nodes - j).div_ceil(k);
+            let index = |m: usize| j + m * k;
+            let socks = util::clients_with_topics(
+                ctx,
+                ep,
+                count,
+                &|m| node_name(index(m), pid),
+                &|m| node_topics(agent, index(m)),
+                deadline,
+            )?;
+            nodes.extend(socks.into_iter().enumerate().map(|(m, s)| (index(m) as u32, s)));
+        }
+        let used = k.min(p.nodes);
         let stop = Arc::new(AtomicBool::new(false));
-        let groups = util::spread(nodes.into_iter().enumerate().map(|(i, s)| (i as u32, s)).collect(), p.threads);
+        let groups = util::spread(nodes, p.threads);
         let responders = groups
             .into_iter()
             .map(|group| {
@@ -66,7 +95,7 @@ impl Nodes {
                 std::thread::spawn(move || respond(group, size, &|| stop.load(Ordering::Acquire)))
             })
             .collect();
-        Ok(Nodes::Threads { stop, responders })
+        Ok((Nodes::Threads { stop, responders }, used))
     }
 
     /// Stops the nodes; returns how many unexpected messages they saw.
@@ -96,9 +125,19 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
     let reply_to = mc0::topics::reply(util::COLLECTIVE, util::REQUEST_CLIENT, pid).into_bytes();
     let deadline = Instant::now() + p.timeout;
-    let nodes = Nodes::start(b, p, &ctx, &agent, deadline)?;
+    let rss_before = b.brokers_rss_kib();
+    let connecting = Instant::now();
+    let (nodes, brokers_used) = Nodes::start(b, p, &ctx, &agent, deadline)?;
+    let connected_s = connecting.elapsed().as_secs_f64();
     let client =
         util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::REQUEST_CLIENT), Some(&reply_to), deadline)?;
+    // The agent on each broker with nodes, each node's directed topic, the reply topic.
+    b.settle(brokers_used + p.nodes + 1, deadline)?;
+    let nats = b.cluster.as_ref().map(|c| format!(", {}", c.nats_figures())).unwrap_or_default();
+    let rss_per_node = match (rss_before, b.brokers_rss_kib()) {
+        (Some(before), Some(after)) => after.saturating_sub(before) as f64 / p.nodes.max(1) as f64,
+        _ => f64::NAN,
+    };
     let size = p.size.max(12);
 
     let mut body = vec![0x5au8; size];
@@ -181,7 +220,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     Ok(Row {
         target: b.label.clone(),
         summary: format!(
-            "{} requests to {} nodes: {:.0} requests/s, replies collected p50 {} p99 {}, {} replies lost",
+            "{} requests to {} nodes: {:.0} requests/s, replies collected p50 {} p99 {}, {} replies lost \
+             (nodes connected in {connected_s:.1} s, brokers' RSS +{rss_per_node:.1} KiB per node{nats})",
             times.len(),
             p.nodes,
             rate,
@@ -196,6 +236,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             ("requests_per_s", rate),
             ("p50_ms", p50),
             ("p99_ms", p99),
+            ("connect_s", connected_s),
+            ("rss_kib_per_node", rss_per_node),
         ],
         lost,
         errors,
@@ -219,7 +261,8 @@ pub fn worker(o: &WorkerOptions) -> Result<()> {
         let pid = std::process::id();
         let name = |i| node_name(o.first + i, pid);
         let deadline = Instant::now() + Duration::from_secs(600);
-        let nodes = util::clients(&ctx, &o.endpoint, o.count, &name, Some(o.agent.as_bytes()), deadline)?;
+        let topics = |i| node_topics(o.agent.as_bytes(), o.first + i);
+        let nodes = util::clients_with_topics(&ctx, &o.endpoint, o.count, &name, &topics, deadline)?;
         parent.say(&format!("CONNECTED {}", nodes.len()));
         let nodes = nodes.into_iter().enumerate().map(|(i, s)| ((o.first + i) as u32, s)).collect();
         let bad = respond(nodes, o.size, &|| parent.said("STOP"))?;

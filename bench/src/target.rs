@@ -2,6 +2,7 @@
 //! libzmq loop (this binary's `raw-broker` mode, spawned as its own process
 //! so that its CPU, RSS and threads compare like for like with mc0d's).
 
+use super::cluster::Cluster;
 use super::raw::Stamp;
 use super::util::{self, Ctx, Endpoint, Result};
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub enum Kind {
     Raw,
     /// A broker someone else started.
     External { addr: String, key_file: Option<PathBuf>, pid: Option<u32> },
+    /// `brokers` of this mc0d joined with `--cluster` over as many
+    /// nats-servers (see [`Cluster`]).
+    Cluster { mc0d: PathBuf, brokers: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +80,16 @@ pub struct Running {
     pub endpoint: Endpoint,
     pub pid: Option<u32>,
     child: Option<Child>,
+    /// With [`Kind::Cluster`]: the other brokers and the NATS servers (this
+    /// one is the first broker).
+    pub cluster: Option<Cluster>,
+}
+
+/// Resident set size of process `pid` in KiB (from /proc).
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn free_port() -> Result<u16> {
@@ -88,6 +102,21 @@ impl Target {
     /// mc0d with `keys`' allowlist when there is one, the raw loop with
     /// `stamp`.
     pub fn start(&self, curve: bool, keys: &Keys, stamp: Stamp, drop_every: Option<u64>) -> Result<Running> {
+        if let Kind::Cluster { mc0d, brokers } = &self.kind {
+            return Cluster::start(&self.label, mc0d, *brokers, curve, keys);
+        }
+        self.spawn(curve, keys, stamp, drop_every, &[])
+    }
+
+    /// [`Target::start`] of one broker, with `extra` arguments for a spawned mc0d.
+    pub fn spawn(
+        &self,
+        curve: bool,
+        keys: &Keys,
+        stamp: Stamp,
+        drop_every: Option<u64>,
+        extra: &[String],
+    ) -> Result<Running> {
         let (child, addr, server_key, pid) = match &self.kind {
             Kind::External { addr, key_file, pid } => {
                 let key = match (curve, key_file) {
@@ -97,6 +126,7 @@ impl Target {
                 };
                 (None, addr.clone(), key, *pid)
             }
+            Kind::Cluster { .. } => return Err("a cluster is started by Target::start".into()),
             Kind::Mc0d(_) | Kind::Raw => {
                 let port = free_port()?;
                 let mut cmd = match &self.kind {
@@ -121,6 +151,7 @@ impl Target {
                     if let Some((_, allowlist)) = &keys.seeded {
                         cmd.arg("--authorized-keys").arg(allowlist);
                     }
+                    cmd.args(extra);
                 }
                 cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
                 let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.describe()))?;
@@ -137,6 +168,7 @@ impl Target {
             },
             pid,
             child,
+            cluster: None,
         };
         running.wait_ready(Duration::from_secs(15))?;
         Ok(running)
@@ -149,6 +181,7 @@ impl Target {
             Kind::Mc0d(path) => path.display().to_string(),
             Kind::Raw => "the raw broker (mc0-bench raw-broker)".into(),
             Kind::External { addr, .. } => addr.clone(),
+            Kind::Cluster { mc0d, brokers } => format!("{brokers} x {}", mc0d.display()),
         }
     }
 }
@@ -192,9 +225,7 @@ impl Running {
 
     /// Resident set size in KiB (from /proc), when the pid is known.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        rss_kib_of(self.pid?)
     }
 
     /// User + system CPU time consumed so far, in seconds.
@@ -216,7 +247,32 @@ impl Running {
                 return Err(format!("{} exited: {status}", self.label));
             }
         }
-        Ok(())
+        match self.cluster.as_mut() {
+            Some(cluster) => cluster.check_alive(),
+            None => Ok(()),
+        }
+    }
+
+    /// Every broker's endpoint, this one first.
+    pub fn endpoints(&self) -> Vec<&Endpoint> {
+        let others = self.cluster.iter().flat_map(|c| c.brokers.iter().map(|b| &b.endpoint));
+        std::iter::once(&self.endpoint).chain(others).collect()
+    }
+
+    /// The RSS of every broker together, in KiB.
+    pub fn brokers_rss_kib(&self) -> Option<u64> {
+        let others = self.cluster.iter().flat_map(|c| c.brokers.iter().map(Running::rss_kib));
+        std::iter::once(self.rss_kib()).chain(others).sum()
+    }
+
+    /// Waits until the brokers' `subscriptions` (one per broker and topic)
+    /// reached every NATS server (see [`Cluster::settle`]); at once
+    /// without a cluster.
+    pub fn settle(&self, subscriptions: usize, deadline: Instant) -> Result<()> {
+        match &self.cluster {
+            Some(cluster) => cluster.settle(subscriptions, deadline),
+            None => Ok(()),
+        }
     }
 
     /// A context sized for `clients` sockets with the run's I/O threads.

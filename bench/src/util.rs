@@ -296,7 +296,7 @@ pub const COLLECTIVE: &str = "mcollective";
 /// The protocol version the bench's clients announce.
 pub const VERSION: &[u8] = protocol::PROTOCOL_VERSION.as_bytes();
 
-/// Drives CONNECT (and SUB to one topic per client) with acknowledgements
+/// Drives CONNECT (and one SUB to the client's topics) with acknowledgements
 /// over many clients, at most `window` of them in flight, until every client
 /// is registered or `deadline` passes. `make` creates client `i`'s socket
 /// (so socket creation and the TCP/CURVE handshakes count in the time).
@@ -309,7 +309,7 @@ pub fn handshake(
     n: usize,
     window: usize,
     ttl_ms: u64,
-    topic: &dyn Fn(usize) -> Option<Vec<u8>>,
+    topics: &dyn Fn(usize) -> Vec<Vec<u8>>,
     make: &mut dyn FnMut(usize) -> Result<Sock>,
     deadline: Instant,
     heartbeat: Option<Duration>,
@@ -319,7 +319,7 @@ pub fn handshake(
     let mut due: std::collections::BinaryHeap<Reverse<(Instant, usize)>> = std::collections::BinaryHeap::new();
     let mut sent_at = vec![start; n];
     let mut socks: Vec<Option<Sock>> = (0..n).map(|_| None).collect();
-    // Acks still expected per client: CONNECT, and SUB when it has a topic.
+    // Acks still expected per client: CONNECT, and SUB when it has topics.
     let mut pending: Vec<u8> = vec![0; n];
     let mut in_flight: Vec<usize> = Vec::with_capacity(window);
     let mut next = 0;
@@ -331,8 +331,10 @@ pub fn handshake(
             let connect = protocol::Command::Connect { version: VERSION, ttl_ms, id: Some(b"c") };
             send_command(&s, &connect).map_err(|e| format!("send CONNECT: {e}"))?;
             pending[next] = 1;
-            if let Some(t) = topic(next) {
-                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), queue: None, topics: vec![&t] })
+            let topics = topics(next);
+            if !topics.is_empty() {
+                let topics = topics.iter().map(Vec::as_slice).collect();
+                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), queue: None, topics })
                     .map_err(|e| format!("send SUB: {e}"))?;
                 pending[next] = 2;
             }
@@ -416,9 +418,20 @@ pub fn clients(
     topic: Option<&[u8]>,
     deadline: Instant,
 ) -> Result<Vec<Sock>> {
+    clients_with_topics(ctx, ep, n, name, &|_| topic.into_iter().map(<[u8]>::to_vec).collect(), deadline)
+}
+
+/// As [`clients`], client `i` SUBscribed to `topics(i)`.
+pub fn clients_with_topics(
+    ctx: &Arc<Ctx>,
+    ep: &Endpoint,
+    n: usize,
+    name: &dyn Fn(usize) -> String,
+    topics: &dyn Fn(usize) -> Vec<Vec<u8>>,
+    deadline: Instant,
+) -> Result<Vec<Sock>> {
     let make = &mut |i| dealer(ctx, ep, name(i).as_bytes());
-    let ttl = SILENT_CLIENT_TTL_MS;
-    let (socks, _, _) = handshake(n, n.min(200), ttl, &|_| topic.map(<[u8]>::to_vec), make, deadline, None)?;
+    let (socks, _, _) = handshake(n, n.min(200), SILENT_CLIENT_TTL_MS, topics, make, deadline, None)?;
     Ok(socks)
 }
 

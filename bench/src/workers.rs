@@ -35,9 +35,10 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts up to `procs` workers in `mode` for `b`'s broker, splitting
-    /// `total` clients between them; each gets `--first`/`--count` and the
-    /// broker's address and key (and `--key-seed`), plus `extra(count)`.
+    /// Starts up to `procs` workers in `mode` for `b`'s brokers (worker
+    /// `w` on broker `w` mod their number), splitting `total` clients
+    /// between them; each gets `--first`/`--count` and the broker's address
+    /// and key (and `--key-seed`), plus `extra(count)`.
     pub fn spawn(
         mode: &str,
         b: &Running,
@@ -50,18 +51,20 @@ impl Workers {
         let (tx, lines) = mpsc::channel();
         let mut workers = Vec::new();
         let mut first = 0;
+        let endpoints = b.endpoints();
         for w in 0..procs {
+            let endpoint = endpoints[w % endpoints.len()];
             let count = total / procs + usize::from(w < total % procs);
             let mut cmd = Command::new(&exe);
             cmd.arg(mode)
-                .args(["--endpoint", &b.endpoint.addr])
+                .args(["--endpoint", &endpoint.addr])
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(extra(count));
-            if let Some(k) = &b.endpoint.server_key {
+            if let Some(k) = &endpoint.server_key {
                 // One argument: a Z85 key may start with "-".
                 cmd.arg(format!("--server-key={}", mc0::keys::key_to_z85(k)));
             }
-            if let Some(seed) = b.endpoint.key_seed {
+            if let Some(seed) = endpoint.key_seed {
                 cmd.args(["--key-seed", &seed.to_string()]);
             }
             let mut child = cmd
