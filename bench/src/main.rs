@@ -401,7 +401,7 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
                 clients: args.clients.unwrap_or(3000),
                 procs: args.procs.unwrap_or(6),
                 rounds: args.repeat,
-                timeout: args.timeout.max(Duration::from_secs(120)),
+                timeout: args.timeout,
                 json: args.json,
             })
         }

@@ -18,6 +18,10 @@
 //! site would spread it by hand; `randomize = false` and `reconnect_initial`
 //! = 0.001 s, its minimum, so the ×0.5–1.5 jitter spans 1 ms: libmc0 has no
 //! switch to turn jitter off).
+//!
+//! A worker prints (stderr) the counters of up to five connectors that did
+//! not come back; with `STORM_DEBUG` set in the environment, also their
+//! libmc0 log lines (debug level, seconds since the worker started).
 
 use super::raw::Stamp;
 use super::target::{Keys, Kind, Running, Target};
@@ -486,6 +490,16 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
     let pair = mc0::keys::KeyPair::generate()?;
     let (public, private) =
         mc0::keys::write_keypair(dir.join("client"), &pair, true).map_err(|e| format!("client keys: {e}"))?;
+    if std::env::var_os("STORM_DEBUG").is_some() {
+        let sink = log_lines();
+        let t0 = Instant::now();
+        mc0::connector::set_logger(
+            Some(Arc::new(move |_l, line: &str| {
+                sink.lock().unwrap().push(format!("{:.3} {line}", t0.elapsed().as_secs_f64()));
+            })),
+            mc0::log::Level::Debug,
+        );
+    }
     let result = (|| {
         let config = |i: usize| -> Result<(Config, usize)> {
             let rotation = match o.order {
@@ -612,6 +626,23 @@ fn watch(o: &WorkerOptions, parent: &Parent, nodes: &mut [Node]) -> Result<()> {
             _ => {}
         }
     }
+    // Why a connector of the killed broker did not come back, for whoever
+    // reads the run (a few are enough).
+    let stuck = nodes.iter().enumerate().filter(|(_, n)| n.started_on == KILLED && n.recovered_ns.is_none());
+    for (k, n) in stuck.take(5) {
+        eprintln!(
+            "storm worker: node {} not recovered (probe {}): {}",
+            o.first + k,
+            if n.probe_sent.is_some() { "sent" } else { "not sent" },
+            n.connector.stats_json()
+        );
+        if std::env::var_os("STORM_DEBUG").is_some() {
+            let needle = format!("{} ", util::numbered(util::NODE, o.first + k));
+            for l in log_lines().lock().unwrap().iter().filter(|l| l.contains(&needle)) {
+                eprintln!("   {l}");
+            }
+        }
+    }
     parent.say(&format!(
         "DONE to1={} to2={} to3={} collateral={collateral} errors={errors} times={}",
         to[0],
@@ -620,4 +651,10 @@ fn watch(o: &WorkerOptions, parent: &Parent, nodes: &mut [Node]) -> Result<()> {
         times.join(",")
     ));
     Ok(())
+}
+
+/// The libmc0 log of a worker run with `STORM_DEBUG`.
+fn log_lines() -> &'static std::sync::Mutex<Vec<String>> {
+    static LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    &LOG
 }
