@@ -228,6 +228,34 @@ fn conns_heartbeating_clients_all_get_their_put() {
 }
 
 #[test]
+fn storm_moves_the_killed_brokers_connectors_to_the_survivors() {
+    let o = bench(&["storm", "--clients", "30", "--procs", "2", "--timeout", "20"]);
+    // Exit 1 when a connector did not come back: a few in a hundred do not
+    // at scale (see docs/BENCHMARKS.md), rarely with 30; asserted below
+    // on what must always hold.
+    assert!(matches!(o.code, Some(0 | 1)), "mc0-bench storm failed:\n{}", o.stderr);
+    let rows: Vec<&Value> = o.rows.iter().filter(|r| r["scenario"] == "storm").collect();
+    assert_eq!(
+        rows.iter().map(|r| r["order"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["random", "fixed"],
+        "{}",
+        o.stderr
+    );
+    for r in rows {
+        let killed = num(r, "killed_connectors");
+        assert!(killed >= 5.0, "{r}");
+        assert!(num(r, "recovered") >= killed - 1.0, "{r}\n{}", o.stderr);
+        // Nobody recovers on the dead broker; with the fixed order all go to the next.
+        assert_eq!(r["moved_to"][0], 0, "{r}");
+        if r["order"] == "fixed" {
+            assert_eq!(r["moved_to"][2], 0, "{r}");
+        }
+        assert_eq!(r["pair_lost"], 0, "{r}");
+        assert!(r["kernel"]["TcpExt.ListenDrops"].is_i64(), "{r}");
+    }
+}
+
+#[test]
 fn losses_are_counted_exactly_and_fail_the_run() {
     // The raw loop's test hook drops every 7th delivery: 3 subs x 70 = 210, 30 dropped.
     let o = bench(&["fanout", "--raw-only", "--drop-every", "7", "--subs", "3", "--messages", "70", "--drain", "0.5"]);

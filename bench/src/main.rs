@@ -9,6 +9,7 @@ mod queue;
 mod raw;
 mod report;
 mod request;
+mod storm;
 mod target;
 mod util;
 mod workers;
@@ -58,6 +59,11 @@ Scenarios:
             messages with an ACK each: msg/s, publish p99 (ratios to plain)
               --messages M (20000; M/10 for ok-per-put)  --window W (1000)
               --size S (1024)
+  storm     3 mc0d, C libmc0 connectors with a pool of the 3 (in P processes),
+            kill -9 one broker: time until each of its connectors is subscribed
+            on a survivor, where they went, the kernel's listen drops, a
+            survivor client's losses and RTT; randomised vs fixed order, R rounds
+              --clients C (3000)  --procs P (6)  --repeat R (1)
   allowlist --key-seed S [--clients N (1000)]
             prints the allowlist (mc0d --authorized-keys file form) of the
             keys --key-seed S gives up to N clients of each kind, for a
@@ -71,6 +77,7 @@ enum Scenario {
     Request,
     Conns,
     Queue,
+    Storm,
     Allowlist,
     /// The raw libzmq loop, spawned as its own process.
     #[value(hide = true)]
@@ -81,6 +88,9 @@ enum Scenario {
     /// A process of request nodes (`--procs`).
     #[value(hide = true)]
     RequestWorker,
+    /// A process of storm connectors (`--procs`).
+    #[value(hide = true)]
+    StormWorker,
 }
 
 impl Scenario {
@@ -91,10 +101,12 @@ impl Scenario {
             Scenario::Request => "request",
             Scenario::Conns => "conns",
             Scenario::Queue => "queue",
+            Scenario::Storm => "storm",
             Scenario::Allowlist => "allowlist",
             Scenario::RawBroker => "raw-broker",
             Scenario::ConnsWorker => "conns-worker",
             Scenario::RequestWorker => "request-worker",
+            Scenario::StormWorker => "storm-worker",
         }
     }
 }
@@ -246,6 +258,12 @@ struct Args {
     count: usize,
     #[arg(long, hide = true)]
     agent: Option<String>,
+    /// storm-worker: the brokers, `host:port,..`
+    #[arg(long, hide = true)]
+    pool: Option<String>,
+    /// storm-worker: random or fixed
+    #[arg(long, hide = true)]
+    order: Option<String>,
 }
 
 /// `--subs 10,100`.
@@ -413,11 +431,23 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
                 });
             }
         }
+        // Runs its own brokers (three, one killed) and rounds.
+        Scenario::Storm => {
+            return storm::run(&storm::Params {
+                mc0d: mc0d_path(args)?,
+                clients: args.clients.unwrap_or(3000),
+                procs: args.procs.unwrap_or(6),
+                rounds: args.repeat,
+                timeout: args.timeout,
+                json: args.json,
+            })
+        }
         // Not measurements: they print an allowlist, or serve a run.
         Scenario::Allowlist => return print_allowlist(args).map(|_| true),
         Scenario::RawBroker => return raw_broker(args).map(|_| true),
         Scenario::ConnsWorker => return conns_worker(args).map(|_| true),
         Scenario::RequestWorker => return request_worker(args).map(|_| true),
+        Scenario::StormWorker => return storm_worker(args).map(|_| true),
     }
     let (targets, baseline) = match scenario {
         // Its modes are mc0d's targets; the queue store goes where the keys go.
@@ -526,17 +556,7 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
             mc0d_args: Vec::new(),
         });
     } else {
-        let path = match &args.spawn_mc0d {
-            Some(p) => p.clone(),
-            None => {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let sibling = exe.with_file_name("mc0d");
-                if !sibling.exists() {
-                    return Err(format!("no mc0d next to {} (use --spawn-mc0d PATH or --broker)", exe.display()));
-                }
-                sibling
-            }
-        };
+        let path = mc0d_path(args)?;
         if !args.cluster_only {
             let label = args.label.as_deref().unwrap_or("mc0d").into();
             out.push(Target { label, kind: Kind::Mc0d(path.clone()), mc0d_args: Vec::new() });
@@ -550,6 +570,19 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
         return Err("nothing to measure (--no-raw with --raw-only)".into());
     }
     Ok(out)
+}
+
+/// `--spawn-mc0d`, or the mc0d next to this binary.
+fn mc0d_path(args: &Args) -> Result<PathBuf> {
+    if let Some(p) = &args.spawn_mc0d {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let sibling = exe.with_file_name("mc0d");
+    if !sibling.exists() {
+        return Err(format!("no mc0d next to {} (use --spawn-mc0d PATH or --broker)", exe.display()));
+    }
+    Ok(sibling)
 }
 
 /// "2 x Intel(R) Xeon(R) ..., libzmq 4.3.4" for the record.
@@ -621,5 +654,15 @@ fn conns_worker(args: &Args) -> Result<()> {
         heartbeat_fraction: args.heartbeat_fraction,
         window: args.window.unwrap_or(50),
         io_threads: args.io_threads,
+    })
+}
+
+fn storm_worker(args: &Args) -> Result<()> {
+    storm::worker(&storm::WorkerOptions {
+        pool: args.pool.clone().ok_or("storm-worker needs --pool")?,
+        broker_key: args.broker_key.clone().ok_or("storm-worker needs --broker-key")?,
+        order: storm::Order::parse(args.order.as_deref().unwrap_or("random"))?,
+        first: args.first,
+        count: args.count,
     })
 }
