@@ -230,10 +230,9 @@ fn conns_heartbeating_clients_all_get_their_put() {
 #[test]
 fn storm_moves_the_killed_brokers_connectors_to_the_survivors() {
     let o = bench(&["storm", "--clients", "30", "--procs", "2", "--timeout", "20"]);
-    // Exit 1 when a connector did not come back: a few in a hundred do not
-    // at scale (see docs/BENCHMARKS.md), rarely with 30; asserted below
-    // on what must always hold.
-    assert!(matches!(o.code, Some(0 | 1)), "mc0-bench storm failed:\n{}", o.stderr);
+    // Exit 1 when a connector did not come back (before libmc0 stopped a
+    // socket's monitor before closing it, a few in a hundred did at scale).
+    assert_eq!(o.code, Some(0), "mc0-bench storm failed:\n{}", o.stderr);
     let rows: Vec<&Value> = o.rows.iter().filter(|r| r["scenario"] == "storm").collect();
     assert_eq!(
         rows.iter().map(|r| r["order"].as_str().unwrap()).collect::<Vec<_>>(),
@@ -244,7 +243,7 @@ fn storm_moves_the_killed_brokers_connectors_to_the_survivors() {
     for r in rows {
         let killed = num(r, "killed_connectors");
         assert!(killed >= 5.0, "{r}");
-        assert!(num(r, "recovered") >= killed - 1.0, "{r}\n{}", o.stderr);
+        assert_eq!(num(r, "recovered"), killed, "{r}\n{}", o.stderr);
         // Nobody recovers on the dead broker; with the fixed order all go to the next.
         assert_eq!(r["moved_to"][0], 0, "{r}");
         if r["order"] == "fixed" {

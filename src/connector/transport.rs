@@ -154,6 +154,14 @@ impl ZmqTransport {
     }
 }
 
+impl Drop for ZmqTransport {
+    fn drop(&mut self) {
+        // The same order as between sockets: the context is terminated
+        // after, which waits for the I/O thread.
+        self.close();
+    }
+}
+
 impl Transport for ZmqTransport {
     fn open(&mut self, broker: usize) -> Result<String, Error> {
         self.close();
@@ -167,8 +175,10 @@ impl Transport for ZmqTransport {
     }
 
     fn close(&mut self) {
+        if let Some(mut socket) = self.socket.take() {
+            stop_monitor(&mut socket);
+        }
         // Linger is 0: closing never blocks.
-        self.socket = None;
         self.monitor = None;
     }
 
@@ -254,6 +264,31 @@ impl Transport for ZmqTransport {
     }
 }
 
+extern "C" {
+    // libzmq's own, not wrapped by the zmq crate for stopping a monitor
+    // (a null endpoint); libzmq is linked already.
+    fn zmq_socket_monitor(socket: *mut libc::c_void, endpoint: *const libc::c_char, events: libc::c_int)
+        -> libc::c_int;
+}
+
+/// Stops the socket's monitor before the socket and our end of the monitor
+/// are closed. libzmq sends monitor events from its I/O thread with a
+/// blocking send: an event of the closing socket (its connecter retrying
+/// the dead broker, say) sent after our end of the monitor is gone blocks
+/// that thread for good, and with it every later socket of the context,
+/// which then never even starts its TCP connection (issue 13: a few of
+/// thousands of connectors never came back from a failover). Stopping the
+/// monitor first (synchronous, under libzmq's monitor lock) means no event
+/// is sent after it.
+fn stop_monitor(socket: &mut zmq::Socket) {
+    // SAFETY: the socket is open and owned by this thread; a null endpoint
+    // only stops the monitor.
+    let rc = unsafe { zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0) };
+    if rc != 0 {
+        clog!(Level::Warn, "mc0 connector: cannot stop the socket monitor: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// 64 random bits as 16 hex digits, from the kernel.
 fn nonce() -> String {
     let mut bytes = [0u8; 8];
@@ -277,6 +312,62 @@ fn nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// Waits (at most 5 s) for the transport's next event.
+    fn next_event_within(t: &mut ZmqTransport, wake: &super::super::wake::Waker) -> Option<Event> {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Some(event) = t.next_event() {
+                return Some(event);
+            }
+            t.wait(wake.fd(), false, Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// Issue 13: a connector failing over from a broker that refuses TCP
+    /// (its socket retrying it, with monitor events on the way) must reach
+    /// the next broker every time. Closing our end of the monitor before
+    /// libzmq stopped sending to it left the context's I/O thread blocked
+    /// in that send: the next socket never opened a TCP connection.
+    #[test]
+    fn failing_over_from_a_refusing_broker_always_reaches_the_next() {
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let live = TcpListener::bind("127.0.0.1:0").unwrap();
+        live.set_nonblocking(true).unwrap();
+        let live_port = live.local_addr().unwrap().port();
+        let hosts = format!("127.0.0.1:{dead_port},127.0.0.1:{live_port}");
+        let config = crate::connector::Config::from_pairs([
+            ("broker.host", hosts.as_str()),
+            ("curve", "false"),
+            ("identity", "failover"),
+        ])
+        .unwrap();
+        let mut t = ZmqTransport::new(Arc::new(config.resolve().unwrap()));
+        let wake = super::super::wake::Waker::new().unwrap();
+        for round in 0..30 {
+            t.open(0).unwrap();
+            assert_eq!(next_event_within(&mut t, &wake), Some(Event::Refused), "round {round}: no refusal");
+            // Close while libzmq retries (every 100 ms or so, with jitter).
+            std::thread::sleep(Duration::from_millis(90 + (round % 8) * 5));
+            t.open(1).unwrap();
+            let end = Instant::now() + Duration::from_secs(5);
+            loop {
+                match live.accept() {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("accept: {e}"),
+                }
+                assert!(Instant::now() < end, "round {round}: the new socket never connected");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 
     #[test]
     fn nonces_are_16_hex_digits_and_differ() {
