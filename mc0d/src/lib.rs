@@ -150,6 +150,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod inproc;
 pub mod logger;
 pub mod metrics;
 pub mod router;

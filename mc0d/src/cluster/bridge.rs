@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use super::subject;
 use crate::engine::ToCluster;
 use crate::error::BrokerError;
+use crate::inproc;
 use crate::logger::{Logger, RateLimit};
 
 /// Where the loop's end of the PAIR is bound.
@@ -117,15 +118,9 @@ impl Bridge {
     /// NATS thread. NATS need not be reachable: the thread keeps trying.
     pub fn start(ctx: &zmq::Context, options: &ClusterOptions, log: &Logger) -> Result<Bridge, BrokerError> {
         let connect = connect_options(options)?;
-        let err = |what: &str, e: zmq::Error| BrokerError(format!("cannot {what}: {e}"));
-        let inbox = ctx.socket(zmq::PAIR).map_err(|e| err("create the cluster socket", e))?;
         // Unbounded: the NATS thread's queue is what bounds it.
-        inbox.set_rcvhwm(0).map_err(|e| err("set the cluster socket's ZMQ_RCVHWM", e))?;
-        inbox.bind(INBOX_ENDPOINT).map_err(|e| err("bind the cluster socket", e))?;
-        let outlet = ctx.socket(zmq::PAIR).map_err(|e| err("create the cluster socket", e))?;
-        outlet.set_sndhwm(0).map_err(|e| err("set the cluster socket's ZMQ_SNDHWM", e))?;
-        outlet.set_linger(0).map_err(|e| err("set the cluster socket's ZMQ_LINGER", e))?;
-        outlet.connect(INBOX_ENDPOINT).map_err(|e| err("connect the cluster socket", e))?;
+        let (inbox, outlet) = inproc::pair(ctx, INBOX_ENDPOINT, "cluster")?;
+        outlet.set_linger(0).map_err(|e| BrokerError(format!("cannot set ZMQ_LINGER on the cluster socket: {e}")))?;
         let (to_nats, from_loop) = mpsc::unbounded_channel();
         let counters = Arc::new(ClusterCounters::default());
         let nats = Nats {

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use super::{Batch, Store};
 use crate::error::BrokerError;
+use crate::inproc;
 
 /// Where the socket thread's end of the PAIR is bound.
 const ENDPOINT: &str = "inproc://mc0d-store";
@@ -27,14 +28,8 @@ pub type Committed = (u64, Result<(), String>);
 
 impl StoreThread {
     pub fn start(ctx: &zmq::Context, mut store: Box<dyn Store>) -> Result<StoreThread, BrokerError> {
-        let err = |what: &str, e: zmq::Error| BrokerError(format!("cannot {what} the store socket: {e}"));
-        let results = ctx.socket(zmq::PAIR).map_err(|e| err("create", e))?;
         // Unbounded: at most one answer per batch handed over.
-        results.set_rcvhwm(0).map_err(|e| err("set ZMQ_RCVHWM on", e))?;
-        results.bind(ENDPOINT).map_err(|e| err("bind", e))?;
-        let outlet = ctx.socket(zmq::PAIR).map_err(|e| err("create", e))?;
-        outlet.set_sndhwm(0).map_err(|e| err("set ZMQ_SNDHWM on", e))?;
-        outlet.connect(ENDPOINT).map_err(|e| err("connect", e))?;
+        let (results, outlet) = inproc::pair(ctx, ENDPOINT, "store")?;
         let (to_store, batches) = mpsc::channel::<(u64, Batch)>();
         let thread = std::thread::Builder::new()
             .name("mc0d-store".into())
