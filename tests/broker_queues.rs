@@ -203,6 +203,16 @@ fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
     assert!(stderr.contains(file.to_str().unwrap()), "names the file: {stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), garbage, "nothing overwritten");
 
+    // A journal that is not ours.
+    let dir = TempDir::new("queue-dir-bad-journal");
+    let journal = dir.path().join("queues.journal");
+    std::fs::write(&journal, &garbage).unwrap();
+    let (status, _, stderr) =
+        run_mc0d(&["--no-curve", "--queue-dir", dir.path().to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(journal.to_str().unwrap()), "names the journal: {stderr}");
+    assert_eq!(std::fs::read(&journal).unwrap(), garbage, "nothing overwritten");
+
     // A queue dir that is a file.
     let not_dir = dir.path().join("plain-file");
     std::fs::write(&not_dir, b"x").unwrap();

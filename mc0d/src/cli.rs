@@ -215,7 +215,7 @@ pub struct Mc0dArgs {
           value_parser = number::<u64>, help_heading = "Queues")]
     pub queue_idle: u64,
 
-    /// Keep queued messages in DIR/queues.redb: a PUT to a queue is
+    /// Keep queued messages in DIR (queues.journal, queues.redb): a PUT to a queue is
     /// answered OK only once it is on disk (fsync), and survives a restart
     /// or kill -9. Without it queues live in memory
     #[arg(long, value_name = "DIR", help_heading = "Queues")]
