@@ -523,7 +523,7 @@ impl Server {
             if self.frames.len() == 1 && received.extra == 0 {
                 received.conn = msg.source_fd();
                 if let Some(conn) = received.conn {
-                    self.engine.transport_mut().note_peer(conn, self.frames[0].as_ref(), &msg);
+                    self.engine.transport_mut().note_peer(conn, &self.frames[0], &msg);
                 }
                 if curve {
                     self.user.clear();
