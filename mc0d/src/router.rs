@@ -227,17 +227,27 @@ impl Router {
     }
 }
 
-impl Transport for Router {
-    fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
+impl Router {
+    fn send_frames<F: AsRef<[u8]>>(&mut self, rid: &[u8], frames: &[F]) -> Result<(), zmq::Error> {
         // With ROUTER_MANDATORY only the routing-id frame can fail (unknown
         // peer or full pipe); once it is accepted the rest is queued.
         self.socket.send(rid, zmq::SNDMORE | zmq::DONTWAIT)?;
         let last = frames.len().saturating_sub(1);
         for (i, frame) in frames.iter().enumerate() {
             let more = if i < last { zmq::SNDMORE } else { 0 };
-            self.socket.send(&frame[..], more | zmq::DONTWAIT)?;
+            self.socket.send(frame.as_ref(), more | zmq::DONTWAIT)?;
         }
         Ok(())
+    }
+}
+
+impl Transport for Router {
+    fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error> {
+        self.send_frames(rid, frames)
+    }
+
+    fn deliver_parts(&mut self, rid: &[u8], frames: &[&[u8]]) -> Result<(), zmq::Error> {
+        self.send_frames(rid, frames)
     }
 
     fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {

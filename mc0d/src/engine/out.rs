@@ -34,6 +34,16 @@ impl<T: Transport> Out<T> {
         self.sent(rid, result, buffers::size(frames), || Arc::new(frames.to_vec()), now)
     }
 
+    /// [`send`](Out::send) of borrowed frames, copied only if they must wait.
+    pub(super) fn send_parts(&mut self, rid: &[u8], frames: &[&[u8]], now: Instant) -> bool {
+        let owned = || Arc::new(frames.iter().map(|f| f.to_vec()).collect::<Vec<_>>());
+        if self.buffers.holds(rid) {
+            return self.buffer(rid, owned(), now);
+        }
+        let result = self.transport.deliver_parts(rid, frames);
+        self.sent(rid, result, frames.iter().map(|f| f.len()).sum(), owned, now)
+    }
+
     /// [`send`](Out::send) for one recipient of a fan-out.
     pub(super) fn send_shared(&mut self, rid: &[u8], message: &mut Shared, now: Instant) -> bool {
         if self.buffers.holds(rid) {

@@ -70,12 +70,7 @@ impl<T: Transport> Engine<T> {
     /// (acknowledged already, or taken back when it lost its connection) are
     /// ignored, as at-least-once allows.
     pub(super) fn ack(&mut self, rid: &[u8], deliveries: &[u64]) {
-        let mut unknown = 0;
-        for seq in deliveries {
-            if !self.queues.ack(rid, *seq) {
-                unknown += 1;
-            }
-        }
+        let unknown = deliveries.len() - self.queues.ack_all(rid, deliveries);
         if unknown < deliveries.len() {
             self.store_acked();
         }
@@ -162,7 +157,7 @@ impl<T: Transport> Engine<T> {
         let clients = &self.clients;
         let deliveries = self.queues.dispatch(now, |rid| clients.get(rid).is_some_and(|c| !c.lost));
         for delivery in deliveries {
-            if self.out.send(&delivery.consumer, &delivery.frames, now) {
+            if delivery.with_frames(|frames| self.out.send_parts(&delivery.consumer, frames, now)) {
                 self.clients.sent(&delivery.consumer, now);
                 self.out.stats.delivered += 1;
             }

@@ -12,9 +12,10 @@
 //! revoked, or its connection closes) before acknowledging it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mc0::protocol::{Reply, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+use mc0::protocol::{DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
 
 use super::clients::Bytes;
 use crate::store::Record;
@@ -55,7 +56,7 @@ impl Default for QueueLimits {
 }
 
 /// One stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stored {
     /// Its delivery id: unique in the broker's lifetime.
     pub seq: u64,
@@ -78,11 +79,13 @@ impl Stored {
     }
 }
 
+/// Messages are shared between their queue and their deliveries, so a
+/// delivery's MESSAGE is sent from the stored bytes without a copy of them.
 #[derive(Debug)]
 struct Queue {
-    ready: VecDeque<Stored>,
+    ready: VecDeque<Arc<Stored>>,
     /// Delivery id -> (consumer, message).
-    inflight: HashMap<u64, (Bytes, Stored)>,
+    inflight: HashMap<u64, (Bytes, Arc<Stored>)>,
     /// How many of `inflight` each consumer holds (absent: none), so
     /// dispatching does not count them per message.
     held: HashMap<Bytes, usize>,
@@ -124,7 +127,7 @@ impl Queue {
     }
 
     /// Takes delivery `seq` back from its holder (acknowledged).
-    fn take(&mut self, seq: u64) -> Option<(Bytes, Stored)> {
+    fn take(&mut self, seq: u64) -> Option<(Bytes, Arc<Stored>)> {
         let (consumer, message) = self.inflight.remove(&seq)?;
         if let Some(n) = self.held.get_mut(&consumer) {
             *n -= 1;
@@ -141,7 +144,7 @@ impl Queue {
         if self.held.remove(consumer).is_none() {
             return 0;
         }
-        let mut back: Vec<Stored> = Vec::new();
+        let mut back: Vec<Arc<Stored>> = Vec::new();
         self.inflight.retain(|_, (c, m)| {
             if &c[..] == consumer {
                 back.push(m.clone());
@@ -153,7 +156,7 @@ impl Queue {
         back.sort_by_key(|m| m.seq);
         let n = back.len();
         for mut m in back.into_iter().rev() {
-            m.redelivered = true;
+            Arc::make_mut(&mut m).redelivered = true;
             self.ready.push_front(m);
         }
         n
@@ -179,12 +182,47 @@ pub struct QueueFigures {
     pub redelivered: u64,
 }
 
-/// One delivery to send: to `consumer`, the MESSAGE `frames`.
+/// One delivery to send: to `consumer`, the stored message as a MESSAGE
+/// from its queue (see [`with_frames`](Delivery::with_frames)).
 #[derive(Debug)]
 pub struct Delivery {
     pub consumer: Bytes,
     pub seq: u64,
-    pub frames: Vec<Vec<u8>>,
+    key: QueueKey,
+    message: Arc<Stored>,
+    /// Milliseconds left to live, for `EXPIRES-IN`.
+    left: Option<u128>,
+}
+
+impl Delivery {
+    /// Calls `f` with the MESSAGE's frames (delimiter first), borrowed from
+    /// the stored message: the queue's name, the delivery id, the
+    /// redelivery mark and the time left come first, then the PUT's headers
+    /// (the order [`Reply::Message`](mc0::protocol::Reply::Message) gives them).
+    pub fn with_frames<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        let m = &self.message;
+        let seq = m.seq.to_string();
+        let left = self.left.map(|ms| ms.to_string());
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(14 + 2 * m.headers.len());
+        frames.extend([&b""[..], b"MESSAGE", b"TOPIC", &self.key.0, QUEUE.as_bytes(), &self.key.1]);
+        frames.extend([DELIVERY.as_bytes(), seq.as_bytes()]);
+        if m.redelivered {
+            frames.extend([REDELIVERED.as_bytes(), b"1"]);
+        }
+        if let Some(left) = &left {
+            frames.extend([EXPIRES_IN.as_bytes(), left.as_bytes()]);
+        }
+        for (k, v) in &m.headers {
+            frames.extend([&k[..], &v[..]]);
+        }
+        frames.extend([&b""[..], &m.body]);
+        f(&frames)
+    }
+
+    /// The MESSAGE's frames, owned.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        self.with_frames(|frames| frames.iter().map(|f| f.to_vec()).collect())
+    }
 }
 
 /// Every queue of the broker.
@@ -242,7 +280,7 @@ impl Queues {
             let key: QueueKey = (Bytes::from(&record.topic[..]), Bytes::from(&record.name[..]));
             let queue = self.entry(&record.topic, &record.name, false, now);
             queue.bytes += record.message.size();
-            queue.ready.push_back(record.message);
+            queue.ready.push_back(Arc::new(record.message));
             self.dirty.insert(key);
         }
         self.settled = self.next_seq - 1;
@@ -442,23 +480,21 @@ impl Queues {
             .filter(|(k, _)| *k != EXPIRES_IN.as_bytes())
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
-        let body: Vec<u8> = body.concat();
-        for name in names.clone() {
-            let key: QueueKey = (Bytes::from(topic), name);
+        let mut message = Stored { seq: 0, headers, body: body.concat(), expires, redelivered: false };
+        let topic = Bytes::from(topic);
+        // Each queue but the last gets a copy; the last takes the message.
+        let mut names = names.iter().peekable();
+        while let Some(name) = names.next() {
+            let key: QueueKey = (topic.clone(), name.clone());
             let Some(queue) = self.queues.get_mut(&key) else { continue };
-            let message = Stored {
-                seq: self.next_seq,
-                headers: headers.clone(),
-                body: body.clone(),
-                expires,
-                redelivered: false,
-            };
+            let mut kept = if names.peek().is_some() { message.clone() } else { std::mem::take(&mut message) };
+            kept.seq = self.next_seq;
             self.next_seq += 1;
             if self.persist {
-                records.push(Record { topic: key.0.to_vec(), name: key.1.to_vec(), message: message.clone() });
+                records.push(Record { topic: key.0.to_vec(), name: key.1.to_vec(), message: kept.clone() });
             }
-            queue.bytes += message.size();
-            queue.ready.push_back(message);
+            queue.bytes += kept.size();
+            queue.ready.push_back(Arc::new(kept));
             queue.used = now;
             self.dirty.insert(key);
         }
@@ -469,22 +505,35 @@ impl Queues {
     /// False if `consumer` does not hold it (already acknowledged, or
     /// taken back since and maybe delivered to another).
     pub fn ack(&mut self, consumer: &[u8], seq: u64) -> bool {
+        self.ack_all(consumer, &[seq]) == 1
+    }
+
+    /// [`ack`](Queues::ack) for each of `seqs`; returns how many `consumer`
+    /// held.
+    pub fn ack_all(&mut self, consumer: &[u8], seqs: &[u64]) -> usize {
+        let mut done = 0;
         for (key, queue) in self.queues.iter_mut() {
-            if let Some((holder, _)) = queue.inflight.get(&seq) {
-                if &holder[..] != consumer {
-                    return false;
+            let before = done;
+            for &seq in seqs {
+                if queue.inflight.get(&seq).is_none_or(|(holder, _)| &holder[..] != consumer) {
+                    continue;
                 }
                 let (_, message) = queue.take(seq).expect("present");
                 queue.bytes -= message.size();
                 if self.persist {
                     self.removed.push(seq);
                 }
-                // It has room for another now.
+                done += 1;
+            }
+            if done > before {
+                // It has room for more now.
                 self.dirty.insert(key.clone());
-                return true;
+            }
+            if done == seqs.len() {
+                break;
             }
         }
-        false
+        done
     }
 
     /// Hands the ready messages of the queues that may have work to their
@@ -528,7 +577,9 @@ impl Queues {
                 out.push(Delivery {
                     consumer: consumer.clone(),
                     seq: message.seq,
-                    frames: message_frames(&key, &message, now),
+                    key: key.clone(),
+                    message: message.clone(),
+                    left: message.expires.map(|at| at.saturating_duration_since(now).as_millis().max(1)),
                 });
                 queue.used = now;
                 *queue.held.entry(consumer.clone()).or_default() += 1;
@@ -614,24 +665,6 @@ impl Queues {
 #[cfg(test)]
 type Snapshot = (Vec<u64>, Vec<(Bytes, u64)>);
 
-/// The MESSAGE of one delivery: the queue's name, the delivery id, the
-/// redelivery mark and the time left come first, then the PUT's headers.
-fn message_frames(key: &QueueKey, message: &Stored, now: Instant) -> Vec<Vec<u8>> {
-    let seq = message.seq.to_string();
-    let left = message.expires.map(|at| at.saturating_duration_since(now).as_millis().max(1).to_string());
-    let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(message.headers.len() + 4);
-    headers.push((QUEUE.as_bytes(), &key.1));
-    headers.push((DELIVERY.as_bytes(), seq.as_bytes()));
-    if message.redelivered {
-        headers.push((REDELIVERED.as_bytes(), b"1"));
-    }
-    if let Some(left) = &left {
-        headers.push((EXPIRES_IN.as_bytes(), left.as_bytes()));
-    }
-    headers.extend(message.headers.iter().map(|(k, v)| (&k[..], &v[..])));
-    Reply::Message { topic: &key.0, headers, body: vec![&message.body] }.to_frames()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,7 +695,7 @@ mod tests {
         let again = q.dispatch(t0, |_| true);
         assert_eq!(again.len(), 1);
         assert_eq!((&again[0].consumer, again[0].seq), (&c, 3));
-        let frames = &again[0].frames;
+        let frames = &again[0].frames();
         assert!(frames.windows(2).any(|w| w[0] == b"REDELIVERED" && w[1] == b"1"), "{frames:?}");
     }
 
@@ -824,7 +857,7 @@ mod tests {
                     let m = live.get_mut(&d.seq).expect("a live message");
                     prop_assert!(m.1.is_none(), "delivered while held");
                     prop_assert!(m.0.is_none_or(|at| at > now), "delivered past its time");
-                    let marked = d.frames.windows(2).any(|w| w[0] == b"REDELIVERED");
+                    let marked = d.frames().windows(2).any(|w| w[0] == b"REDELIVERED");
                     prop_assert_eq!(marked, m.2);
                     m.1 = Some(c);
                     m.2 = true;

@@ -10,6 +10,12 @@ pub trait Transport {
     /// Sends `frames` (delimiter first) to the client with routing id `rid`.
     fn deliver(&mut self, rid: &[u8], frames: &[Vec<u8>]) -> Result<(), zmq::Error>;
 
+    /// [`deliver`](Transport::deliver) of borrowed frames; by default
+    /// through owned copies of them.
+    fn deliver_parts(&mut self, rid: &[u8], frames: &[&[u8]]) -> Result<(), zmq::Error> {
+        self.deliver(rid, &frames.iter().map(|f| f.to_vec()).collect::<Vec<_>>())
+    }
+
     /// Sends one of the copies of a fan-out to `rid`; by default like
     /// [`deliver`](Transport::deliver) with its frames.
     fn deliver_shared(&mut self, rid: &[u8], message: &mut Shared) -> Result<(), zmq::Error> {
