@@ -60,6 +60,9 @@ pub const FILE_NAME: &str = "queues.redb";
 /// The journal's file in `--queue-dir`.
 pub const JOURNAL_FILE_NAME: &str = "queues.journal";
 
+/// redb's cache.
+const REDB_CACHE: usize = 32 << 20;
+
 /// The journal's size (its file is this big from the start): 16 MiB holds
 /// about 14,000 PUTs of 1 KB between two checkpoints.
 pub const JOURNAL_CAPACITY: u64 = 16 << 20;
@@ -168,10 +171,14 @@ impl DiskStore {
         }
         // An existing file is opened, never created anew: a file redb does
         // not recognize is reported, not replaced.
+        let mut builder = redb::Builder::new();
+        // The broker holds every queued message in memory and reads redb
+        // only at the start: redb's cache (1 GiB by default) buys nothing.
+        builder.set_cache_size(REDB_CACHE);
         let db = if path.exists() {
-            Database::open(&path).map_err(|e| fail("open the queue store", &e))?
+            builder.open(&path).map_err(|e| fail("open the queue store", &e))?
         } else {
-            Database::create(&path).map_err(|e| fail("create the queue store", &e))?
+            builder.create(&path).map_err(|e| fail("create the queue store", &e))?
         };
         let mut stored = BTreeMap::new();
         let generation;
