@@ -29,6 +29,8 @@ struct Nats {
     child: Child,
     port: u16,
     http: u16,
+    /// Its standard error.
+    log: std::path::PathBuf,
 }
 
 impl Nats {
@@ -77,6 +79,75 @@ fn wait_until(what: &str, deadline: Instant, mut ready: impl FnMut() -> Result<b
     }
 }
 
+/// `n` nats-servers routed to each other, once every one has its routes.
+/// The ports are picked free just before and may be taken meanwhile (by a
+/// test running beside): a start that fails, say because a server exited,
+/// is tried again on new ports.
+fn start_nats(n: usize, keys: &Keys) -> Result<Vec<Nats>> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match try_start_nats(n, keys) {
+            Ok(nats) => return Ok(nats),
+            Err(StartFailed(e)) if attempt < ATTEMPTS => {
+                eprintln!("mc0-bench: {e}; again on other ports");
+                attempt += 1;
+            }
+            Err(StartFailed(e)) => return Err(e),
+        }
+    }
+}
+
+/// Why starting the nats-servers failed (each attempt's own error).
+struct StartFailed(String);
+
+fn try_start_nats(n: usize, keys: &Keys) -> std::result::Result<Vec<Nats>, StartFailed> {
+    let exe = if Path::new(NATS_SERVER).exists() { NATS_SERVER } else { "nats-server" };
+    let ports: Vec<(u16, u16, u16)> =
+        (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<Result<_>>().map_err(StartFailed)?;
+    let mut nats = Vec::new();
+    for (i, &(port, http, route)) in ports.iter().enumerate() {
+        let routes: Vec<String> =
+            ports.iter().filter(|p| p.2 != route).map(|p| format!("nats-route://127.0.0.1:{}", p.2)).collect();
+        let conf = keys.dir.join(format!("nats-{i}.conf"));
+        let log = keys.dir.join(format!("nats-{i}.log"));
+        let text = format!(
+            "server_name: bench{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+             cluster {{\n  name: mc0bench\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+            routes.join(", ")
+        );
+        std::fs::write(&conf, text).map_err(|e| StartFailed(format!("{}: {e}", conf.display())))?;
+        let stderr = std::fs::File::create(&log).map_err(|e| StartFailed(format!("{}: {e}", log.display())))?;
+        let child = Command::new(exe)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| StartFailed(format!("cannot start {exe} (--brokers needs NATS): {e}")))?;
+        nats.push(Nats { child, port, http, log });
+    }
+    let deadline = Instant::now() + NATS_START;
+    for server in &mut nats {
+        let mut exited = None;
+        let routed = wait_until("the NATS routes", deadline, || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                exited = Some(status);
+                return Ok(true);
+            }
+            Ok(server.varz("routes")? + 1 >= n as u64)
+        });
+        if let Some(status) = exited {
+            let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+            let last = log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            return Err(StartFailed(format!("nats-server on port {} exited ({status}): {last}", server.port)));
+        }
+        routed.map_err(StartFailed)?;
+    }
+    Ok(nats)
+}
+
 /// The brokers but the first, and the NATS servers under them.
 pub struct Cluster {
     pub brokers: Vec<Running>,
@@ -93,40 +164,14 @@ impl Cluster {
         if n == 0 {
             return Err("--brokers must be at least 1".into());
         }
-        let exe = if Path::new(NATS_SERVER).exists() { NATS_SERVER } else { "nats-server" };
-        let ports: Vec<(u16, u16, u16)> =
-            (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<Result<_>>()?;
-        let mut nats = Vec::new();
-        for (i, &(port, http, route)) in ports.iter().enumerate() {
-            let routes: Vec<String> =
-                ports.iter().filter(|p| p.2 != route).map(|p| format!("nats-route://127.0.0.1:{}", p.2)).collect();
-            let conf = keys.dir.join(format!("nats-{i}.conf"));
-            let text = format!(
-                "server_name: bench{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
-                 cluster {{\n  name: mc0bench\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
-                routes.join(", ")
-            );
-            std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
-            let child = Command::new(exe)
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start {exe} (--brokers needs NATS): {e}"))?;
-            nats.push(Nats { child, port, http });
-        }
-        let deadline = Instant::now() + NATS_START;
-        for server in &nats {
-            wait_until("the NATS routes", deadline, || Ok(server.varz("routes")? + 1 >= n as u64))?;
-        }
+        let nats = start_nats(n, keys)?;
         let baseline = nats.iter().map(|s| s.varz("subscriptions")).collect::<Result<Vec<_>>>()?;
         let one = Target { label: label.into(), kind: Kind::Mc0d(mc0d.into()), mc0d_args: Vec::new() };
         let mut brokers = nats
             .iter()
             .map(|s| one.spawn(curve, keys, Stamp::None, None, &["--cluster".into(), s.url()]))
             .collect::<Result<Vec<_>>>()?;
+        let deadline = Instant::now() + NATS_START;
         for server in &nats {
             wait_until("mc0d's link to NATS", deadline, || Ok(server.varz("connections")? >= 1))?;
         }
