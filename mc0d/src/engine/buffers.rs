@@ -60,8 +60,8 @@ pub struct Buffers {
 }
 
 /// The bytes a message makes the broker hold.
-pub fn size(frames: &[Vec<u8>]) -> usize {
-    frames.iter().map(Vec::len).sum()
+pub fn size<F: AsRef<[u8]>>(frames: &[F]) -> usize {
+    frames.iter().map(|f| f.as_ref().len()).sum()
 }
 
 impl Buffers {

@@ -41,7 +41,7 @@ impl<T: Transport> Out<T> {
             return self.buffer(rid, owned(), now);
         }
         let result = self.transport.deliver_parts(rid, frames);
-        self.sent(rid, result, frames.iter().map(|f| f.len()).sum(), owned, now)
+        self.sent(rid, result, buffers::size(frames), owned, now)
     }
 
     /// [`send`](Out::send) for one recipient of a fan-out.

@@ -249,17 +249,6 @@ impl DiskStore {
     }
 }
 
-impl DiskStore {
-    fn take(&mut self, puts: Vec<(u64, Vec<u8>)>, removals: &[u64]) {
-        for (seq, encoded) in puts {
-            self.since_checkpoint.put(seq, encoded);
-        }
-        for seq in removals {
-            self.since_checkpoint.remove(*seq);
-        }
-    }
-}
-
 impl Store for DiskStore {
     fn commit(&mut self, batch: &Batch) -> Result<(), String> {
         if batch.is_empty() {
@@ -278,19 +267,25 @@ impl Store for DiskStore {
         if !self.journal.fits(payload.len()) {
             self.checkpoint()?;
         }
-        if self.journal.fits(payload.len()) {
+        let journaled = self.journal.fits(payload.len());
+        if journaled {
             // Only a PUT's OK waits for the disk; an acknowledgement or an
             // expiry lost to a power cut brings a message back, which at
             // least once allows (after a kill -9 it does not: the kernel
             // has it).
             self.journal.append(&payload, !puts.is_empty())?;
-        } else {
+        }
+        for (seq, encoded) in puts {
+            self.since_checkpoint.put(seq, encoded);
+        }
+        for seq in &batch.removals {
+            self.since_checkpoint.remove(*seq);
+        }
+        if !journaled {
             // Bigger than the whole journal: straight into redb (the
             // checkpoint above left nothing pending before it).
-            self.take(puts, &batch.removals);
-            return self.checkpoint();
+            self.checkpoint()?;
         }
-        self.take(puts, &batch.removals);
         Ok(())
     }
 }
