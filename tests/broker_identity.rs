@@ -224,17 +224,26 @@ fn a_routing_id_whose_connection_closed_still_belongs_to_its_key() {
     requests_reach(&admin, &f.admin, &node, "mcollective nodes nodeB");
 }
 
-/// nodeA may not subscribe to nodeB's directed topic or the admin's reply
+/// nodeA may not subscribe, plainly or as a queue consumer, to nodeB's directed topic or the admin's reply
 /// topic; nodeB and the admin still see every request and reply.
 #[test]
 fn a_node_cannot_eavesdrop_on_another_nodes_requests_or_an_admins_replies() {
     let f = fleet(Layout::Flat, &[]);
     let ctx = zmq::Context::new();
     let spy = connected(&f.broker, &ctx, &f.node_a, &routing_id("nodeA"));
-    for (id, topic) in [("s1", "mcollective nodes nodeB"), ("s2", "mcollective reply admin 4242")] {
-        spy.send_command(&sub(id, &[topic]));
+    // Plainly, and as a queue consumer (which would take the messages
+    // away from their owner).
+    let queued = |id, topic| Command::Sub { id: Some(id), queue: Some(&b"stolen"[..]), topics: vec![topic] };
+    let attempts = [
+        ("s1", sub("s1", &["mcollective nodes nodeB"])),
+        ("s2", sub("s2", &["mcollective reply admin 4242"])),
+        ("q1", queued(&b"q1"[..], &b"mcollective nodes nodeB"[..])),
+        ("q2", queued(&b"q2"[..], &b"mcollective reply admin 4242"[..])),
+    ];
+    for (id, command) in &attempts {
+        spy.send_command(command);
         let (text, got) = spy.expect_error();
-        assert_eq!(got.as_deref(), Some(id));
+        assert_eq!(got.as_deref(), Some(*id));
         assert!(text.contains("identity check failed") && text.contains("\"nodeA\""), "{text}");
     }
     // Its own directed topic is fine.
@@ -252,7 +261,7 @@ fn a_node_cannot_eavesdrop_on_another_nodes_requests_or_an_admins_replies() {
     assert_nothing(&spy, "what the refused subscriptions would have carried");
     let line = f.broker.log.wait_for(WAIT, |l| l.contains("refused SUB from"));
     assert!(line.is_some_and(|l| l.contains("(nodeA)")), "{}", f.broker.log.text());
-    counter(&f.broker, "violations", 2);
+    counter(&f.broker, "violations", 4);
 }
 
 /// A node key's reply to an admin is delivered stamped with the real
