@@ -44,6 +44,15 @@ impl Nats {
     }
 
     fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts the server and waits until it is ready. A fresh cluster's
+    /// ports may have been taken since they were picked: a server that
+    /// stops with a fatal error (`[FTL]`, e.g. "address already in use")
+    /// is reported at once.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let from = self.log.len();
         let mut child = Process::new(NATS_SERVER)
             .arg("-c")
             .arg(&self.conf)
@@ -54,7 +63,6 @@ impl Nats {
             .expect("spawn nats-server");
         let stderr = child.stderr.take().unwrap();
         let sink = self.log.clone();
-        let from = sink.len();
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -62,9 +70,10 @@ impl Nats {
             }
         });
         self.child = Some(child);
-        self.log
-            .wait_for_after(from, WAIT, |l| l.contains("Server is ready"))
-            .unwrap_or_else(|| panic!("nats-server did not start:\n{}", self.log.text()));
+        match self.log.wait_for_after(from, WAIT, |l| l.contains("Server is ready") || l.contains("[FTL]")) {
+            Some(line) if line.contains("Server is ready") => Ok(()),
+            _ => Err(format!("nats-server on port {} did not start:\n{}", self.port, self.log.text())),
+        }
     }
 
     fn kill(&mut self) {
@@ -122,14 +131,21 @@ impl Drop for Nats {
     }
 }
 
-/// Three nats-servers routed to each other, ready (every route up).
+/// Three nats-servers routed to each other, ready (every route up). Their
+/// ports are picked free beforehand and may be taken meanwhile by a test
+/// running beside: a cluster that does not come up is tried again on new
+/// ports.
 fn nats_cluster(dir: &TempDir) -> Vec<Nats> {
-    let mut servers = nats_configs(dir);
-    for server in &mut servers {
-        server.spawn();
+    const ATTEMPTS: usize = 3;
+    let mut failures = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let mut servers = nats_configs(dir);
+        match servers.iter_mut().try_for_each(Nats::try_spawn).and_then(|()| routes_up(&servers)) {
+            Ok(()) => return servers,
+            Err(e) => failures.push(e),
+        }
     }
-    wait_routes(&servers);
-    servers
+    panic!("no NATS cluster in {ATTEMPTS} attempts, each on new ports:\n{}", failures.join("\n---\n"));
 }
 
 /// The three servers of [`nats_cluster`], configured, none started.
@@ -158,16 +174,23 @@ fn nats_configs(dir: &TempDir) -> Vec<Nats> {
 }
 
 fn wait_routes(servers: &[Nats]) {
+    routes_up(servers).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Waits until every server has its two routes.
+fn routes_up(servers: &[Nats]) -> Result<(), String> {
     let deadline = Instant::now() + WAIT;
     while servers.iter().any(|s| s.routes() < 2) {
-        assert!(
-            Instant::now() < deadline,
-            "the NATS routes did not come up: {:?}\n{}",
-            servers.iter().map(Nats::routes).collect::<Vec<_>>(),
-            servers.iter().map(|s| s.log.text()).collect::<Vec<_>>().join("\n")
-        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the NATS routes did not come up: {:?}\n{}",
+                servers.iter().map(Nats::routes).collect::<Vec<_>>(),
+                servers.iter().map(|s| s.log.text()).collect::<Vec<_>>().join("\n")
+            ));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 /// A CURVE mc0d joined to the cluster through `urls`.
