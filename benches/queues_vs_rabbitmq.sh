@@ -4,7 +4,12 @@
 # dir under /tmp, stopped (with the epmd it started) on exit. mc0d's side of
 # the comparison is `mc0-bench queue`.
 #
-#   benches/queues_vs_rabbitmq.sh [--port 5673] [rabbitmq_durable.py options]
+#   benches/queues_vs_rabbitmq.sh [--port 5673] [--alternate N] [rabbitmq_durable.py options] [-- mc0-bench queue options]
+#
+# --alternate N runs RabbitMQ's shapes and `mc0-bench queue` (the one next
+# to this repository's target/release, or $MC0_BENCH) in turn, N times each,
+# while the same rabbitmq-server stays up: the disk's sync latency wanders
+# over minutes, so only figures taken side by side compare.
 #
 # Needs Debian's rabbitmq-server (not in DEB_PACKAGES: a benchmark only)
 # and pika (`python3 -m venv /tmp/venv && /tmp/venv/bin/pip install pika`;
@@ -12,7 +17,14 @@
 set -euo pipefail
 
 port=5673
-if [[ ${1:-} == --port ]]; then port=$2; shift 2; fi
+alternate=0
+while [[ ${1:-} == --port || ${1:-} == --alternate ]]; do
+  if [[ $1 == --port ]]; then port=$2; else alternate=$2; fi
+  shift 2
+done
+rabbit_args=()
+while [[ $# -gt 0 && $1 != -- ]]; do rabbit_args+=("$1"); shift; done
+mc0_args=("${@:2}")
 python=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d /tmp/mc0-rabbitmq.XXXXXX)
@@ -26,6 +38,7 @@ echo '[].' > "$dir/enabled_plugins"
 ctl=/usr/lib/rabbitmq/bin/rabbitmqctl
 
 stop() {
+  [[ -n ${beam:-} ]] && kill -CONT "$beam" 2>/dev/null
   "$ctl" -n "$node" stop >/dev/null 2>&1 || true
   wait "$server" 2>/dev/null || true
   if [[ -z $epmd_before ]]; then
@@ -42,7 +55,45 @@ trap stop EXIT
 "$ctl" -n "$node" wait "$dir/pid" --timeout 120 >/dev/null
 echo "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server) on 127.0.0.1:$port, data in $dir"
 cat /proc/loadavg
-"$python" "$here/rabbitmq_durable.py" --port "$port" "$@"
+if ((alternate == 0)); then
+  "$python" "$here/rabbitmq_durable.py" --port "$port" "${rabbit_args[@]}"
+else
+  mc0_bench=${MC0_BENCH:-$here/../target/release/mc0-bench}
+  beam=$(pgrep -f "beam.smp.*$dir" | head -1)
+  for ((round = 1; round <= alternate; round++)); do
+    echo "round $round: rabbitmq, $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$python" "$here/rabbitmq_durable.py" --port "$port" "${rabbit_args[@]}"
+    echo "round $round: mc0d, $(cut -d' ' -f1-3 /proc/loadavg)"
+    # Stopped, RabbitMQ's Erlang schedulers (which spin a while when idle)
+    # take nothing from mc0d's run.
+    kill -STOP "$beam"
+    "$mc0_bench" queue "${mc0_args[@]}"
+    kill -CONT "$beam"
+  done | tee "$dir/rounds.log"
+  # Each round's mc0d --queue-dir figure over RabbitMQ's, shape by shape.
+  awk '
+    function rate(line) { sub(/ msg\/s.*/, "", line); sub(/.* /, "", line); return line }
+    function report() {
+      if (round == "") return
+      printf "paired, round %s:", round
+      for (i = 1; i <= 3; i++) {
+        s = shapes[i]
+        if (s in rabbit && s in mc0d) printf "  %s %s/%s = %.2fx", s, mc0d[s], rabbit[s], mc0d[s] / rabbit[s]
+      }
+      print ""
+      delete rabbit; delete mc0d
+    }
+    BEGIN { split("confirm pipelined consume", shapes, " ") }
+    /^round [0-9]+: rabbitmq/ { report(); round = $2; sub(/:/, "", round) }
+    /MEASURE rabbitmq confirm-per-message/ { rabbit["confirm"] = rate($0) }
+    /MEASURE rabbitmq pipelined/ { rabbit["pipelined"] = rate($0) }
+    /MEASURE rabbitmq consume-with-acks/ { rabbit["consume"] = rate($0) }
+    /^  disk .* 1 in flight/ { mc0d["confirm"] = rate($0); next }
+    /^  disk .* in flight/ { mc0d["pipelined"] = rate($0) }
+    /^  disk .* consumed with an ACK/ { mc0d["consume"] = rate($0) }
+    END { report() }
+  ' "$dir/rounds.log"
+fi
 cat /proc/loadavg
 beam=$(pgrep -f "beam.smp.*$dir" | head -1)
 grep -E 'VmRSS|VmHWM' "/proc/$beam/status" | tr -s ' \t' ' ' | sed 's/^/rabbitmq beam.smp /'
