@@ -13,7 +13,12 @@ use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
 const TOPIC: &str = "mcollective reply client1 async";
 
 fn sub_queue<'a>(id: &'a str, name: &'a str) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), queue: Some(name.as_bytes()), topics: vec![TOPIC.as_bytes()] }
+    Command::Sub {
+        id: Some(id.as_bytes()),
+        queue: Some(name.as_bytes()),
+        compact: false,
+        topics: vec![TOPIC.as_bytes()],
+    }
 }
 
 fn put<'a>(id: &'a str, body: &'a [u8], headers: Vec<(&'a [u8], &'a [u8])>) -> Command<'a> {
@@ -47,7 +52,7 @@ fn declared_queue_keeps_messages_until_a_consumer_acknowledges_them() {
     publisher.handshake(30_000);
     let plain = broker.client(&ctx);
     plain.handshake(30_000);
-    plain.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![TOPIC.as_bytes()] });
+    plain.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![TOPIC.as_bytes()] });
     for (id, body) in [("p1", b"one"), ("p2", b"two")] {
         publisher.call(&put(id, body, vec![(b"X-REPLY-TO", b"elsewhere")]));
     }

@@ -118,7 +118,12 @@ fn legacy_clients_on_mc0d_with_queues_never_see_queue_headers() {
     // hands deliveries out while the legacy clients talk.
     let consumer = broker.client(&ctx);
     consumer.handshake(60_000);
-    consumer.call(&Command::Sub { id: Some(b"q"), queue: Some(b"jobs"), topics: vec![b"mcollective rpcutil"] });
+    consumer.call(&Command::Sub {
+        id: Some(b"q"),
+        queue: Some(b"jobs"),
+        compact: false,
+        topics: vec![b"mcollective rpcutil"],
+    });
     let node = broker.client_with_id(&ctx, common::LEGACY_NODE.as_bytes());
     let client = broker.client_with_id(&ctx, common::LEGACY_CLIENT.as_bytes());
     // Frame for frame the legacy exchange, every header of what the legacy
@@ -134,7 +139,12 @@ fn legacy_clients_on_mc0d_with_queues_never_see_queue_headers() {
     consumer.send_command(&Command::Disconnect { id: None });
     let c2 = broker.client(&ctx);
     c2.handshake(60_000);
-    c2.call(&Command::Sub { id: Some(b"q"), queue: Some(b"jobs"), topics: vec![b"mcollective rpcutil"] });
+    c2.call(&Command::Sub {
+        id: Some(b"q"),
+        queue: Some(b"jobs"),
+        compact: false,
+        topics: vec![b"mcollective rpcutil"],
+    });
     let again = c2.expect_message();
     assert!(again.headers.iter().any(|(k, _)| k == REDELIVERED.as_bytes()), "{:?}", again.headers);
     for legacy in [&node, &client] {

@@ -195,7 +195,7 @@ const MAX_ACK: usize = 1000;
 /// SUBscribes `sock` to the topic, as a queue consumer or plainly, and
 /// waits for the OK.
 fn subscribe(sock: &zmq::Socket, topic: &[u8], queue: bool, deadline: Instant) -> Result<()> {
-    let sub = Command::Sub { id: Some(b"sub"), queue: queue.then_some(QUEUE), topics: vec![topic] };
+    let sub = Command::Sub { id: Some(b"sub"), queue: queue.then_some(QUEUE), compact: false, topics: vec![topic] };
     util::send_command(sock, &sub).map_err(|e| format!("send: {e}"))?;
     let mut frames = Vec::new();
     loop {
