@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use common::{Client, LegacyBroker, Mc0d, TempDir, CONNECTOR_WAIT as WAIT};
 use mc0::connector::{Connector, ErrorKind};
-use mc0::protocol::{Command, Reply, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+use mc0::protocol::{Command, Reply, COMPACT, DELIVERY, EXPIRES_IN, QUEUE, QUEUE_DELIVERY, REDELIVERED};
 
 const TOPIC: &str = "mcollective reply admin async";
 /// Headers only a queue consumer may see.
-const QUEUE_ONLY: [&str; 3] = [QUEUE, DELIVERY, REDELIVERED];
+const QUEUE_ONLY: [&str; 4] = [QUEUE, DELIVERY, REDELIVERED, QUEUE_DELIVERY];
 
 fn connect(config: &mc0::connector::Config) -> Connector {
     Connector::connect(config).unwrap_or_else(|e| panic!("connect: {e}"))
@@ -72,11 +72,13 @@ fn a_queue_subscription_behind_a_legacy_broker_is_a_plain_one_and_never_acknowle
     explicit_config.set("explicit_ack", "true").unwrap();
     let explicit = connect(&explicit_config);
     explicit.subscribe_queue(TOPIC, "async").unwrap();
-    // The broker heard SUB with QUEUE, and subscribed the body's topic.
+    // The broker heard SUB with QUEUE and the ask for compact deliveries
+    // (headers it does not know), and subscribed the body's topic.
     let subs: Vec<_> = broker.heard().into_iter().filter(|h| h.verb == "SUB").collect();
     assert_eq!(subs.len(), 2);
     for sub in &subs {
         assert!(sub.headers.contains(&(QUEUE.as_bytes().to_vec(), b"async".to_vec())), "{sub:?}");
+        assert!(sub.headers.contains(&(COMPACT.as_bytes().to_vec(), b"1".to_vec())), "{sub:?}");
         assert_eq!(sub.body, vec![TOPIC.as_bytes().to_vec()]);
     }
 
