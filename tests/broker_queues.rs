@@ -45,16 +45,22 @@ fn delivery_frames(c: &Client) -> Vec<Vec<u8>> {
     c.recv_non_noop(Duration::from_secs(5)).expect("a delivery")
 }
 
+/// An mc0d with the queue `async` of [`TOPIC`] declared, and a publisher.
+fn declared_queue_and_publisher() -> (Mc0d, zmq::Context, Client) {
+    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    (broker, ctx, publisher)
+}
+
 fn nothing_more(c: &Client) {
     assert!(c.recv_non_noop(Duration::from_millis(300)).is_none(), "nothing more");
 }
 
 #[test]
 fn declared_queue_keeps_messages_until_a_consumer_acknowledges_them() {
-    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
-    let ctx = zmq::Context::new();
-    let publisher = broker.client(&ctx);
-    publisher.handshake(30_000);
+    let (broker, ctx, publisher) = declared_queue_and_publisher();
     let plain = broker.client(&ctx);
     plain.handshake(30_000);
     plain.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![TOPIC.as_bytes()] });
@@ -103,10 +109,7 @@ fn declared_queue_keeps_messages_until_a_consumer_acknowledges_them() {
 /// id per frame, and a bad list gets an ERROR naming the bad value.
 #[test]
 fn compact_deliveries_for_a_consumer_that_asks_and_ack_id_lists() {
-    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
-    let ctx = zmq::Context::new();
-    let publisher = broker.client(&ctx);
-    publisher.handshake(30_000);
+    let (broker, ctx, publisher) = declared_queue_and_publisher();
     for (id, body) in [("p1", b"one"), ("p2", b"two"), ("p3", b"six")] {
         publisher.call(&put(id, body, vec![]));
     }

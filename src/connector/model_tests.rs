@@ -50,6 +50,10 @@ mod ops;
 
 use ops::{op, settings, Op, Verdict, FORBIDDEN, SEND_QUEUE, TOPICS};
 
+/// A MESSAGE the broker sent: topic, body, sender and the headers the
+/// application must see.
+type Expected = (String, Vec<u8>, Option<String>, Vec<(String, Vec<u8>)>);
+
 /// The broker's side of our connection, by mc0d's rules.
 #[derive(Default)]
 struct Broker {
@@ -101,7 +105,7 @@ struct Harness {
     last_sent: Instant,
     last_probe: Option<Instant>,
     /// Topic, body, sender and headers of each MESSAGE the broker sent.
-    expected: VecDeque<(String, Vec<u8>, Option<String>, Vec<(String, Vec<u8>)>)>,
+    expected: VecDeque<Expected>,
     messages: u32,
     /// A compact delivery reached the ready session since the last CONNECT
     /// went out.
