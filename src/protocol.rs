@@ -522,6 +522,8 @@ fn parse_delivery_lists(frames: &[&[u8]], limit: usize) -> Result<Vec<u64>, Prot
             if ids.len() == limit {
                 return Err(ProtocolError::TooManyDeliveries { limit });
             }
+            // An empty item says nothing; the frame around it (which then
+            // holds a stray space, so it fails too) shows where it is.
             ids.push(parse_delivery(if item.is_empty() { frame } else { item })?);
         }
     }
@@ -529,8 +531,8 @@ fn parse_delivery_lists(frames: &[&[u8]], limit: usize) -> Result<Vec<u64>, Prot
 }
 
 /// The value of a compact delivery's [`QUEUE_DELIVERY`] header: the id
-/// first, as its length is known to end at the first space, and a queue
-/// name may hold spaces.
+/// first, so the value splits at its first space (a queue name may hold
+/// spaces).
 pub fn queue_delivery(seq: u64, queue: &[u8]) -> Vec<u8> {
     let mut value = seq.to_string().into_bytes();
     value.push(b' ');
