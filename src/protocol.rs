@@ -92,6 +92,19 @@ pub const DELIVERY: &str = "DELIVERY";
 /// not acknowledged (its consumer went away): value `1`.
 pub const REDELIVERED: &str = "REDELIVERED";
 
+/// SUB header of a queue membership, value `1`: the session asks for the
+/// compact delivery form, whose MESSAGE carries [`QUEUE_DELIVERY`] instead
+/// of [`QUEUE`] and [`DELIVERY`] (two frames less, each a CURVE box in
+/// both processes). Any other value, and the header on a plain SUB, is
+/// ignored, as a broker that does not know it ignores it: asking is always
+/// safe, and a compact delivery is the proof that the broker also reads
+/// [`Command::Ack`]'s id lists.
+pub const COMPACT: &str = "COMPACT";
+
+/// MESSAGE header of a delivery in the compact form (see [`COMPACT`]): the
+/// delivery id, one space and the queue's name (see [`queue_delivery`]).
+pub const QUEUE_DELIVERY: &str = "QUEUE-DELIVERY";
+
 /// The time-to-lives (ms) [`EXPIRES_IN`] may carry: 1 ms to 30 days.
 pub const EXPIRES_IN_RANGE_MS: RangeInclusive<u64> = 1..=30 * 86_400_000;
 
@@ -166,6 +179,11 @@ pub enum ProtocolError {
         verb: &'static str,
         reason: &'static str,
     },
+    /// An ACK naming more delivery ids than a message may have frames: the
+    /// same bound for both forms of the list.
+    TooManyDeliveries {
+        limit: usize,
+    },
 }
 
 impl fmt::Display for ProtocolError {
@@ -194,6 +212,7 @@ impl fmt::Display for ProtocolError {
             MissingHeader { verb, header } => write!(f, "{verb} without {header} header"),
             BadHeaderValue { header, value } => write!(f, "bad {header} value {value:?}"),
             BadBody { verb, reason } => write!(f, "{verb}: {reason}"),
+            TooManyDeliveries { limit } => write!(f, "ACK names more than {limit} delivery ids"),
         }
     }
 }
@@ -296,10 +315,12 @@ pub enum Command<'a> {
     Disconnect {
         id: Option<&'a [u8]>,
     },
-    /// With `queue`, a membership of the named queue of each topic.
+    /// With `queue`, a membership of the named queue of each topic;
+    /// `compact`: its deliveries in the compact form (see [`COMPACT`]).
     Sub {
         id: Option<&'a [u8]>,
         queue: Option<&'a [u8]>,
+        compact: bool,
         topics: Vec<&'a [u8]>,
     },
     Unsub {
@@ -307,7 +328,9 @@ pub enum Command<'a> {
         queue: Option<&'a [u8]>,
         topics: Vec<&'a [u8]>,
     },
-    /// Acknowledges queue deliveries by their [`DELIVERY`] ids (body frames).
+    /// Acknowledges queue deliveries by their [`DELIVERY`] ids: body
+    /// frames of one id each, or of several separated by single spaces
+    /// (both forms may mix). Built by [`ack_frames`].
     Ack {
         id: Option<&'a [u8]>,
         deliveries: Vec<u64>,
@@ -371,15 +394,18 @@ impl<'a> Command<'a> {
                 no_body("NOOP")?;
                 Ok(Command::Noop { id })
             }
-            "SUB" => Ok(Command::Sub { id, queue: queue_of(&env)?, topics: topics("SUB")? }),
+            "SUB" => {
+                let queue = queue_of(&env)?;
+                let compact = queue.is_some() && env.header(COMPACT.as_bytes()) == Some(b"1");
+                Ok(Command::Sub { id, queue, compact, topics: topics("SUB")? })
+            }
             "UNSUB" => Ok(Command::Unsub { id, queue: queue_of(&env)?, topics: topics("UNSUB")? }),
             "ACK" => {
                 let deliveries = env.body.clone().unwrap_or_default();
                 if deliveries.is_empty() {
                     return Err(ProtocolError::BadBody { verb: "ACK", reason: "no delivery ids" });
                 }
-                let deliveries = deliveries.iter().map(|d| parse_delivery(d)).collect::<Result<_, _>>()?;
-                Ok(Command::Ack { id, deliveries })
+                Ok(Command::Ack { id, deliveries: parse_delivery_lists(&deliveries, limits.max_frames)? })
             }
             "PUT" => {
                 let topic =
@@ -434,10 +460,13 @@ impl<'a> Command<'a> {
                 push_id(&mut headers, id);
                 join("NOOP", &headers, None)
             }
-            Command::Sub { id, queue, topics } => {
+            Command::Sub { id, queue, compact, topics } => {
                 push_id(&mut headers, id);
                 if let Some(queue) = queue {
                     headers.push((QUEUE.as_bytes(), queue));
+                    if *compact {
+                        headers.push((COMPACT.as_bytes(), b"1"));
+                    }
                 }
                 join("SUB", &headers, Some(topics))
             }
@@ -448,12 +477,7 @@ impl<'a> Command<'a> {
                 }
                 join("UNSUB", &headers, Some(topics))
             }
-            Command::Ack { id, deliveries } => {
-                push_id(&mut headers, id);
-                let ids: Vec<String> = deliveries.iter().map(u64::to_string).collect();
-                let ids: Vec<&[u8]> = ids.iter().map(|d| d.as_bytes()).collect();
-                join("ACK", &headers, Some(&ids))
-            }
+            Command::Ack { id, deliveries } => ack_frames(*id, deliveries, AckForm::FramePerId),
             Command::Put { topic, headers: extra, id, body } => {
                 headers.push((b"TOPIC", topic));
                 headers.extend(extra.iter().copied());
@@ -462,6 +486,70 @@ impl<'a> Command<'a> {
             }
         }
     }
+}
+
+/// How an ACK lists its delivery ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckForm {
+    /// One id per body frame: what every broker with queues reads.
+    FramePerId,
+    /// All ids in one body frame, separated by single spaces: one CURVE
+    /// box for the lot. Only for a broker known to read it (one that sent
+    /// a delivery in the [`COMPACT`] form on this connection).
+    List,
+}
+
+/// The frames of `ACK [ID id] "" ids…` in the given form.
+pub fn ack_frames(id: Option<&[u8]>, deliveries: &[u64], form: AckForm) -> Vec<Vec<u8>> {
+    let headers: Vec<(&[u8], &[u8])> = id.map(|id| (&b"ID"[..], id)).into_iter().collect();
+    let ids: Vec<String> = deliveries.iter().map(u64::to_string).collect();
+    match form {
+        AckForm::FramePerId => {
+            let ids: Vec<&[u8]> = ids.iter().map(|d| d.as_bytes()).collect();
+            join("ACK", &headers, Some(&ids))
+        }
+        AckForm::List => join("ACK", &headers, Some(&[ids.join(" ").as_bytes()])),
+    }
+}
+
+/// The delivery ids of an ACK's body frames, each frame one id or several
+/// separated by single spaces; at most `limit`. A bad id is named; an
+/// empty one (two spaces, or one at an end) names its frame.
+fn parse_delivery_lists(frames: &[&[u8]], limit: usize) -> Result<Vec<u64>, ProtocolError> {
+    let mut ids = Vec::with_capacity(frames.len());
+    for frame in frames {
+        for item in frame.split(|b| *b == b' ') {
+            if ids.len() == limit {
+                return Err(ProtocolError::TooManyDeliveries { limit });
+            }
+            // An empty item says nothing; the frame around it (which then
+            // holds a stray space, so it fails too) shows where it is.
+            ids.push(parse_delivery(if item.is_empty() { frame } else { item })?);
+        }
+    }
+    Ok(ids)
+}
+
+/// The value of a compact delivery's [`QUEUE_DELIVERY`] header: the id
+/// first, so the value splits at its first space (a queue name may hold
+/// spaces).
+pub fn queue_delivery(seq: u64, queue: &[u8]) -> Vec<u8> {
+    let mut value = seq.to_string().into_bytes();
+    value.push(b' ');
+    value.extend_from_slice(queue);
+    value
+}
+
+/// Splits a [`QUEUE_DELIVERY`] value into the delivery id as sent (its
+/// decimal text, checked) and the queue's name.
+pub fn parse_queue_delivery(value: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
+    let bad =
+        || ProtocolError::BadHeaderValue { header: QUEUE_DELIVERY, value: String::from_utf8_lossy(value).into_owned() };
+    let at = value.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+    let (id, name) = (&value[..at], &value[at + 1..]);
+    parse_delivery(id).map_err(|_| bad())?;
+    check_queue_name(name).map_err(|_| bad())?;
+    Ok((id, name))
 }
 
 /// The rule every topic obeys on the wire: at most `limits.max_topic_len`
@@ -476,16 +564,15 @@ pub fn check_topic(topic: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
 /// The [`QUEUE`] header of a SUB or UNSUB: a queue name is 1 to 255
 /// printable ASCII bytes (it shows in logs and errors).
 fn queue_of<'a>(env: &Envelope<'a>) -> Result<Option<&'a [u8]>, ProtocolError> {
-    match env.header(QUEUE.as_bytes()) {
-        None => Ok(None),
-        Some(name)
-            if !name.is_empty() && name.len() <= 255 && name.iter().all(|b| b.is_ascii_graphic() || *b == b' ') =>
-        {
-            Ok(Some(name))
-        }
-        Some(bad) => {
-            Err(ProtocolError::BadHeaderValue { header: QUEUE, value: String::from_utf8_lossy(bad).into_owned() })
-        }
+    env.header(QUEUE.as_bytes()).map(check_queue_name).transpose()
+}
+
+/// A queue's name: 1 to 255 printable ASCII bytes, spaces allowed.
+fn check_queue_name(name: &[u8]) -> Result<&[u8], ProtocolError> {
+    if !name.is_empty() && name.len() <= 255 && name.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        Ok(name)
+    } else {
+        Err(ProtocolError::BadHeaderValue { header: QUEUE, value: String::from_utf8_lossy(name).into_owned() })
     }
 }
 
@@ -635,7 +722,12 @@ mod tests {
         let cmd = parse(&[b"", b"SUB", b"ID", b"2", b"", b"mcollective rpcutil", b"mcollective nodes n1"]).unwrap();
         assert_eq!(
             cmd,
-            Command::Sub { id: Some(b"2"), queue: None, topics: vec![b"mcollective rpcutil", b"mcollective nodes n1"] }
+            Command::Sub {
+                id: Some(b"2"),
+                queue: None,
+                compact: false,
+                topics: vec![b"mcollective rpcutil", b"mcollective nodes n1"]
+            }
         );
         let cmd = parse(&[b"", b"UNSUB", b"", b"t"]).unwrap();
         assert_eq!(cmd, Command::Unsub { id: None, queue: None, topics: vec![b"t"] });
@@ -683,7 +775,7 @@ mod tests {
     #[test]
     fn queue_additions_parse_and_build() {
         let cmd = parse(&[b"", b"SUB", b"ID", b"1", b"QUEUE", b"async", b"", b"t"]).unwrap();
-        assert_eq!(cmd, Command::Sub { id: Some(b"1"), queue: Some(b"async"), topics: vec![b"t"] });
+        assert_eq!(cmd, Command::Sub { id: Some(b"1"), queue: Some(b"async"), compact: false, topics: vec![b"t"] });
         assert_eq!(Command::parse(&cmd.to_frames(), &Limits::default()).unwrap(), cmd);
         for bad in [&b""[..], b"tab\there", &[b'x'; 256]] {
             let err = parse(&[b"", b"SUB", b"QUEUE", bad, b"", b"t"]).unwrap_err();
@@ -703,6 +795,71 @@ mod tests {
         for bad in [&b"0"[..], b"soon", b"2592000001"] {
             let err = parse(&[b"", b"PUT", b"TOPIC", b"t", b"EXPIRES-IN", bad, b"", b"x"]).unwrap_err();
             assert!(matches!(err, ProtocolError::BadHeaderValue { header: EXPIRES_IN, .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn compact_is_asked_on_a_queue_sub_only() {
+        let cmd = parse(&[b"", b"SUB", b"QUEUE", b"async", b"COMPACT", b"1", b"", b"t"]).unwrap();
+        assert_eq!(cmd, Command::Sub { id: None, queue: Some(b"async"), compact: true, topics: vec![b"t"] });
+        assert_eq!(Command::parse(&cmd.to_frames(), &Limits::default()).unwrap(), cmd);
+        // Another value, or a plain SUB: ignored, as a broker that does not
+        // know the header ignores it.
+        let cmd = parse(&[b"", b"SUB", b"QUEUE", b"async", b"COMPACT", b"2", b"", b"t"]).unwrap();
+        assert!(matches!(cmd, Command::Sub { compact: false, .. }), "{cmd:?}");
+        let cmd = parse(&[b"", b"SUB", b"COMPACT", b"1", b"", b"t"]).unwrap();
+        assert_eq!(cmd, Command::Sub { id: None, queue: None, compact: false, topics: vec![b"t"] });
+        let plain = Command::Sub { id: None, queue: None, compact: true, topics: vec![b"t"] }.to_frames();
+        assert_eq!(plain, frames(&[b"", b"SUB", b"", b"t"]), "never sent on a plain SUB");
+    }
+
+    #[test]
+    fn ack_lists_several_ids_per_frame() {
+        let ack = |body: &[&[u8]]| {
+            let mut parts: Vec<&[u8]> = vec![b"", b"ACK", b"ID", b"1", b""];
+            parts.extend(body);
+            parse(&parts)
+        };
+        let listed = Command::Ack { id: Some(b"1"), deliveries: vec![7, 8, 9] };
+        assert_eq!(ack(&[b"7 8 9"]).unwrap(), listed);
+        assert_eq!(ack(&[b"7", b"8 9"]).unwrap(), listed, "the two forms mix");
+        let frames_of = ack_frames(Some(b"1"), &[7, 8, 9], AckForm::List);
+        assert_eq!(frames_of, frames(&[b"", b"ACK", b"ID", b"1", b"", b"7 8 9"]));
+        assert_eq!(Command::parse(&frames_of, &Limits::default()).unwrap(), listed);
+        assert_eq!(ack_frames(Some(b"1"), &[7, 8, 9], AckForm::FramePerId), listed.to_frames());
+        // A bad id is named; an empty one (two spaces, a space at an end)
+        // names its frame.
+        for (body, named) in [
+            (&b"7 x 9"[..], "x"),
+            (b"7  8", "7  8"),
+            (b" 7", " 7"),
+            (b"7 ", "7 "),
+            (b"7 18446744073709551616", "18446744073709551616"),
+            (b"7\t8", "7\t8"),
+        ] {
+            let err = ack(&[b"1", body]).unwrap_err();
+            assert_eq!(err, ProtocolError::BadHeaderValue { header: DELIVERY, value: named.into() }, "{body:?}");
+            assert!(err.to_string().contains(&format!("{named:?}")), "{err}");
+        }
+        // One bound for both forms: the frame limit.
+        let limits = Limits { max_frames: 8, ..Limits::default() };
+        let ids = (1..=8).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+        let f = frames(&[b"", b"ACK", b"", ids.as_bytes()]);
+        assert!(Command::parse(&f, &limits).is_ok());
+        let f = frames(&[b"", b"ACK", b"", format!("{ids} 9").as_bytes()]);
+        let err = Command::parse(&f, &limits).unwrap_err();
+        assert_eq!(err, ProtocolError::TooManyDeliveries { limit: 8 });
+        assert!(err.to_string().contains("more than 8"), "{err}");
+    }
+
+    #[test]
+    fn queue_delivery_folds_id_and_name() {
+        let value = queue_delivery(42, b"async replies");
+        assert_eq!(value, b"42 async replies");
+        assert_eq!(parse_queue_delivery(&value).unwrap(), (&b"42"[..], &b"async replies"[..]));
+        for bad in [&b"42"[..], b"x async", b" async", b"42 ", b"42 tab\there", b""] {
+            let err = parse_queue_delivery(bad).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadHeaderValue { header: QUEUE_DELIVERY, .. }), "{err}");
         }
     }
 
@@ -793,7 +950,7 @@ mod tests {
             version in nonempty_bytes(),
         ) {
             let cmds = [
-                Command::Sub { id: id.as_deref(), queue: None, topics: topics.iter().map(|t| &t[..]).collect() },
+                Command::Sub { id: id.as_deref(), queue: None, compact: false, topics: topics.iter().map(|t| &t[..]).collect() },
                 Command::Unsub { id: id.as_deref(), queue: None, topics: topics.iter().map(|t| &t[..]).collect() },
                 Command::Connect { version: &version, ttl_ms: ttl, id: id.as_deref() },
                 Command::Noop { id: id.as_deref() },

@@ -126,8 +126,8 @@ fn ack_round_trips_all_answered() {
 /// every PUT answered (plain pub/sub has nothing to consume).
 #[test]
 fn queue_modes_deliver_everything() {
-    let o = bench(&["queue", "--messages", "300", "--window", "50"]);
-    assert_clean_on(&o, 3, &["plain", "memory", "disk"]);
+    let o = bench(&["queue", "--messages", "300", "--window", "50", "--classic-queue-frames"]);
+    assert_clean_on(&o, 3, &["plain", "memory", "classic", "disk"]);
     for r in runs(&o) {
         let case = r["case"].as_str().unwrap();
         let expected = match case {

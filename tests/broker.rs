@@ -9,7 +9,12 @@ use common::{Client, Mc0d, Mc0dOptions, WAIT};
 use mc0::protocol::{Command, NOT_CONNECTED};
 
 fn sub<'a>(id: &'a str, topics: &[&'a str]) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), queue: None, topics: topics.iter().map(|t| t.as_bytes()).collect() }
+    Command::Sub {
+        id: Some(id.as_bytes()),
+        queue: None,
+        compact: false,
+        topics: topics.iter().map(|t| t.as_bytes()).collect(),
+    }
 }
 
 #[test]
@@ -123,7 +128,7 @@ fn unknown_clients_get_not_connected_and_are_not_served() {
     let stranger = broker.client(&ctx);
     for command in [
         put("t", Some("1"), b"sneaky"),
-        Command::Sub { id: Some(b"2"), queue: None, topics: vec![b"t"] },
+        Command::Sub { id: Some(b"2"), queue: None, compact: false, topics: vec![b"t"] },
         Command::Unsub { id: Some(b"3"), queue: None, topics: vec![b"t"] },
         Command::Noop { id: Some(b"4") },
         Command::Disconnect { id: Some(b"5") },

@@ -75,7 +75,7 @@ fn listed_keys_in_a_directory_connect_and_others_are_refused_and_logged() {
     let (client, monitor) = watched(&broker, &ctx, &node, "node1.example");
     client.handshake(30_000);
     assert_eq!(monitor.next(WAIT).map(|e| e.0), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED));
-    client.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![b"t"] });
+    client.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![b"t"] });
     let line = broker.log.wait_for(WAIT, |l| l.contains("connected") && l.contains("(node1.example)"));
     assert!(line.is_some(), "connect is logged with the key's name:\n{}", broker.log.text());
 
@@ -120,7 +120,7 @@ fn sighup_revokes_a_key_drops_its_live_session_and_refuses_its_reconnect() {
     let doomed = broker.client_named(&ctx, &revoke, "revoke");
     for c in [&kept, &doomed] {
         c.handshake(30_000);
-        c.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![b"news"] });
+        c.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![b"news"] });
     }
     let publisher = broker.client(&ctx);
     publisher.handshake(30_000);

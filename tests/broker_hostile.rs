@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 
 fn sub<'a>(id: &'a str, topics: Vec<&'a [u8]>) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), queue: None, topics }
+    Command::Sub { id: Some(id.as_bytes()), queue: None, compact: false, topics }
 }
 
 fn put<'a>(topic: &'a [u8], id: &'a str, body: &'a [u8]) -> Command<'a> {

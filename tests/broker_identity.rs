@@ -69,7 +69,12 @@ fn fleet(layout: Layout, extra: &[&str]) -> Fleet {
 }
 
 fn sub<'a>(id: &'a str, topics: &[&'a str]) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), queue: None, topics: topics.iter().map(|t| t.as_bytes()).collect() }
+    Command::Sub {
+        id: Some(id.as_bytes()),
+        queue: None,
+        compact: false,
+        topics: topics.iter().map(|t| t.as_bytes()).collect(),
+    }
 }
 
 fn put<'a>(topic: &'a str, id: &'a str, headers: Vec<(&'a [u8], &'a [u8])>, body: &'a [u8]) -> Command<'a> {
@@ -233,7 +238,8 @@ fn a_node_cannot_eavesdrop_on_another_nodes_requests_or_an_admins_replies() {
     let spy = connected(&f.broker, &ctx, &f.node_a, &routing_id("nodeA"));
     // Plainly, and as a queue consumer (which would take the messages
     // away from their owner).
-    let queued = |id, topic| Command::Sub { id: Some(id), queue: Some(&b"stolen"[..]), topics: vec![topic] };
+    let queued =
+        |id, topic| Command::Sub { id: Some(id), queue: Some(&b"stolen"[..]), compact: false, topics: vec![topic] };
     let attempts = [
         ("s1", sub("s1", &["mcollective nodes nodeB"])),
         ("s2", sub("s2", &["mcollective reply admin 4242"])),

@@ -91,7 +91,7 @@ fn reading_late(broker: &Mc0d, ctx: &zmq::Context, id: &[u8], topic: &[u8]) -> C
         s.set_rcvbuf(4096).unwrap();
     });
     client.handshake(60_000);
-    client.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![topic] });
+    client.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![topic] });
     client
 }
 
@@ -115,7 +115,7 @@ fn a_subscriber_that_never_reads_does_not_block_the_others_and_drops_are_counted
     let _stuck = reading_late(&broker, &ctx, b"stuck", b"flood");
     let reader = broker.client(&ctx);
     reader.handshake(60_000);
-    reader.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![b"flood"] });
+    reader.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![b"flood"] });
     let publisher = broker.client(&ctx);
     publisher.handshake(60_000);
 

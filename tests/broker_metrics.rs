@@ -41,7 +41,7 @@ fn put<'a>(topic: &'a str, id: &'a str) -> Command<'a> {
 }
 
 fn sub<'a>(topic: &'a str) -> Command<'a> {
-    Command::Sub { id: Some(b"s"), topics: vec![topic.as_bytes()], queue: None }
+    Command::Sub { id: Some(b"s"), topics: vec![topic.as_bytes()], queue: None, compact: false }
 }
 
 /// Prometheus 2.42 (Debian's `prometheus`) scraping the broker every
@@ -176,7 +176,8 @@ fn prometheus_scrapes_per_queue_figures() {
     wait_metric(addr, &series("mc0d_queue_messages"), 3.0);
     assert!(metric(addr, &series("mc0d_queue_bytes")).is_some_and(|b| b > 0.0));
     assert_eq!(metric(addr, "mc0d_queue_max_messages"), Some(50.0));
-    let queue_sub = Command::Sub { id: Some(b"q"), topics: vec![topic.as_bytes()], queue: Some(b"async") };
+    let queue_sub =
+        Command::Sub { id: Some(b"q"), topics: vec![topic.as_bytes()], queue: Some(b"async"), compact: false };
     // A consumer takes all three and dies holding them.
     let first = broker.client(&ctx);
     first.handshake(60_000);

@@ -8,12 +8,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{run_mc0d, Client, Mc0d, Message, TempDir};
-use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE, QUEUE_DELIVERY, REDELIVERED};
 
 const TOPIC: &str = "mcollective reply client1 async";
 
 fn sub_queue<'a>(id: &'a str, name: &'a str) -> Command<'a> {
-    Command::Sub { id: Some(id.as_bytes()), queue: Some(name.as_bytes()), topics: vec![TOPIC.as_bytes()] }
+    Command::Sub {
+        id: Some(id.as_bytes()),
+        queue: Some(name.as_bytes()),
+        compact: false,
+        topics: vec![TOPIC.as_bytes()],
+    }
 }
 
 fn put<'a>(id: &'a str, body: &'a [u8], headers: Vec<(&'a [u8], &'a [u8])>) -> Command<'a> {
@@ -35,19 +40,30 @@ fn consumer(broker: &Mc0d, ctx: &zmq::Context) -> Client {
     c
 }
 
+/// A queue delivery's raw frames, waited for.
+fn delivery_frames(c: &Client) -> Vec<Vec<u8>> {
+    c.recv_non_noop(Duration::from_secs(5)).expect("a delivery")
+}
+
+/// An mc0d with the queue `async` of [`TOPIC`] declared, and a publisher.
+fn declared_queue_and_publisher() -> (Mc0d, zmq::Context, Client) {
+    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    (broker, ctx, publisher)
+}
+
 fn nothing_more(c: &Client) {
     assert!(c.recv_non_noop(Duration::from_millis(300)).is_none(), "nothing more");
 }
 
 #[test]
 fn declared_queue_keeps_messages_until_a_consumer_acknowledges_them() {
-    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
-    let ctx = zmq::Context::new();
-    let publisher = broker.client(&ctx);
-    publisher.handshake(30_000);
+    let (broker, ctx, publisher) = declared_queue_and_publisher();
     let plain = broker.client(&ctx);
     plain.handshake(30_000);
-    plain.call(&Command::Sub { id: Some(b"s"), queue: None, topics: vec![TOPIC.as_bytes()] });
+    plain.call(&Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![TOPIC.as_bytes()] });
     for (id, body) in [("p1", b"one"), ("p2", b"two")] {
         publisher.call(&put(id, body, vec![(b"X-REPLY-TO", b"elsewhere")]));
     }
@@ -85,6 +101,73 @@ fn declared_queue_keeps_messages_until_a_consumer_acknowledges_them() {
     assert_eq!(m.body, vec![b"two".to_vec()]);
     third.call(&Command::Ack { id: Some(b"a"), deliveries: vec![delivery(&m)] });
     nothing_more(&third);
+}
+
+/// The compact form: a consumer that asks (`COMPACT 1`) gets the queue's
+/// name and the delivery id in one header, one that does not gets exactly
+/// the classic frames; ACK takes several ids in one frame, mixed with one
+/// id per frame, and a bad list gets an ERROR naming the bad value.
+#[test]
+fn compact_deliveries_for_a_consumer_that_asks_and_ack_id_lists() {
+    let (broker, ctx, publisher) = declared_queue_and_publisher();
+    for (id, body) in [("p1", b"one"), ("p2", b"two"), ("p3", b"six")] {
+        publisher.call(&put(id, body, vec![]));
+    }
+
+    // Without the ask: `QUEUE name DELIVERY n` right after TOPIC, as before.
+    let classic = consumer(&broker, &ctx);
+    for body in [b"one", b"two", b"six"] {
+        let frames = delivery_frames(&classic);
+        let head: [&[u8]; 7] =
+            [b"", b"MESSAGE", b"TOPIC", TOPIC.as_bytes(), QUEUE.as_bytes(), b"async", DELIVERY.as_bytes()];
+        assert_eq!(frames[..7], head.map(<[u8]>::to_vec), "{frames:?}");
+        assert_eq!(frames[frames.len() - 2..], [b"".to_vec(), body.to_vec()], "{frames:?}");
+        assert!(!frames.contains(&QUEUE_DELIVERY.as_bytes().to_vec()), "{frames:?}");
+    }
+    classic.call(&Command::Disconnect { id: Some(b"bye") });
+
+    // With it: `QUEUE-DELIVERY "n name"` instead, nothing else changed.
+    let compact = broker.client(&ctx);
+    compact.handshake(30_000);
+    let ask = Command::Sub { id: Some(b"q"), queue: Some(b"async"), compact: true, topics: vec![TOPIC.as_bytes()] };
+    compact.call(&ask);
+    let mut ids = Vec::new();
+    for body in [b"one", b"two", b"six"] {
+        let frames = delivery_frames(&compact);
+        let head: [&[u8]; 5] = [b"", b"MESSAGE", b"TOPIC", TOPIC.as_bytes(), QUEUE_DELIVERY.as_bytes()];
+        assert_eq!(frames[..5], head.map(<[u8]>::to_vec), "{frames:?}");
+        let (id, name) = mc0::protocol::parse_queue_delivery(&frames[5]).expect("id and name");
+        assert_eq!(name, b"async");
+        assert_eq!(frames[6..8], [REDELIVERED.as_bytes().to_vec(), b"1".to_vec()], "{frames:?}");
+        assert_eq!(frames[frames.len() - 2..], [b"".to_vec(), body.to_vec()], "{frames:?}");
+        for classic_only in [QUEUE, DELIVERY] {
+            assert!(!frames.contains(&classic_only.as_bytes().to_vec()), "{classic_only} in {frames:?}");
+        }
+        ids.push(id.to_vec());
+    }
+
+    // A malformed list is refused whole, naming the bad value.
+    for (bad, named) in
+        [(format!("{} x", str(&ids[0])), "\"x\""), (format!("{}  {}", str(&ids[0]), str(&ids[1])), "  ")]
+    {
+        compact.send(&[&b""[..], b"ACK", b"ID", b"bad", b"", bad.as_bytes()]);
+        let (text, id) = compact.expect_error();
+        assert_eq!(id.as_deref(), Some("bad"));
+        assert!(text.contains("DELIVERY") && text.contains(named), "{text}");
+    }
+    // Two ids in one frame, the third in a frame of its own.
+    let listed = [ids[0].clone(), b" ".to_vec(), ids[1].clone()].concat();
+    compact.send(&[&b""[..], b"ACK", b"ID", b"a", b"", &listed, &ids[2]]);
+    compact.expect_ok("a");
+    compact.call(&Command::Disconnect { id: Some(b"bye") });
+
+    // Acknowledged: nothing comes back to the next consumer.
+    let next = consumer(&broker, &ctx);
+    nothing_more(&next);
+}
+
+fn str(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
 }
 
 #[test]

@@ -208,7 +208,7 @@ fn broker(urls: &[String], extra: &[&str]) -> Mc0d {
 fn subscriber(ctx: &zmq::Context, broker: &Mc0d, topics: &[&[u8]]) -> Client {
     let client = broker.client(ctx);
     client.handshake(60_000);
-    client.call(&Command::Sub { id: Some(b"sub"), topics: topics.to_vec(), queue: None });
+    client.call(&Command::Sub { id: Some(b"sub"), topics: topics.to_vec(), queue: None, compact: false });
     client
 }
 
@@ -334,7 +334,7 @@ fn three_brokers_share_topics_through_nats() {
     let silent_topic: &[u8] = b"mcollective nodes short-lived";
     let silent = brokers[2].client(&ctx);
     silent.handshake(300);
-    silent.call(&Command::Sub { id: Some(b"s"), topics: vec![silent_topic], queue: None });
+    silent.call(&Command::Sub { id: Some(b"s"), topics: vec![silent_topic], queue: None, compact: false });
     wait_subjects(&nats[2], "C's interest", |s| s.contains(&"mc0.mcollective.nodes.short-lived".to_string()));
     brokers[2].log.wait_for(WAIT, |l| l.contains("expired")).expect("the silent client expires");
     wait_subjects(&nats[2], "C dropped the expired client's interest", |s| {
@@ -457,7 +457,7 @@ fn a_queue_keeps_what_other_brokers_publish_while_no_consumer_runs() {
     // The consumer comes later: the kept one, once, with its time left.
     let consumer = c.client(&ctx);
     consumer.handshake(60_000);
-    consumer.call(&Command::Sub { id: Some(b"q"), queue: Some(b"replies"), topics: vec![topic] });
+    consumer.call(&Command::Sub { id: Some(b"q"), queue: Some(b"replies"), compact: false, topics: vec![topic] });
     let m = common::Message::from_frames(&consumer.recv_non_noop(WAIT).expect("the queued reply"));
     assert_eq!(m.body.concat(), b"the reply");
     let header = |name: &str| m.headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone());
@@ -477,7 +477,7 @@ fn a_queue_keeps_what_other_brokers_publish_while_no_consumer_runs() {
     // forgotten (empty, without consumers, for --queue-idle).
     let other: &[u8] = b"mcollective reply client-b async";
     let other_subject = "mc0.mcollective.reply.client-b.async".to_string();
-    consumer.call(&Command::Sub { id: Some(b"q2"), queue: Some(b"b"), topics: vec![other] });
+    consumer.call(&Command::Sub { id: Some(b"q2"), queue: Some(b"b"), compact: false, topics: vec![other] });
     wait_subjects(&nats[2], "the new queue's interest", |s| s.contains(&other_subject));
     consumer.call(&Command::Unsub { id: Some(b"u2"), queue: Some(b"b"), topics: vec![other] });
     // The declared queue and its interest stay.

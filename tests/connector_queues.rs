@@ -74,6 +74,10 @@ fn queue_consumers_ack_on_receive_or_explicitly_and_unacknowledged_ones_come_bac
     let got: Vec<_> = (0..3).map(|_| first.receive(WAIT).unwrap()).collect();
     assert_eq!(got[0].body, b"reply 0");
     assert!(got.iter().all(|m| m.delivery().is_some() && !m.redelivered()));
+    // libmc0 asked for compact deliveries; the application sees the
+    // classic headers all the same.
+    assert_eq!(got[0].header(mc0::protocol::QUEUE), Some(&b"async"[..]), "{:?}", got[0]);
+    assert!(got[0].header(mc0::protocol::QUEUE_DELIVERY).is_none(), "{:?}", got[0]);
     first.ack(&got[0]).unwrap();
     // The ACK is on its way before close's DISCONNECT (one socket, in order).
     first.close().unwrap();

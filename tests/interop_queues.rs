@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use common::{Client, LegacyBroker, Mc0d, TempDir, CONNECTOR_WAIT as WAIT};
 use mc0::connector::{Connector, ErrorKind};
-use mc0::protocol::{Command, Reply, DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+use mc0::protocol::{Command, Reply, COMPACT, DELIVERY, EXPIRES_IN, QUEUE, QUEUE_DELIVERY, REDELIVERED};
 
 const TOPIC: &str = "mcollective reply admin async";
 /// Headers only a queue consumer may see.
-const QUEUE_ONLY: [&str; 3] = [QUEUE, DELIVERY, REDELIVERED];
+const QUEUE_ONLY: [&str; 4] = [QUEUE, DELIVERY, REDELIVERED, QUEUE_DELIVERY];
 
 fn connect(config: &mc0::connector::Config) -> Connector {
     Connector::connect(config).unwrap_or_else(|e| panic!("connect: {e}"))
@@ -72,11 +72,13 @@ fn a_queue_subscription_behind_a_legacy_broker_is_a_plain_one_and_never_acknowle
     explicit_config.set("explicit_ack", "true").unwrap();
     let explicit = connect(&explicit_config);
     explicit.subscribe_queue(TOPIC, "async").unwrap();
-    // The broker heard SUB with QUEUE, and subscribed the body's topic.
+    // The broker heard SUB with QUEUE and the ask for compact deliveries
+    // (headers it does not know), and subscribed the body's topic.
     let subs: Vec<_> = broker.heard().into_iter().filter(|h| h.verb == "SUB").collect();
     assert_eq!(subs.len(), 2);
     for sub in &subs {
         assert!(sub.headers.contains(&(QUEUE.as_bytes().to_vec(), b"async".to_vec())), "{sub:?}");
+        assert!(sub.headers.contains(&(COMPACT.as_bytes().to_vec(), b"1".to_vec())), "{sub:?}");
         assert_eq!(sub.body, vec![TOPIC.as_bytes().to_vec()]);
     }
 
@@ -118,7 +120,12 @@ fn legacy_clients_on_mc0d_with_queues_never_see_queue_headers() {
     // hands deliveries out while the legacy clients talk.
     let consumer = broker.client(&ctx);
     consumer.handshake(60_000);
-    consumer.call(&Command::Sub { id: Some(b"q"), queue: Some(b"jobs"), topics: vec![b"mcollective rpcutil"] });
+    consumer.call(&Command::Sub {
+        id: Some(b"q"),
+        queue: Some(b"jobs"),
+        compact: false,
+        topics: vec![b"mcollective rpcutil"],
+    });
     let node = broker.client_with_id(&ctx, common::LEGACY_NODE.as_bytes());
     let client = broker.client_with_id(&ctx, common::LEGACY_CLIENT.as_bytes());
     // Frame for frame the legacy exchange, every header of what the legacy
@@ -134,7 +141,12 @@ fn legacy_clients_on_mc0d_with_queues_never_see_queue_headers() {
     consumer.send_command(&Command::Disconnect { id: None });
     let c2 = broker.client(&ctx);
     c2.handshake(60_000);
-    c2.call(&Command::Sub { id: Some(b"q"), queue: Some(b"jobs"), topics: vec![b"mcollective rpcutil"] });
+    c2.call(&Command::Sub {
+        id: Some(b"q"),
+        queue: Some(b"jobs"),
+        compact: false,
+        topics: vec![b"mcollective rpcutil"],
+    });
     let again = c2.expect_message();
     assert!(again.headers.iter().any(|(k, _)| k == REDELIVERED.as_bytes()), "{:?}", again.headers);
     for legacy in [&node, &client] {

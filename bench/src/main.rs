@@ -54,11 +54,14 @@ Scenarios:
               --window W (100 handshakes in flight)
               --heartbeat-fraction F (0.95: a client NOOPs after F x TTL of silence)
   queue     one producer -> one consumer through mc0d's queues, next to plain
-            pub/sub in the same run (targets plain, memory, disk = --queue-dir):
-            an OK awaited per PUT, W PUTs in flight, consuming M waiting
-            messages with an ACK each: msg/s, publish p99 (ratios to plain)
+            pub/sub in the same run (targets plain, memory, disk = --queue-dir;
+            the consumer asks for compact deliveries and ACK id lists, as
+            libmc0 does): an OK awaited per PUT, W PUTs in flight, consuming
+            M waiting messages with an ACK each: msg/s, publish p99 (ratios
+            to plain)
               --messages M (20000; M/10 for ok-per-put)  --window W (1000)
-              --size S (1024)
+              --size S (1024)  --classic-queue-frames (adds the target
+              classic: the in-memory queue as a consumer that does not ask)
   storm     3 mc0d, C libmc0 connectors with a pool of the 3 (in P processes),
             kill -9 one broker: time until each of its connectors is subscribed
             on a survivor, where they went, the kernel's listen drops, a
@@ -233,6 +236,12 @@ struct Args {
     /// conns: handshakes in flight; queue: PUTs in flight
     #[arg(long, value_name = "W", help_heading = SCENARIO)]
     window: Option<usize>,
+    /// queue: also run the in-memory queue with its classic frames (target
+    /// `classic`: no COMPACT asked, so QUEUE and DELIVERY in each delivery
+    /// and one ACK frame per id), for an A/B against the compact form of
+    /// `memory` in the same run
+    #[arg(long, help_heading = SCENARIO)]
+    classic_queue_frames: bool,
     /// conns: a client NOOPs after F x TTL of silence
     #[arg(long, value_name = "F", default_value_t = heartbeat::NOOP_AFTER, help_heading = SCENARIO)]
     heartbeat_fraction: f64,
@@ -453,7 +462,7 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
         // Its modes are mc0d's targets; the queue store goes where the keys go.
         Scenario::Queue => {
             let dir = std::env::temp_dir().join(format!("mc0-bench-{}", std::process::id())).join("queues");
-            (queue::modes(targets(args)?, &dir)?, queue::PLAIN.to_string())
+            (queue::modes(targets(args)?, &dir, args.classic_queue_frames)?, queue::PLAIN.to_string())
         }
         // The one mc0d is what several brokers are compared with.
         _ if args.brokers.is_some() => {

@@ -1,8 +1,12 @@
 //! `queue`: one producer → one consumer of S-byte messages through mc0d's
 //! queues (issue 14), next to plain pub/sub in the same run. The modes are
 //! the run's targets — `plain` (the consumer SUBscribes plainly), `memory`
-//! (it consumes a queue) and `disk` (the same with `--queue-dir`) — so each
-//! figure comes with its ratio to plain pub/sub. The shapes are the cases:
+//! (it consumes a queue), `disk` (the same with `--queue-dir`) and, with
+//! `--classic-queue-frames`, `classic` (`memory` for a consumer that does
+//! not ask for compact deliveries) — so each figure comes with its ratio to
+//! plain pub/sub. A queue consumer asks for compact deliveries and lists
+//! its ACK ids in one frame once it has had one, as libmc0 does. The
+//! shapes are the cases:
 //!
 //! - `ok-per-put`: the producer awaits each PUT's OK (for `disk`: "on
 //!   disk") before the next, the consumer takes each message as it comes
@@ -23,12 +27,13 @@ use super::util::{self, Reply, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mc0::protocol::{Command, DELIVERY};
+use mc0::protocol::{self, AckForm, Command, DELIVERY, QUEUE_DELIVERY};
 
 /// The targets, one per mode: their labels.
 pub const PLAIN: &str = "plain";
 pub const MEMORY: &str = "memory";
 pub const DISK: &str = "disk";
+pub const CLASSIC: &str = "classic";
 
 const QUEUE: &[u8] = b"async";
 
@@ -36,16 +41,21 @@ const QUEUE: &[u8] = b"async";
 /// nothing a run left in a `disk` store reaches the next.
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
-/// The three modes of the spawned mc0d among `targets`; `disk` keeps its
-/// store in `dir`.
-pub fn modes(targets: Vec<Target>, dir: &std::path::Path) -> Result<Vec<Target>> {
+/// The modes of the spawned mc0d among `targets` (with `classic`, four);
+/// `disk` keeps its store in `dir`.
+pub fn modes(targets: Vec<Target>, dir: &std::path::Path, classic: bool) -> Result<Vec<Target>> {
     let mc0d = targets
         .into_iter()
         .find(|t| matches!(t.kind, Kind::Mc0d(_)))
         .ok_or("queue needs an mc0d it spawns (--queue-dir for the disk mode): not --broker or --raw-only")?;
     let mode = |label: &str, args: Vec<String>| Target { label: label.into(), mc0d_args: args, ..mc0d.clone() };
     let dir = dir.to_str().ok_or("the temporary directory's path is not UTF-8")?;
-    Ok(vec![mode(PLAIN, Vec::new()), mode(MEMORY, Vec::new()), mode(DISK, vec!["--queue-dir".into(), dir.into()])])
+    let mut modes = vec![mode(PLAIN, Vec::new()), mode(MEMORY, Vec::new())];
+    if classic {
+        modes.push(mode(CLASSIC, Vec::new()));
+    }
+    modes.push(mode(DISK, vec!["--queue-dir".into(), dir.into()]));
+    Ok(modes)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,16 +154,25 @@ enum Acks {
 }
 
 /// Takes the messages waiting for the consumer, acknowledging queue
-/// deliveries as `acks` says; returns how many.
-fn consume(sock: &zmq::Socket, acks: Acks, frames: &mut Vec<zmq::Message>, errors: &mut Vec<String>) -> Result<usize> {
+/// deliveries as `acks` says; returns how many. `lists`: a compact
+/// delivery came, so the broker reads ACK id lists (as libmc0, the
+/// consumer sends them only then).
+fn consume(
+    sock: &zmq::Socket,
+    acks: Acks,
+    lists: &mut bool,
+    frames: &mut Vec<zmq::Message>,
+    errors: &mut Vec<String>,
+) -> Result<usize> {
     let mut got = 0;
-    let mut taken: Vec<Vec<u8>> = Vec::new();
-    let flush = |taken: &mut Vec<Vec<u8>>| -> Result<()> {
+    let mut taken: Vec<u64> = Vec::new();
+    let flush = |taken: &mut Vec<u64>, lists: bool| -> Result<()> {
         if taken.is_empty() {
             return Ok(());
         }
-        let mut ack: Vec<&[u8]> = vec![b"", b"ACK", b""];
-        ack.extend(taken.iter().map(Vec::as_slice));
+        let form = if lists { AckForm::List } else { AckForm::FramePerId };
+        let ack = protocol::ack_frames(None, taken, form);
+        let ack: Vec<&[u8]> = ack.iter().map(Vec::as_slice).collect();
         let sent = util::send(sock, &ack, 0).map_err(|e| format!("send: {e}"));
         taken.clear();
         sent
@@ -162,7 +181,7 @@ fn consume(sock: &zmq::Socket, acks: Acks, frames: &mut Vec<zmq::Message>, error
         let n = match util::recv(sock, frames, zmq::DONTWAIT) {
             Ok(n) => n,
             Err(zmq::Error::EAGAIN) => {
-                flush(&mut taken)?;
+                flush(&mut taken, *lists)?;
                 return Ok(got);
             }
             Err(e) => return Err(format!("recv: {e}")),
@@ -174,13 +193,20 @@ fn consume(sock: &zmq::Socket, acks: Acks, frames: &mut Vec<zmq::Message>, error
                 if acks == Acks::None {
                     continue;
                 }
-                let Some(delivery) = util::header(&headers, DELIVERY) else {
-                    errors.push("a queue delivery without DELIVERY".into());
+                let delivery = match util::header(&headers, QUEUE_DELIVERY) {
+                    Some(folded) => {
+                        *lists = true;
+                        protocol::parse_queue_delivery(folded).map(|(id, _)| id).ok()
+                    }
+                    None => util::header(&headers, DELIVERY),
+                };
+                let Some(delivery) = delivery.and_then(|d| protocol::parse_delivery(d).ok()) else {
+                    errors.push("a queue delivery without a delivery id".into());
                     continue;
                 };
-                taken.push(delivery.to_vec());
+                taken.push(delivery);
                 if acks == Acks::Each || taken.len() >= MAX_ACK {
-                    flush(&mut taken)?;
+                    flush(&mut taken, *lists)?;
                 }
             }
             Reply::Ok(_) | Reply::Noop => {}
@@ -192,10 +218,10 @@ fn consume(sock: &zmq::Socket, acks: Acks, frames: &mut Vec<zmq::Message>, error
 /// Delivery ids per batched `ACK` (within the broker's frame limit).
 const MAX_ACK: usize = 1000;
 
-/// SUBscribes `sock` to the topic, as a queue consumer or plainly, and
-/// waits for the OK.
-fn subscribe(sock: &zmq::Socket, topic: &[u8], queue: bool, deadline: Instant) -> Result<()> {
-    let sub = Command::Sub { id: Some(b"sub"), queue: queue.then_some(QUEUE), topics: vec![topic] };
+/// SUBscribes `sock` to the topic, as a queue consumer (asking for compact
+/// deliveries or not) or plainly, and waits for the OK.
+fn subscribe(sock: &zmq::Socket, topic: &[u8], queue: bool, compact: bool, deadline: Instant) -> Result<()> {
+    let sub = Command::Sub { id: Some(b"sub"), queue: queue.then_some(QUEUE), compact, topics: vec![topic] };
     util::send_command(sock, &sub).map_err(|e| format!("send: {e}"))?;
     let mut frames = Vec::new();
     loop {
@@ -214,6 +240,8 @@ fn subscribe(sock: &zmq::Socket, topic: &[u8], queue: bool, deadline: Instant) -
 
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let queued = b.label != PLAIN;
+    let compact = b.label != CLASSIC;
+    let mut lists = false;
     if p.shape == Shape::Consume && !queued {
         return Ok(Row {
             target: b.label.clone(),
@@ -247,7 +275,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     if p.shape == Shape::Consume {
         // The queue first (so it keeps what follows), then its messages
         // while nobody consumes, then the consumer.
-        subscribe(&consumer, topic, true, deadline)?;
+        subscribe(&consumer, topic, true, compact, deadline)?;
         util::send(&consumer, &[b"", b"DISCONNECT"], 0).map_err(|e| format!("send: {e}"))?;
         drop(consumer);
         while !producer.done() {
@@ -258,21 +286,21 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         let deadline = Instant::now() + p.timeout;
         let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid} 2", util::SUBSCRIBER), None, deadline)?;
         start = Instant::now();
-        subscribe(&consumer, topic, true, deadline)?;
+        subscribe(&consumer, topic, true, compact, deadline)?;
         while got < p.messages {
             wait(&[&consumer], p.timeout)?;
-            got += consume(&consumer, Acks::Each, &mut frames, &mut errors)?;
+            got += consume(&consumer, Acks::Each, &mut lists, &mut frames, &mut errors)?;
         }
         util::disconnect_all(&[consumer]);
     } else {
-        subscribe(&consumer, topic, queued, deadline)?;
+        subscribe(&consumer, topic, queued, compact, deadline)?;
         let acks = if queued { Acks::Batched } else { Acks::None };
         start = Instant::now();
         while got < p.messages || !producer.done() {
             producer.fill()?;
             wait(&[&producer.sock, &consumer], p.timeout)?;
             producer.read(&mut frames, &mut errors)?;
-            got += consume(&consumer, acks, &mut frames, &mut errors)?;
+            got += consume(&consumer, acks, &mut lists, &mut frames, &mut errors)?;
         }
         util::disconnect_all(&[consumer]);
     }

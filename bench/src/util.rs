@@ -334,7 +334,7 @@ pub fn handshake(
             let topics = topics(next);
             if !topics.is_empty() {
                 let topics = topics.iter().map(Vec::as_slice).collect();
-                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), queue: None, topics })
+                send_command(&s, &protocol::Command::Sub { id: Some(b"s"), queue: None, compact: false, topics })
                     .map_err(|e| format!("send SUB: {e}"))?;
                 pending[next] = 2;
             }

@@ -137,7 +137,7 @@ impl Op {
         match self {
             Op::Reconnect { rid, conn, topic } => {
                 let connect = Command::Connect { version: b"0.3", ttl_ms: 60_000, id: Some(b"c") }.to_frames();
-                let sub = Command::Sub { id: Some(b"s"), queue: None, topics: vec![topic] }.to_frames();
+                let sub = Command::Sub { id: Some(b"s"), queue: None, compact: false, topics: vec![topic] }.to_frames();
                 vec![
                     Op::Close { rid, conn },
                     Op::Msg { rid, conn, user: rid, frames: connect },
@@ -190,7 +190,7 @@ fn frames() -> impl Strategy<Value = Vec<Vec<u8>>> {
         let cmd = match verb {
             0 => Command::Connect { version: b"0.3", ttl_ms, id },
             1 => Command::Disconnect { id },
-            2 => Command::Sub { id, queue: None, topics },
+            2 => Command::Sub { id, queue: None, compact: false, topics },
             3 => Command::Unsub { id, queue: None, topics },
             4 => Command::Put { topic: topics.first().copied().unwrap_or(b"t"), headers, id, body: vec![&body] },
             _ => Command::Noop { id },
@@ -710,7 +710,12 @@ fn interest_run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Sub { rid, topic, queue } => {
                 let topic = QTOPICS[topic as usize];
                 let name: Option<&[u8]> = queue.then_some(b"q");
-                send(&mut engine, &mut now, rid, Command::Sub { id: None, queue: name, topics: vec![topic] });
+                send(
+                    &mut engine,
+                    &mut now,
+                    rid,
+                    Command::Sub { id: None, queue: name, compact: false, topics: vec![topic] },
+                );
                 if let Some((plain, member_of)) = sessions.get_mut(&rid) {
                     if queue {
                         member_of.insert(topic);

@@ -16,7 +16,12 @@
 //!   (time advances only by the session's own poll timeout);
 //! - CONNECT's answer is waited for at most `connect_timeout`, close ends
 //!   within `close_timeout`;
-//! - MESSAGEs are delivered in order with their sender stamp;
+//! - MESSAGEs are delivered in order with their sender stamp, and a queue
+//!   delivery with the same `QUEUE` and `DELIVERY` headers whether it came
+//!   in the compact form or the classic one;
+//! - an ACK lists several ids in one frame only on a connection whose
+//!   broker sent a compact delivery since the last CONNECT went out (a
+//!   broker that never did may not read the list), and always does there;
 //! - with a pool of brokers, every socket after the first goes to the next
 //!   broker of one fixed (shuffled) cycle through the whole pool, each move
 //!   counted as a failover, and the stats name the broker in use;
@@ -44,6 +49,10 @@ use crate::protocol::{self, heartbeat, Command, Limits, Reply};
 mod ops;
 
 use ops::{op, settings, Op, Verdict, FORBIDDEN, SEND_QUEUE, TOPICS};
+
+/// A MESSAGE the broker sent: topic, body, sender and the headers the
+/// application must see.
+type Expected = (String, Vec<u8>, Option<String>, Vec<(String, Vec<u8>)>);
 
 /// The broker's side of our connection, by mc0d's rules.
 #[derive(Default)]
@@ -95,8 +104,15 @@ struct Harness {
     last_heard: Instant,
     last_sent: Instant,
     last_probe: Option<Instant>,
-    expected: VecDeque<(String, Vec<u8>, Option<String>)>,
+    /// Topic, body, sender and headers of each MESSAGE the broker sent.
+    expected: VecDeque<Expected>,
     messages: u32,
+    /// A compact delivery reached the ready session since the last CONNECT
+    /// went out.
+    compact_heard: bool,
+    /// Per ACK asked for (by its first delivery id): whether it must list
+    /// its ids in one frame.
+    ack_forms: BTreeMap<u64, bool>,
     close_at: Option<Instant>,
     shut_down: bool,
     /// Publishes the session may drop without sending them: asked for
@@ -145,6 +161,8 @@ impl Harness {
             last_probe: None,
             expected: VecDeque::new(),
             messages: 0,
+            compact_heard: false,
+            ack_forms: BTreeMap::new(),
             close_at: None,
             shut_down: false,
             may_drop_unsent: 0,
@@ -240,8 +258,41 @@ impl Harness {
                     headers.insert(0, (protocol::SENDER.as_bytes(), s.as_bytes()));
                 }
                 let frames = Reply::Message { topic: &topic, headers, body: vec![&body] }.to_frames();
-                self.expected.push_back((String::from_utf8_lossy(&topic).into_owned(), body, sender));
+                let seen = vec![("X-A".to_string(), b"1".to_vec())];
+                self.expected.push_back((String::from_utf8_lossy(&topic).into_owned(), body, sender, seen));
                 self.hear(frames);
+            }
+            Op::Delivery(n, compact) if self.up && self.broker.known && !self.broker.subs.is_empty() => {
+                let topic = self.broker.subs.iter().nth(n % self.broker.subs.len()).expect("some").clone();
+                self.messages += 1;
+                let body = format!("m{}", self.messages).into_bytes();
+                let delivery = u64::from(self.messages);
+                let id = delivery.to_string();
+                let folded = protocol::queue_delivery(delivery, b"q 1");
+                let mut headers: Vec<(&[u8], &[u8])> = vec![(b"X-A", b"1")];
+                if compact {
+                    headers.insert(0, (protocol::QUEUE_DELIVERY.as_bytes(), &folded));
+                } else {
+                    headers.splice(
+                        0..0,
+                        [(protocol::QUEUE.as_bytes(), &b"q 1"[..]), (protocol::DELIVERY.as_bytes(), id.as_bytes())],
+                    );
+                }
+                let frames = Reply::Message { topic: &topic, headers, body: vec![&body] }.to_frames();
+                let seen = vec![
+                    (protocol::QUEUE.to_string(), b"q 1".to_vec()),
+                    (protocol::DELIVERY.to_string(), id.into_bytes()),
+                    ("X-A".to_string(), b"1".to_vec()),
+                ];
+                self.expected.push_back((String::from_utf8_lossy(&topic).into_owned(), body, None, seen));
+                self.compact_heard |= compact && self.session.is_ready();
+                self.hear(frames);
+                // Taken and acknowledged with an id the broker no longer
+                // holds: two ids, so the ACK's form shows.
+                if self.session.is_ready() {
+                    self.ack_forms.insert(delivery, self.compact_heard);
+                }
+                self.requests.push(Request::Ack { deliveries: vec![delivery, delivery + 1_000_000] });
             }
             Op::Noop if self.up => self.hear(Reply::Noop.to_frames()),
             Op::Advance(ms) => self.advance(Duration::from_millis(ms)),
@@ -266,7 +317,11 @@ impl Harness {
         }
         let Some(frames) = self.broker.inbound.pop_front() else { return };
         let command = Command::parse(&frames, &Limits::default()).expect("the session sends valid commands");
-        let id = command.id().expect("every command carries an ID").to_vec();
+        if let Command::Ack { .. } = command {
+            // Without ID: at least once, no answer.
+            return;
+        }
+        let id = command.id().expect("every command but ACK carries an ID").to_vec();
         let reply = |message: &str| Reply::Error { message: message.as_bytes(), id: Some(&id) }.to_frames();
         let ok = Reply::Ok { id: &id }.to_frames();
         let answer = match (&command, verdict) {
@@ -433,6 +488,7 @@ impl Harness {
                 Command::Connect { ttl_ms, version, .. } => {
                     assert_eq!((*ttl_ms, *version), (1000, protocol::PROTOCOL_VERSION.as_bytes()));
                     self.connect_acked = false;
+                    self.compact_heard = false;
                 }
                 other => {
                     assert!(self.connect_acked, "{other:?} went out before CONNECT's OK on this connection");
@@ -450,6 +506,12 @@ impl Harness {
                     if let Command::Noop { .. } = other {
                         self.last_probe = Some(self.now);
                     }
+                    if let Command::Ack { deliveries, .. } = other {
+                        let listed = out.frames.len() == 4;
+                        let expected = self.ack_forms.remove(&deliveries[0]).expect("an ACK asked for while ready");
+                        assert_eq!(listed, expected, "ACK {:?} (compact delivery heard: {expected})", out.frames);
+                        assert!(listed <= self.compact_heard, "an ACK list to a broker that sent no compact delivery");
+                    }
                 }
             }
             self.broker.inbound.push_back(out.frames);
@@ -460,9 +522,10 @@ impl Harness {
 
     fn check_deliveries(&mut self) {
         for m in self.session.take_deliveries() {
-            let (topic, body, sender) = self.expected.pop_front().expect("a MESSAGE nobody sent was delivered");
+            let (topic, body, sender, headers) =
+                self.expected.pop_front().expect("a MESSAGE nobody sent was delivered");
             assert_eq!((m.topic, m.body, m.sender), (topic, body, sender));
-            assert_eq!(m.headers, vec![("X-A".to_string(), b"1".to_vec())], "SENDER is not a header");
+            assert_eq!(m.headers, headers, "SENDER is not a header; a compact delivery looks classic");
         }
         assert!(self.expected.is_empty(), "a MESSAGE was not delivered: {:?}", self.expected);
     }
@@ -604,6 +667,25 @@ fn poll(call: &mut Call) -> Option<&Result<(), Error>> {
         call.result = call.waiter.wait(Duration::ZERO);
     }
     call.result.as_ref()
+}
+
+/// The knowledge that the broker reads ACK lists lasts one connection:
+/// after a reconnect (maybe to an older broker) ACKs go one id per frame
+/// until a compact delivery comes again.
+#[test]
+fn ack_lists_need_a_compact_delivery_on_each_connection() {
+    let mut h = Harness::new(false, 1);
+    let ready = [Op::Up, Op::Answer(Verdict::Ok), Op::Answer(Verdict::Ok)];
+    let deliveries = [Op::Delivery(0, false), Op::Delivery(0, true), Op::Delivery(0, false)];
+    for op in [Op::Subscribe(0)].into_iter().chain(ready.clone()).chain(deliveries) {
+        h.apply(op);
+    }
+    assert!(h.compact_heard && h.ack_forms.is_empty(), "three ACKs went out, the last one listed");
+    for op in [Op::Down].into_iter().chain(ready).chain([Op::Delivery(0, false)]) {
+        h.apply(op);
+    }
+    assert!(!h.compact_heard && h.ack_forms.is_empty(), "the ACK after the reconnect went out one id per frame");
+    h.finish();
 }
 
 proptest! {

@@ -73,7 +73,9 @@ impl<T: Transport> Engine<T> {
                 }
                 self.out.log.log(Level::Info, format_args!("client {} disconnected", show(rid)));
             }
-            Command::Sub { queue: Some(name), topics, .. } => self.join_queues(rid, sender, name, &topics, now)?,
+            Command::Sub { queue: Some(name), compact, topics, .. } => {
+                self.join_queues(rid, sender, name, compact, &topics, now)?
+            }
             Command::Unsub { queue: Some(name), topics, .. } => self.leave_queues(rid, name, &topics, now),
             Command::Ack { deliveries, .. } => self.ack(rid, &deliveries),
             Command::Sub { topics, .. } => {

@@ -14,13 +14,15 @@ use super::transport::Transport;
 use super::{more_since, show, Engine, Sender};
 
 impl<T: Transport> Engine<T> {
-    /// `SUB QUEUE name`: membership of the named queue of each topic, under
-    /// the same identity and role rules as a plain subscription.
+    /// `SUB QUEUE name [COMPACT 1]`: membership of the named queue of each
+    /// topic, under the same identity and role rules as a plain
+    /// subscription; `compact`: its deliveries in the compact form.
     pub(super) fn join_queues(
         &mut self,
         rid: &[u8],
         sender: &Sender<'_>,
         name: &[u8],
+        compact: bool,
         topics: &[&[u8]],
         now: Instant,
     ) -> Result<(), String> {
@@ -31,7 +33,7 @@ impl<T: Transport> Engine<T> {
         let Some(client) = self.clients.get(rid) else { return Ok(()) };
         let consumer = client.id.clone();
         for topic in topics {
-            self.queues.join(topic, name, &consumer, now);
+            self.queues.join(topic, name, &consumer, compact, now);
             self.out.log.log(
                 Level::Info,
                 format_args!("client {} consumes queue {} of {}", show(rid), show(name), show(topic)),

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mc0::protocol::{DELIVERY, EXPIRES_IN, QUEUE, REDELIVERED};
+use mc0::protocol::{queue_delivery, DELIVERY, EXPIRES_IN, QUEUE, QUEUE_DELIVERY, REDELIVERED};
 
 use super::clients::Bytes;
 use crate::store::Record;
@@ -79,6 +79,14 @@ impl Stored {
     }
 }
 
+/// A consumer of a queue.
+#[derive(Debug)]
+struct Member {
+    id: Bytes,
+    /// Its SUB asked for the compact delivery form (`COMPACT 1`).
+    compact: bool,
+}
+
 /// Messages are shared between their queue and their deliveries, so a
 /// delivery's MESSAGE is sent from the stored bytes without a copy of them.
 #[derive(Debug)]
@@ -89,7 +97,7 @@ struct Queue {
     /// How many of `inflight` each consumer holds (absent: none), so
     /// dispatching does not count them per message.
     held: HashMap<Bytes, usize>,
-    consumers: Vec<Bytes>,
+    consumers: Vec<Member>,
     /// Where round robin goes on.
     cursor: usize,
     bytes: usize,
@@ -192,20 +200,31 @@ pub struct Delivery {
     message: Arc<Stored>,
     /// Milliseconds left to live, for `EXPIRES-IN`.
     left: Option<u128>,
+    /// In the compact form: `QUEUE-DELIVERY` instead of `QUEUE` and
+    /// `DELIVERY`, two frames less.
+    compact: bool,
 }
 
 impl Delivery {
     /// Calls `f` with the MESSAGE's frames (delimiter first), borrowed from
-    /// the stored message: the queue's name, the delivery id, the
-    /// redelivery mark and the time left come first, then the PUT's headers
-    /// (the order [`Reply::Message`](mc0::protocol::Reply::Message) gives them).
+    /// the stored message: the queue's name and the delivery id (folded
+    /// in one header in the compact form), the redelivery mark and the
+    /// time left come first, then the PUT's headers (the order
+    /// [`Reply::Message`](mc0::protocol::Reply::Message) gives them).
     pub fn with_frames<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
         let m = &self.message;
-        let seq = m.seq.to_string();
         let left = self.left.map(|ms| ms.to_string());
         let mut frames: Vec<&[u8]> = Vec::with_capacity(14 + 2 * m.headers.len());
-        frames.extend([&b""[..], b"MESSAGE", b"TOPIC", &self.key.0, QUEUE.as_bytes(), &self.key.1]);
-        frames.extend([DELIVERY.as_bytes(), seq.as_bytes()]);
+        frames.extend([&b""[..], b"MESSAGE", b"TOPIC", &self.key.0]);
+        let folded;
+        let seq;
+        if self.compact {
+            folded = queue_delivery(m.seq, &self.key.1);
+            frames.extend([QUEUE_DELIVERY.as_bytes(), &folded]);
+        } else {
+            seq = m.seq.to_string();
+            frames.extend([QUEUE.as_bytes(), &self.key.1, DELIVERY.as_bytes(), seq.as_bytes()]);
+        }
         if m.redelivered {
             frames.extend([REDELIVERED.as_bytes(), b"1"]);
         }
@@ -382,11 +401,13 @@ impl Queues {
         self.entry(topic, name, true, now).declared = true;
     }
 
-    /// Makes `consumer` a member of the queue (created if new).
-    pub fn join(&mut self, topic: &[u8], name: &[u8], consumer: &Bytes, now: Instant) {
+    /// Makes `consumer` a member of the queue (created if new), its
+    /// deliveries in the compact form or not as its latest SUB asked.
+    pub fn join(&mut self, topic: &[u8], name: &[u8], consumer: &Bytes, compact: bool, now: Instant) {
         let queue = self.entry(topic, name, false, now);
-        if !queue.consumers.iter().any(|c| c == consumer) {
-            queue.consumers.push(consumer.clone());
+        match queue.consumers.iter_mut().find(|c| c.id == *consumer) {
+            Some(member) => member.compact = compact,
+            None => queue.consumers.push(Member { id: consumer.clone(), compact }),
         }
         queue.used = now;
         self.dirty.insert((Bytes::from(topic), Bytes::from(name)));
@@ -396,7 +417,7 @@ impl Queues {
     pub fn leave(&mut self, topic: &[u8], name: &[u8], consumer: &[u8], now: Instant) {
         let key: QueueKey = (Bytes::from(topic), Bytes::from(name));
         let Some(queue) = self.queues.get_mut(&key) else { return };
-        queue.consumers.retain(|c| &c[..] != consumer);
+        queue.consumers.retain(|c| &c.id[..] != consumer);
         queue.used = now;
         if queue.release(consumer) > 0 {
             self.dirty.insert(key);
@@ -408,7 +429,7 @@ impl Queues {
     pub fn forget(&mut self, consumer: &[u8], now: Instant) {
         for (key, queue) in self.queues.iter_mut() {
             let before = queue.consumers.len();
-            queue.consumers.retain(|c| &c[..] != consumer);
+            queue.consumers.retain(|c| &c.id[..] != consumer);
             if before != queue.consumers.len() {
                 queue.used = now;
             }
@@ -432,7 +453,7 @@ impl Queues {
     /// Marks the queues `consumer` is a member of as having work.
     pub fn wake(&mut self, consumer: &[u8]) {
         for (key, queue) in &self.queues {
-            if queue.consumers.iter().any(|c| &c[..] == consumer) {
+            if queue.consumers.iter().any(|c| &c.id[..] == consumer) {
                 self.dirty.insert(key.clone());
             }
         }
@@ -547,7 +568,7 @@ impl Queues {
         let prefetch = self.limits.prefetch;
         for key in std::mem::take(&mut self.dirty) {
             let Some(queue) = self.queues.get_mut(&key) else { continue };
-            let mut held: Vec<usize> = queue.consumers.iter().map(|c| queue.held_by(c)).collect();
+            let mut held: Vec<usize> = queue.consumers.iter().map(|c| queue.held_by(&c.id)).collect();
             while let Some(head) = queue.ready.front() {
                 if head.expired(now) {
                     let m = queue.ready.pop_front().expect("head");
@@ -565,7 +586,7 @@ impl Queues {
                 let n = queue.consumers.len();
                 let Some(pick) = (0..n)
                     .map(|i| (queue.cursor + i) % n)
-                    .find(|&i| held[i] < prefetch && available(&queue.consumers[i]))
+                    .find(|&i| held[i] < prefetch && available(&queue.consumers[i].id))
                 else {
                     break;
                 };
@@ -573,13 +594,15 @@ impl Queues {
                 held[pick] += 1;
                 let message = queue.ready.pop_front().expect("head");
                 queue.redelivered += u64::from(message.redelivered);
-                let consumer = queue.consumers[pick].clone();
+                let member = &queue.consumers[pick];
+                let consumer = member.id.clone();
                 out.push(Delivery {
                     consumer: consumer.clone(),
                     seq: message.seq,
                     key: key.clone(),
                     message: message.clone(),
                     left: message.expires.map(|at| at.saturating_duration_since(now).as_millis().max(1)),
+                    compact: member.compact,
                 });
                 queue.used = now;
                 *queue.held.entry(consumer.clone()).or_default() += 1;
@@ -685,18 +708,30 @@ mod tests {
         }
         assert!(q.dispatch(t0, |_| true).is_empty(), "kept while nobody consumes");
         let (a, c) = (b("a"), b("c"));
-        q.join(b"t", b"q", &a, t0);
-        q.join(b"t", b"q", &c, t0);
-        let got: Vec<(Bytes, u64)> = q.dispatch(t0, |_| true).into_iter().map(|d| (d.consumer, d.seq)).collect();
+        q.join(b"t", b"q", &a, false, t0);
+        q.join(b"t", b"q", &c, true, t0);
+        let sent = q.dispatch(t0, |_| true);
+        let got: Vec<(Bytes, u64)> = sent.iter().map(|d| (d.consumer.clone(), d.seq)).collect();
         assert_eq!(got, vec![(a.clone(), 1), (c.clone(), 2), (a.clone(), 3)]);
+        let frames = |parts: &[&[u8]]| parts.iter().map(|p| p.to_vec()).collect::<Vec<_>>();
+        let classic = frames(&[b"", b"MESSAGE", b"TOPIC", b"t", b"QUEUE", b"q", b"DELIVERY", b"1", b"", b"1"]);
+        assert_eq!(sent[0].frames(), classic, "a member that did not ask gets the classic form");
+        let compact = frames(&[b"", b"MESSAGE", b"TOPIC", b"t", b"QUEUE-DELIVERY", b"2 q", b"", b"2"]);
+        assert_eq!(sent[1].frames(), compact, "one that asked, the compact form");
         assert!(q.ack(b"a", 1));
         assert!(!q.ack(b"c", 3), "only its holder acknowledges a delivery");
         q.forget(b"a", t0);
         let again = q.dispatch(t0, |_| true);
         assert_eq!(again.len(), 1);
         assert_eq!((&again[0].consumer, again[0].seq), (&c, 3));
-        let frames = &again[0].frames();
-        assert!(frames.windows(2).any(|w| w[0] == b"REDELIVERED" && w[1] == b"1"), "{frames:?}");
+        let redelivered =
+            frames(&[b"", b"MESSAGE", b"TOPIC", b"t", b"QUEUE-DELIVERY", b"3 q", b"REDELIVERED", b"1", b"", b"3"]);
+        assert_eq!(again[0].frames(), redelivered);
+        q.join(b"t", b"q", &c, false, t0);
+        q.forget(b"c", t0);
+        q.join(b"t", b"q", &c, false, t0);
+        let classic = q.dispatch(t0, |_| true);
+        assert_eq!(classic[0].frames()[4], b"QUEUE", "the latest SUB decides the form");
     }
 
     #[test]
@@ -716,7 +751,7 @@ mod tests {
         let t0 = Instant::now();
         let limits = QueueLimits { idle: Duration::from_secs(5), ..QueueLimits::default() };
         let mut q = Queues::new(limits);
-        q.join(b"t", b"q", &b("a"), t0);
+        q.join(b"t", b"q", &b("a"), false, t0);
         q.forget(b"a", t0);
         q.push(b"t", &[], &[b"x"], Some(t0 + Duration::from_millis(100)), t0);
         let later = t0 + Duration::from_secs(2);
@@ -737,7 +772,7 @@ mod tests {
         q.declare(b"t", b"other", t0);
         q.push(b"t", &[], &[b"12345"], None, t0);
         q.push(b"t", &[], &[b"x"], Some(t0 + Duration::from_millis(10)), t0);
-        q.join(b"t", b"q", &b("a"), t0);
+        q.join(b"t", b"q", &b("a"), false, t0);
         assert_eq!(q.dispatch(t0, |_| true).len(), 2);
         q.release(b"a");
         let later = t0 + Duration::from_secs(2);
@@ -758,7 +793,8 @@ mod tests {
         Publish {
             ttl: Option<u8>,
         },
-        Join(u8),
+        /// A consumer joins, asking for the compact form or not.
+        Join(u8, bool),
         Leave(u8),
         Ack(u8, u8),
         Lose(u8),
@@ -770,7 +806,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => proptest::option::of(1u8..50).prop_map(|ttl| Op::Publish { ttl }),
-            2 => (0u8..3).prop_map(Op::Join),
+            2 => (0u8..3, any::<bool>()).prop_map(|(c, compact)| Op::Join(c, compact)),
             1 => (0u8..3).prop_map(Op::Leave),
             3 => (0u8..3, any::<u8>()).prop_map(|(c, i)| Op::Ack(c, i)),
             1 => (0u8..3).prop_map(Op::Lose),
@@ -784,7 +820,8 @@ mod tests {
         /// which, and which were delivered before: no message is delivered
         /// to two consumers at once, none is lost before it is acknowledged
         /// or expired, none is delivered past its time, an acknowledged one
-        /// never comes back, and every redelivery is marked. With a store
+        /// never comes back, every redelivery is marked, and each goes out
+        /// in the form its consumer's latest SUB asked for. With a store
         /// (`durable`), none goes out before it is written.
         #[test]
         fn queue_matches_model(ops in proptest::collection::vec(op(), 1..80), durable in any::<bool>()) {
@@ -801,6 +838,7 @@ mod tests {
             // Model: live message -> (expires, holder, delivered before).
             let mut live: BTreeMap<u64, (Option<Instant>, Option<usize>, bool)> = BTreeMap::new();
             let mut members = [false; 3];
+            let mut compact = [false; 3];
             let mut acked: HashSet<u64> = HashSet::new();
             let mut next = 1u64;
             for op in ops {
@@ -811,9 +849,10 @@ mod tests {
                         live.insert(next, (expires, None, false));
                         next += 1;
                     }
-                    Op::Join(c) => {
-                        q.join(b"t", b"q", &names[c as usize], now);
+                    Op::Join(c, asks) => {
+                        q.join(b"t", b"q", &names[c as usize], asks, now);
                         members[c as usize] = true;
+                        compact[c as usize] = asks;
                     }
                     Op::Leave(c) | Op::Lose(c) => {
                         if matches!(op, Op::Leave(_)) {
@@ -857,8 +896,16 @@ mod tests {
                     let m = live.get_mut(&d.seq).expect("a live message");
                     prop_assert!(m.1.is_none(), "delivered while held");
                     prop_assert!(m.0.is_none_or(|at| at > now), "delivered past its time");
-                    let marked = d.frames().windows(2).any(|w| w[0] == b"REDELIVERED");
+                    let frames = d.frames();
+                    let marked = frames.windows(2).any(|w| w[0] == b"REDELIVERED");
                     prop_assert_eq!(marked, m.2);
+                    let folded = format!("{} q", d.seq).into_bytes();
+                    let form = if compact[c] {
+                        [&b"QUEUE-DELIVERY"[..], &folded[..]].map(<[u8]>::to_vec).to_vec()
+                    } else {
+                        [&b"QUEUE"[..], b"q", b"DELIVERY", d.seq.to_string().as_bytes()].map(<[u8]>::to_vec).to_vec()
+                    };
+                    prop_assert_eq!(&frames[4..4 + form.len()], &form[..]);
                     m.1 = Some(c);
                     m.2 = true;
                 }

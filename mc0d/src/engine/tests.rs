@@ -36,7 +36,11 @@ fn messages_carry_the_senders_stamp_and_never_a_forged_one() {
     let from = Origin { user: Some(&z85), conn: Some(3) };
     let now = Instant::now();
     engine.handle(&message(b"web1 1 1", Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), from, now);
-    engine.handle(&message(b"web1 1 1", Command::Sub { id: None, queue: None, topics: vec![b"t"] }), from, now);
+    engine.handle(
+        &message(b"web1 1 1", Command::Sub { id: None, queue: None, compact: false, topics: vec![b"t"] }),
+        from,
+        now,
+    );
     let forged: Vec<(&[u8], &[u8])> = vec![(b"SENDER", b"admin"), (b"X-A", b"1"), (b"SENDER-KEY", b"forged")];
     let put = Command::Put { topic: b"t", headers: forged, id: None, body: vec![b"x"] };
     engine.handle(&message(b"web1 1 1", put), from, now);
@@ -79,7 +83,11 @@ fn a_lost_connection_gets_nothing_until_its_session_speaks_again() {
     let other = Origin { user: Some("key-b"), conn: Some(9) };
     let put = || message(b"pub", Command::Put { topic: b"t", headers: vec![], id: None, body: vec![b"x"] });
     engine.handle(&message(b"a", Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), on(5), now);
-    engine.handle(&message(b"a", Command::Sub { id: None, queue: None, topics: vec![b"t"] }), on(5), now);
+    engine.handle(
+        &message(b"a", Command::Sub { id: None, queue: None, compact: false, topics: vec![b"t"] }),
+        on(5),
+        now,
+    );
     engine.handle(&message(b"pub", Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), other, now);
     engine.transport_mut().1.push(5);
     engine.handle(&put(), other, now);
@@ -104,7 +112,7 @@ fn a_heartbeat_read_late_still_keeps_its_client() {
     let t0 = Instant::now();
     let ms = |n| t0 + Duration::from_millis(n);
     let connect = |rid| message(rid, Command::Connect { version: b"test", ttl_ms: 1000, id: None });
-    let sub = |rid| message(rid, Command::Sub { id: None, queue: None, topics: vec![b"t"] });
+    let sub = |rid| message(rid, Command::Sub { id: None, queue: None, compact: false, topics: vec![b"t"] });
     for rid in [b"late", b"mute"] {
         engine.handle(&connect(rid), Origin::default(), t0);
         engine.handle(&sub(rid), Origin::default(), t0);
@@ -142,7 +150,11 @@ fn with_a_store_the_ok_and_the_delivery_wait_for_the_write() {
     for rid in [&b"consumer"[..], b"pub"] {
         engine.handle(&message(rid, Command::Connect { version: b"0.3", ttl_ms: 60_000, id: None }), from, now);
     }
-    engine.handle(&message(b"consumer", Command::Sub { id: None, queue: Some(b"q"), topics: vec![b"t"] }), from, now);
+    engine.handle(
+        &message(b"consumer", Command::Sub { id: None, queue: Some(b"q"), compact: false, topics: vec![b"t"] }),
+        from,
+        now,
+    );
     let put = |id: &'static [u8]| {
         message(b"pub", Command::Put { topic: b"t", headers: vec![], id: Some(id), body: vec![b"x"] })
     };

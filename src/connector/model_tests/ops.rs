@@ -48,6 +48,10 @@ pub(super) enum Op {
     Forget,
     /// The broker delivers a MESSAGE on one of the topics it has for us.
     Message(usize),
+    /// The broker hands us a queue delivery on one of its topics, in the
+    /// compact form (true) or the classic one; the application takes it
+    /// and acknowledges it.
+    Delivery(usize, bool),
     Noop,
     Advance(u64),
 }
@@ -75,6 +79,7 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
         10 => verdict.prop_map(Op::Answer),
         2 => Just(Op::Forget),
         2 => any::<usize>().prop_map(Op::Message),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(n, compact)| Op::Delivery(n, compact)),
         1 => Just(Op::Noop),
         3 => prop_oneof![1u64..300, 300u64..1500, 1500u64..5000].prop_map(Op::Advance),
     ]

@@ -309,8 +309,10 @@ impl Session {
     /// Sends CONNECT (on the current socket) and waits for its OK.
     pub(super) fn start_handshake(&mut self, now: Instant) {
         self.requeue_outbox();
-        // Whatever the broker held for us is gone or about to be.
+        // Whatever the broker held for us is gone or about to be, and the
+        // broker may be another (or another version) than the last.
         self.mark_all_wanted();
+        self.lists_acks = false;
         let id = self.next_id();
         self.pending.insert(id, Pending::Connect);
         self.session_start = id;

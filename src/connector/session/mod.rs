@@ -180,6 +180,10 @@ pub(crate) struct Session {
     attempt_deadline: Option<Instant>,
     exit: bool,
     limits: Limits,
+    /// The broker of this session sent a delivery in the compact form, so
+    /// it reads ACK id lists (`AckForm::List`); until then, and anew with
+    /// every CONNECT, one id per frame, which every broker reads.
+    lists_acks: bool,
 }
 
 impl Session {
@@ -226,6 +230,7 @@ impl Session {
             attempt_deadline: None,
             exit: false,
             limits: Limits::default(),
+            lists_acks: false,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::connector::logging::clog;
 use crate::connector::message::Counters;
 use crate::connector::shared::Publish;
 use crate::log::Level;
-use crate::protocol::{Command, EXPIRES_IN};
+use crate::protocol::{self, AckForm, Command, EXPIRES_IN};
 
 /// Delivery ids per `ACK`: well within a broker's frame limit (4096).
 const MAX_ACK_IDS: usize = 1000;
@@ -88,9 +88,10 @@ impl Session {
         if self.state != State::Ready {
             return;
         }
+        let form = if self.lists_acks { AckForm::List } else { AckForm::FramePerId };
         for chunk in deliveries.chunks(MAX_ACK_IDS) {
             let id = self.next_id();
-            self.send(id, Command::Ack { id: None, deliveries: chunk.to_vec() }.to_frames());
+            self.send(id, protocol::ack_frames(None, chunk, form));
         }
     }
 

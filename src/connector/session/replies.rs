@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Pending, Session};
+use super::{Pending, Session, State};
 use crate::connector::logging::clog;
 use crate::connector::message::{Counters, Message};
 use crate::connector::{Error, ErrorKind};
@@ -38,6 +38,7 @@ impl Session {
                     match name {
                         n if n == protocol::SENDER.as_bytes() => message.sender = Some(text(value)),
                         n if n == protocol::SENDER_KEY.as_bytes() => message.sender_key = Some(text(value)),
+                        n if n == protocol::QUEUE_DELIVERY.as_bytes() => self.unfold(value, &mut message),
                         _ => message.headers.push((text(name), value.to_vec())),
                     }
                 }
@@ -51,6 +52,24 @@ impl Session {
             Reply::Error { message, id } => {
                 let message = String::from_utf8_lossy(message).into_owned();
                 self.on_error(message, id.and_then(parse_id), now);
+            }
+        }
+    }
+
+    /// A compact delivery's `QUEUE-DELIVERY` becomes the `QUEUE` and
+    /// `DELIVERY` headers a classic one carries, so applications see one
+    /// form. It proves that this session's broker reads ACK id lists.
+    fn unfold(&mut self, value: &[u8], message: &mut Message) {
+        match protocol::parse_queue_delivery(value) {
+            Ok((delivery, queue)) => {
+                message.headers.push((protocol::QUEUE.to_string(), queue.to_vec()));
+                message.headers.push((protocol::DELIVERY.to_string(), delivery.to_vec()));
+                // Not from a session being replaced: its broker may be gone.
+                self.lists_acks |= self.state == State::Ready;
+            }
+            Err(e) => {
+                clog!(Level::Warn, "mc0 connector {}: a queue delivery from the broker has {e}", self.rid);
+                message.headers.push((protocol::QUEUE_DELIVERY.to_string(), value.to_vec()));
             }
         }
     }

@@ -120,9 +120,12 @@ impl Session {
     fn send_sub(&mut self, topics: Vec<Vec<u8>>) {
         let id = self.next_id();
         let queue = topics.first().and_then(|t| self.topics.get(t)).and_then(|h| h.queue.clone());
+        // Every membership asks for the compact delivery form: a broker
+        // that does not know it ignores the ask.
         let frames = Command::Sub {
             id: Some(id.to_string().as_bytes()),
             queue: queue.as_deref(),
+            compact: true,
             topics: topics.iter().map(|t| &t[..]).collect(),
         }
         .to_frames();
