@@ -73,7 +73,9 @@ impl StoreThread {
     pub fn try_result(&self) -> Result<Option<Committed>, zmq::Error> {
         let frames = match self.results.recv_multipart(zmq::DONTWAIT) {
             Ok(frames) => frames,
-            Err(zmq::Error::EAGAIN) => return Ok(None),
+            // A signal (SIGHUP's key reload) interrupting the receive is no
+            // error: the answer is read on the next turn.
+            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => return Ok(None),
             Err(e) => return Err(e),
         };
         let upto = frames.first().and_then(|f| f.as_slice().try_into().ok()).map_or(0, u64::from_le_bytes);
