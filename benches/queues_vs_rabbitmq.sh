@@ -38,7 +38,7 @@ echo '[].' > "$dir/enabled_plugins"
 ctl=/usr/lib/rabbitmq/bin/rabbitmqctl
 
 stop() {
-  [[ -n ${beam:-} ]] && kill -CONT "$beam" 2>/dev/null
+  if [[ -n ${beam:-} ]]; then kill -CONT "$beam" 2>/dev/null || true; fi
   "$ctl" -n "$node" stop >/dev/null 2>&1 || true
   wait "$server" 2>/dev/null || true
   if [[ -z $epmd_before ]]; then
@@ -53,13 +53,13 @@ stop() {
 server=$!
 trap stop EXIT
 "$ctl" -n "$node" wait "$dir/pid" --timeout 120 >/dev/null
+beam=$(pgrep -f "beam.smp.*$dir" | head -1)
 echo "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server) on 127.0.0.1:$port, data in $dir"
 cat /proc/loadavg
 if ((alternate == 0)); then
   "$python" "$here/rabbitmq_durable.py" --port "$port" "${rabbit_args[@]}"
 else
   mc0_bench=${MC0_BENCH:-$here/../target/release/mc0-bench}
-  beam=$(pgrep -f "beam.smp.*$dir" | head -1)
   for ((round = 1; round <= alternate; round++)); do
     echo "round $round: rabbitmq, $(cut -d' ' -f1-3 /proc/loadavg)"
     "$python" "$here/rabbitmq_durable.py" --port "$port" "${rabbit_args[@]}"
@@ -95,5 +95,4 @@ else
   ' "$dir/rounds.log"
 fi
 cat /proc/loadavg
-beam=$(pgrep -f "beam.smp.*$dir" | head -1)
 grep -E 'VmRSS|VmHWM' "/proc/$beam/status" | tr -s ' \t' ' ' | sed 's/^/rabbitmq beam.smp /'
