@@ -46,6 +46,18 @@ fn delivery_frames(c: &Client) -> Vec<Vec<u8>> {
 }
 
 /// An mc0d with the queue `async` of [`TOPIC`] declared, and a publisher.
+/// [`declared_queue_and_publisher`] with `--queue-dir` in a new temp dir
+/// (returned with the queue dir, to keep it alive).
+fn durable_queue_and_publisher(tag: &str) -> (TempDir, String, Mc0d, zmq::Context, Client) {
+    let dir = TempDir::new(tag);
+    let queue_dir = dir.path().join("queues").to_str().unwrap().to_string();
+    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", &queue_dir]);
+    let ctx = zmq::Context::new();
+    let publisher = broker.client(&ctx);
+    publisher.handshake(30_000);
+    (dir, queue_dir, broker, ctx, publisher)
+}
+
 fn declared_queue_and_publisher() -> (Mc0d, zmq::Context, Client) {
     let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
     let ctx = zmq::Context::new();
@@ -222,13 +234,7 @@ fn full_queue_refuses_with_the_queue_and_limit_and_expired_messages_are_never_de
 
 #[test]
 fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
-    let dir = TempDir::new("queue-dir");
-    let queue_dir = dir.path().join("queues");
-    let queue_dir = queue_dir.to_str().unwrap();
-    let mut broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", queue_dir]);
-    let ctx = zmq::Context::new();
-    let publisher = broker.client(&ctx);
-    publisher.handshake(30_000);
+    let (_dir, _, mut broker, ctx, publisher) = durable_queue_and_publisher("queue-dir");
     for (id, body) in [("p1", b"one"), ("p2", b"two"), ("p3", b"six")] {
         // The OK says it is on disk.
         publisher.call(&put(id, body, vec![(EXPIRES_IN.as_bytes(), b"600000")]));
@@ -252,13 +258,7 @@ fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
 /// transactions (group commit), and every answered one is on disk.
 #[test]
 fn pipelined_puts_are_on_disk_once_answered() {
-    let dir = TempDir::new("queue-dir-pipelined");
-    let queue_dir = dir.path().join("queues");
-    let mut broker =
-        Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", queue_dir.to_str().unwrap()]);
-    let ctx = zmq::Context::new();
-    let publisher = broker.client(&ctx);
-    publisher.handshake(30_000);
+    let (_dir, _, mut broker, ctx, publisher) = durable_queue_and_publisher("queue-dir-pipelined");
     const N: usize = 500;
     let ids: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     for id in &ids {
@@ -303,4 +303,28 @@ fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
         run_mc0d(&["--no-curve", "--queue-dir", not_dir.to_str().unwrap()], Duration::from_secs(20));
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("plain-file"), "names it: {stderr}");
+}
+
+/// A crash can only tear the journal's last record. A record damaged
+/// later, with answered ones behind it, stops the start instead of being
+/// read up to and overwritten (which would lose the messages behind it).
+#[test]
+fn a_journal_damaged_before_its_last_record_stops_the_start_and_stays_as_it_was() {
+    let (_dir, queue_dir, mut broker, _ctx, publisher) = durable_queue_and_publisher("queue-dir-damaged");
+    let first = b"the first answered PUT, one journal record";
+    // Awaited one by one: each is its own record.
+    publisher.call(&put("p1", first, vec![]));
+    publisher.call(&put("p2", b"the second", vec![]));
+    broker.kill();
+
+    let journal = std::path::Path::new(&queue_dir).join("queues.journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let at = bytes.windows(first.len()).position(|w| w == first).expect("the first PUT's body is in the journal");
+    bytes[at] ^= 0xff;
+    std::fs::write(&journal, &bytes).unwrap();
+    let (status, _, stderr) = run_mc0d(&["--no-curve", "--queue-dir", &queue_dir], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(journal.to_str().unwrap()), "names the journal: {stderr}");
+    assert!(stderr.contains("damaged"), "says what is wrong: {stderr}");
+    assert_eq!(std::fs::read(&journal).unwrap(), bytes, "nothing overwritten");
 }

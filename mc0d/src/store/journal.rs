@@ -19,6 +19,12 @@
 //! record that is not of the current generation or fails its CRC (the
 //! zeros, or the torn tail of a write cut off by a crash, whose commit
 //! was never answered).
+//!
+//! A crash can only tear the last record: the next one is written after
+//! it. So a record of the current generation that fails its CRC while the
+//! record right after it is intact was damaged after it was written, and
+//! its commit was answered: the journal is refused, naming the file and
+//! the record's offset, rather than read up to there and overwritten.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -66,6 +72,10 @@ impl Journal {
                 return Err(fail("use", &"it is not an mc0d queue journal (no mc0djnl1 at its start)"));
             }
         }
+        // Read before anything is written, so a refused journal is left
+        // as it was.
+        let (payloads, end) = records(&contents, generation).map_err(|e| fail("read", &e))?;
+        let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
         let capacity = capacity.max(contents.len() as u64);
         if (contents.len() as u64) < capacity {
             // Real zeros, not a hole or fallocate's unwritten extents: the
@@ -86,8 +96,6 @@ impl Journal {
                 }
             }
         }
-        let (payloads, end) = records(&contents, generation);
-        let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
         Ok((Journal { file, path: path.to_path_buf(), capacity, end, generation }, payloads))
     }
 
@@ -141,22 +149,57 @@ fn checksum(generation: u64, payload: &[u8]) -> u32 {
 }
 
 /// The payloads of `generation`'s records from the front of `contents`,
-/// and where the next record goes.
-fn records(contents: &[u8], generation: u64) -> (Vec<&[u8]>, u64) {
+/// and where the next record goes; an error for a damaged record that an
+/// intact one follows (see the module's documentation).
+fn records(contents: &[u8], generation: u64) -> Result<(Vec<&[u8]>, u64), String> {
     let mut payloads = Vec::new();
     let mut at = MAGIC.len();
-    while let Some(header) = contents.get(at..at + RECORD_HEADER) {
-        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
-        let record_generation = u64::from_le_bytes(header[8..16].try_into().unwrap());
-        let Some(payload) = contents.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else { break };
-        if len == 0 || record_generation != generation || crc != checksum(generation, payload) {
-            break;
+    loop {
+        match record_at(contents, at, generation) {
+            Slot::Intact(payload) => {
+                payloads.push(payload);
+                at += RECORD_HEADER + payload.len();
+            }
+            Slot::Damaged { next } => {
+                if matches!(record_at(contents, next, generation), Slot::Intact(_)) {
+                    return Err(format!(
+                        "the record at byte {at} is damaged while the one after it is intact, so it was written \
+                         and answered before the damage; nothing was changed: restore the file, or move it \
+                         away to start without the messages it held"
+                    ));
+                }
+                break;
+            }
+            Slot::End => break,
         }
-        payloads.push(payload);
-        at += RECORD_HEADER + len;
     }
-    (payloads, at as u64)
+    Ok((payloads, at as u64))
+}
+
+/// What lies at one offset of the journal.
+enum Slot<'a> {
+    /// A record of the generation read, with this payload.
+    Intact(&'a [u8]),
+    /// A record of the generation read whose CRC fails; the next record
+    /// would start at `next`.
+    Damaged { next: usize },
+    /// Zeros, an older generation, or no room for a record.
+    End,
+}
+
+fn record_at(contents: &[u8], at: usize, generation: u64) -> Slot<'_> {
+    let Some(header) = contents.get(at..at + RECORD_HEADER) else { return Slot::End };
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let record_generation = u64::from_le_bytes(header[8..16].try_into().unwrap());
+    let Some(payload) = contents.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else { return Slot::End };
+    if len == 0 || record_generation != generation {
+        Slot::End
+    } else if crc != checksum(generation, payload) {
+        Slot::Damaged { next: at + RECORD_HEADER + len }
+    } else {
+        Slot::Intact(payload)
+    }
 }
 
 #[cfg(test)]
@@ -195,13 +238,12 @@ mod tests {
     }
 
     #[test]
-    fn reading_stops_at_a_torn_record() {
+    fn reading_stops_at_a_torn_last_record() {
         let dir = temp("torn");
         let path = dir.join("j");
         let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
         j.append(b"kept", true).unwrap();
         j.append(b"torn by a crash", true).unwrap();
-        j.append(b"after it", true).unwrap();
         drop(j);
         let mut bytes = std::fs::read(&path).unwrap();
         let torn = MAGIC.len() + RECORD_HEADER + 4 + RECORD_HEADER + 3;
@@ -215,6 +257,28 @@ mod tests {
         drop(j);
         let (_, read) = Journal::open(&path, 1, 4096).unwrap();
         assert_eq!(read, vec![b"kept".to_vec(), b"replaces it".to_vec()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_before_an_intact_one_is_refused_and_left_alone() {
+        let dir = temp("damaged");
+        let path = dir.join("j");
+        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
+        j.append(b"kept", true).unwrap();
+        j.append(b"damaged later", true).unwrap();
+        j.append(b"after it", true).unwrap();
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let damaged_at = MAGIC.len() + RECORD_HEADER + 4;
+        bytes[damaged_at + RECORD_HEADER + 3] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Journal::open(&path, 1, 4096).err().unwrap();
+        assert!(err.0.contains(path.to_str().unwrap()), "names the file: {}", err.0);
+        assert!(err.0.contains(&format!("record at byte {damaged_at} is damaged")), "{}", err.0);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing written");
+        // The next generation's reader never looks at it.
+        assert!(Journal::open(&path, 2, 4096).unwrap().1.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
