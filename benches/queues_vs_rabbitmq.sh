@@ -70,26 +70,33 @@ else
     "$mc0_bench" queue "${mc0_args[@]}"
     kill -CONT "$beam"
   done | tee "$dir/rounds.log"
-  # Each round's mc0d --queue-dir figure over RabbitMQ's, shape by shape.
+  # Each round's mc0d --queue-dir figure over RabbitMQ's, shape by shape:
+  # RabbitMQ publishes with no consumer, as mc0-bench's keep-* shapes do.
+  # The +consumer figures are mc0d's end-to-end shapes (a consumer takes and
+  # acknowledges each message meanwhile, and the clock stops at the last
+  # one consumed) over the same RabbitMQ figure: more work on mc0d's side.
   awk '
     function rate(line) { sub(/ msg\/s.*/, "", line); sub(/.* /, "", line); return line }
     function report() {
       if (round == "") return
       printf "paired, round %s:", round
-      for (i = 1; i <= 3; i++) {
+      for (i = 1; i <= 5; i++) {
         s = shapes[i]
-        if (s in rabbit && s in mc0d) printf "  %s %s/%s = %.2fx", s, mc0d[s], rabbit[s], mc0d[s] / rabbit[s]
+        r = s; sub(/\+consumer/, "", r)
+        if (r in rabbit && s in mc0d) printf "  %s %s/%s = %.2fx", s, mc0d[s], rabbit[r], mc0d[s] / rabbit[r]
       }
       print ""
       delete rabbit; delete mc0d
     }
-    BEGIN { split("confirm pipelined consume", shapes, " ") }
+    BEGIN { split("confirm pipelined consume confirm+consumer pipelined+consumer", shapes, " ") }
     /^round [0-9]+: rabbitmq/ { report(); round = $2; sub(/:/, "", round) }
     /MEASURE rabbitmq confirm-per-message/ { rabbit["confirm"] = rate($0) }
     /MEASURE rabbitmq pipelined/ { rabbit["pipelined"] = rate($0) }
     /MEASURE rabbitmq consume-with-acks/ { rabbit["consume"] = rate($0) }
-    /^  disk .* 1 in flight/ { mc0d["confirm"] = rate($0); next }
-    /^  disk .* in flight/ { mc0d["pipelined"] = rate($0) }
+    /^  disk .* kept, 1 in flight/ { mc0d["confirm"] = rate($0); next }
+    /^  disk .* kept, [0-9]+ in flight/ { mc0d["pipelined"] = rate($0); next }
+    /^  disk .* 1 in flight/ { mc0d["confirm+consumer"] = rate($0); next }
+    /^  disk .* in flight/ { mc0d["pipelined+consumer"] = rate($0) }
     /^  disk .* consumed with an ACK/ { mc0d["consume"] = rate($0) }
     END { report() }
   ' "$dir/rounds.log"

@@ -44,6 +44,9 @@ run $B fanout --subs 10,100 --size 1024 --repeat 3 --no-curve
 # Queues (issue 14) next to plain pub/sub; RabbitMQ's side is
 # benches/queues_vs_rabbitmq.sh (needs rabbitmq-server and pika).
 run $B queue --messages 100000 --repeat 3
+# What one flushed write costs on this disk, the ways a journal could make
+# it: the floor under a durable OK per PUT.
+cc -O2 -o target/sync_paths benches/sync_paths.c && run target/sync_paths target/sync_paths.tmp 3
 if ruby -e 'require "ffi"; require "ffi-rzmq"' 2>/dev/null; then
     run ruby benches/ruby_libmc0_vs_ffi_rzmq.rb --messages 100000 --round-trips 5000 --repeat 7
 else

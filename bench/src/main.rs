@@ -56,10 +56,11 @@ Scenarios:
   queue     one producer -> one consumer through mc0d's queues, next to plain
             pub/sub in the same run (targets plain, memory, disk = --queue-dir;
             the consumer asks for compact deliveries and ACK id lists, as
-            libmc0 does): an OK awaited per PUT, W PUTs in flight, consuming
-            M waiting messages with an ACK each: msg/s, publish p99 (ratios
-            to plain)
-              --messages M (20000; M/10 for ok-per-put)  --window W (1000)
+            libmc0 does): an OK awaited per PUT, W PUTs in flight, the same
+            two into the queue with no consumer connected (keep-*:
+            RabbitMQ's confirm and pipelined shapes), consuming M waiting
+            messages with an ACK each: msg/s, publish p99 (ratios to plain)
+              --messages M (20000; M/10 for the ok-per-put shapes)  --window W (1000)
               --size S (1024)  --classic-queue-frames (adds the target
               classic: the in-memory queue as a consumer that does not ask)
   storm     3 mc0d, C libmc0 connectors with a pool of the 3 (in P processes),
@@ -426,8 +427,8 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
         Scenario::Queue => {
             let messages = args.messages.unwrap_or(20_000);
             let window = args.window.unwrap_or(1000);
-            for shape in [queue::Shape::OkPerPut, queue::Shape::InFlight, queue::Shape::Consume] {
-                let messages = if shape == queue::Shape::OkPerPut { (messages / 10).max(1) } else { messages };
+            for shape in queue::Shape::ALL {
+                let messages = if shape.one_at_a_time() { (messages / 10).max(1) } else { messages };
                 let p = queue::Params { shape, messages, window, size, timeout };
                 cases.push(Case {
                     name: format!("{}, {messages} x {size} B", shape.name()),

@@ -13,13 +13,19 @@
 //!   and acknowledges what it took as libmc0 does: one `ACK` for every
 //!   delivery taken since the last;
 //! - `in-flight`: the same with up to W PUTs awaiting their OK;
+//! - `keep-ok-per-put` and `keep-in-flight`: the producer alone, into the
+//!   queue while no consumer is connected, so the queue keeps every message
+//!   (timed until the last OK; then a consumer takes them all, untimed, to
+//!   check none is lost). These are RabbitMQ's `confirm` and `pipelined`
+//!   shapes (benches/rabbitmq_durable.py, which publishes with no consumer);
 //! - `consume`: M messages wait in the queue (published with W in flight,
 //!   no consumer), then the consumer takes them all, acknowledging each with
-//!   an `ACK` of its own. Plain pub/sub keeps nothing, so it has no figure.
+//!   an `ACK` of its own.
 //!
+//! Plain pub/sub keeps nothing, so it has no `keep-*` or `consume` figure.
 //! msg/s counts from the first PUT (or, for `consume`, the consumer's SUB)
-//! until the consumer has the last message; publish p99 is PUT to OK; RSS
-//! is mc0d's at the end.
+//! until the consumer has the last message (for `keep-*`, until the last
+//! OK); publish p99 is PUT to OK; RSS is mc0d's at the end.
 
 use super::report::Row;
 use super::target::{Kind, Running, Target};
@@ -61,17 +67,35 @@ pub fn modes(targets: Vec<Target>, dir: &std::path::Path, classic: bool) -> Resu
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
     OkPerPut,
+    KeepOkPerPut,
     InFlight,
+    KeepInFlight,
     Consume,
 }
 
 impl Shape {
+    pub const ALL: [Shape; 5] =
+        [Shape::OkPerPut, Shape::KeepOkPerPut, Shape::InFlight, Shape::KeepInFlight, Shape::Consume];
+
     pub fn name(self) -> &'static str {
         match self {
             Shape::OkPerPut => "ok-per-put",
+            Shape::KeepOkPerPut => "keep-ok-per-put",
             Shape::InFlight => "in-flight",
+            Shape::KeepInFlight => "keep-in-flight",
             Shape::Consume => "consume",
         }
+    }
+
+    /// One PUT awaiting its OK at a time.
+    pub fn one_at_a_time(self) -> bool {
+        matches!(self, Shape::OkPerPut | Shape::KeepOkPerPut)
+    }
+
+    /// Messages wait in the queue with no consumer connected, which plain
+    /// pub/sub cannot do.
+    fn needs_a_queue(self) -> bool {
+        matches!(self, Shape::KeepOkPerPut | Shape::KeepInFlight | Shape::Consume)
     }
 }
 
@@ -242,10 +266,10 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let queued = b.label != PLAIN;
     let compact = b.label != CLASSIC;
     let mut lists = false;
-    if p.shape == Shape::Consume && !queued {
+    if p.shape.needs_a_queue() && !queued {
         return Ok(Row {
             target: b.label.clone(),
-            summary: "not applicable: plain pub/sub keeps nothing to consume".into(),
+            summary: "not applicable: plain pub/sub keeps nothing".into(),
             metrics: vec![("consumed", 0.0), ("msgs_per_s", f64::NAN), ("publish_p99_ms", f64::NAN)],
             lost: 0,
             errors: Vec::new(),
@@ -258,7 +282,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let pid = std::process::id();
     let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::SUBSCRIBER), None, deadline)?;
     let producer = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::PUBLISHER), None, deadline)?;
-    let window = if p.shape == Shape::OkPerPut { 1 } else { p.window };
+    let window = if p.shape.one_at_a_time() { 1 } else { p.window };
     let mut producer = Producer {
         sock: producer,
         topic: topic.to_vec(),
@@ -272,17 +296,20 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let mut errors = Vec::new();
     let mut got = 0;
     let start;
-    if p.shape == Shape::Consume {
+    let elapsed;
+    if p.shape.needs_a_queue() {
         // The queue first (so it keeps what follows), then its messages
-        // while nobody consumes, then the consumer.
+        // while nobody consumes, then a consumer that takes them all.
         subscribe(&consumer, topic, true, compact, deadline)?;
         util::send(&consumer, &[b"", b"DISCONNECT"], 0).map_err(|e| format!("send: {e}"))?;
         drop(consumer);
+        let filling = Instant::now();
         while !producer.done() {
             producer.fill()?;
             wait(&[&producer.sock], p.timeout)?;
             producer.read(&mut frames, &mut errors)?;
         }
+        let filled = filling.elapsed();
         let deadline = Instant::now() + p.timeout;
         let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid} 2", util::SUBSCRIBER), None, deadline)?;
         start = Instant::now();
@@ -291,6 +318,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             wait(&[&consumer], p.timeout)?;
             got += consume(&consumer, Acks::Each, &mut lists, &mut frames, &mut errors)?;
         }
+        elapsed = if p.shape == Shape::Consume { start.elapsed() } else { filled };
         util::disconnect_all(&[consumer]);
     } else {
         subscribe(&consumer, topic, queued, compact, deadline)?;
@@ -302,9 +330,10 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             producer.read(&mut frames, &mut errors)?;
             got += consume(&consumer, acks, &mut lists, &mut frames, &mut errors)?;
         }
+        elapsed = start.elapsed();
         util::disconnect_all(&[consumer]);
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = elapsed.as_secs_f64();
     let rss_mib = b.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
     util::disconnect_all(&[producer.sock]);
     b.check_alive()?;
@@ -312,10 +341,11 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p99 = util::percentile(&latencies, 99.0);
     let rate = got as f64 / elapsed;
+    let kept = if p.shape.needs_a_queue() { " kept" } else { "" };
     let what = match p.shape {
         Shape::Consume => format!("{got} consumed with an ACK each in {elapsed:.2} s: {rate:.0} msg/s, RSS {rss_mib:.0} MiB"),
         _ => format!(
-            "{got} x {} B, {window} in flight, in {elapsed:.2} s: {rate:.0} msg/s, publish p99 {}, RSS {rss_mib:.0} MiB",
+            "{got} x {} B{kept}, {window} in flight, in {elapsed:.2} s: {rate:.0} msg/s, publish p99 {}, RSS {rss_mib:.0} MiB",
             p.size,
             util::ms(p99)
         ),
