@@ -136,16 +136,25 @@ impl Drop for Nats {
 /// running beside: a cluster that does not come up is tried again on new
 /// ports.
 fn nats_cluster(dir: &TempDir) -> Vec<Nats> {
+    on_fresh_ports("a NATS cluster", || {
+        let mut servers = nats_configs(dir);
+        servers.iter_mut().try_for_each(Nats::try_spawn).and_then(|()| routes_up(&servers))?;
+        Ok(servers)
+    })
+}
+
+/// Runs `attempt` until it gets its nats-servers up, each time on new
+/// ports, at most 3 times; an `Err` is a server that did not come up.
+fn on_fresh_ports<T>(what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
     const ATTEMPTS: usize = 3;
     let mut failures = Vec::new();
     for _ in 0..ATTEMPTS {
-        let mut servers = nats_configs(dir);
-        match servers.iter_mut().try_for_each(Nats::try_spawn).and_then(|()| routes_up(&servers)) {
-            Ok(()) => return servers,
+        match attempt() {
+            Ok(done) => return done,
             Err(e) => failures.push(e),
         }
     }
-    panic!("no NATS cluster in {ATTEMPTS} attempts, each on new ports:\n{}", failures.join("\n---\n"));
+    panic!("no {what} in {ATTEMPTS} attempts, each on new ports:\n{}", failures.join("\n---\n"));
 }
 
 /// The three servers of [`nats_cluster`], configured, none started.
@@ -491,30 +500,35 @@ fn a_subscription_made_before_nats_ever_answered_reaches_it_later() {
     if !have_nats() {
         return;
     }
-    let dir = TempDir::new("cluster-late");
-    let mut nats = nats_configs(&dir);
-    nats[0].spawn();
-    nats[1].spawn();
-    let a = broker(&[nats[0].url()], &[]);
-    // C's only NATS server is not running yet: C serves its clients meanwhile.
-    let c = Mc0d::start_args(&["--cluster", &nats[2].url(), "--status-interval", "1"]);
-    let ctx = zmq::Context::new();
-    let late = subscriber(&ctx, &c, &[BROADCAST]);
-    c.log.wait_for(WAIT, |l| l.contains("subscribed") || l.contains("connecting to NATS")).expect("C runs");
-    assert!(!c.log.text().contains("connected to NATS server"), "NATS answered too early for this test");
+    // Its servers start one by one, so a port picked for the last one
+    // has a while to be taken by a test beside it.
+    on_fresh_ports("late NATS server", || {
+        let dir = TempDir::new("cluster-late");
+        let mut nats = nats_configs(&dir);
+        nats[0].try_spawn()?;
+        nats[1].try_spawn()?;
+        let a = broker(&[nats[0].url()], &[]);
+        // C's only NATS server is not running yet: C serves its clients meanwhile.
+        let c = Mc0d::start_args(&["--cluster", &nats[2].url(), "--status-interval", "1"]);
+        let ctx = zmq::Context::new();
+        let late = subscriber(&ctx, &c, &[BROADCAST]);
+        c.log.wait_for(WAIT, |l| l.contains("subscribed") || l.contains("connecting to NATS")).expect("C runs");
+        assert!(!c.log.text().contains("connected to NATS server"), "NATS answered too early for this test");
 
-    // NATS comes: C connects and the subscription made before reaches it.
-    nats[2].spawn();
-    wait_routes(&nats);
-    c.log.wait_for(WAIT, |l| l.contains("connected to NATS server")).expect("C connects once NATS runs");
-    wait_subjects(&nats[2], "C's interest from before NATS ran", |s| {
-        s.contains(&"mc0.mcollective.rpcutil".to_string())
-    });
-    let publisher = a.client(&ctx);
-    publisher.handshake(60_000);
-    until_delivered(&publisher, BROADCAST, &[&late], WAIT);
-    put(&publisher, BROADCAST, b"from A");
-    assert_eq!(next_body(&late, WAIT).as_deref(), Some(&b"from A"[..]));
+        // NATS comes: C connects and the subscription made before reaches it.
+        nats[2].try_spawn()?;
+        routes_up(&nats)?;
+        c.log.wait_for(WAIT, |l| l.contains("connected to NATS server")).expect("C connects once NATS runs");
+        wait_subjects(&nats[2], "C's interest from before NATS ran", |s| {
+            s.contains(&"mc0.mcollective.rpcutil".to_string())
+        });
+        let publisher = a.client(&ctx);
+        publisher.handshake(60_000);
+        until_delivered(&publisher, BROADCAST, &[&late], WAIT);
+        put(&publisher, BROADCAST, b"from A");
+        assert_eq!(next_body(&late, WAIT).as_deref(), Some(&b"from A"[..]));
+        Ok(())
+    })
 }
 
 #[test]
