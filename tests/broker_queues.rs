@@ -305,9 +305,10 @@ fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
     assert!(stderr.contains("plain-file"), "names it: {stderr}");
 }
 
-/// A crash can only tear the journal's last record. A record damaged
-/// later, with answered ones behind it, stops the start instead of being
-/// read up to and overwritten (which would lose the messages behind it).
+/// A PUT's journal record is synced before the next record is written,
+/// so a crash cannot leave it damaged with an intact record behind it. A
+/// record damaged later stops the start instead of being read up to and
+/// overwritten (which would lose the messages behind it).
 #[test]
 fn a_journal_damaged_before_its_last_record_stops_the_start_and_stays_as_it_was() {
     let (_dir, queue_dir, mut broker, _ctx, publisher) = durable_queue_and_publisher("queue-dir-damaged");

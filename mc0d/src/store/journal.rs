@@ -11,8 +11,9 @@
 //! (docs/BENCHMARKS.md).
 //!
 //! Layout: the 8-byte [`MAGIC`], then records back to back from the front:
-//! payload length (u32), CRC-32 (u32) of generation, length and payload,
-//! generation (u64), payload; little-endian. A checkpoint starts the
+//! payload length (u32, its top bit set for a record written with a sync),
+//! CRC-32 (u32) of generation, that length field and payload, generation
+//! (u64), payload; little-endian. A checkpoint starts the
 //! journal over at the front with the next generation, which redb stores
 //! in the same transaction, so the records of older generations left
 //! behind the new ones are never read again: reading stops at the first
@@ -20,11 +21,14 @@
 //! zeros, or the torn tail of a write cut off by a crash, whose commit
 //! was never answered).
 //!
-//! A crash can only tear the last record: the next one is written after
-//! it. So a record of the current generation that fails its CRC while the
-//! record right after it is intact was damaged after it was written, and
-//! its commit was answered: the journal is refused, naming the file and
-//! the record's offset, rather than read up to there and overwritten.
+//! A record written with a sync is followed by the next one only once the
+//! sync returned. So such a record that fails its CRC while the record
+//! right after it is intact was damaged after it was on disk, and its
+//! commit was answered: the journal is refused, naming the file and the
+//! record's offset, rather than read up to there and overwritten. (A
+//! record written without a sync may be torn by a power loss while later
+//! ones reached the disk: the kernel writes pages back in any order.)
+//! Journals of before that flag ([`MAGIC_UNFLAGGED`]) are read as ever.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -34,7 +38,14 @@ use std::path::{Path, PathBuf};
 use crate::error::BrokerError;
 
 /// The first bytes of a journal file.
-pub const MAGIC: &[u8; 8] = b"mc0djnl1";
+pub const MAGIC: &[u8; 8] = b"mc0djnl2";
+
+/// The first bytes of a journal whose records have no sync flag (mc0d
+/// before 0.1 of December 2026); taken as they are, then marked [`MAGIC`].
+const MAGIC_UNFLAGGED: &[u8; 8] = b"mc0djnl1";
+
+/// The length field's bit that says the record was written with a sync.
+const SYNCED: u32 = 1 << 31;
 
 /// Length, CRC and generation in front of each payload.
 const RECORD_HEADER: usize = 16;
@@ -68,14 +79,19 @@ impl Journal {
             contents.extend_from_slice(MAGIC);
         } else {
             file.read_to_end(&mut contents).map_err(|e| fail("read", &e))?;
-            if !contents.starts_with(MAGIC) {
-                return Err(fail("use", &"it is not an mc0d queue journal (no mc0djnl1 at its start)"));
+            if !contents.starts_with(MAGIC) && !contents.starts_with(MAGIC_UNFLAGGED) {
+                return Err(fail("use", &"it is not an mc0d queue journal (no mc0djnl2 or mc0djnl1 at its start)"));
             }
         }
         // Read before anything is written, so a refused journal is left
         // as it was.
-        let (payloads, end) = records(&contents, generation).map_err(|e| fail("read", &e))?;
+        let flagged = contents.starts_with(MAGIC);
+        let (payloads, end) = records(&contents, generation, flagged).map_err(|e| fail("read", &e))?;
         let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
+        if !created && !flagged {
+            // Its records read the same with the flag unset.
+            file.write_all_at(MAGIC, 0).and_then(|()| file.sync_data()).map_err(|e| fail("write", &e))?;
+        }
         let capacity = capacity.max(contents.len() as u64);
         if (contents.len() as u64) < capacity {
             // Real zeros, not a hole or fallocate's unwritten extents: the
@@ -108,9 +124,10 @@ impl Journal {
     /// disk (`fdatasync`), else once the kernel has it (it survives a kill
     /// of the broker, not a power loss). The caller checked [`fits`](Self::fits).
     pub fn append(&mut self, payload: &[u8], sync: bool) -> Result<(), String> {
+        let length = payload.len() as u32 | if sync { SYNCED } else { 0 };
         let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&checksum(self.generation, payload).to_le_bytes());
+        record.extend_from_slice(&length.to_le_bytes());
+        record.extend_from_slice(&checksum(self.generation, length, payload).to_le_bytes());
         record.extend_from_slice(&self.generation.to_le_bytes());
         record.extend_from_slice(payload);
         let fail = |e: std::io::Error| format!("queue journal {}: {e}", self.path.display());
@@ -140,18 +157,19 @@ impl Journal {
     }
 }
 
-fn checksum(generation: u64, payload: &[u8]) -> u32 {
+fn checksum(generation: u64, length: u32, payload: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&generation.to_le_bytes());
-    crc.update(&(payload.len() as u32).to_le_bytes());
+    crc.update(&length.to_le_bytes());
     crc.update(payload);
     crc.finalize()
 }
 
 /// The payloads of `generation`'s records from the front of `contents`,
-/// and where the next record goes; an error for a damaged record that an
-/// intact one follows (see the module's documentation).
-fn records(contents: &[u8], generation: u64) -> Result<(Vec<&[u8]>, u64), String> {
+/// and where the next record goes; an error for a damaged synced record
+/// that an intact one follows (see the module's documentation), if the
+/// records are `flagged`.
+fn records(contents: &[u8], generation: u64, flagged: bool) -> Result<(Vec<&[u8]>, u64), String> {
     let mut payloads = Vec::new();
     let mut at = MAGIC.len();
     loop {
@@ -160,8 +178,8 @@ fn records(contents: &[u8], generation: u64) -> Result<(Vec<&[u8]>, u64), String
                 payloads.push(payload);
                 at += RECORD_HEADER + payload.len();
             }
-            Slot::Damaged { next } => {
-                if matches!(record_at(contents, next, generation), Slot::Intact(_)) {
+            Slot::Damaged { synced, next } => {
+                if flagged && synced && matches!(record_at(contents, next, generation), Slot::Intact(_)) {
                     return Err(format!(
                         "the record at byte {at} is damaged while the one after it is intact, so it was written \
                          and answered before the damage; nothing was changed: restore the file, or move it \
@@ -180,23 +198,24 @@ fn records(contents: &[u8], generation: u64) -> Result<(Vec<&[u8]>, u64), String
 enum Slot<'a> {
     /// A record of the generation read, with this payload.
     Intact(&'a [u8]),
-    /// A record of the generation read whose CRC fails; the next record
-    /// would start at `next`.
-    Damaged { next: usize },
+    /// A record of the generation read whose CRC fails, marked as written
+    /// with a sync or not; the next record would start at `next`.
+    Damaged { synced: bool, next: usize },
     /// Zeros, an older generation, or no room for a record.
     End,
 }
 
 fn record_at(contents: &[u8], at: usize, generation: u64) -> Slot<'_> {
     let Some(header) = contents.get(at..at + RECORD_HEADER) else { return Slot::End };
-    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+    let length = u32::from_le_bytes(header[0..4].try_into().unwrap());
+    let len = (length & !SYNCED) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
     let record_generation = u64::from_le_bytes(header[8..16].try_into().unwrap());
     let Some(payload) = contents.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else { return Slot::End };
     if len == 0 || record_generation != generation {
         Slot::End
-    } else if crc != checksum(generation, payload) {
-        Slot::Damaged { next: at + RECORD_HEADER + len }
+    } else if crc != checksum(generation, length, payload) {
+        Slot::Damaged { synced: length & SYNCED != 0, next: at + RECORD_HEADER + len }
     } else {
         Slot::Intact(payload)
     }
@@ -261,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_record_before_an_intact_one_is_refused_and_left_alone() {
+    fn a_damaged_synced_record_before_an_intact_one_is_refused_and_left_alone() {
         let dir = temp("damaged");
         let path = dir.join("j");
         let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
@@ -279,6 +298,50 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing written");
         // The next generation's reader never looks at it.
         assert!(Journal::open(&path, 2, 4096).unwrap().1.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A power loss may tear a record written without a sync while later
+    /// ones reached the disk: that is no damage after the fact.
+    #[test]
+    fn a_torn_unsynced_record_before_an_intact_one_ends_the_reading() {
+        let dir = temp("unsynced");
+        let path = dir.join("j");
+        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
+        j.append(b"kept", true).unwrap();
+        j.append(b"acknowledgements only", false).unwrap();
+        j.append(b"written back first", true).unwrap();
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[MAGIC.len() + RECORD_HEADER + 4 + RECORD_HEADER + 3] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, read) = Journal::open(&path, 1, 4096).unwrap();
+        assert_eq!(read, vec![b"kept".to_vec()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A journal of before the sync flag: its records read as ever (none
+    /// refused), and it is marked as flagged for the records that follow.
+    #[test]
+    fn a_journal_without_the_sync_flag_is_read_as_ever_and_marked() {
+        let dir = temp("unflagged");
+        let path = dir.join("j");
+        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
+        // Without a sync a record is laid out as mc0djnl1 wrote every one.
+        for payload in [&b"kept"[..], b"damaged", b"after it"] {
+            j.append(payload, false).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..MAGIC.len()].copy_from_slice(MAGIC_UNFLAGGED);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, read) = Journal::open(&path, 1, 4096).unwrap();
+        assert_eq!(read.len(), 3);
+        bytes[MAGIC.len() + RECORD_HEADER + 4 + RECORD_HEADER + 3] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, read) = Journal::open(&path, 1, 4096).unwrap();
+        assert_eq!(read, vec![b"kept".to_vec()]);
+        assert!(std::fs::read(&path).unwrap().starts_with(MAGIC), "marked");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
