@@ -256,22 +256,34 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Where the second record starts when the first holds `b"kept"`.
+    const SECOND: usize = MAGIC.len() + RECORD_HEADER + 4;
+
+    /// A journal of generation 1 at `path` holding `records` (payload,
+    /// written with a sync), with the byte `damage` bytes into the second
+    /// record's payload flipped; returns the file's bytes.
+    fn damaged_journal(path: &Path, records: &[(&[u8], bool)], damage: usize) -> Vec<u8> {
+        let (mut j, _) = Journal::open(path, 1, 4096).unwrap();
+        assert_eq!(records[0].0, b"kept");
+        for (payload, sync) in records {
+            j.append(payload, *sync).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[SECOND + RECORD_HEADER + damage] ^= 0xff;
+        std::fs::write(path, &bytes).unwrap();
+        bytes
+    }
+
     #[test]
     fn reading_stops_at_a_torn_last_record() {
         let dir = temp("torn");
         let path = dir.join("j");
-        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
-        j.append(b"kept", true).unwrap();
-        j.append(b"torn by a crash", true).unwrap();
-        drop(j);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let torn = MAGIC.len() + RECORD_HEADER + 4 + RECORD_HEADER + 3;
-        bytes[torn] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        damaged_journal(&path, &[(b"kept", true), (b"torn by a crash", true)], 3);
         let (mut j, read) = Journal::open(&path, 1, 4096).unwrap();
         assert_eq!(read, vec![b"kept".to_vec()]);
-        assert!(j.fits(4096 - MAGIC.len() - 2 * RECORD_HEADER - 4));
-        assert!(!j.fits(4096 - MAGIC.len() - 2 * RECORD_HEADER - 3));
+        assert!(j.fits(4096 - SECOND - RECORD_HEADER));
+        assert!(!j.fits(4096 - SECOND - RECORD_HEADER + 1));
         j.append(b"replaces it", true).unwrap();
         drop(j);
         let (_, read) = Journal::open(&path, 1, 4096).unwrap();
@@ -283,18 +295,10 @@ mod tests {
     fn a_damaged_synced_record_before_an_intact_one_is_refused_and_left_alone() {
         let dir = temp("damaged");
         let path = dir.join("j");
-        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
-        j.append(b"kept", true).unwrap();
-        j.append(b"damaged later", true).unwrap();
-        j.append(b"after it", true).unwrap();
-        drop(j);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let damaged_at = MAGIC.len() + RECORD_HEADER + 4;
-        bytes[damaged_at + RECORD_HEADER + 3] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        let bytes = damaged_journal(&path, &[(b"kept", true), (b"damaged later", true), (b"after it", true)], 3);
         let err = Journal::open(&path, 1, 4096).err().unwrap();
         assert!(err.0.contains(path.to_str().unwrap()), "names the file: {}", err.0);
-        assert!(err.0.contains(&format!("record at byte {damaged_at} is damaged")), "{}", err.0);
+        assert!(err.0.contains(&format!("record at byte {SECOND} is damaged")), "{}", err.0);
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing written");
         // The next generation's reader never looks at it.
         assert!(Journal::open(&path, 2, 4096).unwrap().1.is_empty());
@@ -307,14 +311,7 @@ mod tests {
     fn a_torn_unsynced_record_before_an_intact_one_ends_the_reading() {
         let dir = temp("unsynced");
         let path = dir.join("j");
-        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
-        j.append(b"kept", true).unwrap();
-        j.append(b"acknowledgements only", false).unwrap();
-        j.append(b"written back first", true).unwrap();
-        drop(j);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[MAGIC.len() + RECORD_HEADER + 4 + RECORD_HEADER + 3] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        damaged_journal(&path, &[(b"kept", true), (b"acknowledgements only", false), (b"written back first", true)], 3);
         let (_, read) = Journal::open(&path, 1, 4096).unwrap();
         assert_eq!(read, vec![b"kept".to_vec()]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -326,22 +323,17 @@ mod tests {
     fn a_journal_without_the_sync_flag_is_read_as_ever_and_marked() {
         let dir = temp("unflagged");
         let path = dir.join("j");
-        let (mut j, _) = Journal::open(&path, 1, 4096).unwrap();
         // Without a sync a record is laid out as mc0djnl1 wrote every one.
-        for payload in [&b"kept"[..], b"damaged", b"after it"] {
-            j.append(payload, false).unwrap();
-        }
-        drop(j);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = damaged_journal(&path, &[(b"kept", false), (b"damaged", false), (b"after it", false)], 3);
         bytes[..MAGIC.len()].copy_from_slice(MAGIC_UNFLAGGED);
-        std::fs::write(&path, &bytes).unwrap();
-        let (_, read) = Journal::open(&path, 1, 4096).unwrap();
-        assert_eq!(read.len(), 3);
-        bytes[MAGIC.len() + RECORD_HEADER + 4 + RECORD_HEADER + 3] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let (_, read) = Journal::open(&path, 1, 4096).unwrap();
         assert_eq!(read, vec![b"kept".to_vec()]);
         assert!(std::fs::read(&path).unwrap().starts_with(MAGIC), "marked");
+        // Undamaged, all three come back.
+        bytes[SECOND + RECORD_HEADER + 3] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Journal::open(&path, 1, 4096).unwrap().1.len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
