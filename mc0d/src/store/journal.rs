@@ -40,8 +40,9 @@ use crate::error::BrokerError;
 /// The first bytes of a journal file.
 pub const MAGIC: &[u8; 8] = b"mc0djnl2";
 
-/// The first bytes of a journal whose records have no sync flag (mc0d
-/// before 0.1 of December 2026); taken as they are, then marked [`MAGIC`].
+/// The first bytes of a journal whose records have no sync flag (written
+/// by an mc0d of before December 2026); read as they are, then marked
+/// [`MAGIC`].
 const MAGIC_UNFLAGGED: &[u8; 8] = b"mc0djnl1";
 
 /// The length field's bit that says the record was written with a sync.
