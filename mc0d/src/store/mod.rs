@@ -229,7 +229,7 @@ impl DiskStore {
     /// with the next generation, and starts the journal over.
     fn checkpoint(&mut self) -> Result<(), String> {
         let fail = |e: &dyn std::fmt::Display| format!("queue store {}: {e}", self.path.display());
-        let generation = self.journal.generation() + 1;
+        let generation = next_generation(self.journal.generation());
         let txn = self.db.begin_write().map_err(|e| fail(&e))?;
         {
             let mut table = txn.open_table(MESSAGES).map_err(|e| fail(&e))?;
@@ -246,6 +246,24 @@ impl DiskStore {
         self.since_checkpoint = Pending::default();
         self.journal.restart(generation);
         Ok(())
+    }
+}
+
+/// The journal generation after `current`: random, not `current + 1`.
+/// Bytes a client chose (a message body) lie in the journal behind the
+/// records of the next generations; with a generation nobody can guess,
+/// they are never read as one of its records, even where such a record
+/// would start.
+fn next_generation(current: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        // Keyed SipHash: std seeds each RandomState from the OS's randomness.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(current);
+        let next = hasher.finish();
+        if next != current && next != 0 {
+            return next;
+        }
     }
 }
 
@@ -461,19 +479,29 @@ mod tests {
         let now = Instant::now();
         let capacity = 512;
         let (mut store, _) = DiskStore::open_with(&dir, now, capacity).unwrap();
+        let mut generations = std::collections::HashSet::new();
         for seq in 1..=20 {
             store.commit(&Batch { puts: vec![record(seq, &[b'x'; 60])], removals: vec![] }).unwrap();
             if seq % 2 == 0 {
                 store.commit(&Batch { puts: vec![], removals: vec![seq - 1] }).unwrap();
             }
+            generations.insert(store.journal.generation());
         }
-        assert!(store.journal.generation() > 3, "checkpointed on the way");
+        assert!(generations.len() > 3, "checkpointed on the way");
         store.commit(&Batch { puts: vec![record(21, &[b'y'; 1000])], removals: vec![2, 4] }).unwrap();
         drop(store);
         let (_, loaded) = DiskStore::open_with(&dir, now, capacity).unwrap();
         assert_eq!(seqs(&loaded), vec![6, 8, 10, 12, 14, 16, 18, 20, 21]);
         assert_eq!(loaded.last().unwrap().message.body, vec![b'y'; 1000]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Not `current + 1`, nor anything else a client could work out.
+    #[test]
+    fn the_next_generation_cannot_be_guessed_from_the_current_one() {
+        let next: std::collections::HashSet<u64> = (0..100).map(|_| next_generation(7)).collect();
+        assert_eq!(next.len(), 100, "a new one every time");
+        assert!(!next.contains(&7) && !next.contains(&8) && !next.contains(&0));
     }
 
     #[test]
