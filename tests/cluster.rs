@@ -421,29 +421,38 @@ fn brokers_survive_nats_faults() {
     assert!(up, "the link is up again in /metrics");
 }
 
+/// The topic of the queue `replies` that [`queue_on_c`] declares, and its
+/// NATS subject.
+const REPLIES: &[u8] = b"mcollective reply client-a async";
+const REPLIES_SUBJECT: &str = "mc0.mcollective.reply.client-a.async";
+
+/// A NATS cluster, broker A on its first server, and broker C on its last
+/// with the queue `replies` of [`REPLIES`] declared (and `c_args`), once
+/// A's server has learnt the queue's interest.
+fn queue_on_c(dir: &TempDir, c_args: &[&str]) -> (Vec<Nats>, Mc0d, Mc0d) {
+    let nats = nats_cluster(dir);
+    let a = broker(&[nats[0].url()], &[]);
+    let declared = format!("{}=replies", String::from_utf8_lossy(REPLIES));
+    let c = broker(&[nats[2].url()], &[&["--queue", &declared][..], c_args].concat());
+    // C's declared queue holds the interest, and A's server learns it.
+    wait_subjects(&nats[2], "C's queue interest", |s| s.iter().any(|x| x == REPLIES_SUBJECT));
+    assert!(
+        common::wait_until(WAIT, || nats[0].route_subjects().iter().any(|x| x == REPLIES_SUBJECT)),
+        "A's NATS server did not learn C's interest: {:?}",
+        nats[0].route_subjects()
+    );
+    (nats, a, c)
+}
+
 #[test]
 fn a_queue_keeps_what_other_brokers_publish_while_no_consumer_runs() {
     if !have_nats() {
         return;
     }
     let dir = TempDir::new("cluster-queues");
-    let nats = nats_cluster(&dir);
-    let topic: &[u8] = b"mcollective reply client-a async";
-    let subject = "mc0.mcollective.reply.client-a.async".to_string();
     let queue_dir = dir.path().join("queues");
-    let a = broker(&[nats[0].url()], &[]);
-    let declared = format!("{}=replies", String::from_utf8_lossy(topic));
-    let c = broker(
-        &[nats[2].url()],
-        &["--queue", &declared, "--queue-idle", "1", "--queue-dir", queue_dir.to_str().unwrap()],
-    );
-    // C's declared queue holds the interest, and A's server learns it.
-    wait_subjects(&nats[2], "C's queue interest", |s| s.contains(&subject));
-    assert!(
-        common::wait_until(WAIT, || nats[0].route_subjects().contains(&subject)),
-        "A's NATS server did not learn C's interest: {:?}",
-        nats[0].route_subjects()
-    );
+    let (nats, a, c) = queue_on_c(&dir, &["--queue-idle", "1", "--queue-dir", queue_dir.to_str().unwrap()]);
+    let (topic, subject) = (REPLIES, REPLIES_SUBJECT.to_string());
 
     // PUTs on A while nobody on C consumes: one kept, one that expires first.
     let ctx = zmq::Context::new();
@@ -493,6 +502,34 @@ fn a_queue_keeps_what_other_brokers_publish_while_no_consumer_runs() {
     wait_subjects(&nats[2], "the forgotten queue's interest dropped", |s| {
         !s.contains(&other_subject) && s.contains(&subject)
     });
+}
+
+/// A PUT is refused for a full queue only on the queue's broker; one that
+/// comes through NATS had its OK on its own broker, so a full queue drops
+/// it, and says so: logged, `unqueued=` and a metric.
+#[test]
+fn a_message_from_another_broker_that_a_full_queue_cannot_take_is_counted() {
+    if !have_nats() {
+        return;
+    }
+    let dir = TempDir::new("cluster-queue-full");
+    let (_nats, a, c) = queue_on_c(&dir, &["--queue-max-messages", "1", "--metrics", "127.0.0.1:0"]);
+    let topic = REPLIES;
+    let ctx = zmq::Context::new();
+    let publisher = a.client(&ctx);
+    publisher.handshake(60_000);
+    for id in [&b"p1"[..], b"p2"] {
+        publisher.call(&Command::Put { topic, headers: vec![], id: Some(id), body: vec![b"a reply"] });
+    }
+    c.log.wait_for(WAIT, |l| l.contains("was not queued") && l.contains("is full")).expect("C logs the one it dropped");
+    c.log.wait_for(WAIT, |l| l.contains("status:") && l.contains("unqueued=1")).expect("C's status line counts it");
+    let metrics = common::metrics_address(&c);
+    let (_, text) = common::get(metrics, "/metrics");
+    assert!(text.contains("\nmc0d_cluster_unqueued_total 1\n"), "{text}");
+    assert!(
+        text.contains("mc0d_queue_messages{topic=\"mcollective reply client-a async\",queue=\"replies\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -242,7 +242,7 @@ impl Broker {
         server.finish_store();
         let stats = server.engine.stats();
         server.engine.flush_suppressed();
-        let cluster = server.cluster_status();
+        let cluster = server.cluster_status(&stats);
         match &result {
             Ok(()) => log.log(Level::Info, format_args!("stopping: {stats}{cluster}")),
             Err(e) => log.log(Level::Error, format_args!("stopping on error: {e}; {stats}{cluster}")),
@@ -321,7 +321,8 @@ impl Server {
         // Heartbeats alone do not make the status line worth repeating.
         let key =
             |s: &Stats| (s.clients, s.topics, s.puts, s.delivered, s.buffered, s.drops, s.violations, s.impostors);
-        let mut last_status = (key(&self.engine.stats()), self.cluster_status());
+        let stats = self.engine.stats();
+        let mut last_status = (key(&stats), self.cluster_status(&stats));
         // The last instant at which a receive found nothing waiting: clients
         // are only expired for silence up to it (see Engine::tick_drained).
         let mut drained = Instant::now();
@@ -357,7 +358,7 @@ impl Server {
             if now >= next_status {
                 self.engine.flush_suppressed();
                 let stats = self.engine.stats();
-                let status = (key(&stats), self.cluster_status());
+                let status = (key(&stats), self.cluster_status(&stats));
                 if status != last_status {
                     self.log.log(Level::Info, format_args!("status: {stats}{}", status.1));
                     last_status = status;
@@ -438,10 +439,10 @@ impl Server {
         }
     }
 
-    /// ` cluster=up forwarded=… received=… unforwarded=…` for the status
-    /// line; empty without `--cluster`.
-    fn cluster_status(&self) -> String {
-        self.cluster.as_ref().map(|c| format!(" {}", c.counters())).unwrap_or_default()
+    /// ` cluster=up forwarded=… received=… unforwarded=… unqueued=…` for
+    /// the status line; empty without `--cluster`.
+    fn cluster_status(&self, stats: &Stats) -> String {
+        self.cluster.as_ref().map(|c| format!(" {} unqueued={}", c.counters(), stats.unqueued)).unwrap_or_default()
     }
 
     /// Delivers what other brokers published (a batch at most) and hands

@@ -138,6 +138,10 @@ pub struct Stats {
     pub subscriptions: usize,
     /// Bytes waiting in mc0d's client buffers now.
     pub buffered_bytes: usize,
+    /// Messages from other brokers (`--cluster`) that this broker's queues
+    /// could not take (a queue full, or not an mc0d MESSAGE): dropped and
+    /// logged. Their publisher had its OK from its own broker.
+    pub unqueued: u64,
     /// `drops` by reason.
     pub drops_by: ByReason<4>,
     /// Refused commands by reason.

@@ -140,6 +140,7 @@ impl<T: Transport> Engine<T> {
                 self.dispatch_queues(now);
             }
             Err(why) => {
+                self.out.stats.unqueued += 1;
                 if let Some(suppressed) = self.unqueued_warn.allow(now) {
                     self.out.log.log(
                         Level::Warn,

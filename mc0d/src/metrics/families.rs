@@ -191,6 +191,12 @@ pub const FAMILIES: &[Family] = &[
     family("cluster_unforwarded", "PUTs not published to the cluster because the NATS link was down.", Counter, |s| {
         cluster(s, |c| c.unforwarded)
     }),
+    family(
+        "cluster_unqueued",
+        "Messages from other brokers that a queue here could not take (full): dropped and logged.",
+        Counter,
+        |s| if s.cluster.is_some() { n(s.stats.unqueued) } else { Values::Absent },
+    ),
     family("allowlist_reloads", "Times the allowlist was reloaded (SIGHUP or a change on disk).", Counter, |s| {
         n(s.allowlist_reloads)
     }),
