@@ -1,9 +1,11 @@
 //! `ack`: K clients, each with its own socket and CURVE keypair, doing N
 //! sequential `NOOP ID n` round trips; acks/s and latency percentiles.
 
+use super::clients::Reply;
 use super::report::Row;
 use super::target::Running;
-use super::util::{self, Reply, Result};
+use super::{clients, sockets, stats};
+use crate::Result;
 use std::time::{Duration, Instant};
 
 pub struct Params {
@@ -31,12 +33,18 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let ctx = Running::context(p.io_threads, p.clients)?;
     let pid = std::process::id();
-    let (socks, _, _) = util::handshake(
+    let (socks, _, _) = clients::handshake(
         p.clients,
         p.clients,
         mc0::protocol::DEFAULT_TTL_MS,
         &|_| Vec::new(),
-        &mut |i| util::dealer(&ctx, &b.endpoint, format!("{} {pid}", util::numbered(util::ACK_CLIENT, i)).as_bytes()),
+        &mut |i| {
+            clients::dealer(
+                &ctx,
+                &b.endpoint,
+                format!("{} {pid}", clients::numbered(clients::ACK_CLIENT, i)).as_bytes(),
+            )
+        },
         Instant::now() + p.timeout,
         None,
     )?;
@@ -54,7 +62,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let mut outstanding = 0usize;
     for (i, s) in socks.iter().enumerate() {
         sent_at[i] = Instant::now();
-        util::send(s, &[b"", b"NOOP", b"ID", decimal(0, &mut buf)], 0).map_err(|e| format!("send: {e}"))?;
+        sockets::send(s, &[b"", b"NOOP", b"ID", decimal(0, &mut buf)], 0).map_err(|e| format!("send: {e}"))?;
         outstanding += 1;
     }
     while outstanding > 0 {
@@ -73,19 +81,19 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
                 continue;
             }
             loop {
-                let n = match util::recv(s, &mut frames, zmq::DONTWAIT) {
+                let n = match sockets::recv(s, &mut frames, zmq::DONTWAIT) {
                     Ok(n) => n,
                     Err(zmq::Error::EAGAIN) => break,
                     Err(e) => return Err(format!("recv: {e}")),
                 };
-                match util::classify(&util::views(&frames[..n])) {
+                match clients::classify(&clients::views(&frames[..n])) {
                     Reply::Ok(id) if id == decimal(count[i], &mut buf) => {
                         latencies.push(sent_at[i].elapsed().as_secs_f64() * 1e3);
                         count[i] += 1;
                         outstanding -= 1;
                         if (count[i] as usize) < p.round_trips && Instant::now() < stop_sending {
                             sent_at[i] = Instant::now();
-                            util::send(s, &[b"", b"NOOP", b"ID", decimal(count[i], &mut buf)], 0)
+                            sockets::send(s, &[b"", b"NOOP", b"ID", decimal(count[i], &mut buf)], 0)
                                 .map_err(|e| format!("send: {e}"))?;
                             outstanding += 1;
                         }
@@ -100,20 +108,23 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    util::disconnect_all(&socks);
+    clients::disconnect_all(&socks);
     b.check_alive()?;
     let acks = latencies.len() as f64;
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let (p50, p99, max) =
-        (util::percentile(&latencies, 50.0), util::percentile(&latencies, 99.0), util::percentile(&latencies, 100.0));
+    let (p50, p99, max) = (
+        stats::percentile(&latencies, 50.0),
+        stats::percentile(&latencies, 99.0),
+        stats::percentile(&latencies, 100.0),
+    );
     let rate = acks / elapsed;
     Ok(Row {
         target: b.label.clone(),
         summary: format!(
             "{acks} acks from {k} clients in {elapsed:.2} s: {rate:.0} acks/s, latency p50 {} p99 {} max {}",
-            util::ms(p50),
-            util::ms(p99),
-            util::ms(max)
+            stats::ms(p50),
+            stats::ms(p99),
+            stats::ms(max)
         ),
         metrics: vec![
             ("acks", acks),

@@ -11,7 +11,7 @@
 
 use super::raw::Stamp;
 use super::target::{free_port, rss_kib_of, Keys, Kind, Running, Target};
-use super::util::Result;
+use crate::Result;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -5,10 +5,13 @@
 //! coordinates them over their stdin/stdout and samples the broker's RSS and
 //! CPU from /proc.
 
+use super::clients::{Endpoint, Reply};
 use super::report::Row;
+use super::sockets::Ctx;
 use super::target::Running;
-use super::util::{self, Ctx, Endpoint, Reply, Result};
 use super::workers::{self, Parent, Workers};
+use super::{clients, sockets, stats};
+use crate::Result;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
@@ -26,11 +29,11 @@ pub struct Params {
 }
 
 fn node_identity(i: usize) -> String {
-    util::numbered(util::NODE, i)
+    clients::numbered(clients::NODE, i)
 }
 
 fn node_topic(i: usize) -> Vec<u8> {
-    mc0::topics::node(util::COLLECTIVE, &node_identity(i)).into_bytes()
+    mc0::topics::node(clients::COLLECTIVE, &node_identity(i)).into_bytes()
 }
 
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
@@ -78,12 +81,12 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
 
     // One directed PUT to every client.
     let ctx = Ctx::new(1, 64)?;
-    let name = format!("{} {}", util::CONNS_PUBLISHER, std::process::id());
-    let publisher = util::client(&ctx, &b.endpoint, &name, None, Instant::now() + p.timeout)?;
+    let name = format!("{} {}", clients::CONNS_PUBLISHER, std::process::id());
+    let publisher = clients::client(&ctx, &b.endpoint, &name, None, Instant::now() + p.timeout)?;
     let put0 = Instant::now();
     for i in 0..p.clients {
         let topic = node_topic(i);
-        util::send(&publisher, &[b"", b"PUT", b"TOPIC", &topic, b"", &(i as u64).to_le_bytes()], 0)
+        sockets::send(&publisher, &[b"", b"PUT", b"TOPIC", &topic, b"", &(i as u64).to_le_bytes()], 0)
             .map_err(|e| format!("publish: {e}"))?;
     }
     let mut got = vec![0u64; procs];
@@ -104,7 +107,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         }
     }
     let put_s = put0.elapsed().as_secs_f64();
-    util::disconnect_all(std::slice::from_ref(&publisher));
+    clients::disconnect_all(std::slice::from_ref(&publisher));
     workers.say("STOP")?;
     let mut delivered = 0u64;
     let mut heartbeats = 0u64;
@@ -138,7 +141,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             connect_s,
             delivered,
             p.clients,
-            util::ms(put_s * 1e3),
+            stats::ms(put_s * 1e3),
             kib_held,
             rss_held.map(|k| k / 1024).unwrap_or(0),
             cpu_pct,
@@ -190,12 +193,12 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
     let interval = Duration::from_secs_f64(o.ttl_ms as f64 / 1000.0 * o.heartbeat_fraction);
     parent.say("READY");
     parent.wait_for("GO")?;
-    let (socks, sent_at, took) = util::handshake(
+    let (socks, sent_at, took) = clients::handshake(
         o.count,
         o.window,
         o.ttl_ms,
         &|i| vec![node_topic(o.first + i)],
-        &mut |i| util::dealer_with_keys(&ctx, &o.endpoint, rid(i).as_bytes(), keys[i].as_ref()),
+        &mut |i| clients::dealer_with_keys(&ctx, &o.endpoint, rid(i).as_bytes(), keys[i].as_ref()),
         Instant::now() + Duration::from_secs(600),
         Some(interval),
     )?;
@@ -210,7 +213,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
     let mut late_ms = 0u64;
     let mut last_report = Instant::now();
     let mut frames = Vec::new();
-    let mut waiter = util::Waiter::new(socks.iter().map(|s| &**s))?;
+    let mut waiter = sockets::Waiter::new(socks.iter().map(|s| &**s))?;
     let (mut ready, mut rechecks) = (Vec::new(), Vec::new());
     while !parent.said("STOP") {
         while let Some(Reverse((when, i))) = due.peek().copied() {
@@ -219,7 +222,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
             }
             due.pop();
             late_ms = late_ms.max(when.elapsed().as_millis() as u64);
-            util::send(&socks[i], &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
+            sockets::send(&socks[i], &[b"", b"NOOP"], zmq::DONTWAIT).map_err(|e| format!("heartbeat: {e}"))?;
             heartbeats += 1;
             // The send may have consumed the wake-up of a message that
             // arrived meanwhile: look at this socket in this round.
@@ -231,10 +234,10 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
         waiter.wait(timeout.as_millis() as i32, &mut ready)?;
         ready.append(&mut rechecks);
         for &i in &ready {
-            util::drain(&socks[i], &mut frames, |f| {
-                match util::classify(&util::views(f)) {
+            sockets::drain(&socks[i], &mut frames, |f| {
+                match clients::classify(&clients::views(f)) {
                     Reply::Message { topic, body, .. } => {
-                        if topic != &node_topic(o.first + i)[..] || util::seq_of(body) != Some((o.first + i) as u64) {
+                        if topic != &node_topic(o.first + i)[..] || stats::seq_of(body) != Some((o.first + i) as u64) {
                             wrong += 1;
                         } else if delivered[i] {
                             dups += 1;
@@ -255,7 +258,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
             last_report = Instant::now();
         }
     }
-    util::disconnect_all(&socks);
+    clients::disconnect_all(&socks);
     parent.say(&format!(
         "DONE delivered={got} dups={dups} wrong={wrong} errors={errors} heartbeats={heartbeats} late_ms={late_ms}"
     ));

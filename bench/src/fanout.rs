@@ -4,9 +4,13 @@
 //! With `--brokers N` the publisher is on the first broker and the
 //! subscribers on the others.
 
+use super::clients::Reply;
 use super::report::Row;
+use super::sockets::Sock;
+use super::stats::Seen;
 use super::target::Running;
-use super::util::{self, Reply, Result, Seen, Sock};
+use super::{clients, sockets, stats};
+use crate::Result;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +32,7 @@ struct RecvStats {
     dups: u64,
     bad: u64,
     last: Option<Instant>,
-    /// Deliveries per sender stamp ([`util::STAMPS`]): the raw loop must
+    /// Deliveries per sender stamp ([`clients::STAMPS`]): the raw loop must
     /// send what mc0d does.
     stamps: [u64; 4],
 }
@@ -36,7 +40,7 @@ struct RecvStats {
 pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let ctx = Running::context(p.io_threads, p.subs + 1)?;
     let pid = std::process::id();
-    let topic = format!("{} bench-fanout-{pid}", util::COLLECTIVE).into_bytes();
+    let topic = format!("{} bench-fanout-{pid}", clients::COLLECTIVE).into_bytes();
     let deadline = Instant::now() + p.timeout;
     // With --brokers, the subscribers spread over the brokers but the
     // publisher's, so every delivery crosses NATS.
@@ -46,15 +50,15 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     for (j, ep) in remote.iter().enumerate().take(p.subs) {
         let index = |m: usize| j + m * remote.len();
         let count = (p.subs - j).div_ceil(remote.len());
-        let name = |m| format!("{} {pid}", util::numbered(util::SUBSCRIBER, index(m)));
-        subs.extend(util::clients(&ctx, ep, count, &name, Some(&topic), deadline)?);
+        let name = |m| format!("{} {pid}", clients::numbered(clients::SUBSCRIBER, index(m)));
+        subs.extend(clients::clients(&ctx, ep, count, &name, Some(&topic), deadline)?);
     }
-    let publisher = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::PUBLISHER), None, deadline)?;
+    let publisher = clients::client(&ctx, &b.endpoint, &format!("{} {pid}", clients::PUBLISHER), None, deadline)?;
     b.settle(remote.len().min(p.subs), deadline)?;
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let groups = util::spread(subs, p.threads);
+    let groups = clients::spread(subs, p.threads);
     let messages = p.messages;
     let receivers: Vec<_> = groups
         .into_iter()
@@ -80,7 +84,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             }
             body[..8].copy_from_slice(&seq.to_le_bytes());
             loop {
-                match util::send(&publisher, &[b"", b"PUT", b"TOPIC", &topic, b"", &body], 0) {
+                match sockets::send(&publisher, &[b"", b"PUT", b"TOPIC", &topic, b"", &body], 0) {
                     Ok(()) => break,
                     Err(zmq::Error::EAGAIN) if !pub_stop.load(Ordering::Relaxed) => continue,
                     Err(e) => return Err(format!("publish: {e}")),
@@ -91,20 +95,20 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         let took = t0.elapsed();
         // Closing with PUTs still queued would discard them (linger 0): wait
         // until the broker acknowledges a NOOP sent behind the last PUT.
-        util::send(&publisher, &[b"", b"NOOP", b"ID", b"flush"], 0).map_err(|e| format!("flush: {e}"))?;
+        sockets::send(&publisher, &[b"", b"NOOP", b"ID", b"flush"], 0).map_err(|e| format!("flush: {e}"))?;
         let mut frames = Vec::new();
         loop {
             if pub_stop.load(Ordering::Relaxed) {
                 return Err("publisher: no ack for the final NOOP".into());
             }
             if publisher.poll(zmq::POLLIN, 50).map_err(|e| e.to_string())? > 0 {
-                let n = util::recv(&publisher, &mut frames, 0).map_err(|e| e.to_string())?;
-                if let Reply::Ok(b"flush") = util::classify(&util::views(&frames[..n])) {
+                let n = sockets::recv(&publisher, &mut frames, 0).map_err(|e| e.to_string())?;
+                if let Reply::Ok(b"flush") = clients::classify(&clients::views(&frames[..n])) {
                     break;
                 }
             }
         }
-        util::disconnect_all(std::slice::from_ref(&publisher));
+        clients::disconnect_all(std::slice::from_ref(&publisher));
         Ok(took)
     }));
 
@@ -174,7 +178,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     if total.bad > 0 {
         errors.push(format!("{} malformed or unexpected messages", total.bad));
     }
-    let stamps: Vec<(&str, u64)> = util::STAMPS.into_iter().zip(total.stamps).filter(|(_, n)| *n > 0).collect();
+    let stamps: Vec<(&str, u64)> = clients::STAMPS.into_iter().zip(total.stamps).filter(|(_, n)| *n > 0).collect();
     if stamps.len() > 1 {
         let each: Vec<String> = stamps.iter().map(|(stamp, n)| format!("{n} {stamp}")).collect();
         errors.push(format!("deliveries with different stamps: {}", each.join(", ")));
@@ -191,7 +195,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             rate,
             lost,
             expected,
-            util::ms(to_last * 1e3)
+            stats::ms(to_last * 1e3)
         ),
         metrics: vec![
             ("published", sent as f64),
@@ -200,7 +204,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             ("deliveries_per_s", rate),
             ("time_to_last_ms", to_last * 1e3),
             ("publish_ms", publish_s * 1e3),
-            // Deliveries carrying each header (indices of util::STAMPS).
+            // Deliveries carrying each header (indices of clients::STAMPS).
             ("with_sender", (total.stamps[1] + total.stamps[3]) as f64),
             ("with_sender_key", (total.stamps[2] + total.stamps[3]) as f64),
         ],
@@ -213,18 +217,18 @@ fn receive(subs: Vec<Sock>, messages: usize, received: &AtomicU64, stop: &Atomic
     let mut seen: Vec<Seen> = subs.iter().map(|_| Seen::new(messages)).collect();
     let mut frames = Vec::new();
     let mut stats = RecvStats { distinct: 0, dups: 0, bad: 0, last: None, stamps: [0; 4] };
-    let mut waiter = util::Waiter::new(subs.iter().map(|s| &**s))?;
+    let mut waiter = sockets::Waiter::new(subs.iter().map(|s| &**s))?;
     let mut ready = Vec::new();
     while !stop.load(Ordering::Acquire) {
         waiter.wait(20, &mut ready)?;
         let mut batch = 0;
         for &i in &ready {
             let seen = &mut seen[i];
-            util::drain(&subs[i], &mut frames, |f| {
-                match util::classify(&util::views(f)) {
-                    Reply::Message { body, headers, .. } => match util::seq_of(body) {
+            sockets::drain(&subs[i], &mut frames, |f| {
+                match clients::classify(&clients::views(f)) {
+                    Reply::Message { body, headers, .. } => match stats::seq_of(body) {
                         Some(seq) => {
-                            stats.stamps[util::stamp_of(&headers)] += 1;
+                            stats.stamps[clients::stamp_of(&headers)] += 1;
                             let before = seen.distinct;
                             seen.mark(seq);
                             batch += seen.distinct - before;
@@ -247,6 +251,6 @@ fn receive(subs: Vec<Sock>, messages: usize, received: &AtomicU64, stop: &Atomic
         stats.dups += s.dups;
         stats.bad += s.out_of_range;
     }
-    util::disconnect_all(&subs);
+    clients::disconnect_all(&subs);
     Ok(stats)
 }

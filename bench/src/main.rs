@@ -2,6 +2,7 @@
 //! the smallest raw libzmq ROUTER loop doing the same work, in the same run.
 
 mod ack;
+mod clients;
 mod cluster;
 mod conns;
 mod fanout;
@@ -9,9 +10,10 @@ mod queue;
 mod raw;
 mod report;
 mod request;
+mod sockets;
+mod stats;
 mod storm;
 mod target;
-mod util;
 mod workers;
 
 use mc0::protocol::{self, heartbeat};
@@ -25,7 +27,9 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use mc0d::cli::Early;
 use std::time::Duration;
 use target::{Keys, Kind, Running, Target};
-use util::Result;
+
+/// Every fallible step of a run: the error is the message printed.
+pub type Result<T> = std::result::Result<T, String>;
 
 const ABOUT: &str = "\
 Measures a broker (mc0d by default) and the raw libzmq ROUTER loop built into
@@ -339,7 +343,7 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
             return Err(e);
         }
     }
-    util::raise_fd_limit(1 << 20);
+    sockets::raise_fd_limit(1 << 20);
     let (duration, timeout, drain) = (args.duration, args.timeout, args.drain);
     let (threads, io_threads, size) = (args.threads, args.io_threads, args.size);
 
@@ -626,12 +630,12 @@ fn raw_broker(args: &Args) -> Result<()> {
 }
 
 /// The broker a worker process is told to use.
-fn worker_endpoint(args: &Args) -> Result<util::Endpoint> {
+fn worker_endpoint(args: &Args) -> Result<clients::Endpoint> {
     let server_key = match args.server_key.as_deref() {
         Some(z) => Some(mc0::keys::parse_key(z)?),
         None => None,
     };
-    Ok(util::Endpoint {
+    Ok(clients::Endpoint {
         addr: args.endpoint.clone().ok_or("a worker needs --endpoint")?,
         server_key,
         key_seed: args.key_seed,
@@ -640,7 +644,7 @@ fn worker_endpoint(args: &Args) -> Result<util::Endpoint> {
 
 fn print_allowlist(args: &Args) -> Result<()> {
     let seed = args.key_seed.ok_or("allowlist needs --key-seed S")?;
-    print!("{}", util::allowlist(seed, args.clients.unwrap_or(1000))?);
+    print!("{}", clients::allowlist(seed, args.clients.unwrap_or(1000))?);
     Ok(())
 }
 

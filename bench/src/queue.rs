@@ -27,9 +27,11 @@
 //! until the consumer has the last message (for `keep-*`, until the last
 //! OK); publish p99 is PUT to OK; RSS is mc0d's at the end.
 
+use super::clients::Reply;
 use super::report::Row;
 use super::target::{Kind, Running, Target};
-use super::util::{self, Reply, Result};
+use super::{clients, sockets, stats};
+use crate::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -109,7 +111,7 @@ pub struct Params {
 
 /// The producer's side: PUTs sent, OKs awaited.
 struct Producer {
-    sock: util::Sock,
+    sock: sockets::Sock,
     topic: Vec<u8>,
     body: Vec<u8>,
     sent_at: Vec<Instant>,
@@ -125,7 +127,7 @@ impl Producer {
         while self.sent_at.len() < self.total && self.sent_at.len() - self.latencies.len() < self.window {
             let id = super::ack::decimal(self.sent_at.len() as u64, &mut buf);
             self.sent_at.push(Instant::now());
-            util::send(&self.sock, &[b"", b"PUT", b"TOPIC", &self.topic, b"ID", id, b"", &self.body], 0)
+            sockets::send(&self.sock, &[b"", b"PUT", b"TOPIC", &self.topic, b"ID", id, b"", &self.body], 0)
                 .map_err(|e| format!("send: {e}"))?;
         }
         Ok(())
@@ -138,12 +140,12 @@ impl Producer {
     /// Takes the OKs waiting; OKs come in order.
     fn read(&mut self, frames: &mut Vec<zmq::Message>, errors: &mut Vec<String>) -> Result<()> {
         loop {
-            let n = match util::recv(&self.sock, frames, zmq::DONTWAIT) {
+            let n = match sockets::recv(&self.sock, frames, zmq::DONTWAIT) {
                 Ok(n) => n,
                 Err(zmq::Error::EAGAIN) => return Ok(()),
                 Err(e) => return Err(format!("recv: {e}")),
             };
-            match util::classify(&util::views(&frames[..n])) {
+            match clients::classify(&clients::views(&frames[..n])) {
                 Reply::Ok(_) => {
                     let i = self.latencies.len();
                     self.latencies.push(self.sent_at[i].elapsed().as_secs_f64() * 1e3);
@@ -197,12 +199,12 @@ fn consume(
         let form = if lists { AckForm::List } else { AckForm::FramePerId };
         let ack = protocol::ack_frames(None, taken, form);
         let ack: Vec<&[u8]> = ack.iter().map(Vec::as_slice).collect();
-        let sent = util::send(sock, &ack, 0).map_err(|e| format!("send: {e}"));
+        let sent = sockets::send(sock, &ack, 0).map_err(|e| format!("send: {e}"));
         taken.clear();
         sent
     };
     loop {
-        let n = match util::recv(sock, frames, zmq::DONTWAIT) {
+        let n = match sockets::recv(sock, frames, zmq::DONTWAIT) {
             Ok(n) => n,
             Err(zmq::Error::EAGAIN) => {
                 flush(&mut taken, *lists)?;
@@ -210,19 +212,19 @@ fn consume(
             }
             Err(e) => return Err(format!("recv: {e}")),
         };
-        let views = util::views(&frames[..n]);
-        match util::classify(&views) {
+        let views = clients::views(&frames[..n]);
+        match clients::classify(&views) {
             Reply::Message { headers, .. } => {
                 got += 1;
                 if acks == Acks::None {
                     continue;
                 }
-                let delivery = match util::header(&headers, QUEUE_DELIVERY) {
+                let delivery = match clients::header(&headers, QUEUE_DELIVERY) {
                     Some(folded) => {
                         *lists = true;
                         protocol::parse_queue_delivery(folded).map(|(id, _)| id).ok()
                     }
-                    None => util::header(&headers, DELIVERY),
+                    None => clients::header(&headers, DELIVERY),
                 };
                 let Some(delivery) = delivery.and_then(|d| protocol::parse_delivery(d).ok()) else {
                     errors.push("a queue delivery without a delivery id".into());
@@ -246,15 +248,15 @@ const MAX_ACK: usize = 1000;
 /// deliveries or not) or plainly, and waits for the OK.
 fn subscribe(sock: &zmq::Socket, topic: &[u8], queue: bool, compact: bool, deadline: Instant) -> Result<()> {
     let sub = Command::Sub { id: Some(b"sub"), queue: queue.then_some(QUEUE), compact, topics: vec![topic] };
-    util::send_command(sock, &sub).map_err(|e| format!("send: {e}"))?;
+    clients::send_command(sock, &sub).map_err(|e| format!("send: {e}"))?;
     let mut frames = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || sock.poll(zmq::POLLIN, left.as_millis() as i64).map_err(|e| e.to_string())? == 0 {
             return Err("no OK to SUB in time".into());
         }
-        let n = util::recv(sock, &mut frames, 0).map_err(|e| format!("recv: {e}"))?;
-        match util::classify(&util::views(&frames[..n])) {
+        let n = sockets::recv(sock, &mut frames, 0).map_err(|e| format!("recv: {e}"))?;
+        match clients::classify(&clients::views(&frames[..n])) {
             Reply::Ok(b"sub") => return Ok(()),
             Reply::Noop => {}
             other => return Err(format!("SUB answered with {}", what(&other))),
@@ -280,8 +282,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let ctx = Running::context(1, 2)?;
     let deadline = Instant::now() + p.timeout;
     let pid = std::process::id();
-    let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::SUBSCRIBER), None, deadline)?;
-    let producer = util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::PUBLISHER), None, deadline)?;
+    let consumer = clients::client(&ctx, &b.endpoint, &format!("{} {pid}", clients::SUBSCRIBER), None, deadline)?;
+    let producer = clients::client(&ctx, &b.endpoint, &format!("{} {pid}", clients::PUBLISHER), None, deadline)?;
     let window = if p.shape.one_at_a_time() { 1 } else { p.window };
     let mut producer = Producer {
         sock: producer,
@@ -301,7 +303,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         // The queue first (so it keeps what follows), then its messages
         // while nobody consumes, then a consumer that takes them all.
         subscribe(&consumer, topic, true, compact, deadline)?;
-        util::send(&consumer, &[b"", b"DISCONNECT"], 0).map_err(|e| format!("send: {e}"))?;
+        sockets::send(&consumer, &[b"", b"DISCONNECT"], 0).map_err(|e| format!("send: {e}"))?;
         drop(consumer);
         let filling = Instant::now();
         while !producer.done() {
@@ -311,7 +313,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         }
         let filled = filling.elapsed();
         let deadline = Instant::now() + p.timeout;
-        let consumer = util::client(&ctx, &b.endpoint, &format!("{} {pid} 2", util::SUBSCRIBER), None, deadline)?;
+        let consumer = clients::client(&ctx, &b.endpoint, &format!("{} {pid} 2", clients::SUBSCRIBER), None, deadline)?;
         start = Instant::now();
         subscribe(&consumer, topic, true, compact, deadline)?;
         while got < p.messages {
@@ -319,7 +321,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             got += consume(&consumer, Acks::Each, &mut lists, &mut frames, &mut errors)?;
         }
         elapsed = if p.shape == Shape::Consume { start.elapsed() } else { filled };
-        util::disconnect_all(&[consumer]);
+        clients::disconnect_all(&[consumer]);
     } else {
         subscribe(&consumer, topic, queued, compact, deadline)?;
         let acks = if queued { Acks::Batched } else { Acks::None };
@@ -331,15 +333,15 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             got += consume(&consumer, acks, &mut lists, &mut frames, &mut errors)?;
         }
         elapsed = start.elapsed();
-        util::disconnect_all(&[consumer]);
+        clients::disconnect_all(&[consumer]);
     }
     let elapsed = elapsed.as_secs_f64();
     let rss_mib = b.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
-    util::disconnect_all(&[producer.sock]);
+    clients::disconnect_all(&[producer.sock]);
     b.check_alive()?;
     let mut latencies = producer.latencies;
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let p99 = util::percentile(&latencies, 99.0);
+    let p99 = stats::percentile(&latencies, 99.0);
     let rate = got as f64 / elapsed;
     let kept = if p.shape.needs_a_queue() { " kept" } else { "" };
     let what = match p.shape {
@@ -347,7 +349,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         _ => format!(
             "{got} x {} B{kept}, {window} in flight, in {elapsed:.2} s: {rate:.0} msg/s, publish p99 {}, RSS {rss_mib:.0} MiB",
             p.size,
-            util::ms(p99)
+            stats::ms(p99)
         ),
     };
     Ok(Row {

@@ -8,7 +8,8 @@
 //! It blocks instead of dropping when a subscriber's queue is full
 //! (ZMQ_ROUTER_MANDATORY), so it never loses a delivery either.
 
-use super::util::{self, Result};
+use super::sockets;
+use crate::Result;
 use mc0::log::Level;
 use mc0::protocol::{SENDER, SENDER_KEY};
 use mc0d::auth::zap::{ZapHandler, ZAP_DOMAIN};
@@ -90,7 +91,7 @@ pub fn serve(opts: &RawOptions) -> Result<()> {
     let mut deliveries: u64 = 0;
     let mut stamp = Vec::new();
     loop {
-        let n = util::recv(&sock, &mut frames, 0).map_err(|x| e("recv", x))?;
+        let n = sockets::recv(&sock, &mut frames, 0).map_err(|x| e("recv", x))?;
         // [routing-id, "", VERB, key, value, ..., "", body...]
         if n < 3 || !frames[1].is_empty() {
             continue;
@@ -187,7 +188,7 @@ pub fn serve(opts: &RawOptions) -> Result<()> {
             _ => {}
         }
         if let Some(id) = id {
-            let _ = util::send(&sock, &[rid, b"", b"OK", b"ID", &frames[id][..]], 0);
+            let _ = sockets::send(&sock, &[rid, b"", b"OK", b"ID", &frames[id][..]], 0);
         }
     }
 }

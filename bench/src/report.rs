@@ -1,6 +1,6 @@
 //! One measurement (a row) and the side-by-side summary of a case.
 
-use super::util;
+use super::stats;
 use serde_json::{json, Map, Value};
 
 pub struct Row {
@@ -58,7 +58,7 @@ pub fn summarize(
     let mut figures = Map::new();
     let raw = rows.iter().find(|(t, _)| t == raw_label);
     for j in judged {
-        let med = |rs: &[Row]| util::median(&rs.iter().filter_map(|r| r.metric(j.metric)).collect::<Vec<_>>());
+        let med = |rs: &[Row]| stats::median(&rs.iter().filter_map(|r| r.metric(j.metric)).collect::<Vec<_>>());
         let raw_med = raw.map(|(_, rs)| med(rs));
         let mut per_target = Map::new();
         let mut parts = Vec::new();
@@ -88,7 +88,7 @@ fn fmt(v: f64, unit: &str) -> String {
         return "n/a".into();
     }
     match unit {
-        "ms" => util::ms(v),
+        "ms" => stats::ms(v),
         "%" => format!("{v:.2}%"),
         "KiB" => format!("{v:.1} KiB"),
         _ if v >= 100.0 => format!("{v:.0}{unit}"),

@@ -14,10 +14,14 @@
 //! With `--brokers N` the nodes spread over the brokers (round-robin, or
 //! worker `w` on broker `w` mod N) and the client uses the first one.
 
+use super::clients::{Endpoint, Reply};
 use super::report::Row;
+use super::sockets::{Ctx, Sock};
+use super::stats::Seen;
 use super::target::Running;
-use super::util::{self, Ctx, Endpoint, Reply, Result, Seen, Sock};
 use super::workers::{self, Parent, Workers};
+use super::{clients, sockets, stats};
+use crate::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,12 +42,12 @@ pub struct Params {
 }
 
 fn node_name(i: usize, pid: u32) -> String {
-    format!("{} {pid}", util::numbered(util::NODE, i))
+    format!("{} {pid}", clients::numbered(clients::NODE, i))
 }
 
 /// What node `i` subscribes to: the agent and its directed topic.
 fn node_topics(agent: &[u8], i: usize) -> Vec<Vec<u8>> {
-    vec![agent.to_vec(), mc0::topics::node(util::COLLECTIVE, &util::numbered(util::NODE, i)).into_bytes()]
+    vec![agent.to_vec(), mc0::topics::node(clients::COLLECTIVE, &clients::numbered(clients::NODE, i)).into_bytes()]
 }
 
 /// The responding nodes, wherever they run.
@@ -75,7 +79,7 @@ impl Nodes {
         for (j, ep) in endpoints.iter().enumerate().take(p.nodes) {
             let count = (p.nodes - j).div_ceil(k);
             let index = |m: usize| j + m * k;
-            let socks = util::clients_with_topics(
+            let socks = clients::clients_with_topics(
                 ctx,
                 ep,
                 count,
@@ -87,7 +91,7 @@ impl Nodes {
         }
         let used = k.min(p.nodes);
         let stop = Arc::new(AtomicBool::new(false));
-        let groups = util::spread(nodes, p.threads);
+        let groups = clients::spread(nodes, p.threads);
         let responders = groups
             .into_iter()
             .map(|group| {
@@ -122,15 +126,15 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     let in_process = if p.procs > 0 { 0 } else { p.nodes };
     let ctx = Running::context(p.io_threads, in_process + 1)?;
     let pid = std::process::id();
-    let agent = mc0::topics::agent(util::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
-    let reply_to = mc0::topics::reply(util::COLLECTIVE, util::REQUEST_CLIENT, pid).into_bytes();
+    let agent = mc0::topics::agent(clients::COLLECTIVE, &format!("benchagent{pid}")).into_bytes();
+    let reply_to = mc0::topics::reply(clients::COLLECTIVE, clients::REQUEST_CLIENT, pid).into_bytes();
     let deadline = Instant::now() + p.timeout;
     let rss_before = b.brokers_rss_kib();
     let connecting = Instant::now();
     let (nodes, brokers_used) = Nodes::start(b, p, &ctx, &agent, deadline)?;
     let connected_s = connecting.elapsed().as_secs_f64();
     let client =
-        util::client(&ctx, &b.endpoint, &format!("{} {pid}", util::REQUEST_CLIENT), Some(&reply_to), deadline)?;
+        clients::client(&ctx, &b.endpoint, &format!("{} {pid}", clients::REQUEST_CLIENT), Some(&reply_to), deadline)?;
     // The agent on each broker with nodes, each node's directed topic, the reply topic.
     b.settle(brokers_used + p.nodes + 1, deadline)?;
     let nats = b.cluster.as_ref().map(|c| format!(", {}", c.nats_figures())).unwrap_or_default();
@@ -153,7 +157,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
         }
         body[..8].copy_from_slice(&seq.to_le_bytes());
         let t0 = Instant::now();
-        util::send(&client, &[b"", b"PUT", b"TOPIC", &agent, b"X-REPLY-TO", &reply_to, b"", &body], 0)
+        sockets::send(&client, &[b"", b"PUT", b"TOPIC", &agent, b"X-REPLY-TO", &reply_to, b"", &body], 0)
             .map_err(|e| format!("send request: {e}"))?;
         issued += 1;
         let mut seen = Seen::new(p.nodes);
@@ -168,14 +172,14 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
                 continue;
             }
             loop {
-                let n = match util::recv(&client, &mut frames, zmq::DONTWAIT) {
+                let n = match sockets::recv(&client, &mut frames, zmq::DONTWAIT) {
                     Ok(n) => n,
                     Err(zmq::Error::EAGAIN) => break,
                     Err(e) => return Err(format!("recv: {e}")),
                 };
-                match util::classify(&util::views(&frames[..n])) {
+                match clients::classify(&clients::views(&frames[..n])) {
                     Reply::Message { body, .. } if body.len() >= 12 => {
-                        let rseq = util::seq_of(body).unwrap();
+                        let rseq = stats::seq_of(body).unwrap();
                         let node = u32::from_le_bytes(body[8..12].try_into().unwrap()) as u64;
                         if rseq == seq {
                             seen.mark(node);
@@ -203,7 +207,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let node_errors = nodes.stop(p.timeout)?;
-    util::disconnect_all(std::slice::from_ref(&client));
+    clients::disconnect_all(std::slice::from_ref(&client));
     b.check_alive()?;
     if node_errors > 0 {
         errors.push(format!("{node_errors} unexpected messages at the nodes"));
@@ -216,7 +220,7 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
     }
     let rate = times.len() as f64 / elapsed;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let (p50, p99) = (util::percentile(&times, 50.0), util::percentile(&times, 99.0));
+    let (p50, p99) = (stats::percentile(&times, 50.0), stats::percentile(&times, 99.0));
     Ok(Row {
         target: b.label.clone(),
         summary: format!(
@@ -225,8 +229,8 @@ pub fn run(b: &mut Running, p: &Params) -> Result<Row> {
             times.len(),
             p.nodes,
             rate,
-            util::ms(p50),
-            util::ms(p99),
+            stats::ms(p50),
+            stats::ms(p99),
             lost
         ),
         metrics: vec![
@@ -262,7 +266,7 @@ pub fn worker(o: &WorkerOptions) -> Result<()> {
         let name = |i| node_name(o.first + i, pid);
         let deadline = Instant::now() + Duration::from_secs(600);
         let topics = |i| node_topics(o.agent.as_bytes(), o.first + i);
-        let nodes = util::clients_with_topics(&ctx, &o.endpoint, o.count, &name, &topics, deadline)?;
+        let nodes = clients::clients_with_topics(&ctx, &o.endpoint, o.count, &name, &topics, deadline)?;
         parent.say(&format!("CONNECTED {}", nodes.len()));
         let nodes = nodes.into_iter().enumerate().map(|(i, s)| ((o.first + i) as u32, s)).collect();
         let bad = respond(nodes, o.size, &|| parent.said("STOP"))?;
@@ -278,20 +282,20 @@ fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &dyn Fn() -> bool) -> Res
     let mut frames = Vec::new();
     let mut reply = vec![0x3cu8; size];
     let mut bad = 0;
-    let mut waiter = util::Waiter::new(nodes.iter().map(|(_, s)| &**s))?;
+    let mut waiter = sockets::Waiter::new(nodes.iter().map(|(_, s)| &**s))?;
     let mut ready = Vec::new();
     while !stop() {
         waiter.wait(20, &mut ready)?;
         for &k in &ready {
             let (idx, s) = &nodes[k];
-            util::drain(s, &mut frames, |f| {
-                match util::classify(&util::views(f)) {
+            sockets::drain(s, &mut frames, |f| {
+                match clients::classify(&clients::views(f)) {
                     Reply::Message { body, headers, .. } if body.len() >= 8 => {
-                        match util::header(&headers, "X-REPLY-TO") {
+                        match clients::header(&headers, "X-REPLY-TO") {
                             Some(rt) => {
                                 reply[..8].copy_from_slice(&body[..8]);
                                 reply[8..12].copy_from_slice(&idx.to_le_bytes());
-                                util::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
+                                sockets::send(s, &[b"", b"PUT", b"TOPIC", rt, b"", &reply], 0)
                                     .map_err(|e| format!("send reply: {e}"))?;
                             }
                             None => bad += 1,
@@ -305,6 +309,6 @@ fn respond(nodes: Vec<(u32, Sock)>, size: usize, stop: &dyn Fn() -> bool) -> Res
         }
     }
     let socks: Vec<Sock> = nodes.into_iter().map(|(_, s)| s).collect();
-    util::disconnect_all(&socks);
+    clients::disconnect_all(&socks);
     Ok(bad)
 }

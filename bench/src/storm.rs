@@ -23,10 +23,13 @@
 //! not come back; with `STORM_DEBUG` set in the environment, also their
 //! libmc0 log lines (debug level, seconds since the worker started).
 
+use super::clients::Reply;
 use super::raw::Stamp;
+use super::sockets::{Ctx, Sock};
 use super::target::{Keys, Kind, Running, Target};
-use super::util::{self, Ctx, Reply, Result, Sock};
 use super::workers::{self, Parent, Workers};
+use super::{clients, sockets, stats};
+use crate::Result;
 use mc0::connector::{Config, Connector};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,8 +140,8 @@ pub fn run(p: &Params) -> Result<bool> {
             "  {:<6} median over {} rounds: all recovered in {}, p50 {}; moved to b2/b3: {}",
             order.name(),
             rounds.len(),
-            util::ms(util::median(&max)),
-            util::ms(util::median(&p50)),
+            stats::ms(stats::median(&max)),
+            stats::ms(stats::median(&p50)),
             split.join(", ")
         ));
     }
@@ -178,9 +181,9 @@ fn round_of(p: &Params, order: Order, keys: &Keys, broker_public: &Path) -> Resu
         let ep = brokers[WATCHED].endpoint.clone();
         let stop = stop.clone();
         let deadline = Instant::now() + p.timeout;
-        let publisher = util::client(&ctx, &ep, util::PUBLISHER, None, deadline)?;
-        let topic = mc0::topics::agent(util::COLLECTIVE, "stormwatch").into_bytes();
-        let subscriber = util::client(&ctx, &ep, util::SUBSCRIBER, Some(&topic), deadline)?;
+        let publisher = clients::client(&ctx, &ep, clients::PUBLISHER, None, deadline)?;
+        let topic = mc0::topics::agent(clients::COLLECTIVE, "stormwatch").into_bytes();
+        let subscriber = clients::client(&ctx, &ep, clients::SUBSCRIBER, Some(&topic), deadline)?;
         std::thread::spawn(move || survivor_pair([publisher, subscriber], &topic, &stop))
     };
     // A second of undisturbed traffic for the pair's baseline.
@@ -269,18 +272,18 @@ fn summary(o: &Outcome) -> String {
         o.before[2],
         o.connect_s,
         o.times_ms.len(),
-        util::ms(pct(&o.times_ms, 100.0)),
-        util::ms(pct(&o.times_ms, 50.0)),
-        util::ms(pct(&o.times_ms, 90.0)),
+        stats::ms(pct(&o.times_ms, 100.0)),
+        stats::ms(pct(&o.times_ms, 50.0)),
+        stats::ms(pct(&o.times_ms, 90.0)),
         o.moved_to[1],
         o.moved_to[2],
         o.collateral,
         kernel.join(", "),
         o.pair.lost,
         o.pair.sent,
-        util::ms(o.pair.p99_before_ms),
-        util::ms(o.pair.p99_storm_ms),
-        util::ms(o.pair.max_storm_ms),
+        stats::ms(o.pair.p99_before_ms),
+        stats::ms(o.pair.p99_storm_ms),
+        stats::ms(o.pair.max_storm_ms),
         if o.errors.is_empty() { String::new() } else { format!("  FAILED: {}", o.errors.join("; ")) }
     )
 }
@@ -316,7 +319,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         f64::NAN
     } else {
-        util::percentile(sorted, p)
+        stats::percentile(sorted, p)
     }
 }
 
@@ -422,7 +425,7 @@ fn survivor_pair(pair: [Sock; 2], topic: &[u8], stop: &AtomicBool) -> Result<Pai
         }
         if drain_until.is_none() && now >= next {
             let seq = samples.len() as u64;
-            util::send(publisher, &[b"", b"PUT", b"TOPIC", topic, b"", &seq.to_le_bytes()], 0)
+            sockets::send(publisher, &[b"", b"PUT", b"TOPIC", topic, b"", &seq.to_le_bytes()], 0)
                 .map_err(|e| format!("survivor pair: {e}"))?;
             samples.push((now, None));
             next += PAIR_INTERVAL;
@@ -431,15 +434,15 @@ fn survivor_pair(pair: [Sock; 2], topic: &[u8], stop: &AtomicBool) -> Result<Pai
         if subscriber.poll(zmq::POLLIN, wait.as_millis() as i64).map_err(|e| e.to_string())? == 0 {
             continue;
         }
-        while let Ok(n) = util::recv(subscriber, &mut frames, zmq::DONTWAIT) {
-            if let Reply::Message { body, .. } = util::classify(&util::views(&frames[..n])) {
-                if let Some((at, rtt)) = util::seq_of(body).and_then(|s| samples.get_mut(s as usize)) {
+        while let Ok(n) = sockets::recv(subscriber, &mut frames, zmq::DONTWAIT) {
+            if let Reply::Message { body, .. } = clients::classify(&clients::views(&frames[..n])) {
+                if let Some((at, rtt)) = stats::seq_of(body).and_then(|s| samples.get_mut(s as usize)) {
                     rtt.get_or_insert(at.elapsed());
                 }
             }
         }
     }
-    util::disconnect_all(&pair);
+    clients::disconnect_all(&pair);
     Ok(Pair { samples })
 }
 
@@ -478,7 +481,7 @@ impl Node {
 }
 
 fn directed_topic(i: usize) -> String {
-    mc0::topics::node(util::COLLECTIVE, &util::numbered(util::NODE, i))
+    mc0::topics::node(clients::COLLECTIVE, &clients::numbered(clients::NODE, i))
 }
 
 fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
@@ -513,7 +516,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
                 ("broker.public_key", o.broker_key.display().to_string()),
                 ("public_key", public.display().to_string()),
                 ("private_key", private.display().to_string()),
-                ("identity", util::numbered(util::NODE, i)),
+                ("identity", clients::numbered(clients::NODE, i)),
                 // Generous: thousands connect at once on a loaded machine.
                 ("connect_timeout", "60".into()),
                 ("close_timeout", "0.5".into()),
@@ -524,7 +527,7 @@ fn worker_inner(o: &WorkerOptions, parent: &Parent) -> Result<()> {
             }
             Ok((Config::from_pairs(pairs).map_err(|e| e.to_string())?, rotation))
         };
-        let broadcast = mc0::topics::agent(util::COLLECTIVE, BROADCAST_AGENT);
+        let broadcast = mc0::topics::agent(clients::COLLECTIVE, BROADCAST_AGENT);
         // Connect and subscribe from a few threads: each call waits for the broker.
         let threads = 8.min(o.count.max(1));
         let mut nodes: Vec<Option<Node>> = (0..o.count).map(|_| None).collect();
@@ -638,7 +641,7 @@ fn watch(o: &WorkerOptions, parent: &Parent, nodes: &mut [Node]) -> Result<()> {
             n.connector.stats_json()
         );
         if std::env::var_os("STORM_DEBUG").is_some() {
-            let needle = format!("{} ", util::numbered(util::NODE, o.first + k));
+            let needle = format!("{} ", clients::numbered(clients::NODE, o.first + k));
             for l in log_lines().lock().unwrap().iter().filter(|l| l.contains(&needle)) {
                 eprintln!("   {l}");
             }

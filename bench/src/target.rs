@@ -2,9 +2,12 @@
 //! libzmq loop (this binary's `raw-broker` mode, spawned as its own process
 //! so that its CPU, RSS and threads compare like for like with mc0d's).
 
+use super::clients::Endpoint;
 use super::cluster::Cluster;
 use super::raw::Stamp;
-use super::util::{self, Ctx, Endpoint, Result};
+use super::sockets::Ctx;
+use super::{clients, sockets};
+use crate::Result;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -48,7 +51,7 @@ pub struct Keys {
 
 impl Keys {
     /// With `seed`, also writes the allowlist of up to `clients` clients of
-    /// each kind (see [`util::allowlist`]).
+    /// each kind (see [`clients::allowlist`]).
     pub fn create(seed: Option<u64>, clients: usize) -> Result<Keys> {
         let dir = std::env::temp_dir().join(format!("mc0-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -58,7 +61,7 @@ impl Keys {
         let seeded = match seed {
             Some(seed) => {
                 let file = dir.join("authorized_keys");
-                std::fs::write(&file, util::allowlist(seed, clients)?)
+                std::fs::write(&file, clients::allowlist(seed, clients)?)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
                 Some((seed, file))
             }
@@ -203,14 +206,15 @@ impl Running {
             }
             // A routing id of its own per attempt: an earlier attempt's
             // connection may still hold the last one.
-            let rid = format!("{} {} {attempt}", util::PROBE, std::process::id());
-            let s = util::dealer(&ctx, &self.endpoint, rid.as_bytes())?;
-            let probe = protocol::Command::Connect { version: util::VERSION, ttl_ms: PROBE_TTL_MS, id: Some(b"probe") };
-            util::send_command(&s, &probe).map_err(|e| e.to_string())?;
+            let rid = format!("{} {} {attempt}", clients::PROBE, std::process::id());
+            let s = clients::dealer(&ctx, &self.endpoint, rid.as_bytes())?;
+            let probe =
+                protocol::Command::Connect { version: clients::VERSION, ttl_ms: PROBE_TTL_MS, id: Some(b"probe") };
+            clients::send_command(&s, &probe).map_err(|e| e.to_string())?;
             if s.poll(zmq::POLLIN, 300).map_err(|e| e.to_string())? > 0 {
-                let n = util::recv(&s, &mut frames, 0).map_err(|e| e.to_string())?;
-                if let util::Reply::Ok(b"probe") = util::classify(&util::views(&frames[..n])) {
-                    let _ = util::send(&s, &[b"", b"DISCONNECT"], 0);
+                let n = sockets::recv(&s, &mut frames, 0).map_err(|e| e.to_string())?;
+                if let clients::Reply::Ok(b"probe") = clients::classify(&clients::views(&frames[..n])) {
+                    let _ = sockets::send(&s, &[b"", b"DISCONNECT"], 0);
                     return Ok(());
                 }
             }

@@ -7,7 +7,7 @@
 //! `FAIL <why>`.
 
 use super::target::Running;
-use super::util::Result;
+use crate::Result;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
