@@ -193,7 +193,7 @@ pub const FAMILIES: &[Family] = &[
     }),
     family(
         "cluster_unqueued",
-        "Messages from other brokers that a queue here could not take (full): dropped and logged.",
+        "Messages from other brokers that a queue here could not take (full, or not an mc0d MESSAGE): dropped and logged.",
         Counter,
         |s| if s.cluster.is_some() { n(s.stats.unqueued) } else { Values::Absent },
     ),
