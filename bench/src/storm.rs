@@ -46,6 +46,10 @@ const BROADCAST_AGENT: &str = "storm";
 /// its connectors' counters (the resolution of the recovery times).
 const PAIR_INTERVAL: Duration = Duration::from_millis(10);
 const WATCH_INTERVAL: Duration = Duration::from_millis(5);
+/// How long the pair waits, once the storm is over, for its last PUTs to
+/// come back before it counts them lost: generous, for a loaded machine
+/// (it stops as soon as every one is back).
+const PAIR_DRAIN: Duration = Duration::from_secs(5);
 /// A probe not routed back by then is published again.
 const PROBE_RETRY: Duration = Duration::from_secs(2);
 
@@ -409,7 +413,8 @@ impl Pair {
 }
 
 /// A client already on a survivor: PUTs to a topic its partner holds, every
-/// [`PAIR_INTERVAL`] until `stop`, then waits a drain second for stragglers.
+/// [`PAIR_INTERVAL`] until `stop`, then waits for the stragglers (at most
+/// [`PAIR_DRAIN`]).
 fn survivor_pair(pair: [Sock; 2], topic: &[u8], stop: &AtomicBool) -> Result<Pair> {
     let [publisher, subscriber] = &pair;
     let mut samples: Vec<(Instant, Option<Duration>)> = Vec::new();
@@ -419,8 +424,8 @@ fn survivor_pair(pair: [Sock; 2], topic: &[u8], stop: &AtomicBool) -> Result<Pai
     loop {
         let now = Instant::now();
         match drain_until {
-            None if stop.load(Ordering::SeqCst) => drain_until = Some(now + Duration::from_secs(1)),
-            Some(t) if now >= t => break,
+            None if stop.load(Ordering::SeqCst) => drain_until = Some(now + PAIR_DRAIN),
+            Some(t) if now >= t || samples.iter().all(|(_, rtt)| rtt.is_some()) => break,
             _ => {}
         }
         if drain_until.is_none() && now >= next {
