@@ -438,11 +438,6 @@ impl<'a> Command<'a> {
     pub fn to_frames(&self) -> Vec<Vec<u8>> {
         let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
         let ttl;
-        fn push_id<'h>(headers: &mut Vec<(&'h [u8], &'h [u8])>, id: &Option<&'h [u8]>) {
-            if let Some(id) = id {
-                headers.push((b"ID", id));
-            }
-        }
         match self {
             Command::Connect { version, ttl_ms, id } => {
                 // Sorted keys, as legacy connectors send them.
@@ -499,9 +494,17 @@ pub enum AckForm {
     List,
 }
 
+/// Adds a command's `ID` header, if it has one.
+fn push_id<'h>(headers: &mut Vec<(&'h [u8], &'h [u8])>, id: &Option<&'h [u8]>) {
+    if let Some(id) = id {
+        headers.push((b"ID", id));
+    }
+}
+
 /// The frames of `ACK [ID id] "" ids…` in the given form.
 pub fn ack_frames(id: Option<&[u8]>, deliveries: &[u64], form: AckForm) -> Vec<Vec<u8>> {
-    let headers: Vec<(&[u8], &[u8])> = id.map(|id| (&b"ID"[..], id)).into_iter().collect();
+    let mut headers = Vec::new();
+    push_id(&mut headers, &id);
     let ids: Vec<String> = deliveries.iter().map(u64::to_string).collect();
     match form {
         AckForm::FramePerId => {

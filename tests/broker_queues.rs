@@ -45,25 +45,27 @@ fn delivery_frames(c: &Client) -> Vec<Vec<u8>> {
     c.recv_non_noop(Duration::from_secs(5)).expect("a delivery")
 }
 
-/// An mc0d with the queue `async` of [`TOPIC`] declared, and a publisher.
-/// [`declared_queue_and_publisher`] with `--queue-dir` in a new temp dir
-/// (returned with the queue dir, to keep it alive).
-fn durable_queue_and_publisher(tag: &str) -> (TempDir, String, Mc0d, zmq::Context, Client) {
-    let dir = TempDir::new(tag);
-    let queue_dir = dir.path().join("queues").to_str().unwrap().to_string();
-    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async"), "--queue-dir", &queue_dir]);
-    let ctx = zmq::Context::new();
-    let publisher = broker.client(&ctx);
-    publisher.handshake(30_000);
-    (dir, queue_dir, broker, ctx, publisher)
-}
-
-fn declared_queue_and_publisher() -> (Mc0d, zmq::Context, Client) {
-    let broker = Mc0d::start_args(&["--queue", &format!("{TOPIC}=async")]);
+/// An mc0d with the queue `async` of [`TOPIC`] declared (and `extra`
+/// arguments), and a publisher.
+fn queue_and_publisher(extra: &[&str]) -> (Mc0d, zmq::Context, Client) {
+    let broker = Mc0d::start_args(&[&["--queue", &format!("{TOPIC}=async")][..], extra].concat());
     let ctx = zmq::Context::new();
     let publisher = broker.client(&ctx);
     publisher.handshake(30_000);
     (broker, ctx, publisher)
+}
+
+fn declared_queue_and_publisher() -> (Mc0d, zmq::Context, Client) {
+    queue_and_publisher(&[])
+}
+
+/// [`queue_and_publisher`] with `--queue-dir` in a new temp dir (returned
+/// with the queue dir, to keep it alive).
+fn durable_queue_and_publisher(tag: &str) -> (TempDir, String, Mc0d, zmq::Context, Client) {
+    let dir = TempDir::new(tag);
+    let queue_dir = dir.path().join("queues").to_str().unwrap().to_string();
+    let (broker, ctx, publisher) = queue_and_publisher(&["--queue-dir", &queue_dir]);
+    (dir, queue_dir, broker, ctx, publisher)
 }
 
 fn nothing_more(c: &Client) {
