@@ -89,8 +89,9 @@ impl Journal {
         let flagged = contents.starts_with(MAGIC);
         let (payloads, end) = records(&contents, generation, flagged).map_err(|e| fail("read", &e))?;
         let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
-        if !created && !flagged {
-            // Its records read the same with the flag unset.
+        if !flagged {
+            // An mc0djnl1 journal (a new one starts with MAGIC): its records
+            // read the same with the flag unset.
             file.write_all_at(MAGIC, 0).and_then(|()| file.sync_data()).map_err(|e| fail("write", &e))?;
         }
         let capacity = capacity.max(contents.len() as u64);
