@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{run_mc0d, Client, Mc0d, Message, TempDir};
+use common::{run_mc0d, Client, Mc0d, Message, TempDir, WAIT};
 use mc0::protocol::{Command, DELIVERY, EXPIRES_IN, QUEUE, QUEUE_DELIVERY, REDELIVERED};
 
 const TOPIC: &str = "mcollective reply client1 async";
@@ -59,12 +59,26 @@ fn declared_queue_and_publisher() -> (Mc0d, zmq::Context, Client) {
     queue_and_publisher(&[])
 }
 
-/// [`queue_and_publisher`] with `--queue-dir` in a new temp dir (returned
-/// with the queue dir, to keep it alive).
-fn durable_queue_and_publisher(tag: &str) -> (TempDir, String, Mc0d, zmq::Context, Client) {
-    let dir = TempDir::new(tag);
+/// Who writes mc0d's queue journal (`--queue-writer`), with what mc0d
+/// logs for it.
+#[derive(Clone, Copy)]
+enum Writer {
+    Aio,
+    Thread,
+}
+
+/// [`queue_and_publisher`] with `--queue-dir` in a new dir (returned with
+/// the queue dir, to keep it alive) and the journal written by `writer`.
+fn durable_queue_and_publisher(tag: &str, writer: Writer) -> (TempDir, String, Mc0d, zmq::Context, Client) {
+    // On the disk the workspace is on, never tmpfs: `aio` needs O_DIRECT.
+    let dir = TempDir::new_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), tag);
     let queue_dir = dir.path().join("queues").to_str().unwrap().to_string();
-    let (broker, ctx, publisher) = queue_and_publisher(&["--queue-dir", &queue_dir]);
+    let (who, logged) = match writer {
+        Writer::Aio => ("aio", "queue store journal written O_DIRECT through Linux AIO by the socket thread"),
+        Writer::Thread => ("thread", "queue store journal written and fdatasynced by a store thread"),
+    };
+    let (broker, ctx, publisher) = queue_and_publisher(&["--queue-dir", &queue_dir, "--queue-writer", who]);
+    assert!(broker.log.wait_for(WAIT, |l| l.contains(logged)).is_some(), "{}", broker.log.text());
     (dir, queue_dir, broker, ctx, publisher)
 }
 
@@ -235,8 +249,17 @@ fn full_queue_refuses_with_the_queue_and_limit_and_expired_messages_are_never_de
 }
 
 #[test]
-fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
-    let (_dir, _, mut broker, ctx, publisher) = durable_queue_and_publisher("queue-dir");
+fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone_aio() {
+    stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone(Writer::Aio);
+}
+
+#[test]
+fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone_thread() {
+    stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone(Writer::Thread);
+}
+
+fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone(writer: Writer) {
+    let (_dir, _, mut broker, ctx, publisher) = durable_queue_and_publisher("queue-dir", writer);
     for (id, body) in [("p1", b"one"), ("p2", b"two"), ("p3", b"six")] {
         // The OK says it is on disk.
         publisher.call(&put(id, body, vec![(EXPIRES_IN.as_bytes(), b"600000")]));
@@ -256,15 +279,26 @@ fn stored_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
     nothing_more(&c);
 }
 
-/// Many PUTs in flight: the store thread writes them in a few
-/// transactions (group commit), and every answered one is on disk.
+/// Many PUTs in flight: they are written in a few journal records (group
+/// commit), and every answered one is on disk. They hold more than the
+/// 16 MiB journal, so a checkpoint into redb comes on the way.
 #[test]
-fn pipelined_puts_are_on_disk_once_answered() {
-    let (_dir, _, mut broker, ctx, publisher) = durable_queue_and_publisher("queue-dir-pipelined");
+fn pipelined_puts_are_on_disk_once_answered_aio() {
+    pipelined_puts_are_on_disk_once_answered(Writer::Aio);
+}
+
+#[test]
+fn pipelined_puts_are_on_disk_once_answered_thread() {
+    pipelined_puts_are_on_disk_once_answered(Writer::Thread);
+}
+
+fn pipelined_puts_are_on_disk_once_answered(writer: Writer) {
+    let (_dir, _, mut broker, ctx, publisher) = durable_queue_and_publisher("queue-dir-pipelined", writer);
     const N: usize = 500;
     let ids: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    let body = |id: &str| format!("{id:x<40000}").into_bytes();
     for id in &ids {
-        publisher.send_command(&put(id, id.as_bytes(), vec![]));
+        publisher.send_command(&put(id, &body(id), vec![]));
     }
     for id in &ids {
         publisher.expect_ok(id);
@@ -272,7 +306,7 @@ fn pipelined_puts_are_on_disk_once_answered() {
     broker.restart(); // SIGKILL, then the same arguments
     let c = consumer(&broker, &ctx);
     let got: Vec<Vec<u8>> = (0..N).map(|_| c.expect_message().body[0].clone()).collect();
-    assert_eq!(got, ids.iter().map(|id| id.as_bytes().to_vec()).collect::<Vec<_>>(), "all, in order");
+    assert!(got == ids.iter().map(|id| body(id)).collect::<Vec<_>>(), "all, in order");
     nothing_more(&c);
 }
 
@@ -313,7 +347,7 @@ fn a_corrupt_or_unreadable_queue_dir_stops_the_start_naming_the_file() {
 /// overwritten (which would lose the messages behind it).
 #[test]
 fn a_journal_damaged_before_its_last_record_stops_the_start_and_stays_as_it_was() {
-    let (_dir, queue_dir, mut broker, _ctx, publisher) = durable_queue_and_publisher("queue-dir-damaged");
+    let (_dir, queue_dir, mut broker, _ctx, publisher) = durable_queue_and_publisher("queue-dir-damaged", Writer::Aio);
     let first = b"the first answered PUT, one journal record";
     // Awaited one by one: each is its own record.
     publisher.call(&put("p1", first, vec![]));

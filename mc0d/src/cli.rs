@@ -220,6 +220,14 @@ pub struct Mc0dArgs {
     /// or kill -9. Without it queues live in memory
     #[arg(long, value_name = "DIR", help_heading = "Queues")]
     pub queue_dir: Option<PathBuf>,
+
+    /// Who writes the queue journal in --queue-dir: `aio`, the broker's
+    /// socket thread itself (O_DIRECT, Linux AIO; the cheapest OK per PUT;
+    /// the start fails where the file system has no O_DIRECT); `thread`, a
+    /// store thread (write + fdatasync); `auto`: aio where it works, else
+    /// thread [default: auto]
+    #[arg(long, value_name = "WHO", help_heading = "Queues")]
+    pub queue_writer: Option<QueueWriterArg>,
 }
 
 /// `--queue TOPIC[=NAME]`: the name defaults to the topic.
@@ -253,6 +261,24 @@ impl From<LogLevel> for mc0::log::Level {
             LogLevel::Warn => mc0::log::Level::Warn,
             LogLevel::Info => mc0::log::Level::Info,
             LogLevel::Debug => mc0::log::Level::Debug,
+        }
+    }
+}
+
+/// `--queue-writer`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueWriterArg {
+    Auto,
+    Aio,
+    Thread,
+}
+
+impl From<QueueWriterArg> for crate::config::QueueWriter {
+    fn from(who: QueueWriterArg) -> Self {
+        match who {
+            QueueWriterArg::Auto => crate::config::QueueWriter::Auto,
+            QueueWriterArg::Aio => crate::config::QueueWriter::Aio,
+            QueueWriterArg::Thread => crate::config::QueueWriter::Thread,
         }
     }
 }

@@ -78,6 +78,22 @@ pub struct Config {
     pub queue_limits: crate::engine::queues::QueueLimits,
     /// Where queued messages are kept across restarts; `None`: in memory.
     pub queue_dir: Option<PathBuf>,
+    /// Who writes the journal in `queue_dir`.
+    pub queue_writer: QueueWriter,
+}
+
+/// `--queue-writer`: who writes the queue journal (`--queue-dir`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueWriter {
+    /// [`Aio`](QueueWriter::Aio) where the file system allows `O_DIRECT`,
+    /// else [`Thread`](QueueWriter::Thread).
+    #[default]
+    Auto,
+    /// The socket thread, `O_DIRECT` through Linux AIO; the start fails
+    /// where it cannot.
+    Aio,
+    /// A store thread, with `write` and `fdatasync`.
+    Thread,
 }
 
 /// `--identity-check`: what the broker does with a CONNECT, SUB or PUT
@@ -137,6 +153,7 @@ impl Default for Config {
             queues: Vec::new(),
             queue_limits: Default::default(),
             queue_dir: None,
+            queue_writer: QueueWriter::Auto,
         };
         config.set_max_body_size(DEFAULT_MAX_BODY_SIZE);
         config

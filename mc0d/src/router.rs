@@ -203,15 +203,22 @@ impl Router {
     pub(crate) fn poll(&mut self, timeout_ms: i64) -> Result<(), zmq::Error> {
         match &self.wake {
             None => self.socket.poll(zmq::POLLIN, timeout_ms).map(drop),
-            Some(_) => self.poll_with(&[], timeout_ms),
+            Some(_) => self.poll_with(&[], &[], timeout_ms),
         }
     }
 
     /// [`poll`](Router::poll) that also wakes up for input on `others` (the
-    /// cluster bridge's and the store thread's PAIRs).
-    pub(crate) fn poll_with(&mut self, others: &[&zmq::Socket], timeout_ms: i64) -> Result<(), zmq::Error> {
+    /// cluster bridge's and the store thread's PAIRs) and on `fds` (the
+    /// queue journal's AIO completions).
+    pub(crate) fn poll_with(
+        &mut self,
+        others: &[&zmq::Socket],
+        fds: &[std::os::fd::RawFd],
+        timeout_ms: i64,
+    ) -> Result<(), zmq::Error> {
         let mut items: Vec<zmq::PollItem<'_>> = std::iter::once(self.socket.as_poll_item(zmq::POLLIN))
             .chain(others.iter().map(|s| s.as_poll_item(zmq::POLLIN)))
+            .chain(fds.iter().map(|&fd| zmq::PollItem::from_fd(fd, zmq::POLLIN)))
             .chain(self.wake.as_ref().map(|w| zmq::PollItem::from_fd(w.as_raw_fd(), zmq::POLLIN)))
             .collect();
         zmq::poll(&mut items, timeout_ms)?;

@@ -22,7 +22,7 @@ use crate::logger::Logger;
 use crate::metrics::{Hub, MetricsServer, Publisher};
 use crate::router::Router;
 use crate::stats::Stats;
-use crate::store::StoreThread;
+use crate::store::{StoreWriter, Wake};
 use crate::zmsg::Msg;
 
 /// Longest the loop sleeps in one poll, so a stop request is seen promptly
@@ -60,8 +60,9 @@ pub struct Broker {
     metrics: Option<(MetricsServer, Publisher)>,
     /// With `--cluster`.
     cluster: Option<Bridge>,
-    /// With `--queue-dir`: the store's thread and what the store held.
-    store: Option<(StoreThread, Vec<crate::store::Record>)>,
+    /// With `--queue-dir`: the store's writer, how it writes (for the log)
+    /// and what the store held.
+    store: Option<(StoreWriter, String, Vec<crate::store::Record>)>,
 }
 
 impl Broker {
@@ -132,7 +133,10 @@ impl Broker {
             None => None,
         };
         let store = match store {
-            Some((store, records)) => Some((StoreThread::start(&ctx, Box::new(store))?, records)),
+            Some((store, records)) => {
+                let (writer, how) = StoreWriter::start(&ctx, store, config.queue_writer)?;
+                Some((writer, how, records))
+            }
             None => None,
         };
         Ok(Broker { config, router, endpoint, public_key, log, zap, keys, metrics, cluster, store })
@@ -182,9 +186,10 @@ impl Broker {
             );
         }
         let mut engine = Engine::new(router, &config);
-        let store = store.map(|(thread, records)| {
+        let store = store.map(|(writer, how, records)| {
+            log.log(Level::Info, format_args!("queue store journal {how}"));
             engine.use_store(records, Instant::now());
-            thread
+            writer
         });
         if let Some(keys) = &keys {
             let list = keys.current();
@@ -298,7 +303,7 @@ struct Server {
     keys: Option<Keys>,
     cluster: Option<Bridge>,
     /// With `--queue-dir`.
-    store: Option<StoreThread>,
+    store: Option<StoreWriter>,
     /// Reused receive buffer: routing id followed by the message frames.
     frames: Vec<Msg>,
     /// The current message's `User-Id` (with CURVE only).
@@ -344,7 +349,9 @@ impl Server {
                 return Err(BrokerError("the NATS thread stopped; refusing to serve without it".into()));
             }
             if self.store.as_ref().is_some_and(|s| !s.is_running()) {
-                return Err(BrokerError("the queue store thread stopped; refusing to serve without it".into()));
+                return Err(BrokerError(
+                    "the queue store's thread (store or checkpoint) stopped; refusing to serve without it".into(),
+                ));
             }
             while let Some(reloaded) = self.keys.as_ref().and_then(|k| k.watcher.try_next()) {
                 self.apply(reloaded, now);
@@ -371,13 +378,17 @@ impl Server {
             }
             // Round up so a deadline 0.3 ms away does not spin.
             let timeout = wake.saturating_duration_since(now).as_micros().div_ceil(1000) as i64;
-            let others: Vec<&zmq::Socket> = (self.cluster.as_ref().map(Bridge::inbox).into_iter())
-                .chain(self.store.as_ref().map(StoreThread::results))
-                .collect();
-            let polled = if others.is_empty() {
+            let mut others: Vec<&zmq::Socket> = self.cluster.as_ref().map(Bridge::inbox).into_iter().collect();
+            let mut fds = Vec::new();
+            match self.store.as_ref().map(StoreWriter::wake) {
+                Some(Wake::Socket(socket)) => others.push(socket),
+                Some(Wake::Fd(fd)) => fds.push(fd),
+                None => {}
+            }
+            let polled = if others.is_empty() && fds.is_empty() {
                 self.engine.transport_mut().poll(timeout)
             } else {
-                self.engine.transport_mut().poll_with(&others, timeout)
+                self.engine.transport_mut().poll_with(&others, &fds, timeout)
             };
             match polled {
                 // Even after a timeout: the receive below finding nothing is
@@ -415,10 +426,8 @@ impl Server {
     /// engine must write next (the batch read since the last turn: one
     /// transaction, see `store`).
     fn exchange_with_store(&mut self) -> Result<(), BrokerError> {
-        let Some(store) = &self.store else { return Ok(()) };
-        while let Some((upto, result)) =
-            store.try_result().map_err(|e| BrokerError(format!("queue store receive failed: {e}")))?
-        {
+        let Some(store) = &mut self.store else { return Ok(()) };
+        while let Some((upto, result)) = store.try_result()? {
             self.engine.store_committed(upto, result, Instant::now());
         }
         if let Some((n, batch)) = self.engine.take_store_batch() {

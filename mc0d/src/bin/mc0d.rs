@@ -35,6 +35,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 .into(),
         );
     }
+    if args.queue_writer.is_some() && args.queue_dir.is_none() {
+        return Err("--queue-writer needs --queue-dir (without it queues live in memory)".into());
+    }
     let mut config = Config {
         bind: args.bind,
         port: args.port,
@@ -70,6 +73,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }),
         queues: args.queue,
         queue_dir: args.queue_dir,
+        queue_writer: args.queue_writer.map(Into::into).unwrap_or_default(),
         queue_limits: QueueLimits {
             max_messages: args.queue_max_messages,
             max_bytes: args.queue_max_bytes,
@@ -275,6 +279,8 @@ mod tests {
             (&["--no-curve", "--node-publish-agents", "registration"], "--node-publish-agents"),
             (&["--no-curve", "--identity-check", "strict"], "strict"),
             (&["--no-curve", "--node-publish-agents", "a b"], "--node-publish-agents"),
+            (&["--no-curve", "--queue-writer", "aio"], "--queue-dir"),
+            (&["--no-curve", "--queue-dir", "q", "--queue-writer", "fast"], "fast"),
         ] {
             match parse(args) {
                 Err(e) => assert!(e.contains(culprit), "{args:?}: {e}"),

@@ -1,6 +1,6 @@
 //! The engine's side of a queue store (`--queue-dir`), without the store:
 //! what the queues must write is gathered into a [`Batch`], handed out by
-//! [`Engine::take_store_batch`] (the server gives it to the store thread),
+//! [`Engine::take_store_batch`] (the server gives it to the store's writer),
 //! and the answers that wait for it (a PUT's OK means "on disk") go out
 //! when [`Engine::store_committed`] reports the write. Until then the PUT's
 //! messages are held back from consumers, so a failed write can still be

@@ -32,9 +32,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::aio::{BlockBuf, BLOCK};
 use crate::error::BrokerError;
 
 /// The first bytes of a journal file.
@@ -58,6 +59,24 @@ pub struct Journal {
     capacity: u64,
     end: u64,
     generation: u64,
+    /// The bytes from the start of the block that holds `end` up to `end`:
+    /// an `O_DIRECT` write of the next record writes whole blocks, so it
+    /// rewrites them in front of the record.
+    tail: Vec<u8>,
+}
+
+/// A record laid out for an `O_DIRECT` write: whole blocks from the one
+/// that holds the journal's end, the record, zeros to the next block.
+pub struct BlockWrite {
+    pub buf: BlockBuf,
+    pub offset: u64,
+    pub then: NewEnd,
+}
+
+/// The journal's end and tail once a [`BlockWrite`] is written.
+pub struct NewEnd {
+    end: u64,
+    tail: Vec<u8>,
 }
 
 impl Journal {
@@ -114,7 +133,8 @@ impl Journal {
                 }
             }
         }
-        Ok((Journal { file, path: path.to_path_buf(), capacity, end, generation }, payloads))
+        let tail = contents[block_start(end) as usize..end as usize].to_vec();
+        Ok((Journal { file, path: path.to_path_buf(), capacity, end, generation, tail }, payloads))
     }
 
     /// Whether a record of `payload_len` bytes still fits.
@@ -126,21 +146,62 @@ impl Journal {
     /// disk (`fdatasync`), else once the kernel has it (it survives a kill
     /// of the broker, not a power loss). The caller checked [`fits`](Self::fits).
     pub fn append(&mut self, payload: &[u8], sync: bool) -> Result<(), String> {
-        let length = payload.len() as u32 | if sync { SYNCED } else { 0 };
-        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
-        record.extend_from_slice(&length.to_le_bytes());
-        record.extend_from_slice(&checksum(self.generation, length, payload).to_le_bytes());
-        record.extend_from_slice(&self.generation.to_le_bytes());
-        record.extend_from_slice(payload);
-        let fail = |e: std::io::Error| format!("queue journal {}: {e}", self.path.display());
-        self.file.write_all_at(&record, self.end).map_err(fail)?;
+        let record = self.record(payload, sync);
+        self.file.write_all_at(&record, self.end).map_err(|e| self.error(&e))?;
         if sync {
-            self.file.sync_data().map_err(fail)?;
+            self.file.sync_data().map_err(|e| self.error(&e))?;
         }
         // Only a written record moves the end: after a failed write the
         // next one takes its place.
-        self.end += record.len() as u64;
+        let end = self.end + record.len() as u64;
+        let mut tail = std::mem::take(&mut self.tail);
+        tail.extend_from_slice(&record);
+        tail.drain(..(block_start(end) - block_start(self.end)) as usize);
+        (self.end, self.tail) = (end, tail);
         Ok(())
+    }
+
+    /// Opens the file again for `O_DIRECT` writes of [`block_write`](Self::block_write)s;
+    /// fails where the file system has no `O_DIRECT` (tmpfs) or the
+    /// journal is not made of whole blocks.
+    pub fn open_direct(&self) -> std::io::Result<File> {
+        if self.capacity % BLOCK as u64 != 0 {
+            return Err(std::io::Error::other(format!("its size is not a multiple of {BLOCK} bytes")));
+        }
+        OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.path)
+    }
+
+    /// The next record laid out for an `O_DIRECT` write (the caller checked
+    /// [`fits`](Self::fits)); [`wrote`](Self::wrote) moves the end once it is
+    /// written.
+    pub fn block_write(&self, payload: &[u8], sync: bool) -> BlockWrite {
+        self.blocks_with(&self.record(payload, sync))
+    }
+
+    /// The block that holds the end, as it is (up to the end) and will be
+    /// (zeros after it): what a first `O_DIRECT` write can rewrite to prove
+    /// that such writes work here.
+    pub fn block_write_of_tail(&self) -> BlockWrite {
+        self.blocks_with(&[])
+    }
+
+    /// Whole blocks from the one that holds the end: the tail, `record`,
+    /// zeros.
+    fn blocks_with(&self, record: &[u8]) -> BlockWrite {
+        let offset = block_start(self.end);
+        let end = self.end + record.len() as u64;
+        let blocks = (end - offset).div_ceil(BLOCK as u64).max(1);
+        let mut buf = BlockBuf::zeroed(blocks as usize * BLOCK);
+        let bytes = buf.as_mut_slice();
+        bytes[..self.tail.len()].copy_from_slice(&self.tail);
+        bytes[self.tail.len()..self.tail.len() + record.len()].copy_from_slice(record);
+        let tail = bytes[(block_start(end) - offset) as usize..(end - offset) as usize].to_vec();
+        BlockWrite { buf, offset, then: NewEnd { end, tail } }
+    }
+
+    /// A [`block_write`](Self::block_write) was written whole.
+    pub fn wrote(&mut self, then: NewEnd) {
+        (self.end, self.tail) = (then.end, then.tail);
     }
 
     /// Starts over at the front with `generation`, once a checkpoint holds
@@ -148,6 +209,23 @@ impl Journal {
     pub fn restart(&mut self, generation: u64) {
         self.generation = generation;
         self.end = MAGIC.len() as u64;
+        self.tail = MAGIC.to_vec();
+    }
+
+    /// An I/O error, naming the journal.
+    pub fn error(&self, e: &dyn std::fmt::Display) -> String {
+        format!("queue journal {}: {e}", self.path.display())
+    }
+
+    /// Record header and payload.
+    fn record(&self, payload: &[u8], sync: bool) -> Vec<u8> {
+        let length = payload.len() as u32 | if sync { SYNCED } else { 0 };
+        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
+        record.extend_from_slice(&length.to_le_bytes());
+        record.extend_from_slice(&checksum(self.generation, length, payload).to_le_bytes());
+        record.extend_from_slice(&self.generation.to_le_bytes());
+        record.extend_from_slice(payload);
+        record
     }
 
     pub fn path(&self) -> &Path {
@@ -157,6 +235,11 @@ impl Journal {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+}
+
+/// Where the block that holds byte `at` starts.
+fn block_start(at: u64) -> u64 {
+    at - at % BLOCK as u64
 }
 
 fn checksum(generation: u64, length: u32, payload: &[u8]) -> u32 {

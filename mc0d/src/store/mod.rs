@@ -1,8 +1,10 @@
 //! Where queued messages are kept across restarts (`--queue-dir`), behind a
 //! small interface ([`Store`]) so another backend (NATS JetStream for a
-//! cluster) can follow. The store runs on a thread of its own
-//! ([`StoreThread`]), so the broker's socket thread never waits for the
-//! disk.
+//! cluster) can follow. The broker's socket thread never waits for the
+//! disk: it writes the journal itself through Linux AIO where the file
+//! system allows `O_DIRECT` ([`DirectStore`]), else it hands the writes to
+//! a store thread ([`StoreThread`]); `--queue-writer` chooses
+//! ([`StoreWriter`]).
 //!
 //! The disk store is [redb](https://docs.rs/redb): an embedded, pure-Rust,
 //! actively maintained B-tree store with ACID transactions and crash
@@ -14,24 +16,28 @@
 //! below, docs/BENCHMARKS.md): where a publisher awaits each OK, that is
 //! most of the difference to plain pub/sub.
 //!
-//! Write policy (group commit): every write that reached the store thread
-//! while it was committing the previous one goes into the next journal
-//! record, PUTs and removals together. A record holding a PUT is
-//! **fdatasynced** before the broker sends the OKs of its PUTs, so an
-//! acknowledged message survives a kill -9 and a power loss. One with only
-//! acknowledgements and expiries is written without a sync (the next one
-//! takes it along): after a power loss an acknowledged message may come
-//! back, which at-least-once allows; after a kill -9 it does not (the
-//! ACK's OK waits for the write). When the journal (16 MiB) is full, and
-//! at every start, a checkpoint moves its net effect into redb in one
-//! fsynced transaction (a message put and acknowledged in between never
-//! reaches redb) and the journal starts over. The cost is measured in
-//! docs/BENCHMARKS.md.
+//! Write policy (group commit): one journal write is in flight at a time,
+//! and every write handed over meanwhile goes into the next journal
+//! record, PUTs and removals together. A record holding a PUT is on disk
+//! (`RWF_DSYNC` through AIO, or `fdatasync` on the store thread) before
+//! the broker sends the OKs of its PUTs, so an acknowledged message
+//! survives a kill -9 and a power loss. One with only acknowledgements and
+//! expiries is written without a sync (the next one takes it along): after
+//! a power loss an acknowledged message may come back, which at-least-once
+//! allows; after a kill -9 it does not (the ACK's OK waits for the write).
+//! When the journal (16 MiB) is full, and at every start, a checkpoint
+//! moves its net effect into redb in one fsynced transaction (a message
+//! put and acknowledged in between never reaches redb) and the journal
+//! starts over; a batch that does not fit goes into redb with it. The cost
+//! is measured in docs/BENCHMARKS.md.
 
+mod aio;
+mod direct;
 mod journal;
 mod thread;
 
-pub use thread::StoreThread;
+pub use direct::DirectStore;
+pub use thread::{Committed, StoreThread};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +47,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use journal::Journal;
 
+use crate::config::QueueWriter;
 use crate::engine::queues::Stored;
 use crate::error::BrokerError;
 
@@ -96,6 +103,83 @@ impl Batch {
     }
 }
 
+/// How the socket thread gets its batches written: by itself through
+/// `O_DIRECT` AIO where the file system allows ([`DirectStore`]), else by a
+/// [`StoreThread`] (tmpfs, …). Either way it never waits for the disk.
+pub enum StoreWriter {
+    Direct(Box<DirectStore>),
+    Thread(StoreThread),
+}
+
+/// What the socket thread polls for a [`StoreWriter`]'s answers.
+pub enum Wake<'a> {
+    Socket(&'a zmq::Socket),
+    Fd(std::os::fd::RawFd),
+}
+
+impl StoreWriter {
+    /// Starts writing `store` as `who` says, and says how (for the log).
+    pub fn start(ctx: &zmq::Context, store: DiskStore, who: QueueWriter) -> Result<(StoreWriter, String), BrokerError> {
+        let (store, why_not) = match who {
+            QueueWriter::Thread => (store, "--queue-writer thread".to_string()),
+            QueueWriter::Auto | QueueWriter::Aio => match DirectStore::new(store) {
+                Ok(direct) => {
+                    let how = "written O_DIRECT through Linux AIO by the socket thread";
+                    return Ok((StoreWriter::Direct(Box::new(direct)), how.into()));
+                }
+                Err(refused) if who == QueueWriter::Aio => {
+                    return Err(BrokerError(format!("--queue-writer aio: cannot write {}", refused.1)));
+                }
+                Err(refused) => *refused,
+            },
+        };
+        let thread = StoreThread::start(ctx, Box::new(store))?;
+        Ok((StoreWriter::Thread(thread), format!("written and fdatasynced by a store thread ({why_not})")))
+    }
+
+    /// Hands over batch number `n` (numbers rise by one).
+    pub fn submit(&mut self, n: u64, batch: Batch) {
+        match self {
+            StoreWriter::Direct(direct) => direct.submit(n, batch),
+            StoreWriter::Thread(thread) => thread.submit(n, batch),
+        }
+    }
+
+    pub fn wake(&self) -> Wake<'_> {
+        match self {
+            StoreWriter::Direct(direct) => Wake::Fd(direct.completion_fd()),
+            StoreWriter::Thread(thread) => Wake::Socket(thread.results()),
+        }
+    }
+
+    /// The next answer, if any: batches up to its number are written, or
+    /// failed.
+    pub fn try_result(&mut self) -> Result<Option<Committed>, BrokerError> {
+        match self {
+            StoreWriter::Direct(direct) => Ok(direct.try_result()),
+            StoreWriter::Thread(thread) => {
+                thread.try_result().map_err(|e| BrokerError(format!("queue store receive failed: {e}")))
+            }
+        }
+    }
+
+    /// Whether its thread (store or checkpoint) still runs.
+    pub fn is_running(&self) -> bool {
+        match self {
+            StoreWriter::Direct(direct) => direct.is_running(),
+            StoreWriter::Thread(thread) => thread.is_running(),
+        }
+    }
+
+    /// Writes what was handed over and returns the last answers.
+    pub fn finish(&mut self) -> Vec<Committed> {
+        match self {
+            StoreWriter::Direct(direct) => direct.finish(),
+            StoreWriter::Thread(thread) => thread.finish(),
+        }
+    }
+}
+
 /// What the queues need from storage.
 pub trait Store: Send {
     /// Writes `batch` in one transaction, puts before removals. Once it
@@ -108,11 +192,86 @@ pub trait Store: Send {
 /// Commits go to the journal; redb takes what the journal holds at each
 /// checkpoint, in one transaction.
 pub struct DiskStore {
-    db: Database,
-    path: PathBuf,
+    redb: Redb,
     journal: Journal,
     /// The net effect of what the journal holds and redb does not yet.
     since_checkpoint: Pending,
+}
+
+/// The redb file: written only by checkpoints.
+struct Redb {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Redb {
+    /// Writes what the journal holds (`journaled`), then `writes` (a batch
+    /// that did not fit in the journal), and the journal's next
+    /// `generation`, in one fsynced transaction.
+    fn checkpoint(&mut self, journaled: &Pending, writes: &Writes, generation: u64) -> Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| format!("queue store {}: {e}", self.path.display());
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        {
+            let mut table = txn.open_table(MESSAGES).map_err(|e| fail(&e))?;
+            let journaled_puts = journaled.puts.iter().map(|(seq, encoded)| (*seq, encoded));
+            for (seq, encoded) in journaled_puts.chain(writes.puts.iter().map(|(seq, encoded)| (*seq, encoded))) {
+                table.insert(seq, &encoded[..]).map_err(|e| fail(&e))?;
+            }
+            for seq in journaled.removals.iter().chain(&writes.removals) {
+                table.remove(seq).map_err(|e| fail(&e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
+            meta.insert(GENERATION, generation).map_err(|e| fail(&e))?;
+        }
+        txn.commit().map_err(|e| fail(&e))
+    }
+}
+
+/// A [`Batch`] encoded for the journal and redb.
+#[derive(Default)]
+struct Writes {
+    /// Delivery id -> the encoded message (see [`encode`]).
+    puts: Vec<(u64, Vec<u8>)>,
+    removals: Vec<u64>,
+}
+
+impl Writes {
+    fn encode(batch: &Batch) -> Writes {
+        let puts = batch
+            .puts
+            .iter()
+            .map(|r| {
+                let mut encoded = Vec::new();
+                encode(r, &mut encoded);
+                (r.message.seq, encoded)
+            })
+            .collect();
+        Writes { puts, removals: batch.removals.clone() }
+    }
+
+    /// Only a PUT's OK waits for the disk; an acknowledgement or an expiry
+    /// lost to a power cut brings a message back, which at least once
+    /// allows (after a kill -9 it does not: the kernel has it).
+    fn needs_sync(&self) -> bool {
+        !self.puts.is_empty()
+    }
+
+    /// The journal record's payload: the puts (delivery id, encoded
+    /// message), then the removals; counts and lengths as little-endian u32.
+    fn payload(&self) -> Vec<u8> {
+        let size = 8 + self.puts.iter().map(|(_, e)| 12 + e.len()).sum::<usize>() + 8 * self.removals.len();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&(self.puts.len() as u32).to_le_bytes());
+        for (seq, encoded) in &self.puts {
+            out.extend_from_slice(&seq.to_le_bytes());
+            push_bytes(&mut out, encoded);
+        }
+        out.extend_from_slice(&(self.removals.len() as u32).to_le_bytes());
+        for seq in &self.removals {
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        out
+    }
 }
 
 /// Writes made since the last checkpoint, reduced to their effect: a
@@ -136,8 +295,18 @@ impl Pending {
         }
     }
 
-    /// Applies a journal record's batch (see [`encode_batch`]); `None` if it
-    /// does not parse.
+    /// Takes in a batch that is in the journal now.
+    fn record(&mut self, writes: Writes) {
+        for (seq, encoded) in writes.puts {
+            self.put(seq, encoded);
+        }
+        for seq in writes.removals {
+            self.remove(seq);
+        }
+    }
+
+    /// Applies a journal record's payload (see [`Writes::payload`]); `None`
+    /// if it does not parse.
     fn apply(&mut self, payload: &[u8]) -> Option<()> {
         let mut r = Reader(payload);
         for _ in 0..r.u32()? {
@@ -201,7 +370,8 @@ impl DiskStore {
             };
         }
         let (journal, payloads) = Journal::open(&dir.join(JOURNAL_FILE_NAME), generation, journal_capacity)?;
-        let mut store = DiskStore { db, path: path.clone(), journal, since_checkpoint: Pending::default() };
+        let mut store =
+            DiskStore { redb: Redb { db, path: path.clone() }, journal, since_checkpoint: Pending::default() };
         for payload in &payloads {
             store.since_checkpoint.apply(payload).ok_or_else(|| {
                 BrokerError(format!(
@@ -221,28 +391,15 @@ impl DiskStore {
         }
         // Every start begins a generation: redb takes what the journal
         // held, and the journal starts over.
-        store.checkpoint().map_err(BrokerError)?;
+        store.checkpoint(&Writes::default()).map_err(BrokerError)?;
         Ok((store, records))
     }
 
-    /// Moves what the journal holds into redb in one fsynced transaction,
-    /// with the next generation, and starts the journal over.
-    fn checkpoint(&mut self) -> Result<(), String> {
-        let fail = |e: &dyn std::fmt::Display| format!("queue store {}: {e}", self.path.display());
+    /// Moves what the journal holds, and `writes`, into redb in one fsynced
+    /// transaction with the next generation, and starts the journal over.
+    fn checkpoint(&mut self, writes: &Writes) -> Result<(), String> {
         let generation = next_generation(self.journal.generation());
-        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
-        {
-            let mut table = txn.open_table(MESSAGES).map_err(|e| fail(&e))?;
-            for (seq, encoded) in &self.since_checkpoint.puts {
-                table.insert(*seq, &encoded[..]).map_err(|e| fail(&e))?;
-            }
-            for seq in &self.since_checkpoint.removals {
-                table.remove(seq).map_err(|e| fail(&e))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
-            meta.insert(GENERATION, generation).map_err(|e| fail(&e))?;
-        }
-        txn.commit().map_err(|e| fail(&e))?;
+        self.redb.checkpoint(&self.since_checkpoint, writes, generation)?;
         self.since_checkpoint = Pending::default();
         self.journal.restart(generation);
         Ok(())
@@ -268,61 +425,21 @@ fn next_generation(current: u64) -> u64 {
 }
 
 impl Store for DiskStore {
+    /// One journal record; a batch that does not fit in what is left of the
+    /// journal goes into redb with the checkpoint that empties it.
     fn commit(&mut self, batch: &Batch) -> Result<(), String> {
         if batch.is_empty() {
             return Ok(());
         }
-        let puts: Vec<(u64, Vec<u8>)> = batch
-            .puts
-            .iter()
-            .map(|r| {
-                let mut encoded = Vec::new();
-                encode(r, &mut encoded);
-                (r.message.seq, encoded)
-            })
-            .collect();
-        let payload = encode_batch(&puts, &batch.removals);
+        let writes = Writes::encode(batch);
+        let payload = writes.payload();
         if !self.journal.fits(payload.len()) {
-            self.checkpoint()?;
+            return self.checkpoint(&writes);
         }
-        let journaled = self.journal.fits(payload.len());
-        if journaled {
-            // Only a PUT's OK waits for the disk; an acknowledgement or an
-            // expiry lost to a power cut brings a message back, which at
-            // least once allows (after a kill -9 it does not: the kernel
-            // has it).
-            self.journal.append(&payload, !puts.is_empty())?;
-        }
-        for (seq, encoded) in puts {
-            self.since_checkpoint.put(seq, encoded);
-        }
-        for seq in &batch.removals {
-            self.since_checkpoint.remove(*seq);
-        }
-        if !journaled {
-            // Bigger than the whole journal: straight into redb (the
-            // checkpoint above left nothing pending before it).
-            self.checkpoint()?;
-        }
+        self.journal.append(&payload, writes.needs_sync())?;
+        self.since_checkpoint.record(writes);
         Ok(())
     }
-}
-
-/// A journal record's payload: the puts (delivery id, encoded message),
-/// then the removals; counts and lengths as little-endian u32.
-fn encode_batch(puts: &[(u64, Vec<u8>)], removals: &[u64]) -> Vec<u8> {
-    let size = 8 + puts.iter().map(|(_, e)| 12 + e.len()).sum::<usize>() + 8 * removals.len();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(puts.len() as u32).to_le_bytes());
-    for (seq, encoded) in puts {
-        out.extend_from_slice(&seq.to_le_bytes());
-        push_bytes(&mut out, encoded);
-    }
-    out.extend_from_slice(&(removals.len() as u32).to_le_bytes());
-    for seq in removals {
-        out.extend_from_slice(&seq.to_le_bytes());
-    }
-    out
 }
 
 /// Wall-clock milliseconds: what an expiry is stored as, so it still means
@@ -401,8 +518,19 @@ fn decode(seq: u64, bytes: &[u8], now: Instant) -> Option<Record> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A new directory on the disk the workspace is on, never tmpfs (which
+    /// has no `O_DIRECT`): for the tests of the direct writes.
+    pub(crate) fn disk_dir(name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/mc0d-unit-tests")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn records_survive_encoding_and_a_reopen() {
@@ -435,7 +563,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn record(seq: u64, body: &[u8]) -> Record {
+    pub(crate) fn record(seq: u64, body: &[u8]) -> Record {
         Record {
             topic: b"t".to_vec(),
             name: b"q".to_vec(),
@@ -443,7 +571,7 @@ mod tests {
         }
     }
 
-    fn seqs(records: &[Record]) -> Vec<u64> {
+    pub(crate) fn seqs(records: &[Record]) -> Vec<u64> {
         records.iter().map(|r| r.message.seq).collect()
     }
 
@@ -541,7 +669,7 @@ mod tests {
         let journal = per_put(start);
         let start = Instant::now();
         for seq in n + 1..=2 * n {
-            let txn = store.db.begin_write().unwrap();
+            let txn = store.redb.db.begin_write().unwrap();
             {
                 let mut table = txn.open_table(MESSAGES).unwrap();
                 let mut encoded = Vec::new();
