@@ -80,19 +80,20 @@ else
     function report() {
       if (round == "") return
       printf "paired, round %s:", round
-      for (i = 1; i <= 5; i++) {
+      for (i = 1; i <= 6; i++) {
         s = shapes[i]
-        r = s; sub(/\+consumer/, "", r)
+        r = s; sub(/\+consumer|:thread/, "", r)
         if (r in rabbit && s in mc0d) printf "  %s %s/%s = %.2fx", s, mc0d[s], rabbit[r], mc0d[s] / rabbit[r]
       }
       print ""
       delete rabbit; delete mc0d
     }
-    BEGIN { split("confirm pipelined consume confirm+consumer pipelined+consumer", shapes, " ") }
+    BEGIN { split("confirm confirm:thread pipelined consume confirm+consumer pipelined+consumer", shapes, " ") }
     /^round [0-9]+: rabbitmq/ { report(); round = $2; sub(/:/, "", round) }
     /MEASURE rabbitmq confirm-per-message/ { rabbit["confirm"] = rate($0) }
     /MEASURE rabbitmq pipelined/ { rabbit["pipelined"] = rate($0) }
     /MEASURE rabbitmq consume-with-acks/ { rabbit["consume"] = rate($0) }
+    /^  disk-thread .* kept, 1 in flight/ { mc0d["confirm:thread"] = rate($0); next }
     /^  disk .* kept, 1 in flight/ { mc0d["confirm"] = rate($0); next }
     /^  disk .* kept, [0-9]+ in flight/ { mc0d["pipelined"] = rate($0); next }
     /^  disk .* 1 in flight/ { mc0d["confirm+consumer"] = rate($0); next }

@@ -128,7 +128,7 @@ fn ack_round_trips_all_answered() {
 #[test]
 fn queue_modes_deliver_everything() {
     let o = bench(&["queue", "--messages", "300", "--window", "50", "--classic-queue-frames"]);
-    assert_clean_on(&o, 5, &["plain", "memory", "classic", "disk"]);
+    assert_clean_on(&o, 5, &["plain", "memory", "classic", "disk", "disk-thread"]);
     for r in runs(&o) {
         let case = r["case"].as_str().unwrap();
         let expected = match case {

@@ -58,8 +58,8 @@ Scenarios:
               --window W (100 handshakes in flight)
               --heartbeat-fraction F (0.95: a client NOOPs after F x TTL of silence)
   queue     one producer -> one consumer through mc0d's queues, next to plain
-            pub/sub in the same run (targets plain, memory, disk = --queue-dir;
-            the consumer asks for compact deliveries and ACK id lists, as
+            pub/sub in the same run (targets plain, memory, disk = --queue-dir,
+            disk-thread = disk with --queue-writer thread; the consumer asks for compact deliveries and ACK id lists, as
             libmc0 does): an OK awaited per PUT, W PUTs in flight, the same
             two into the queue with no consumer connected (keep-*:
             RabbitMQ's confirm and pipelined shapes), consuming M waiting

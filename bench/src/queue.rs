@@ -1,7 +1,8 @@
 //! `queue`: one producer → one consumer of S-byte messages through mc0d's
 //! queues (issue 14), next to plain pub/sub in the same run. The modes are
 //! the run's targets — `plain` (the consumer SUBscribes plainly), `memory`
-//! (it consumes a queue), `disk` (the same with `--queue-dir`) and, with
+//! (it consumes a queue), `disk` (the same with `--queue-dir`),
+//! `disk-thread` (`disk` with `--queue-writer thread`) and, with
 //! `--classic-queue-frames`, `classic` (`memory` for a consumer that does
 //! not ask for compact deliveries) — so each figure comes with its ratio to
 //! plain pub/sub. A queue consumer asks for compact deliveries and lists
@@ -41,6 +42,9 @@ use mc0::protocol::{self, AckForm, Command, DELIVERY, QUEUE_DELIVERY};
 pub const PLAIN: &str = "plain";
 pub const MEMORY: &str = "memory";
 pub const DISK: &str = "disk";
+/// `disk` with the journal written by a store thread (`--queue-writer
+/// thread`), as where the file system has no `O_DIRECT`.
+pub const DISK_THREAD: &str = "disk-thread";
 pub const CLASSIC: &str = "classic";
 
 const QUEUE: &[u8] = b"async";
@@ -63,6 +67,8 @@ pub fn modes(targets: Vec<Target>, dir: &std::path::Path, classic: bool) -> Resu
         modes.push(mode(CLASSIC, Vec::new()));
     }
     modes.push(mode(DISK, vec!["--queue-dir".into(), dir.into()]));
+    let thread_dir = format!("{dir}/thread");
+    modes.push(mode(DISK_THREAD, vec!["--queue-dir".into(), thread_dir, "--queue-writer".into(), "thread".into()]));
     Ok(modes)
 }
 
