@@ -60,6 +60,7 @@ getent passwd _mc0d >/dev/null || die "no system user _mc0d"
 [ -L /etc/systemd/system/multi-user.target.wants/mc0d.service ] || die "mc0d.service is not enabled"
 systemd-analyze verify /lib/systemd/system/mc0d.service || die "systemd-analyze verify mc0d.service failed"
 grep -q '^ConditionPathExists=/etc/mc0/mc0d.private$' /lib/systemd/system/mc0d.service || die "the unit does not wait for the key"
+grep -q '^StateDirectory=mc0d$' /lib/systemd/system/mc0d.service || die "the unit gives mc0d no writable /var/lib/mc0d for --queue-dir"
 man -w mc0d >/dev/null && man -w mc0-keygen >/dev/null || die "man pages missing"
 mc0-keygen /etc/mc0/mc0d >/dev/null 2>&1
 [ "$(stat -c %a /etc/mc0/mc0d.private)" = 600 ] || die "mc0-keygen made a private key that is not 0600"
