@@ -83,10 +83,25 @@ else
       for (i = 1; i <= 6; i++) {
         s = shapes[i]
         r = s; sub(/\+consumer|:thread/, "", r)
-        if (r in rabbit && s in mc0d) printf "  %s %s/%s = %.2fx", s, mc0d[s], rabbit[r], mc0d[s] / rabbit[r]
+        if (r in rabbit && s in mc0d) {
+          ratio = mc0d[s] / rabbit[r]
+          printf "  %s %s/%s = %.2fx", s, mc0d[s], rabbit[r], ratio
+          ratios[s, ++count[s]] = ratio
+        }
       }
       print ""
       delete rabbit; delete mc0d
+    }
+    # The median of shape s'"'"'s ratios over the rounds (insertion sort: mawk
+    # has no asort).
+    function median(s,    n, i, j, v, sorted) {
+      n = count[s]
+      for (i = 1; i <= n; i++) {
+        v = ratios[s, i]
+        for (j = i - 1; j >= 1 && sorted[j] > v; j--) sorted[j + 1] = sorted[j]
+        sorted[j + 1] = v
+      }
+      return n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
     }
     BEGIN { split("confirm confirm:thread pipelined consume confirm+consumer pipelined+consumer", shapes, " ") }
     /^round [0-9]+: rabbitmq/ { report(); round = $2; sub(/:/, "", round) }
@@ -99,7 +114,12 @@ else
     /^  disk .* 1 in flight/ { mc0d["confirm+consumer"] = rate($0); next }
     /^  disk .* in flight/ { mc0d["pipelined+consumer"] = rate($0) }
     /^  disk .* consumed with an ACK/ { mc0d["consume"] = rate($0) }
-    END { report() }
+    END {
+      report()
+      printf "median over %d rounds:", count["confirm"]
+      for (i = 1; i <= 6; i++) if (count[shapes[i]]) printf "  %s %.2fx", shapes[i], median(shapes[i])
+      print ""
+    }
   ' "$dir/rounds.log"
 fi
 cat /proc/loadavg

@@ -8,7 +8,17 @@
 //! it is created, and then only ever overwritten. `fdatasync` of blocks
 //! that already exist has no file size or block allocation to log, so it
 //! costs about a third less than an appending one on the disks measured
-//! (docs/BENCHMARKS.md).
+//! (docs/BENCHMARKS.md), and an `O_DIRECT` write of them is one write and
+//! one cache flush.
+//!
+//! Two ways to write a record, with the same bytes on disk up to the end:
+//! [`append`](Journal::append) (`pwrite`, then `fdatasync` if asked: the
+//! store thread's), and [`block_write`](Journal::block_write), whole
+//! 4 KiB blocks for `O_DIRECT` (the socket thread's, through AIO): the
+//! bytes already in the block that holds the end (kept in memory as the
+//! tail), the record, and zeros to the end of its last block. The
+//! rewritten bytes in front are the same as on disk, so a torn write
+//! cannot change them.
 //!
 //! Layout: the 8-byte [`MAGIC`], then records back to back from the front:
 //! payload length (u32, its top bit set for a record written with a sync),
