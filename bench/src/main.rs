@@ -65,7 +65,7 @@ Scenarios:
             RabbitMQ's confirm and pipelined shapes), consuming M waiting
             messages with an ACK each: msg/s, publish p99 (ratios to plain)
               --messages M (20000; M/10 for the ok-per-put shapes)  --window W (1000)
-              --size S (1024)  --classic-queue-frames (adds the target
+              --size S (1024)  --shapes S[,S..] (all)  --classic-queue-frames (adds the target
               classic: the in-memory queue as a consumer that does not ask)
   storm     3 mc0d, C libmc0 connectors with a pool of the 3 (in P processes),
             kill -9 one broker: time until each of its connectors is subscribed
@@ -247,6 +247,10 @@ struct Args {
     /// `memory` in the same run
     #[arg(long, help_heading = SCENARIO)]
     classic_queue_frames: bool,
+    /// queue: only these shapes [default: all]
+    #[arg(long, value_name = "S[,S..]", value_delimiter = ',', value_parser = queue::Shape::parse,
+          help_heading = SCENARIO)]
+    shapes: Vec<queue::Shape>,
     /// conns: a client NOOPs after F x TTL of silence
     #[arg(long, value_name = "F", default_value_t = heartbeat::NOOP_AFTER, help_heading = SCENARIO)]
     heartbeat_fraction: f64,
@@ -431,7 +435,8 @@ fn run(scenario: Scenario, args: &Args) -> Result<bool> {
         Scenario::Queue => {
             let messages = args.messages.unwrap_or(20_000);
             let window = args.window.unwrap_or(1000);
-            for shape in queue::Shape::ALL {
+            let shapes = if args.shapes.is_empty() { queue::Shape::ALL.to_vec() } else { args.shapes.clone() };
+            for shape in shapes {
                 let messages = if shape.one_at_a_time() { (messages / 10).max(1) } else { messages };
                 let p = queue::Params { shape, messages, window, size, timeout };
                 cases.push(Case {

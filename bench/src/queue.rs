@@ -95,6 +95,12 @@ impl Shape {
         }
     }
 
+    /// `--shapes`: a shape by its [`name`](Self::name).
+    pub fn parse(name: &str) -> std::result::Result<Shape, String> {
+        let names = || Shape::ALL.map(Shape::name).join(", ");
+        Shape::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| format!("not a shape: {}", names()))
+    }
+
     /// One PUT awaiting its OK at a time.
     pub fn one_at_a_time(self) -> bool {
         matches!(self, Shape::OkPerPut | Shape::KeepOkPerPut)
