@@ -140,6 +140,16 @@ fn queue_modes_deliver_everything() {
     }
 }
 
+/// `--shapes` runs only the shapes named, on every target.
+#[test]
+fn queue_shapes_run_only_the_ones_asked_for() {
+    let o = bench(&["queue", "--messages", "200", "--shapes", "keep-ok-per-put"]);
+    assert_clean_on(&o, 1, &["plain", "memory", "disk", "disk-thread"]);
+    for r in runs(&o) {
+        assert!(r["case"].as_str().unwrap().starts_with("keep-ok-per-put,"), "{r}");
+    }
+}
+
 #[test]
 fn request_collects_every_reply() {
     let o = bench(&["request", "--nodes", "5,50", "--requests", "20"]);
