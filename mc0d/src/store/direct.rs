@@ -146,7 +146,7 @@ impl DirectStore {
         }
         let Some((upto, batch)) = self.gathering.take() else { return };
         if batch.is_empty() {
-            self.answers.push_back((upto, Ok(())));
+            self.answer_now(upto, Ok(()));
             return;
         }
         let writes = Writes::encode(&batch);
@@ -158,7 +158,7 @@ impl DirectStore {
                 Ok(()) => self.in_flight = Some(InFlight::Checkpoint { upto, generation }),
                 Err((journaled, e)) => {
                     self.since_checkpoint = journaled;
-                    self.answers.push_back((upto, Err(e)));
+                    self.answer_now(upto, Err(e));
                 }
             }
             return;
@@ -167,8 +167,19 @@ impl DirectStore {
         let len = buf.as_slice().len();
         match self.aio.submit(&self.file, buf, offset, writes.needs_sync()) {
             Ok(()) => self.in_flight = Some(InFlight::Record { upto, writes, then, len }),
-            Err(e) => self.answers.push_back((upto, Err(self.journal.error(&e)))),
+            Err(e) => {
+                let e = self.journal.error(&e);
+                self.answer_now(upto, Err(e));
+            }
         }
+    }
+
+    /// An answer that no completion will signal (the write could not
+    /// start): the poll is woken for it all the same, so it goes out on the
+    /// next turn rather than after the poll's longest sleep.
+    fn answer_now(&mut self, upto: u64, result: Result<(), String>) {
+        self.answers.push_back((upto, result));
+        self.aio.signal_now();
     }
 
     /// Takes in the write in flight if it completed (with `wait`, once it
@@ -322,6 +333,23 @@ mod tests {
         assert!(answers.len() <= 2, "2 and 3 in one write: {answers:?}");
         drop(store);
         assert_eq!(seqs(&reopened(&dir, 1 << 20)), vec![2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An answer that needs no write (here: an empty batch) wakes the poll
+    /// at once, as a completion would.
+    #[test]
+    fn an_answer_without_a_write_wakes_the_poll() {
+        let dir = disk_dir("direct-now");
+        let mut store = direct(&dir, 1 << 20);
+        store.submit(1, Batch::default());
+        let mut fds = [libc::pollfd { fd: store.completion_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: one pollfd, not waiting.
+        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) }, 1, "readable at once");
+        assert_eq!(store.try_result(), Some((1, Ok(()))));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) }, 0, "cleared by taking the answer");
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
