@@ -216,7 +216,7 @@ pub struct Mc0dArgs {
     pub queue_idle: u64,
 
     /// Keep queued messages in DIR (queues.journal, queues.redb): a PUT to a queue is
-    /// answered OK only once it is on disk (fsync), and survives a restart
+    /// answered OK only once it is on disk (flushed), and survives a restart
     /// or kill -9. Without it queues live in memory
     #[arg(long, value_name = "DIR", help_heading = "Queues")]
     pub queue_dir: Option<PathBuf>,
