@@ -45,6 +45,9 @@ struct IoEvent {
     res2: i64,
 }
 
+// The kernel's sizes, checked at build time.
+const _: () = assert!(std::mem::size_of::<Iocb>() == 64 && std::mem::size_of::<IoEvent>() == 32);
+
 const IOCB_CMD_PWRITE: u16 = 1;
 /// `aio_resfd` is an eventfd to signal on completion.
 const IOCB_FLAG_RESFD: u32 = 1;
@@ -86,12 +89,17 @@ pub struct Aio {
 
 impl Aio {
     pub fn new() -> io::Result<Aio> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a
-        // new descriptor that only this OwnedFd closes.
+        if cfg!(target_endian = "big") {
+            // `Iocb` puts `aio_key` before `aio_rw_flags`, as little-endian
+            // kernels do; big-endian ones swap them.
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "Linux AIO is only used on little-endian machines"));
+        }
+        // SAFETY: eventfd takes no pointers.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: a new descriptor, owned by nothing else.
         let done = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let mut context = 0u64;
         // SAFETY: io_setup writes the new context's id to `context`.
