@@ -163,11 +163,7 @@ impl Journal {
         }
         // Only a written record moves the end: after a failed write the
         // next one takes its place.
-        let end = self.end + record.len() as u64;
-        let mut tail = std::mem::take(&mut self.tail);
-        tail.extend_from_slice(&record);
-        tail.drain(..(block_start(end) - block_start(self.end)) as usize);
-        (self.end, self.tail) = (end, tail);
+        self.wrote(self.after(&record));
         Ok(())
     }
 
@@ -199,17 +195,26 @@ impl Journal {
     /// zeros.
     fn blocks_with(&self, record: &[u8]) -> BlockWrite {
         let offset = block_start(self.end);
-        let end = self.end + record.len() as u64;
-        let blocks = (end - offset).div_ceil(BLOCK as u64).max(1);
+        let then = self.after(record);
+        let blocks = (then.end - offset).div_ceil(BLOCK as u64).max(1);
         let mut buf = BlockBuf::zeroed(blocks as usize * BLOCK);
         let bytes = buf.as_mut_slice();
         bytes[..self.tail.len()].copy_from_slice(&self.tail);
         bytes[self.tail.len()..self.tail.len() + record.len()].copy_from_slice(record);
-        let tail = bytes[(block_start(end) - offset) as usize..(end - offset) as usize].to_vec();
-        BlockWrite { buf, offset, then: NewEnd { end, tail } }
+        BlockWrite { buf, offset, then }
     }
 
-    /// A [`block_write`](Self::block_write) was written whole.
+    /// The end and tail once `record` is written after the end.
+    fn after(&self, record: &[u8]) -> NewEnd {
+        let end = self.end + record.len() as u64;
+        // The tail and the record run from the start of the end's block;
+        // the new tail starts at the start of the new end's block.
+        let skip = (block_start(end) - block_start(self.end)) as usize;
+        NewEnd { end, tail: self.tail.iter().chain(record).skip(skip).copied().collect() }
+    }
+
+    /// A [`block_write`](Self::block_write) (or an [`append`](Self::append))
+    /// was written whole.
     pub fn wrote(&mut self, then: NewEnd) {
         (self.end, self.tail) = (then.end, then.tail);
     }
@@ -319,18 +324,12 @@ fn record_at(contents: &[u8], at: usize, generation: u64) -> Slot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::disk_dir;
     use proptest::prelude::{any, prop_oneof, Strategy};
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mc0d-journal-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     #[test]
     fn records_of_the_current_generation_come_back_in_order() {
-        let dir = temp("order");
+        let dir = disk_dir("journal-order");
         let path = dir.join("j");
         let (mut j, read) = Journal::open(&path, 1, 4096).unwrap();
         assert!(read.is_empty());
@@ -373,7 +372,7 @@ mod tests {
 
     #[test]
     fn reading_stops_at_a_torn_last_record() {
-        let dir = temp("torn");
+        let dir = disk_dir("journal-torn");
         let path = dir.join("j");
         damaged_journal(&path, &[(b"kept", true), (b"torn by a crash", true)], 3);
         let (mut j, read) = Journal::open(&path, 1, 4096).unwrap();
@@ -389,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_damaged_synced_record_before_an_intact_one_is_refused_and_left_alone() {
-        let dir = temp("damaged");
+        let dir = disk_dir("journal-damaged");
         let path = dir.join("j");
         let bytes = damaged_journal(&path, &[(b"kept", true), (b"damaged later", true), (b"after it", true)], 3);
         let err = Journal::open(&path, 1, 4096).err().unwrap();
@@ -405,7 +404,7 @@ mod tests {
     /// ones reached the disk: that is no damage after the fact.
     #[test]
     fn a_torn_unsynced_record_before_an_intact_one_ends_the_reading() {
-        let dir = temp("unsynced");
+        let dir = disk_dir("journal-unsynced");
         let path = dir.join("j");
         damaged_journal(&path, &[(b"kept", true), (b"acknowledgements only", false), (b"written back first", true)], 3);
         let (_, read) = Journal::open(&path, 1, 4096).unwrap();
@@ -417,7 +416,7 @@ mod tests {
     /// refused), and it is marked as flagged for the records that follow.
     #[test]
     fn a_journal_without_the_sync_flag_is_read_as_ever_and_marked() {
-        let dir = temp("unflagged");
+        let dir = disk_dir("journal-unflagged");
         let path = dir.join("j");
         // Without a sync a record is laid out as mc0djnl1 wrote every one.
         let mut bytes = damaged_journal(&path, &[(b"kept", false), (b"damaged", false), (b"after it", false)], 3);
@@ -470,7 +469,7 @@ mod tests {
             crash in crash(),
         ) {
             const CAPACITY: u64 = 4096;
-            let dir = temp("model");
+            let dir = disk_dir("journal-model");
             let path = dir.join("j");
             let (mut j, _) = Journal::open(&path, 1, CAPACITY).unwrap();
             for (i, len) in older.iter().enumerate() {
@@ -547,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_journal_is_refused_and_left_alone() {
-        let dir = temp("foreign");
+        let dir = disk_dir("journal-foreign");
         let path = dir.join("j");
         std::fs::write(&path, b"something else").unwrap();
         let err = Journal::open(&path, 1, 4096).err().unwrap();

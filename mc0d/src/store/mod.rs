@@ -521,8 +521,9 @@ fn decode(seq: u64, bytes: &[u8], now: Instant) -> Option<Record> {
 pub(crate) mod tests {
     use super::*;
 
-    /// A new directory on the disk the workspace is on, never tmpfs (which
-    /// has no `O_DIRECT`): for the tests of the direct writes.
+    /// A new directory for a store test, on the disk the workspace is on:
+    /// never tmpfs, which may have no `O_DIRECT` for the direct writes and
+    /// nothing to flush for `commit_cost`.
     pub(crate) fn disk_dir(name: &str) -> PathBuf {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/mc0d-unit-tests")
@@ -534,8 +535,7 @@ pub(crate) mod tests {
 
     #[test]
     fn records_survive_encoding_and_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("mc0d-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = disk_dir("store");
         let now = Instant::now();
         let record = Record {
             topic: b"t".to_vec(),
@@ -579,8 +579,7 @@ pub(crate) mod tests {
     /// journal holds what redb does not.
     #[test]
     fn the_journal_brings_back_what_redb_has_not_taken_yet() {
-        let dir = std::env::temp_dir().join(format!("mc0d-store-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = disk_dir("store-journal");
         let now = Instant::now();
         let (mut store, _) = DiskStore::open(&dir, now).unwrap();
         store
@@ -602,8 +601,7 @@ pub(crate) mod tests {
     /// batch bigger than all of it goes straight into redb.
     #[test]
     fn a_full_journal_checkpoints_and_an_oversized_batch_goes_straight_to_redb() {
-        let dir = std::env::temp_dir().join(format!("mc0d-store-small-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = disk_dir("store-small");
         let now = Instant::now();
         let capacity = 512;
         let (mut store, _) = DiskStore::open_with(&dir, now, capacity).unwrap();
@@ -634,9 +632,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_journal_that_is_not_ours_stops_the_open_naming_it() {
-        let dir = std::env::temp_dir().join(format!("mc0d-store-foreign-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = disk_dir("store-foreign");
         let journal = dir.join(JOURNAL_FILE_NAME);
         std::fs::write(&journal, b"not a journal").unwrap();
         let err = DiskStore::open(&dir, Instant::now()).err().unwrap();
@@ -655,8 +651,7 @@ pub(crate) mod tests {
     #[ignore = "a measurement: run with --ignored --nocapture"]
     fn commit_cost() {
         use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("mc0d-commit-cost-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = disk_dir("commit-cost");
         let now = Instant::now();
         let n = 1000u64;
         let (mut store, _) = DiskStore::open(&dir, now).unwrap();
